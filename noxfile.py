@@ -1,0 +1,54 @@
+"""Nox sessions for hostpgo: thin entry points over buildsys/, runtime/ and perf/."""
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests"]
+
+
+def _install(session: nox.Session, *extras: str) -> None:
+    spec = f".[{','.join(extras)}]" if extras else "."
+    session.install("-e", spec)
+
+
+@nox.session
+def toolchain(session: nox.Session) -> None:
+    """Detect compilers and companion tools (`-- --install` installs LLVM 22 on Debian as root)."""
+    _install(session)
+    session.run("python", "-m", "buildsys", "toolchain", *session.posargs)
+
+
+@nox.session(name="show-profile")
+def show_profile(session: nox.Session) -> None:
+    """Print a profile's effective settings and per-stage flags with their channels."""
+    _install(session)
+    session.run("python", "-m", "buildsys", "show-profile", *session.posargs)
+
+
+@nox.session(name="build-cpython", default=False)
+def build_cpython(session: nox.Session) -> None:
+    """Rebuild CPython with a profile: `-- --profile NAME [--dry-run] [--source PATH] [--jobs N]`."""
+    _install(session)
+    session.run("python", "-m", "buildsys", "build", "cpython", *session.posargs)
+
+
+@nox.session(default=False)
+def pipeline(session: nox.Session) -> None:
+    """The main job: build the baseline and the default optimized profile (and what later stages add)."""
+    _install(session, "perf")
+    session.run("python", "-m", "buildsys", "pipeline", *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit and integration tests (no full CPython build)."""
+    _install(session, "runtime", "perf", "test")
+    session.run("pytest", "-m", "not slow", *session.posargs)
+
+
+@nox.session(default=False)
+def e2e(session: nox.Session) -> None:
+    """Slow end-to-end tests: full CPython builds from the pinned source (tens of minutes)."""
+    _install(session, "runtime", "perf", "test")
+    session.run("pytest", "-m", "slow", "tests/e2e", *session.posargs)

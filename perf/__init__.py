@@ -1,0 +1,3 @@
+"""hostpgo measurement: A/B latency, counters, host-time attribution and reports for interpreters under test."""
+
+SCHEMA = "hostpgo-perf-run/1"

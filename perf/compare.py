@@ -1,0 +1,123 @@
+"""A/B comparison of pyperf suites: per-benchmark ratio, a t-test, and the geometric mean.
+
+Like `pyperf compare_to`, this is a plain function over loaded suites. Ratios are of medians
+(changed / baseline, so below 1 is faster). Significance is a two-tailed t-test at 95%:
+Student's when both samples have the same size (pyperf's own test), Welch's otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+import pyperf
+from pyperf._utils import is_significant as _pyperf_is_significant
+from pyperf._utils import tdist95conf_level as _t_critical
+
+from .errors import IncompatibleResults
+
+# Metadata that must agree for two runs of a benchmark to be comparable (when both carry it).
+MUST_MATCH = ("hostpgo_code_digest", "hostpgo_unit", "hostpgo_target", "hostpgo_provider")
+# Loop counts must agree only for the harness's own interleaved runs (fixed loops).
+MUST_MATCH_HARNESS = ("loops", "inner_loops")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    unit: str
+    base_median: float
+    base_stdev: float
+    changed_median: float
+    changed_stdev: float
+    ratio: float
+    """changed median / baseline median: below 1.0 is faster."""
+    significant: bool
+    t_score: float | None
+    n_base: int
+    n_changed: int
+
+    @property
+    def speedup(self) -> float:
+        return 1.0 / self.ratio
+
+    def verdict(self) -> str:
+        if not self.significant:
+            return "not significant"
+        return f"{self.speedup:.3f}x faster" if self.ratio < 1 else f"{self.ratio:.3f}x slower"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    baseline: str
+    changed: str
+    rows: tuple[Row, ...]
+    geomean_ratio: float
+    only_baseline: tuple[str, ...]
+    only_changed: tuple[str, ...]
+
+    @property
+    def geomean_speedup(self) -> float:
+        return 1.0 / self.geomean_ratio
+
+
+def significance(a: list[float], b: list[float]) -> tuple[bool, float | None]:
+    """Two-tailed t-test at 95%: (significant, t score); a single value each is never significant."""
+    if len(a) < 2 or len(b) < 2:
+        return False, None
+    if len(a) == len(b):
+        sig, t = _pyperf_is_significant(a, b)
+        return bool(sig), float(t)
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        same = statistics.mean(a) == statistics.mean(b)
+        return (not same), (0.0 if same else math.inf)
+    t = (statistics.mean(a) - statistics.mean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return abs(t) >= _t_critical(max(1, round(df))), t
+
+
+def _check_compatible(base: pyperf.Benchmark, changed: pyperf.Benchmark, names: tuple[str, str]) -> None:
+    name = base.get_name()
+    if base.get_unit() != changed.get_unit():
+        raise IncompatibleResults(
+            f"benchmark {name!r}: unit {base.get_unit()!r} in {names[0]} but "
+            f"{changed.get_unit()!r} in {names[1]}")
+    mb, mc = base.get_metadata(), changed.get_metadata()
+    keys = MUST_MATCH + (MUST_MATCH_HARNESS if "hostpgo_unit" in mb or "hostpgo_unit" in mc else ())
+    for key in keys:
+        if key in mb and key in mc and mb[key] != mc[key]:
+            raise IncompatibleResults(
+                f"benchmark {name!r}: metadata {key!r} is {mb[key]!r} in {names[0]} but "
+                f"{mc[key]!r} in {names[1]}; these runs did not measure the same thing")
+        if (key in mb) != (key in mc) and key in MUST_MATCH:
+            raise IncompatibleResults(
+                f"benchmark {name!r}: metadata {key!r} is present in only one of {names[0]}, {names[1]}")
+
+
+def compare_suites(base: pyperf.BenchmarkSuite, changed: pyperf.BenchmarkSuite,
+                   base_name: str = "baseline", changed_name: str = "changed") -> Comparison:
+    """Compare every benchmark present in both suites; refuse incompatible runs."""
+    b_names = base.get_benchmark_names()
+    c_names = set(changed.get_benchmark_names())
+    common = [n for n in b_names if n in c_names]
+    if not common:
+        raise IncompatibleResults(f"{base_name} and {changed_name} have no benchmark in common")
+    rows = []
+    for name in common:
+        b, c = base.get_benchmark(name), changed.get_benchmark(name)
+        _check_compatible(b, c, (base_name, changed_name))
+        bv, cv = list(b.get_values()), list(c.get_values())
+        sig, t = significance(bv, cv)
+        rows.append(Row(
+            name=name, unit=b.get_unit(),
+            base_median=b.median(), base_stdev=b.stdev() if len(bv) > 1 else 0.0,
+            changed_median=c.median(), changed_stdev=c.stdev() if len(cv) > 1 else 0.0,
+            ratio=c.median() / b.median(), significant=sig, t_score=t,
+            n_base=len(bv), n_changed=len(cv)))
+    geo = statistics.geometric_mean([r.ratio for r in rows])
+    return Comparison(
+        baseline=base_name, changed=changed_name, rows=tuple(rows), geomean_ratio=geo,
+        only_baseline=tuple(n for n in b_names if n not in c_names),
+        only_changed=tuple(sorted(c_names - set(b_names))))

@@ -1,0 +1,112 @@
+"""One virtual environment per interpreter under test, all installed from the same wheelhouse.
+
+The wheelhouse is built once per Python ABI (cache tag) with `pip wheel`; every venv installs
+from it with `--no-index`, so the interpreters run identical third-party code and this project's
+own wheel. A stamp in each venv records what it was installed from; a matching stamp skips work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import tools
+from .errors import ToolError
+from .interpreters import Interpreter
+from .workspace import perf_area, safe_name
+
+STAMP = "hostpgo-perf-venv.json"
+
+
+@dataclass(frozen=True)
+class Env:
+    """A ready venv for one interpreter."""
+
+    interp: Interpreter
+    root: Path
+    python: Path
+    wheelhouse_digest: str
+
+
+def project_root() -> Path:
+    """The source tree holding pyproject.toml (this package's parent)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file():
+        raise ToolError(f"perf/ is not inside a source tree with pyproject.toml ({root}); "
+                        "venvs are built from the project's own wheel")
+    return root
+
+
+def requirement(extras: tuple[str, ...]) -> str:
+    return f"hostpgo[{','.join(extras)}]" if extras else "hostpgo"
+
+
+def _digest_dir(path: Path) -> str:
+    h = hashlib.sha256()
+    for whl in sorted(path.glob("*.whl")):
+        h.update(whl.name.encode())
+        h.update(hashlib.sha256(whl.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _make_venv(interp: Interpreter, root: Path, log: Path) -> Path:
+    py = root / "bin" / "python"
+    if not py.exists():
+        if root.exists():
+            shutil.rmtree(root)
+        tools.run([interp.python, "-m", "venv", root], log=log, timeout=600)
+    return py
+
+
+def build_wheelhouse(builder_python: Path, cache_tag: str, extras: tuple[str, ...], log: Path) -> Path:
+    """Wheels for the project and its dependencies, for one ABI; the project's wheel is rebuilt each call."""
+    house = perf_area() / "wheelhouse" / safe_name(cache_tag or "unknown")
+    deps_stamp = house / ".deps.json"
+    src = project_root()
+    pyproject_digest = hashlib.sha256((src / "pyproject.toml").read_bytes()).hexdigest()
+    want = {"extras": sorted(extras), "pyproject": pyproject_digest}
+    house.mkdir(parents=True, exist_ok=True)
+    fresh = house / ".project"
+    if fresh.exists():
+        shutil.rmtree(fresh)
+    tools.run([builder_python, "-m", "pip", "wheel", "--no-deps", "-w", fresh, src], log=log, timeout=900)
+    for old in house.glob("hostpgo-*.whl"):
+        old.unlink()
+    for whl in fresh.glob("hostpgo-*.whl"):
+        whl.replace(house / whl.name)
+    shutil.rmtree(fresh)
+    have = json.loads(deps_stamp.read_text()) if deps_stamp.is_file() else None
+    if have != want:
+        # Dependencies come from the index once; the project's own wheel is already here.
+        tools.run([builder_python, "-m", "pip", "wheel", "-w", house, "--find-links", house,
+                   f"{src}[{','.join(extras)}]" if extras else str(src)], log=log, timeout=3600)
+        deps_stamp.write_text(json.dumps(want))
+    return house
+
+
+def prepare(interps: list[Interpreter], extras: tuple[str, ...], log: Path) -> list[Env]:
+    """Create or refresh one venv per interpreter, installing `hostpgo[extras]` from the shared wheelhouse."""
+    envs: list[Env] = []
+    houses: dict[str, Path] = {}
+    for interp in interps:
+        root = perf_area() / "venvs" / f"{safe_name(interp.name)}-{interp.exe_sha256[:10]}"
+        py = _make_venv(interp, root, log)
+        if interp.cache_tag not in houses:
+            houses[interp.cache_tag] = build_wheelhouse(py, interp.cache_tag, extras, log)
+        house = houses[interp.cache_tag]
+        digest = _digest_dir(house)
+        stamp_path = root / STAMP
+        stamp = {"interpreter": interp.python, "exe_sha256": interp.exe_sha256,
+                 "extras": sorted(extras), "wheelhouse": digest}
+        have = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
+        if have != stamp:
+            tools.run([py, "-m", "pip", "install", "--no-index", "--find-links", house,
+                       requirement(extras)], log=log, timeout=3600)
+            tools.run([py, "-m", "pip", "install", "--no-index", "--find-links", house,
+                       "--force-reinstall", "--no-deps", "hostpgo"], log=log, timeout=600)
+            stamp_path.write_text(json.dumps(stamp, indent=1))
+        envs.append(Env(interp=interp, root=root, python=py, wheelhouse_digest=digest))
+    return envs

@@ -1,0 +1,269 @@
+"""Interpreters under test: parse `--interp` specs, find hostpgo builds by name, probe identity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import SpecError, ToolError
+from .workspace import hostpgo_home, safe_name
+
+MANIFEST_NAME = "hostpgo-manifest.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+# Printed by the interpreter under test; kept to the standard library so any build answers.
+_PROBE = r"""
+import json, platform, sys, sysconfig
+cv = sysconfig.get_config_var
+print(json.dumps({
+    "version": platform.python_version(),
+    "implementation": sys.implementation.name,
+    "executable": sys.executable,
+    "cache_tag": sys.implementation.cache_tag,
+    "config_args": cv("CONFIG_ARGS") or "",
+    "cc": cv("CC") or "",
+    "py_enable_shared": bool(cv("Py_ENABLE_SHARED")),
+    "ldlibrary": cv("LDLIBRARY") or "",
+    "libdir": cv("LIBDIR") or "",
+}))
+"""
+
+
+@dataclass(frozen=True)
+class InterpreterSpec:
+    """One `--interp` value, parsed but not yet checked against the file system."""
+
+    name: str | None
+    """Name given with NAME=PATH, or None when it is to be derived."""
+    target: str
+    """A path (contains '/') or a hostpgo build name / command on PATH."""
+    raw: str
+    """The text as given, for error messages."""
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """An interpreter under test, resolved and probed."""
+
+    name: str
+    """Short name used in tables and file names."""
+    python: str
+    """Absolute path of the interpreter executable (not of its venv)."""
+    version: str
+    implementation: str
+    cache_tag: str
+    exe_sha256: str
+    """Digest of the executable file: identifies builds without a manifest."""
+    config_args: str = ""
+    cc: str = ""
+    py_enable_shared: bool = False
+    ldlibrary: str = ""
+    libdir: str = ""
+    manifest: str | None = None
+    """Path of the build's hostpgo-manifest.json, when it is a hostpgo build."""
+    manifest_digest: str = "none"
+    """sha256 of that manifest (or `none`); stamped into every result."""
+    origin: str = "path"
+    """`path` (given as a path or NAME=PATH), `hostpgo-build`, or `command` (found on PATH)."""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["notes"] = list(self.notes)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Interpreter":
+        data = dict(data)
+        data["notes"] = tuple(data.get("notes", ()))
+        return cls(**data)
+
+
+def parse_spec(text: str) -> InterpreterSpec:
+    """Parse one `--interp` value: `NAME=PATH`, a path, or a hostpgo build name."""
+    raw = text
+    text = text.strip()
+    if not text:
+        raise SpecError("--interp: empty value; give NAME=PATH, a path, or a hostpgo build name")
+    if "=" in text:
+        name, _, target = text.partition("=")
+        name, target = name.strip(), target.strip()
+        if not name:
+            raise SpecError(f"--interp {raw!r}: the name before '=' is empty")
+        if not target:
+            raise SpecError(f"--interp {raw!r}: the path after '=' is empty")
+        if not _NAME.match(name):
+            raise SpecError(
+                f"--interp {raw!r}: name {name!r} may hold letters, digits, '.', '_', '+' and '-' only"
+            )
+        return InterpreterSpec(name=name, target=target, raw=raw)
+    return InterpreterSpec(name=None, target=text, raw=raw)
+
+
+def find_builds(home: Path | None = None) -> dict[str, Path]:
+    """hostpgo builds under the work area: build name -> manifest path.
+
+    A build's name is the manifest's `name` field when it has one, else its directory's name.
+    """
+    home = home or hostpgo_home()
+    found: dict[str, Path] = {}
+    if not home.is_dir():
+        return found
+    for manifest in sorted(home.glob(f"**/{MANIFEST_NAME}")):
+        if "results" in manifest.relative_to(home).parts[:1]:
+            continue
+        names = {manifest.parent.name}
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            names.add(data["name"])
+        for name in names:
+            found.setdefault(name, manifest)
+    return found
+
+
+def python_in_prefix(prefix: Path, manifest: dict) -> Path | None:
+    """The interpreter of an install prefix: a manifest field if present, else bin/python3[.X]."""
+    for key in ("python", "interpreter", "executable"):
+        value = manifest.get(key)
+        if isinstance(value, str) and value:
+            path = Path(value)
+            return path if path.is_absolute() else prefix / path
+    candidates = [prefix / "bin" / "python3"] + sorted((prefix / "bin").glob("python3.*[0-9]"))
+    for cand in candidates:
+        if cand.is_file() and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def probe(python: Path) -> dict:
+    """Ask an interpreter for its version and build configuration."""
+    try:
+        proc = subprocess.run(
+            [str(python), "-I", "-c", _PROBE], capture_output=True, text=True, timeout=60, check=False
+        )
+    except OSError as exc:
+        raise ToolError(f"cannot run interpreter {python}: {exc.strerror}", [str(python)]) from exc
+    if proc.returncode != 0:
+        raise ToolError(f"interpreter {python} failed its probe", [str(python)], proc.stderr[-2000:])
+    return json.loads(proc.stdout)
+
+
+def _derived_name(python: Path, info: dict) -> str:
+    stem = python.name
+    return safe_name(f"{stem}-{info['version']}")
+
+
+def resolve(spec: InterpreterSpec, home: Path | None = None) -> Interpreter:
+    """Turn a spec into a probed Interpreter, raising SpecError that names the `--interp` value."""
+    manifest_path: Path | None = None
+    origin = "path"
+    notes: list[str] = []
+    target = spec.target
+    if "/" in target or target.startswith("~"):
+        python = Path(target).expanduser()
+        if not python.exists():
+            raise SpecError(f"--interp {spec.raw!r}: {python} does not exist")
+        if python.is_dir():
+            # A prefix directory: accept it when it holds a manifest or a bin/python3.
+            manifest_path = python / MANIFEST_NAME if (python / MANIFEST_NAME).is_file() else None
+            data = _read_manifest(manifest_path, spec) if manifest_path else {}
+            found = python_in_prefix(python, data)
+            if found is None:
+                raise SpecError(f"--interp {spec.raw!r}: {python} is a directory without bin/python3")
+            python = found
+            origin = "hostpgo-build" if manifest_path else "path"
+    else:
+        builds = find_builds(home)
+        if target in builds:
+            manifest_path = builds[target]
+            data = _read_manifest(manifest_path, spec)
+            found = python_in_prefix(manifest_path.parent, data)
+            if found is None:
+                raise SpecError(
+                    f"--interp {spec.raw!r}: build {target!r} ({manifest_path}) has no bin/python3"
+                )
+            python = found
+            origin = "hostpgo-build"
+        else:
+            from shutil import which
+
+            on_path = which(target)
+            if on_path is None:
+                known = ", ".join(sorted(builds)) or "none"
+                raise SpecError(
+                    f"--interp {spec.raw!r}: not a path, not a hostpgo build under "
+                    f"{home or hostpgo_home()} (builds found: {known}), and not a command on PATH"
+                )
+            python = Path(on_path)
+            origin = "command"
+            notes.append(f"{target!r} found on PATH as {on_path}")
+    if not os.access(python, os.X_OK):
+        raise SpecError(f"--interp {spec.raw!r}: {python} is not executable")
+    python = Path(os.path.abspath(python))
+    info = probe(python)
+    if manifest_path is None:
+        # An interpreter given by path may still live in a hostpgo prefix.
+        cand = python.parent.parent / MANIFEST_NAME
+        if cand.is_file():
+            manifest_path = cand
+            origin = "hostpgo-build"
+    digest = _sha256_file(manifest_path) if manifest_path else "none"
+    return Interpreter(
+        name=spec.name or (target if origin == "hostpgo-build" and "/" not in target else _derived_name(python, info)),
+        python=str(python),
+        version=info["version"],
+        implementation=info["implementation"],
+        cache_tag=info["cache_tag"] or "",
+        exe_sha256=_sha256_file(Path(os.path.realpath(python))),
+        config_args=info["config_args"],
+        cc=info["cc"],
+        py_enable_shared=info["py_enable_shared"],
+        ldlibrary=info["ldlibrary"],
+        libdir=info["libdir"],
+        manifest=str(manifest_path) if manifest_path else None,
+        manifest_digest=digest,
+        origin=origin,
+        notes=tuple(notes),
+    )
+
+
+def _read_manifest(path: Path, spec: InterpreterSpec) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"--interp {spec.raw!r}: cannot read manifest {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"--interp {spec.raw!r}: manifest {path} is not a JSON object")
+    return data
+
+
+def resolve_all(texts: list[str], home: Path | None = None) -> list[Interpreter]:
+    """Resolve every `--interp`; names must be unique (the first is the baseline)."""
+    if len(texts) < 1:
+        raise SpecError("--interp: give at least one interpreter (the first is the baseline)")
+    interps = [resolve(parse_spec(t), home) for t in texts]
+    seen: dict[str, str] = {}
+    for interp, text in zip(interps, texts):
+        if interp.name in seen:
+            raise SpecError(
+                f"--interp {text!r}: name {interp.name!r} is already used by --interp {seen[interp.name]!r};"
+                " give distinct names with NAME=PATH"
+            )
+        seen[interp.name] = text
+    return interps

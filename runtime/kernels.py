@@ -1,0 +1,192 @@
+"""Every MindSpore operator the model dispatches, behind one counter.
+
+The model calls only these functions, so `dispatches()` is the exact number of host-side operator
+dispatches (and `transfers()` the host->device copies) a step issued; workloads report both per
+token. One integer increment per call is noise next to MindSpore's own per-op host cost.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, mint, ops
+
+_linear = mint.nn.functional.linear
+_counts = [0, 0]  # [dispatches, host->device transfers]
+
+_configured = False
+
+
+def configure() -> None:
+    """PyNative mode on the CPU device, kernels launched synchronously (idempotent).
+
+    `launch_blocking()` turns off MindSpore's asynchronous launch pipeline, whose worker threads
+    busy-wait; on a small CPU box synchronous launch roughly halves per-operator host time and makes
+    every dispatch's cost land on the calling thread, where the profile of the interpreter sees it.
+    """
+    global _configured
+    if _configured:
+        return
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    ms.set_device("CPU")
+    ms.runtime.launch_blocking()
+    _configured = True
+
+
+def dispatches() -> int:
+    return _counts[0]
+
+
+def transfers() -> int:
+    return _counts[1]
+
+
+def to_device(a: np.ndarray) -> Tensor:
+    _counts[1] += 1
+    return Tensor(a)
+
+
+def to_host(t: Tensor) -> np.ndarray:
+    return t.asnumpy()
+
+
+def parameter(a: np.ndarray, name: str) -> Parameter:
+    return Parameter(Tensor(a), name=name, requires_grad=False)
+
+
+def linear(x, w):
+    _counts[0] += 1
+    return _linear(x, w)
+
+
+def bmm(a, b):
+    _counts[0] += 1
+    return ops.bmm(a, b)
+
+
+def add(a, b):
+    _counts[0] += 1
+    return ops.add(a, b)
+
+
+def mul(a, b):
+    _counts[0] += 1
+    return ops.mul(a, b)
+
+
+def div(a, b):
+    _counts[0] += 1
+    return ops.div(a, b)
+
+
+def square(x):
+    _counts[0] += 1
+    return ops.square(x)
+
+
+def rsqrt(x):
+    _counts[0] += 1
+    return ops.rsqrt(x)
+
+
+def mean_last(x):
+    _counts[0] += 1
+    return ops.mean(x, -1, True)
+
+
+def sum_last(x, keepdim: bool = False):
+    _counts[0] += 1
+    return ops.sum(x, -1, keepdim)
+
+
+def sigmoid(x):
+    _counts[0] += 1
+    return ops.sigmoid(x)
+
+
+def silu(x):
+    _counts[0] += 1
+    return ops.silu(x)
+
+
+def softmax_last(x):
+    _counts[0] += 1
+    return ops.softmax(x, -1)
+
+
+def topk_last(x, k: int):
+    """(values, indices) of the k largest along the last axis (sorted, largest first)."""
+    _counts[0] += 1
+    return ops.topk(x, k, dim=-1, largest=True, sorted=True)
+
+
+def gather_rows(table, index):
+    """table[index] along axis 0 (an embedding lookup / row gather)."""
+    _counts[0] += 1
+    return ops.gather(table, index, 0)
+
+
+def gather_cols(x, index):
+    """x[..., index] along the last axis."""
+    _counts[0] += 1
+    return ops.gather(x, index, x.ndim - 1)
+
+
+def gather_last(x, index):
+    """Per-row gather along the last axis (index has x's rank)."""
+    _counts[0] += 1
+    return ops.gather_elements(x, x.ndim - 1, index)
+
+
+def cat_last(parts):
+    _counts[0] += 1
+    return ops.cat(parts, -1)
+
+
+def narrow_last(x, start: int, length: int):
+    _counts[0] += 1
+    return mint.narrow(x, x.ndim - 1, start, length)
+
+
+def reshape(x, shape):
+    _counts[0] += 1
+    return ops.reshape(x, shape)
+
+
+def swap01(x):
+    """Swap the first two axes of a rank-3 tensor."""
+    _counts[0] += 1
+    return ops.transpose(x, (1, 0, 2))
+
+
+def swap12(x):
+    """Swap the last two axes of a rank-3 tensor."""
+    _counts[0] += 1
+    return ops.transpose(x, (0, 2, 1))
+
+
+def zeros_like(x):
+    _counts[0] += 1
+    return ops.zeros_like(x)
+
+
+def scatter_rows(param, index, rows):
+    """param[index] = rows, in place (the KV-cache write)."""
+    _counts[0] += 1
+    return ops.scatter_update(param, index, rows)
+
+
+def scatter_add_rows(x, index2d, rows):
+    """x with rows added at index2d[:, 0] (returns a new tensor)."""
+    _counts[0] += 1
+    return ops.tensor_scatter_add(x, index2d, rows)
+
+
+def greater_equal(a, b):
+    _counts[0] += 1
+    return ops.ge(a, b)
+
+
+def where(cond, a, b):
+    _counts[0] += 1
+    return ops.where(cond, a, b)

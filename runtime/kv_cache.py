@@ -1,0 +1,160 @@
+"""Paged KV-cache block manager with prefix caching (block hashes, reference counts, LRU eviction).
+
+Blocks hold `block_size` token slots of every layer's latent cache. A full block is identified by a
+hash chained over its tokens and its predecessor's hash, so a request whose prompt starts with
+blocks another request already computed reuses them (reference count + 1) instead of recomputing.
+Blocks whose count drops to zero go to the tail of a free queue but keep their hash until they are
+handed out again (evicted) from the head: least recently freed first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+
+def block_hash(parent: bytes, tokens) -> bytes:
+    """Chained digest of one full block of token ids."""
+    h = hashlib.sha256(parent)
+    h.update(b",".join(str(t).encode() for t in tokens))
+    return h.digest()[:16]
+
+
+@dataclass
+class BlockStats:
+    """Prefix-cache counters since the manager was made."""
+
+    queried_tokens: int = 0
+    hit_tokens: int = 0
+    evictions: int = 0
+    allocations: int = 0
+
+
+@dataclass
+class _Held:
+    blocks: list[int] = field(default_factory=list)
+    hashes: list[bytes] = field(default_factory=list)  # chain of this request's full blocks so far
+
+
+class BlockManager:
+    """Allocates cache blocks to requests; `check()` verifies every invariant."""
+
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError("num_blocks and block_size must be >= 1")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.prefix_caching = enable_prefix_caching
+        self.ref = [0] * num_blocks
+        self.hash_of: list[bytes | None] = [None] * num_blocks
+        self.cached: dict[bytes, int] = {}
+        self.free_queue: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        self.held: dict[str, _Held] = {}
+        self.stats = BlockStats()
+
+    # -- queries -------------------------------------------------------------------------------
+    @property
+    def num_free(self) -> int:
+        return len(self.free_queue)
+
+    def blocks_of(self, request_id: str) -> list[int]:
+        held = self.held.get(request_id)
+        return held.blocks if held else []
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def cached_prefix(self, tokens: list[int]) -> list[int]:
+        """Blocks already holding a prefix of `tokens`, leaving at least the last token to compute."""
+        if not self.prefix_caching:
+            return []
+        found: list[int] = []
+        parent = b""
+        bs = self.block_size
+        for i in range((len(tokens) - 1) // bs):
+            parent = block_hash(parent, tokens[i * bs : (i + 1) * bs])
+            b = self.cached.get(parent)
+            if b is None:
+                break
+            found.append(b)
+        self.stats.queried_tokens += len(tokens)
+        self.stats.hit_tokens += len(found) * bs
+        return found
+
+    # -- changes -------------------------------------------------------------------------------
+    def allocate(self, request_id: str, total_tokens: int, prefix: list[int] | None = None) -> bool:
+        """Make the request hold enough blocks for `total_tokens`; False (and no change) if they don't fit."""
+        held = self.held.get(request_id)
+        have = len(held.blocks) if held else 0
+        prefix = prefix or []
+        if prefix and have:
+            raise ValueError(f"request {request_id}: a cached prefix can only be taken at first allocation")
+        new = self.blocks_needed(total_tokens) - have - len(prefix)
+        revived = sum(1 for b in prefix if self.ref[b] == 0)
+        if max(new, 0) + revived > self.num_free:
+            return False
+        if held is None:
+            held = self.held[request_id] = _Held()
+        for b in prefix:
+            if self.ref[b] == 0:
+                del self.free_queue[b]
+            self.ref[b] += 1
+            held.blocks.append(b)
+            held.hashes.append(self.hash_of[b])
+        for _ in range(max(new, 0)):
+            b, _ = self.free_queue.popitem(last=False)
+            old = self.hash_of[b]
+            if old is not None:  # evict: the block's old content is gone
+                if self.cached.get(old) == b:
+                    del self.cached[old]
+                self.hash_of[b] = None
+                self.stats.evictions += 1
+            self.ref[b] = 1
+            held.blocks.append(b)
+            self.stats.allocations += 1
+        return True
+
+    def commit_full_blocks(self, request_id: str, tokens: list[int], num_computed: int) -> None:
+        """Publish the hashes of blocks now fully computed (tokens[:num_computed]) for reuse."""
+        if not self.prefix_caching:
+            return
+        held = self.held[request_id]
+        bs = self.block_size
+        for i in range(len(held.hashes), num_computed // bs):
+            parent = held.hashes[-1] if held.hashes else b""
+            h = block_hash(parent, tokens[i * bs : (i + 1) * bs])
+            held.hashes.append(h)
+            b = held.blocks[i]
+            if h not in self.cached and self.hash_of[b] is None:
+                self.cached[h] = b
+                self.hash_of[b] = h
+
+    def free(self, request_id: str) -> None:
+        """Drop the request's references; tail blocks first, so they are evicted first."""
+        held = self.held.pop(request_id, None)
+        if held is None:
+            return
+        for b in reversed(held.blocks):
+            self.ref[b] -= 1
+            if self.ref[b] == 0:
+                self.free_queue[b] = None
+
+    # -- invariants ----------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise AssertionError if counts, free queue and hash map disagree."""
+        counts = [0] * self.num_blocks
+        for held in self.held.values():
+            for b in held.blocks:
+                counts[b] += 1
+        assert counts == self.ref, "reference counts differ from the blocks requests hold"
+        for b in range(self.num_blocks):
+            assert (self.ref[b] == 0) == (b in self.free_queue), f"block {b}: free queue disagrees with count"
+        for h, b in self.cached.items():
+            assert self.hash_of[b] == h, f"block {b}: hash map disagrees"
+
+    def assert_no_leaks(self) -> None:
+        """After every request finished: nothing held, every block free."""
+        self.check()
+        assert not self.held, f"requests still hold blocks: {sorted(self.held)}"
+        assert self.num_free == self.num_blocks, f"{self.num_blocks - self.num_free} blocks leaked"

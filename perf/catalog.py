@@ -25,6 +25,10 @@ class Target:
     needs_runtime: bool
     """True when it needs the runtime extra (MindSpore) in the interpreter's venv."""
     description: str
+    count_units: tuple[int, int] = (50, 550)
+    """Units for the two counter runs (the difference is what is counted); kept small under valgrind."""
+    attribute_units: int = 3000
+    """Units run under `perf record`."""
 
     @property
     def unit(self) -> str:
@@ -37,15 +41,15 @@ TARGETS: dict[str, Target] = {
         Target("pure-python", PURE_PROVIDER, "pure-python", "steps", False,
                "pure-Python dispatch model, one step = 8 decoder layers of shape inference and kernel lookup"),
         Target("pure-dispatch", PURE_PROVIDER, "pure-python", "dispatch", False,
-               "pure-Python dispatch model, one MatMul dispatch"),
+               "pure-Python dispatch model, one MatMul dispatch", (2000, 22000), 400000),
         Target("decode-b1", RUNTIME_PROVIDER, "decode-b1", "steps", True,
-               "runtime decode, batch 1, one engine step"),
+               "runtime decode, batch 1, one engine step", (2, 12), 200),
         Target("decode-b8", RUNTIME_PROVIDER, "decode-b8", "steps", True,
-               "runtime decode, batch 8, one engine step"),
+               "runtime decode, batch 8, one engine step", (2, 12), 100),
         Target("serve-mixed", RUNTIME_PROVIDER, "serve-mixed", "steps", True,
-               "runtime mixed prefill/decode serving, one engine step"),
+               "runtime mixed prefill/decode serving, one engine step", (2, 12), 100),
         Target("op-dispatch", RUNTIME_PROVIDER, "decode-b1", "dispatch", True,
-               "runtime single-operator dispatch loop (MindSpore op call from Python)"),
+               "runtime single-operator dispatch loop (MindSpore op call from Python)", (100, 1100), 20000),
     )
 }
 

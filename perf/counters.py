@@ -187,7 +187,9 @@ def measure(backend: Backend, python: Path, target_name: str, units: tuple[int, 
         argv = [str(python), "-m", "perf.benchmarks.count", "--target", target_name, "--units", str(n)]
         if provider:
             argv += ["--provider", provider]
-        tools.run(command(backend, argv, out_file), cwd=work, env_delta=env, log=log, timeout=timeout)
+        # A fixed hash seed makes dict and set layouts, and so instruction counts, repeatable.
+        env_delta = {"PYTHONHASHSEED": "0", **(env or {})}
+        tools.run(command(backend, argv, out_file), cwd=work, env_delta=env_delta, log=log, timeout=timeout)
         totals.append(parse_output(backend, out_file))
     unit_costs = per_unit(totals[0], totals[1], units)
     return {"units": list(units), "totals": totals, "per_unit": unit_costs,

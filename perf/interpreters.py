@@ -114,8 +114,11 @@ def find_builds(home: Path | None = None) -> dict[str, Path]:
     found: dict[str, Path] = {}
     if not home.is_dir():
         return found
-    for manifest in sorted(home.glob(f"**/{MANIFEST_NAME}")):
-        if "results" in manifest.relative_to(home).parts[:1]:
+    # Install prefixes (`install/<target>-<version>-<profile>`, as buildsys lays them out) win over
+    # manifests of build trees elsewhere in the work area.
+    ordered = sorted(home.glob(f"install/*/{MANIFEST_NAME}")) + sorted(home.glob(f"**/{MANIFEST_NAME}"))
+    for manifest in ordered:
+        if manifest.relative_to(home).parts[0] in ("results", "perf"):
             continue
         names = {manifest.parent.name}
         try:

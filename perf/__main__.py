@@ -1,0 +1,97 @@
+"""Command line of perf/: `python -m perf {bench,counters,attribute,guard,report}`; errors become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from . import catalog, guard, report, session
+from .errors import PerfError
+from .interpreters import resolve_all
+from .workspace import new_run_dir
+
+console = Console(stderr=True, highlight=False)
+
+
+def _add_measure_args(p: argparse.ArgumentParser, default_stages: str | None) -> None:
+    p.add_argument("--interp", action="append", required=True, metavar="SPEC",
+                   help="interpreter under test: NAME=PATH, a path, or a hostpgo build name; repeat; "
+                        "the first is the baseline")
+    p.add_argument("--workloads", default=",".join(catalog.QUICK_DEFAULT),
+                   help=f"comma-separated targets (known: {', '.join(catalog.TARGETS)})")
+    p.add_argument("--quick", action="store_true", help="fewer rounds, values and units (minutes, noisier)")
+    p.add_argument("--out", default=None, help="run name under $HOSTPGO_HOME/results, or a directory path")
+    p.add_argument("--no-venv", action="store_true",
+                   help="run the interpreters as given instead of in per-interpreter venvs "
+                        "(each must import pyperf and hostpgo)")
+    p.add_argument("--backend", default="auto", choices=("auto", "perf-stat", "cachegrind"),
+                   help="counter backend (auto: perf stat where hardware counters exist, else cachegrind)")
+    p.add_argument("--guard-benchmarks", default=None,
+                   help=f"pyperformance subset (default: {','.join(guard.DEFAULT_SUBSET)})")
+    p.add_argument("--provider", default=None, help=argparse.SUPPRESS)
+    if default_stages is not None:
+        p.add_argument("--stages", default=default_stages,
+                       help=f"comma-separated stages to run (from {', '.join(session.STAGES)})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m perf", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    _add_measure_args(sub.add_parser("bench", help="interleaved A/B latency (and, with --stages, the rest)"),
+                      "latency,counters,attribute")
+    _add_measure_args(sub.add_parser("counters", help="instructions, misses and IPC per unit of work"), None)
+    _add_measure_args(sub.add_parser("attribute", help="host time per shared object and hottest functions"), None)
+    _add_measure_args(sub.add_parser("guard", help="pyperformance subset on every interpreter"), None)
+    rp = sub.add_parser("report", help="regenerate report.md, comparison.json and plots from a run's JSON")
+    rp.add_argument("run_dir", help="a run directory, or a run name under $HOSTPGO_HOME/results")
+    return ap
+
+
+def _plan(args: argparse.Namespace, argv: list[str]) -> session.Plan:
+    stages = session.parse_stages(args.stages) if args.command == "bench" else (args.command,)
+    return session.Plan(
+        interpreters=tuple(resolve_all(args.interp)),
+        targets=tuple(catalog.parse_targets(args.workloads)),
+        stages=stages,
+        run_dir=new_run_dir(args.out),
+        quick=args.quick,
+        use_venvs=not args.no_venv,
+        backend=args.backend,
+        guard_benchmarks=guard.parse_subset(args.guard_benchmarks),
+        provider=args.provider,
+        argv=("python", "-m", "perf", *argv),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "report":
+            run_dir = Path(args.run_dir)
+            if not run_dir.exists() and "/" not in args.run_dir:
+                run_dir = new_run_dir(args.run_dir)
+            dest = report.build(run_dir)
+        else:
+            plan = _plan(args, argv)
+            for i in plan.interpreters:
+                console.print(f"[bold]{i.name}[/]: Python {i.version} at {i.python} "
+                              f"(manifest {i.manifest_digest[:12]})")
+            console.print(f"run directory: {plan.run_dir}")
+            dest = session.execute(plan, say=lambda m: console.print(m))
+    except PerfError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/]")
+        return 130
+    console.print(f"report: {dest}")
+    print(dest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

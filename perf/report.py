@@ -1,0 +1,245 @@
+"""Render a run directory's JSON into report.md, comparison.json and PNG plots (regenerable at any time)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import plots, results
+from .compare import Comparison, compare_suites
+from .counters import IPC_MODEL_TEXT
+
+REPORT = "report.md"
+COMPARISON = "comparison.json"
+
+
+def _fmt_time(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.3f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3f} ms"
+    if seconds >= 1e-6:
+        return f"{seconds * 1e6:.2f} us"
+    return f"{seconds * 1e9:.1f} ns"
+
+
+def _fmt_num(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.3f}"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _comparison_json(c: Comparison) -> dict:
+    return {
+        "baseline": c.baseline, "changed": c.changed, "geomean_ratio": c.geomean_ratio,
+        "geomean_speedup": c.geomean_speedup, "only_baseline": list(c.only_baseline),
+        "only_changed": list(c.only_changed),
+        "rows": [{"name": r.name, "unit": r.unit, "base_median": r.base_median, "base_stdev": r.base_stdev,
+                  "changed_median": r.changed_median, "changed_stdev": r.changed_stdev, "ratio": r.ratio,
+                  "speedup": r.speedup, "significant": r.significant, "t_score": r.t_score,
+                  "n_base": r.n_base, "n_changed": r.n_changed, "verdict": r.verdict()} for r in c.rows],
+    }
+
+
+def _comparison_table(c: Comparison, per_token: dict[str, float] | None = None) -> list[str]:
+    headers = ["benchmark", f"{c.baseline} median ± sd", f"{c.changed} median ± sd", "ratio", "verdict", "t", "values"]
+    rows = []
+    for r in c.rows:
+        name = r.name
+        base = f"{_fmt_time(r.base_median)} ± {_fmt_time(r.base_stdev)}"
+        chg = f"{_fmt_time(r.changed_median)} ± {_fmt_time(r.changed_stdev)}"
+        tps = (per_token or {}).get(r.name)
+        if tps and tps != 1:
+            base += f" ({_fmt_time(r.base_median / tps)}/token)"
+            chg += f" ({_fmt_time(r.changed_median / tps)}/token)"
+        verdict = r.verdict() if r.significant else "*not significant*"
+        t = "" if r.t_score is None else f"{r.t_score:.2f}"
+        rows.append([name, base, chg, f"{r.ratio:.3f}", verdict, t, f"{r.n_base}/{r.n_changed}"])
+    geo = f"**{c.geomean_speedup:.3f}x {'faster' if c.geomean_ratio < 1 else 'slower'}**"
+    if not any(r.significant for r in c.rows):
+        geo += " (no benchmark differs significantly)"
+    rows.append(["**geometric mean**", "", "", f"**{c.geomean_ratio:.3f}**", geo, "", ""])
+    return _table(headers, rows)
+
+
+def _interpreters_section(record: dict) -> list[str]:
+    rows = []
+    for i in record["interpreters"]:
+        flags = [f for f in ("--enable-optimizations", "--with-lto", "--enable-shared") if f in i.get("config_args", "")]
+        rows.append([i["name"] + (" (baseline)" if i["name"] == record["baseline"] else ""), i["version"],
+                     f"`{i['python']}`", i.get("origin", ""), i.get("manifest_digest", "none")[:12],
+                     i.get("exe_sha256", "")[:12], " ".join(flags) or "-"])
+    return ["## Interpreters", ""] + _table(
+        ["name", "version", "python", "origin", "manifest sha256", "executable sha256", "configure"], rows) + [""]
+
+
+def _latency_section(run_dir: Path, record: dict, out: dict) -> list[str]:
+    lat = record.get("latency")
+    if not lat:
+        return []
+    suites = results.load_suites(run_dir, lat["files"])
+    order = [i["name"] for i in record["interpreters"] if i["name"] in suites]
+    base = record["baseline"]
+    s = lat["settings"]
+    lines = ["## Latency (pyperf, interleaved A/B)", "",
+             f"{s['rounds']} rounds; in each round every interpreter runs one pyperf process "
+             f"({s['warmups']} warm-up, {s['values']} values), order alternating each round; loops per value "
+             f"fixed across interpreters ({', '.join(f'{k}: {v}' for k, v in lat['loops'].items())}). "
+             "Ratio = median / baseline median (below 1 is faster); significance: two-tailed t-test at 95%.", ""]
+    per_token = {}
+    for b in suites[base].get_benchmarks():
+        tps = b.get_metadata().get("hostpgo_tokens_per_step")
+        if isinstance(tps, (int, float)) and tps > 0:
+            per_token[b.get_name()] = tps
+    comps = []
+    for name in order:
+        if name == base:
+            continue
+        comp = compare_suites(suites[base], suites[name], base, name)
+        comps.append(comp)
+        lines += [f"### {name} vs {base}", ""] + _comparison_table(comp, per_token) + [""]
+    out["latency"] = [_comparison_json(c) for c in comps]
+    plots_dir = run_dir / "plots"
+    p = plots.latency_distributions(suites, order, plots_dir / "latency_distribution.png")
+    lines += [f"![latency distributions]({p.relative_to(run_dir)})", ""]
+    if comps:
+        p = plots.speedups(comps, plots_dir / "latency_speedup.png", "Latency speedup (interleaved pyperf)")
+        lines += [f"![latency speedups]({p.relative_to(run_dir)})", ""]
+    return lines
+
+
+def _counters_section(record: dict, out: dict) -> list[str]:
+    cnt = record.get("counters")
+    if not cnt:
+        return []
+    backend = cnt["backend"]
+    base = record["baseline"]
+    names = [i["name"] for i in record["interpreters"] if i["name"] in cnt["results"]]
+    lines = [f"## Counters per unit of work (backend: `{backend}`)", "", f"Backend choice: {cnt['reason']}.", ""]
+    if backend == "cachegrind":
+        lines += ["Instruction counts are exact (valgrind); cache and branch figures are *simulated* "
+                  f"(caches {cnt['config'].get('caches')}); iTLB is not simulated. "
+                  f"IPC is an {IPC_MODEL_TEXT}.", ""]
+    lines += ["Per unit = (count at N2 units - count at N1 units) / (N2 - N1), which removes start-up and imports.", ""]
+    out_c: dict = {}
+    targets = list(next(iter(cnt["results"].values())).keys()) if cnt["results"] else []
+    for target in targets:
+        units = cnt["results"][base][target]["units"]
+        metrics: list[str] = []
+        for name in names:
+            for k in list(cnt["results"][name][target]["per_unit"]) + list(cnt["results"][name][target]["derived"]):
+                if k not in metrics:
+                    metrics.append(k)
+        headers = ["metric"] + names + [f"{n} / {base}" for n in names if n != base]
+        rows = []
+        for m in metrics:
+            vals = {}
+            for name in names:
+                r = cnt["results"][name][target]
+                vals[name] = r["per_unit"].get(m, r["derived"].get(m))
+            label = m if m != "ipc_estimate" else "IPC (estimate, model)"
+            row = [label] + [_fmt_num(vals[n]) for n in names]
+            for n in names:
+                if n == base:
+                    continue
+                # A ratio of counts below one per unit is noise from the differencing, not a result.
+                ok = vals[n] is not None and vals[base] is not None and abs(vals[base]) >= 1 and abs(vals[n]) >= 1
+                row.append(f"{vals[n] / vals[base]:.3f}" if ok else "-")
+            rows.append(row)
+        unit = "dispatch" if "dispatch" in target else "step"
+        lines += [f"### {target} (per {unit}; N1={units[0]}, N2={units[1]})", ""] + _table(headers, rows) + [""]
+        out_c[target] = {n: cnt["results"][n][target]["per_unit"] | cnt["results"][n][target]["derived"] for n in names}
+    out["counters"] = {"backend": backend, "per_unit": out_c}
+    return lines
+
+
+def _attribution_section(record: dict) -> list[str]:
+    att = record.get("attribution")
+    if not att:
+        return []
+    names = [i["name"] for i in record["interpreters"] if i["name"] in att]
+    lines = ["## Host-time attribution by library", "",
+             "Share of sampled CPU time (perf record -e cpu-clock, only over the measured units).", ""]
+    targets = list(next(iter(att.values())).keys())
+    for target in targets:
+        groups: list[str] = []
+        for n in names:
+            for g in att[n][target]["groups"]:
+                if g not in groups:
+                    groups.append(g)
+        rows = [[g] + [f"{att[n][target]['groups'].get(g, 0.0):.1f}%" for n in names] for g in groups]
+        lines += [f"### {target}", ""] + _table(["library"] + names, rows) + [""]
+        dso_rows = []
+        dsos: list[str] = []
+        for n in names:
+            for d in att[n][target]["dso"]:
+                if d not in dsos:
+                    dsos.append(d)
+        for d in dsos[:12]:
+            dso_rows.append([f"`{d}`"] + [f"{att[n][target]['dso'].get(d, 0.0):.1f}%" for n in names])
+        lines += ["Per shared object:", ""] + _table(["shared object"] + names, dso_rows) + [""]
+        for n in names:
+            hot = att[n][target]["hottest"][:8]
+            unresolved = att[n][target].get("unresolved", {})
+            lines += [f"Hottest functions, {n}:", ""]
+            lines += _table(["%", "object", "function"],
+                            [[f"{h['percent']:.1f}", f"`{h['dso']}`", f"`{h['symbol']}`"] for h in hot])
+            if unresolved:
+                lines += ["", "Samples without a symbol (stripped objects): " +
+                          ", ".join(f"`{d}` {p:.1f}%" for d, p in unresolved.items())]
+            lines += [""]
+    return lines
+
+
+def _guard_section(run_dir: Path, record: dict, out: dict) -> list[str]:
+    guard = record.get("guard")
+    if not guard:
+        return []
+    suites = results.load_suites(run_dir, guard["files"])
+    base = record["baseline"]
+    lines = ["## Generic guard: pyperformance subset", "",
+             f"`pyperformance run` ({guard.get('mode', '')}) of: {', '.join(guard['benchmarks'])}.", ""]
+    comps = []
+    for i in record["interpreters"]:
+        if i["name"] == base or i["name"] not in suites:
+            continue
+        comp = compare_suites(suites[base], suites[i["name"]], base, i["name"])
+        comps.append(comp)
+        lines += [f"### {i['name']} vs {base}", ""] + _comparison_table(comp) + [""]
+    out["guard"] = [_comparison_json(c) for c in comps]
+    if comps:
+        p = plots.speedups(comps, run_dir / "plots" / "guard_speedup.png", "pyperformance subset speedup")
+        lines += [f"![pyperformance speedups]({p.relative_to(run_dir)})", ""]
+    return lines
+
+
+def build(run_dir: Path) -> Path:
+    """(Re)generate report.md, comparison.json and plots from the run directory's JSON."""
+    run_dir = Path(run_dir).resolve()
+    record = results.load(run_dir)
+    out: dict = {"run": record["run"], "baseline": record["baseline"]}
+    host = record.get("host", {})
+    lines = [f"# hostpgo measurement: {record['run']}", "",
+             f"Created {record.get('created', '?')} on {host.get('cpu', '?')} ({host.get('cpus', '?')} CPUs, "
+             f"load average at start {host.get('loadavg_at_start', '?')}). Baseline: **{record['baseline']}**.", ""]
+    if record.get("command"):
+        lines += ["Command: `" + " ".join(record["command"]) + "`", ""]
+    lines += _interpreters_section(record)
+    lines += _latency_section(run_dir, record, out)
+    lines += _counters_section(record, out)
+    lines += _attribution_section(record)
+    lines += _guard_section(run_dir, record, out)
+    if record.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in record["notes"]] + [""]
+    (run_dir / COMPARISON).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    dest = run_dir / REPORT
+    dest.write_text("\n".join(lines), encoding="utf-8")
+    return dest

@@ -1,0 +1,143 @@
+"""One measurement run: resolve interpreters, prepare venvs, run the chosen stages, record, report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import attribute, counters, envs, guard, latency, report, results
+from .catalog import Target
+from .errors import ResultsError, SpecError
+from .interpreters import Interpreter
+from .workspace import safe_name
+
+STAGES = ("latency", "counters", "attribute", "guard")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run needs, resolved from the command line (pure data)."""
+
+    interpreters: tuple[Interpreter, ...]
+    targets: tuple[Target, ...]
+    stages: tuple[str, ...]
+    run_dir: Path
+    quick: bool = False
+    use_venvs: bool = True
+    """False runs each interpreter as given (it must import pyperf and this project itself)."""
+    backend: str = "auto"
+    guard_benchmarks: tuple[str, ...] = guard.DEFAULT_SUBSET
+    provider: str | None = None
+    """Override of the workload provider module (tests use a fake runtime)."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Extra environment for every benchmark process (also inherited by pyperf workers)."""
+    argv: tuple[str, ...] = ()
+
+
+def parse_stages(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    for name in names:
+        if name not in STAGES:
+            raise SpecError(f"--stages: unknown stage {name!r}; choose from {', '.join(STAGES)}")
+    if not names:
+        raise SpecError("--stages: empty list")
+    return names
+
+
+def _stamp(interp: Interpreter, wheelhouse: str) -> dict[str, str]:
+    return {"hostpgo_interp": interp.name, "hostpgo_manifest_sha256": interp.manifest_digest,
+            "hostpgo_exe_sha256": interp.exe_sha256[:16], "hostpgo_wheelhouse": wheelhouse[:16] or "none"}
+
+
+def _open_record(plan: Plan) -> dict:
+    """Reuse the run record when `--out` names an existing run of the same interpreters."""
+    names = [i.name for i in plan.interpreters]
+    if (plan.run_dir / results.RUN_FILE).is_file():
+        record = results.load(plan.run_dir)
+        have = [i["name"] for i in record["interpreters"]]
+        if have != names:
+            raise ResultsError(
+                f"{plan.run_dir / results.RUN_FILE}: run was made with interpreters {have}, not {names}; "
+                "choose another --out")
+        record["interpreters"] = [i.to_json() for i in plan.interpreters]
+        for t in plan.targets:
+            if t.name not in record["targets"]:
+                record["targets"].append(t.name)
+        return record
+    return results.new_record(plan.run_dir, [i.to_json() for i in plan.interpreters],
+                              [t.name for t in plan.targets], list(plan.argv))
+
+
+def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
+    """Run the plan's stages, saving run.json after each, and return the report path."""
+    run_dir = plan.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "commands.log"
+    record = _open_record(plan)
+    results.save(run_dir, record)
+    targets = list(plan.targets)
+
+    if plan.use_venvs:
+        extras = ("perf", "runtime") if any(t.needs_runtime for t in targets) else ("perf",)
+        say(f"preparing venvs ({','.join(extras)}) from one wheelhouse ...")
+        prepared = envs.prepare(list(plan.interpreters), extras, log)
+        pythons = {e.interp.name: e.python for e in prepared}
+        stamps = {e.interp.name: _stamp(e.interp, e.wheelhouse_digest) for e in prepared}
+        record["venvs"] = {e.interp.name: {"python": str(e.python), "wheelhouse_sha256": e.wheelhouse_digest}
+                           for e in prepared}
+    else:
+        pythons = {i.name: Path(i.python) for i in plan.interpreters}
+        stamps = {i.name: _stamp(i, "") for i in plan.interpreters}
+        record.setdefault("notes", []).append("interpreters ran without per-interpreter venvs (--no-venv)")
+    env = dict(plan.env)
+
+    if "latency" in plan.stages:
+        settings = latency.LatencySettings.quick() if plan.quick else latency.LatencySettings()
+        subjects = [latency.Subject(i.name, pythons[i.name], stamps[i.name]) for i in plan.interpreters]
+        say(f"latency: {len(targets)} target(s) x {len(subjects)} interpreter(s), {settings.rounds} interleaved rounds")
+        record["latency"] = latency.run_interleaved(
+            subjects, targets, run_dir / "latency", settings, provider=plan.provider, env=env, log=log,
+            progress=lambda m: say("  " + m))
+        results.save(run_dir, record)
+
+    if "counters" in plan.stages:
+        backend = counters.select_backend(plan.backend)
+        say(f"counters: backend {backend.name} - {backend.reason}")
+        per: dict[str, dict] = {}
+        for interp in plan.interpreters:
+            per[interp.name] = {}
+            for t in targets:
+                units = t.count_units if not plan.quick else (t.count_units[0], (t.count_units[0] + t.count_units[1]) // 2)
+                m = counters.measure(backend, pythons[interp.name], t.name, units,
+                                     run_dir / "counters" / safe_name(interp.name), provider=plan.provider,
+                                     env=env, log=log)
+                per[interp.name][t.name] = m
+                say(f"  {interp.name} {t.name}: {m['per_unit']['instructions']:,.0f} instructions per {t.unit}")
+        record["counters"] = {"backend": backend.name, "reason": backend.reason, "config": backend.config,
+                              "results": per}
+        results.save(run_dir, record)
+
+    if "attribute" in plan.stages:
+        per = {}
+        for interp in plan.interpreters:
+            per[interp.name] = {}
+            for t in targets:
+                units = t.attribute_units // (4 if plan.quick else 1)
+                r = attribute.record(pythons[interp.name], t.name, units,
+                                     run_dir / "attribution" / safe_name(interp.name), provider=plan.provider,
+                                     env=env, log=log)
+                per[interp.name][t.name] = r
+                top = ", ".join(f"{g} {p:.1f}%" for g, p in list(r["groups"].items())[:4])
+                say(f"  {interp.name} {t.name}: {top}")
+        record["attribution"] = per
+        results.save(run_dir, record)
+
+    if "guard" in plan.stages:
+        say(f"guard: pyperformance {','.join(plan.guard_benchmarks)}")
+        subjects3 = [(i.name, pythons[i.name], stamps[i.name]) for i in plan.interpreters]
+        record["guard"] = guard.run_guard(subjects3, plan.guard_benchmarks, run_dir / "pyperformance",
+                                          fast=plan.quick, log=log, progress=lambda m: say("  " + m))
+        results.save(run_dir, record)
+
+    return report.build(run_dir)

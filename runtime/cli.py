@@ -1,0 +1,175 @@
+"""Command line of the runtime: `python -m runtime {checkpoint,verify,generate,workload} ...`.
+
+Library code raises RuntimeErrorBase subclasses; only `main` turns them into messages and exit codes
+(0 ok, 1 verification failed, 2 bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from runtime.errors import RuntimeErrorBase
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token ids, got {text!r}") from None
+
+
+def cmd_checkpoint(args) -> int:
+    from runtime.config import PRESETS
+    from runtime.weights import random_tensors, write_checkpoint
+
+    cfg = PRESETS[args.preset]
+    files = write_checkpoint(
+        args.out, cfg, random_tensors(cfg, args.seed, include_mtp=not args.no_mtp), shards=args.shards, layout=args.layout
+    )
+    for f in files:
+        print(f)
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from runtime.verify import verify_checkpoint
+
+    ok, lines = verify_checkpoint(args.checkpoint, prompt_len=args.prompt_len, decode=args.decode, chunk=args.chunk, seed=args.seed)
+    for line in lines:
+        print(line)
+    return 0 if ok else 1
+
+
+def cmd_generate(args) -> int:
+    import numpy as np
+
+    from runtime import kernels as K
+    from runtime.config import load_config
+    from runtime.engine import EngineConfig, LLMEngine
+    from runtime.model import DeepseekV3Model, contiguous_batch
+    from runtime.sampling import SamplingParams
+    from runtime.scheduler import SchedulerConfig
+    from runtime.weights import load_weights
+    from runtime.workarea import builtin_checkpoint
+
+    ckpt = Path(args.checkpoint) if args.checkpoint else builtin_checkpoint("tiny", 0)
+    cfg = load_config(ckpt)
+    weights, report = load_weights(ckpt, cfg)
+    prompt = args.prompt_ids
+    block = 16
+    blocks = -(-(len(prompt) + args.max_tokens) // block) + 1
+    model = DeepseekV3Model(cfg, weights, blocks * block)
+    prompt_logits = None
+    if args.logits_out:
+        prompt_logits = K.to_host(model.forward(contiguous_batch(np.asarray(prompt), 0)))
+        np.save(args.logits_out, prompt_logits)
+    engine = LLMEngine(
+        model, EngineConfig(block_size=block, num_blocks=blocks, scheduler=SchedulerConfig(max_num_batched_tokens=args.budget))
+    )
+    params = SamplingParams(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        max_tokens=args.max_tokens, stop_token_ids=tuple(args.stop_ids),
+    )
+    req = engine.add_request("0", prompt, params)
+    engine.run_to_completion()
+    engine.blocks.assert_no_leaks()
+    result = {
+        "checkpoint": str(ckpt),
+        "prompt_ids": prompt,
+        "output_ids": req.output,
+        "finish_reason": req.finish_reason,
+        "steps": engine.step_count,
+        "dispatches": sum(m.dispatches for m in engine.history),
+        "ttft_ms": 1e3 * req.ttft,
+        "tpot_ms": None if req.tpot is None else 1e3 * req.tpot,
+        "load": report.summary(),
+    }
+    if args.logits_out:
+        result["logits_out"] = str(args.logits_out)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(report.summary(), file=sys.stderr)
+        print(",".join(map(str, req.output)))
+    return 0
+
+
+def cmd_workload(args) -> int:
+    from runtime.workloads import WORKLOADS, get_spec, open_workload
+
+    if args.list or not args.name:
+        for spec in WORKLOADS.values():
+            print(f"{spec.name:12s} v{spec.version}  {spec.default_steps:3d} steps  {spec.summary}")
+        return 0 if args.list else 2
+    spec = get_spec(args.name)
+    wl = open_workload(args.name, checkpoint=args.checkpoint, seed=args.seed)
+    rec = wl.record(wl.run_steps(args.steps if args.steps is not None else spec.default_steps))
+    if args.json:
+        print(json.dumps(rec, indent=2))
+    else:
+        print(
+            f"{rec['name']} v{rec['version']}: {rec['steps']} steps, {rec['tokens']} tokens "
+            f"({rec['generated_tokens']} generated), {rec['tokens_per_s']:.1f} tokens/s, "
+            f"host {rec['host_us_per_token']:.0f} us/token, {rec['dispatches_per_token']:.1f} dispatches/token\n"
+            f"token digest {rec['token_digest']}"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m runtime", description="hostpgo's DeepSeek-V3 runtime on MindSpore (CPU)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("checkpoint", help="write a random checkpoint (config.json + safetensors, HF names)")
+    c.add_argument("--out", required=True, type=Path)
+    c.add_argument("--preset", choices=["tiny", "small"], default="tiny")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--shards", type=int, default=1, help="split into N files with model.safetensors.index.json")
+    c.add_argument("--layout", choices=["published", "parameters"], default="published",
+                   help="config.json rotary keys: rope_theta/rope_scaling or rope_parameters/rope_interleave")
+    c.add_argument("--no-mtp", action="store_true", help="leave out the multi-token-prediction layer")
+    c.set_defaults(func=cmd_checkpoint)
+
+    v = sub.add_parser("verify", help="MindSpore forward vs the NumPy reference on the same tokens")
+    v.add_argument("--checkpoint", required=True, type=Path)
+    v.add_argument("--prompt-len", type=int, default=40)
+    v.add_argument("--chunk", type=int, default=16, help="prefill chunk size")
+    v.add_argument("--decode", type=int, default=6, help="decode steps checked after the prompt")
+    v.add_argument("--seed", type=int, default=0)
+    v.set_defaults(func=cmd_verify)
+
+    g = sub.add_parser("generate", help="generate from token ids")
+    g.add_argument("--checkpoint", type=Path, help="default: the built-in tiny preset")
+    g.add_argument("--prompt-ids", type=_ids, required=True)
+    g.add_argument("--max-tokens", type=int, default=16)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--stop-ids", type=_ids, default=[])
+    g.add_argument("--budget", type=int, default=64, help="token budget per engine step")
+    g.add_argument("--logits-out", type=Path, help="save the prompt's logits [len, vocab] as .npy")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_generate)
+
+    w = sub.add_parser("workload", help="run a named host-dispatch workload")
+    w.add_argument("name", nargs="?")
+    w.add_argument("--list", action="store_true")
+    w.add_argument("--checkpoint", type=Path, help="default: the tiny preset generated into $HOSTPGO_HOME")
+    w.add_argument("--steps", type=int)
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--json", action="store_true")
+    w.set_defaults(func=cmd_workload)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RuntimeErrorBase as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

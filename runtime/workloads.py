@@ -1,0 +1,374 @@
+"""Named, versioned host-dispatch workloads: the inputs hostpgo trains PGO on and benchmarks.
+
+Command line (any Python 3.11 with mindspore==2.10.0, numpy<2, safetensors and hostpgo installed)::
+
+    python -m runtime workload --list
+    python -m runtime workload NAME [--checkpoint DIR] [--steps N] [--seed N] [--json]
+
+Without --checkpoint the built-in tiny preset is generated once into
+`$HOSTPGO_HOME/runtime/checkpoints/` (default `.hostpgo/` under the current directory).
+
+In-process API (pyperf benchmarks)::
+
+    from runtime.workloads import open_workload
+    wl = open_workload("decode-b8", checkpoint=None, seed=0)  # load, build, warm up: not timed
+    r = wl.run_steps(n)       # n engine steps; dict with at least tokens, dispatches, digest
+    d = wl.dispatch_loop(n)   # n single-operator dispatches of a small add; dict with dispatches
+    rec = wl.record(r)        # the JSON record the command line prints
+
+`run_steps(n)` may be called any number of times with any n: each workload keeps its request
+stream going deterministically (a finished request is replaced by the next one in its stream), so
+the token digest of a fresh `open_workload(...).run_steps(n)` depends only on the checkpoint, the
+workload version, the seed and n. For `decode-b1`/`decode-b8` every step is one decode token for
+each of the 1/8 requests: a finished request is restarted with the same prompt, whose full blocks
+are still in the prefix cache, so its restart step computes a single token too.
+
+The record (`schema` "hostpgo.runtime.workload/1") holds name, version, seed, steps, checkpoint
+digest, `token_digest` (sha256 over every generated "request:token"), `tokens` (tokens the model
+processed: prompt chunks plus decode tokens), `generated_tokens`, wall and host (calling thread
+CPU) time per token, dispatches per token and per step, tokens/s, mean TTFT/TPOT and prefix-cache
+hits. Versions change whenever a workload's requests or engine settings change, so the digests
+pinned in tests/unit/test_runtime_workloads.py move together with them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from runtime.engine import EngineConfig, LLMEngine, RunSummary
+from runtime.errors import WorkloadError
+from runtime.sampling import SamplingParams
+from runtime.scheduler import SchedulerConfig, Status
+
+RECORD_SCHEMA = "hostpgo.runtime.workload/1"
+
+
+class Driver:
+    """Feeds one workload's request stream into an engine; subclasses define the stream."""
+
+    warmup_steps = 1
+
+    def __init__(self, vocab_size: int, seed: int):
+        self.vocab = vocab_size
+        self.seed = seed
+        self.count = 0
+
+    def rng(self, *key: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, *key])
+
+    def tokens(self, n: int, *key: int) -> list[int]:
+        return [int(t) for t in self.rng(*key).integers(0, self.vocab, n)]
+
+    def start(self, engine: LLMEngine) -> None:
+        """Add the first requests (before warm-up)."""
+
+    def before_step(self, engine: LLMEngine, step: int) -> None:
+        """Arrivals and restarts due before engine step number `step`."""
+
+
+class DecodeDriver(Driver):
+    """B requests decoding together; each restarts (same prompt, prefix-cached) when it finishes."""
+
+    warmup_steps = 2
+    prompt_len = 33  # two full blocks + 1: a restart recomputes one token
+
+    def __init__(self, vocab_size: int, seed: int, batch: int):
+        super().__init__(vocab_size, seed)
+        self.batch = batch
+        self.prompts = [self.tokens(self.prompt_len, 1, s) for s in range(batch)]
+        self.generation = [0] * batch
+        self.live: dict[int, str] = {}
+
+    def _add(self, engine: LLMEngine, s: int) -> None:
+        rid = f"s{s}g{self.generation[s]}"
+        self.generation[s] += 1
+        engine.add_request(rid, self.prompts[s], SamplingParams(max_tokens=40 + 4 * (s % 4)))
+        self.live[s] = rid
+
+    def start(self, engine: LLMEngine) -> None:
+        for s in range(self.batch):
+            self._add(engine, s)
+
+    def before_step(self, engine: LLMEngine, step: int) -> None:
+        for s in range(self.batch):
+            if engine.requests[self.live[s]].status is Status.FINISHED:
+                self._add(engine, s)
+
+
+class PrefillDriver(Driver):
+    """Pairs of long fresh prompts (no prefix hits) that produce one token each, chunked by the budget."""
+
+    lengths = (192, 160)
+
+    def __init__(self, vocab_size: int, seed: int):
+        super().__init__(vocab_size, seed)
+        self.live: list[str] = []
+
+    def _add_pair(self, engine: LLMEngine) -> None:
+        self.live = []
+        for k, n in enumerate(self.lengths):
+            rid = f"p{self.count}"
+            engine.add_request(rid, self.tokens(n, 2, self.count), SamplingParams(max_tokens=1))
+            self.live.append(rid)
+            self.count += 1
+
+    def start(self, engine: LLMEngine) -> None:
+        self._add_pair(engine)
+
+    def before_step(self, engine: LLMEngine, step: int) -> None:
+        if all(engine.requests[r].status is Status.FINISHED for r in self.live):
+            self._add_pair(engine)
+
+
+class ServeMixedDriver(Driver):
+    """Poisson arrivals sharing three system prompts, mixed sampling settings and lengths."""
+
+    warmup_steps = 2
+    max_waiting = 8
+
+    def __init__(self, vocab_size: int, seed: int):
+        super().__init__(vocab_size, seed)
+        self.system = [self.tokens(n, 3, k) for k, n in enumerate((32, 48, 20))]
+        self.arrivals = self.rng(4)
+
+    def _add(self, engine: LLMEngine) -> None:
+        i = self.count
+        self.count += 1
+        r = self.rng(5, i)
+        prompt = self.system[int(r.integers(0, 3))] + self.tokens(int(r.integers(3, 41)), 6, i)
+        temperature = float(r.choice([0.0, 0.7, 1.0]))
+        params = SamplingParams(
+            temperature=temperature,
+            top_k=int(r.choice([0, 20, 50])),
+            top_p=float(r.choice([1.0, 0.9, 0.8])),
+            seed=None if i % 5 == 0 else 1000 + i,
+            max_tokens=int(r.integers(4, 33)),
+            stop_token_ids=(int(r.integers(0, self.vocab)),) if i % 3 == 0 else (),
+        )
+        engine.add_request(f"m{i}", prompt, params)
+
+    def start(self, engine: LLMEngine) -> None:
+        for _ in range(3):
+            self._add(engine)
+
+    def before_step(self, engine: LLMEngine, step: int) -> None:
+        for _ in range(int(self.arrivals.poisson(0.6))):
+            if len(engine.scheduler.waiting) < self.max_waiting:
+                self._add(engine)
+
+
+class PrefixHitDriver(Driver):
+    """Four requests in flight, each a 96-token shared prefix plus 5 own tokens, short greedy answers."""
+
+    warmup_steps = 2
+    in_flight = 4
+
+    def __init__(self, vocab_size: int, seed: int):
+        super().__init__(vocab_size, seed)
+        self.prefix = self.tokens(96, 7)
+
+    def _add(self, engine: LLMEngine) -> None:
+        i = self.count
+        self.count += 1
+        engine.add_request(f"h{i}", self.prefix + self.tokens(5, 8, i), SamplingParams(max_tokens=4))
+
+    def start(self, engine: LLMEngine) -> None:
+        self._add(engine)
+
+    def before_step(self, engine: LLMEngine, step: int) -> None:
+        while len(engine.scheduler.waiting) + len(engine.scheduler.running) < self.in_flight:
+            self._add(engine)
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """One named workload: its version, default length, engine settings and request stream."""
+
+    name: str
+    version: int
+    summary: str
+    default_steps: int
+    engine: EngineConfig
+    driver: Callable[[int, int], Driver]
+
+
+def _engine(block_size: int, num_blocks: int, budget: int, max_seqs: int) -> EngineConfig:
+    return EngineConfig(
+        block_size=block_size,
+        num_blocks=num_blocks,
+        scheduler=SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=max_seqs),
+    )
+
+
+WORKLOADS: dict[str, WorkloadSpec] = {
+    w.name: w
+    for w in (
+        WorkloadSpec(
+            "decode-b1", 1, "one request decoding greedily, restarted from its cached prompt", 48,
+            _engine(16, 16, 64, 1), lambda v, s: DecodeDriver(v, s, 1),
+        ),
+        WorkloadSpec(
+            "decode-b8", 1, "eight requests decoding together, restarts keep the batch at eight", 32,
+            _engine(16, 64, 512, 8), lambda v, s: DecodeDriver(v, s, 8),
+        ),
+        WorkloadSpec(
+            "prefill", 1, "long fresh prompts (192, 160 tokens) chunked by a 64-token budget, one token each", 24,
+            _engine(16, 40, 64, 4), PrefillDriver,
+        ),
+        WorkloadSpec(
+            "serve-mixed", 1, "Poisson arrivals over shared system prompts, sampling, prefill and decode mixed", 48,
+            _engine(16, 40, 48, 8), ServeMixedDriver,
+        ),
+        WorkloadSpec(
+            "prefix-hit", 1, "requests sharing a 96-token prefix: prompts served from the prefix cache", 40,
+            _engine(16, 48, 64, 4), PrefixHitDriver,
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> WorkloadSpec:
+    try:
+        return WORKLOADS[name]
+    except KeyError:
+        raise WorkloadError(f"unknown workload {name!r} (known: {', '.join(WORKLOADS)})") from None
+
+
+class Workload:
+    """An opened workload: engine built and warmed up, ready for timed `run_steps` calls."""
+
+    def __init__(self, spec: WorkloadSpec, checkpoint: Path, seed: int, preset: str | None):
+        from runtime import kernels as K
+        from runtime.config import load_config
+        from runtime.model import DeepseekV3Model
+        from runtime.weights import checkpoint_digest, load_weights
+
+        self.spec = spec
+        self.seed = seed
+        self.checkpoint = checkpoint
+        self.preset = preset
+        self.cfg = load_config(checkpoint)
+        weights, self.load_report = load_weights(checkpoint, self.cfg)
+        self.checkpoint_digest = checkpoint_digest(checkpoint)
+        ec = spec.engine
+        self.model = DeepseekV3Model(self.cfg, weights, ec.num_blocks * ec.block_size)
+        self.engine = LLMEngine(self.model, EngineConfig(**{**ec.__dict__, "seed": seed}))
+        self.driver = spec.driver(self.cfg.vocab_size, seed)
+        self.driver.start(self.engine)
+        for _ in range(self.driver.warmup_steps):
+            self._step()
+        self._k = K
+        self._a = K.to_device(np.ones((1, self.cfg.hidden_size), np.float32))
+        self._b = K.to_device(np.full((1, self.cfg.hidden_size), 0.5, np.float32))
+        self.dispatch_loop(16)
+
+    def _step(self):
+        self.driver.before_step(self.engine, self.engine.step_count)
+        out = self.engine.step()
+        if self.engine.step_count % 64 == 0:
+            self.engine.forget_finished()
+        return out
+
+    def run_steps(self, n: int) -> dict:
+        """Run n engine steps; returns tokens, generated_tokens, dispatches, wall/host time, digest."""
+        h = hashlib.sha256()
+        metrics = []
+        t0 = time.perf_counter()
+        for _ in range(n):
+            out = self._step()
+            metrics.append(out.metrics)
+            for rid, tok in out.tokens:
+                h.update(f"{rid}:{tok}\n".encode())
+        wall = time.perf_counter() - t0
+        s = RunSummary.of(metrics)
+        finished = [r for r in self.engine.requests.values() if r.status is Status.FINISHED]
+        ttft = [r.ttft for r in finished if r.ttft is not None]
+        tpot = [r.tpot for r in finished if r.tpot is not None]
+        return {
+            "steps": n,
+            "tokens": s.tokens,
+            "generated_tokens": s.generated,
+            "dispatches": s.dispatches,
+            "transfers": s.transfers,
+            "wall_s": wall,
+            "host_s": s.host_s,
+            "digest": h.hexdigest(),
+            "ttft_ms_mean": 1e3 * float(np.mean(ttft)) if ttft else None,
+            "tpot_ms_mean": 1e3 * float(np.mean(tpot)) if tpot else None,
+            "preemptions": sum(m.preempted for m in metrics),
+        }
+
+    def dispatch_loop(self, n: int) -> dict:
+        """n single-operator dispatches (an add of two [1, hidden] tensors), synchronised at the end."""
+        K = self._k
+        add, a, b = K.add, self._a, self._b
+        d0 = K.dispatches()
+        t0 = time.perf_counter()
+        r = a
+        for _ in range(n):
+            r = add(a, b)
+        K.to_host(r)
+        return {"dispatches": K.dispatches() - d0, "wall_s": time.perf_counter() - t0}
+
+    def drain(self, max_steps: int = 10000) -> None:
+        """Stop new arrivals, finish every request, and check that no cache block leaked."""
+        self.engine.run_to_completion(max_steps)
+        self.engine.blocks.assert_no_leaks()
+
+    def record(self, run: dict) -> dict:
+        """The versioned JSON record for one run_steps() result."""
+        import mindspore
+
+        tokens = max(run["tokens"], 1)
+        stats = self.engine.blocks.stats
+        return {
+            "schema": RECORD_SCHEMA,
+            "name": self.spec.name,
+            "version": self.spec.version,
+            "seed": self.seed,
+            "steps": run["steps"],
+            "checkpoint": str(self.checkpoint),
+            "checkpoint_digest": self.checkpoint_digest,
+            "preset": self.preset,
+            "token_digest": run["digest"],
+            "tokens": run["tokens"],
+            "generated_tokens": run["generated_tokens"],
+            "wall_s": run["wall_s"],
+            "host_s": run["host_s"],
+            "tokens_per_s": run["tokens"] / run["wall_s"] if run["wall_s"] else None,
+            "wall_us_per_token": 1e6 * run["wall_s"] / tokens,
+            "host_us_per_token": 1e6 * run["host_s"] / tokens,
+            "dispatches": run["dispatches"],
+            "dispatches_per_token": run["dispatches"] / tokens,
+            "dispatches_per_step": run["dispatches"] / max(run["steps"], 1),
+            "transfers_per_token": run["transfers"] / tokens,
+            "host_us_per_step": 1e6 * run["host_s"] / max(run["steps"], 1),
+            "ttft_ms_mean": run["ttft_ms_mean"],
+            "tpot_ms_mean": run["tpot_ms_mean"],
+            "preemptions": run["preemptions"],
+            "prefix_cache_hit_tokens": stats.hit_tokens,
+            "prefix_cache_queried_tokens": stats.queried_tokens,
+            "python": sys.version.split()[0],
+            "executable": sys.executable,
+            "mindspore": mindspore.__version__,
+            "numpy": np.__version__,
+            "launch_blocking": True,
+        }
+
+
+def open_workload(name: str, checkpoint: str | Path | None = None, seed: int = 0) -> Workload:
+    """Build a workload ready to time: checkpoint loaded (tiny preset if None), engine warmed up."""
+    from runtime.workarea import builtin_checkpoint
+
+    spec = get_spec(name)
+    preset = None
+    if checkpoint is None:
+        checkpoint, preset = builtin_checkpoint("tiny", 0), "tiny"
+    return Workload(spec, Path(checkpoint), seed, preset)

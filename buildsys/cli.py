@@ -1,0 +1,166 @@
+"""Command line of the build engine: the only place errors become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from . import cpython, engine, flags, profile as profmod, stages, toolchain
+from .errors import HostpgoError
+from .paths import WorkArea
+from .runner import Runner
+
+
+def _common_build_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", "-j", type=int, default=None, help="parallel make jobs (default: CPU count)")
+    p.add_argument("--source", type=Path, default=None,
+                   help="the pinned source archive, or a directory holding it (checked against its sha256)")
+    p.add_argument("--dry-run", action="store_true", help="print the whole plan and run nothing")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m buildsys", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("toolchain", help="detect compilers, companion tools and CPU tuning")
+    t.add_argument("--install", action="store_true", help="install LLVM 22 and CPython build deps (root, Debian)")
+    t.add_argument("--json", action="store_true")
+    s = sub.add_parser("show-profile", help="print a profile's effective settings and per-stage flags")
+    s.add_argument("profile", help="a name from profiles/ or a path to a .toml file")
+    s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    b = sub.add_parser("build", help="build a target with a profile")
+    b.add_argument("target", choices=["cpython"])
+    b.add_argument("--profile", required=True, help="a name from profiles/ or a path to a .toml file")
+    b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one profile key (after HOSTPGO_SET from the environment)")
+    _common_build_args(b)
+    pl = sub.add_parser("pipeline", help="build baseline and the optimized profile; print prefixes and timings")
+    pl.add_argument("--optimized", default=engine.DEFAULT_OPTIMIZED_PROFILE,
+                    help=f"optimized profile (default {engine.DEFAULT_OPTIMIZED_PROFILE})")
+    _common_build_args(pl)
+    return ap
+
+
+def cmd_toolchain(args, console: Console) -> int:
+    tcs = toolchain.detect()
+    if args.install:
+        toolchain.install(tcs.host, Runner(WorkArea.from_env().logs / "toolchain-install.log"))
+        tcs = toolchain.detect()
+    if args.json:
+        print(json.dumps({"host": vars(tcs.host) | {"tuning": tcs.host.host_tuning},
+                          "compilers": [c.identity() for c in tcs.compilers]}, indent=2))
+        return 0
+    h = tcs.host
+    console.print(f"host: {h.machine} ({h.os_id or 'unknown OS'}); tuning for arch=\"host\": {h.host_tuning}"
+                  + (f" (Kunpeng {h.kunpeng} from MIDR part)" if h.kunpeng else ""))
+    table = Table("family", "compiler", "version", "companion tools")
+    for c in tcs.compilers:
+        table.add_row(c.family, c.cc, c.version, "\n".join(f"{k}: {v}" for k, v in sorted(c.tools.items())))
+    console.print(table)
+    problems = []
+    if tcs.find("clang") is None and tcs.find("bisheng") is None:
+        problems.append("no clang/BiSheng found")
+    llvm = tcs.find("bisheng") or tcs.find("clang")
+    if llvm is not None:
+        for role in ("profdata", "ar", "lld", "bolt", "merge-fdata"):
+            if role not in llvm.tools:
+                problems.append(f"{toolchain.LLVM_TOOLS[role]} not found next to {llvm.cc}")
+    if tcs.find("gcc") is None:
+        problems.append("no gcc found")
+    if problems:
+        console.print("[red]missing:[/] " + "; ".join(problems))
+        console.print(f"install with: {toolchain.install_hint(h)}   (or: python -m buildsys toolchain --install, as root)")
+        return 1
+    console.print("[green]all toolchains and companion tools present[/]")
+    return 0
+
+
+def _print_profile(inp: cpython.Inputs, console: Console) -> None:
+    p = inp.profile
+    print(f"profile {p.name} (target {p.target})")
+    print("  files: " + " <- ".join(p.files))
+    if p.description:
+        print("  " + " ".join(p.description.split()))
+    d = p.to_dict()
+    for sect in ("toolchain", "optimize", "flags", "bisheng", "pgo", "verify"):
+        print(f"  [{sect}] " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d[sect].items()))
+    if p.overrides:
+        print("  overrides: " + " ".join(p.overrides))
+    print(f"  compiler: {inp.compiler.version_text} ({inp.compiler.cc})")
+
+
+def cmd_show_profile(args, console: Console) -> int:
+    inp = engine.prepare(args.profile, overrides=args.set, allow_missing_compiler=True)
+    _print_profile(inp, console)
+    plan = cpython.plan(inp)
+    for n in plan.notes:
+        print(f"  note: {n}")
+    print("\nper-stage settings (channel, name = value   # where it comes from):")
+    for st in plan.stages:
+        if not st.flags:
+            continue
+        print(f"  {st.name}:")
+        for f in st.flags:
+            print(f"    {f.channel:<15} {f.name} = {f.value}" + (f"   # {f.why}" if f.why else ""))
+    return 0
+
+
+def cmd_build(args, console: Console) -> int:
+    inp = engine.prepare(args.profile, overrides=args.set, jobs=args.jobs, user_source=args.source)
+    plan = cpython.plan(inp)
+    if args.dry_run:
+        print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))
+        return 0
+    ex = stages.execute(plan, inp.work.stamps, inp.work.logs, console=console, live=console.is_terminal)
+    _print_timings([ex], console)
+    return 0
+
+
+def _print_timings(executions, console: Console) -> None:
+    for ex in executions:
+        table = Table("stage", "seconds", "ran/skipped", title=f"{ex.plan.build_id} -> {ex.plan.summary['prefix']}")
+        total = 0.0
+        for name, r in ex.results.items():
+            table.add_row(name, f"{r.seconds:.0f}", "skipped (stamp)" if r.skipped else "ran")
+            total += r.seconds
+        table.add_row("total", f"{total:.0f}", "")
+        console.print(table)
+        print(f"{ex.plan.build_id}: {ex.plan.summary['prefix']}/bin/python")
+
+
+def cmd_pipeline(args, console: Console) -> int:
+    if args.dry_run:
+        tcs = toolchain.detect()
+        for ref in (engine.BASELINE_PROFILE, args.optimized):
+            inp = engine.prepare(ref, jobs=args.jobs, user_source=args.source, detected=tcs,
+                                 allow_missing_compiler=True)
+            plan = cpython.plan(inp)
+            print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))
+            print()
+        return 0
+    res = engine.pipeline(optimized=args.optimized, jobs=args.jobs, user_source=args.source, console=console,
+                          live=console.is_terminal)
+    _print_timings(res.builds, console)
+    return 0
+
+
+COMMANDS = {"toolchain": cmd_toolchain, "show-profile": cmd_show_profile, "build": cmd_build,
+            "pipeline": cmd_pipeline}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        return COMMANDS[args.command](args, console)
+    except HostpgoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; stages that did not finish left no stamp and will run again", file=sys.stderr)
+        return 130

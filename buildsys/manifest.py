@@ -1,0 +1,109 @@
+"""hostpgo-manifest.json: the versioned record written into every install prefix."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import HostpgoError
+
+if TYPE_CHECKING:
+    from .cpython import Inputs
+    from .stages import Execution
+
+SCHEMA = "hostpgo-manifest/1"
+FILE_NAME = "hostpgo-manifest.json"
+REQUIRED = {"schema": str, "build_id": str, "target": str, "version": str, "prefix": str, "profile": dict,
+            "toolchain": dict, "source": dict, "patches": list, "flags": dict, "training": list,
+            "profile_data": (dict, type(None)), "stages": dict, "written": str}
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 over the relative paths and contents of every file below `root`."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode() + b"\0")
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def validate(doc: dict[str, Any]) -> None:
+    """Refuse to write a manifest that lacks a field or has one of the wrong type."""
+    for key, kind in REQUIRED.items():
+        if key not in doc:
+            raise HostpgoError(f"manifest is missing '{key}'")
+        if not isinstance(doc[key], kind):
+            raise HostpgoError(f"manifest field '{key}' has type {type(doc[key]).__name__}")
+    if doc["schema"] != SCHEMA:
+        raise HostpgoError(f"manifest schema {doc['schema']!r}, expected {SCHEMA!r}")
+    for name, st in doc["stages"].items():
+        if not {"seconds", "skipped", "key"} <= set(st):
+            raise HostpgoError(f"manifest stage '{name}' lacks seconds/skipped/key")
+
+
+def build(execution: "Execution", inp: "Inputs", prefix: Path, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    plan = execution.plan
+    res = execution.results
+    instrumented = prefix.name.endswith("-instrumented")
+    stage_names = [s.name for s in plan.stages]
+    if instrumented:
+        stage_names = stage_names[:stage_names.index("install-instrumented") + 1]
+    merge = res.get("merge")
+    profile_data = None
+    if merge is not None and not instrumented:
+        profile_data = {"path": merge.info.get("profile_data"), "sha256": merge.info.get("profile_data_sha256"),
+                        "raw_profiles": merge.info.get("raw_profiles", merge.info.get("gcda_files"))}
+    src = res.get("source")
+    return {
+        "schema": SCHEMA,
+        "build_id": plan.build_id + ("-instrumented" if instrumented else ""),
+        "target": "cpython",
+        "version": inp.pin.version,
+        "prefix": str(prefix),
+        "profile": inp.profile.to_dict(),
+        "toolchain": {**inp.compiler.identity(), "host": {"machine": inp.host.machine, "os": inp.host.os_id,
+                                                         "kunpeng": inp.host.kunpeng}},
+        "source": {"file": inp.pin.file, "sha256": inp.pin.sha256, "url": inp.pin.url,
+                   "origin": src.info.get("origin") if src else None},
+        "patches": [{"name": p.name, "sha256": p.sha256} for p in inp.patches],
+        "flags": {s.name: [{"channel": f.channel, "name": f.name, "value": f.value, "why": f.why}
+                            for f in s.flags]
+                  for s in plan.stages if s.name in stage_names and s.flags},
+        "notes": list(plan.notes),
+        "training": [] if instrumented else tasks,
+        "profile_data": profile_data,
+        "stages": {n: {"seconds": round(res[n].seconds, 1), "skipped": res[n].skipped, "key": res[n].key}
+                   for n in stage_names if n in res},
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write(prefix: Path, doc: dict[str, Any]) -> Path:
+    validate(doc)
+    path = prefix / FILE_NAME
+    tmp = prefix / f".{FILE_NAME}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read(prefix: Path) -> dict[str, Any]:
+    path = prefix / FILE_NAME
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise HostpgoError(f"cannot read {path}: {e}") from None
+    validate(doc)
+    return doc
+
+
+def write_for_execution(execution: "Execution", inp: "Inputs", prefixes: list[Path],
+                        tasks: list[dict[str, Any]]) -> None:
+    for prefix in prefixes:
+        if prefix.is_dir():
+            write(prefix, build(execution, inp, prefix, tasks))

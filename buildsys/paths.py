@@ -1,0 +1,69 @@
+"""Where hostpgo keeps its work: sources cache, build trees, profile data, prefixes, stamps, logs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILES_DIR = REPO_ROOT / "profiles"
+TASKS_DIR = PROFILES_DIR / "tasks"
+PATCHES_DIR = REPO_ROOT / "patches"
+
+
+@dataclass(frozen=True)
+class WorkArea:
+    """The work area (default `./.hostpgo`, moved by HOSTPGO_HOME); every path the engine writes."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "WorkArea":
+        env = os.environ if environ is None else environ
+        home = env.get("HOSTPGO_HOME")
+        root = Path(home) if home else Path.cwd() / ".hostpgo"
+        return cls(root.resolve())
+
+    @property
+    def sources(self) -> Path:
+        """Verified source archives, named as in the pinned table."""
+        return self.root / "sources"
+
+    @property
+    def apt(self) -> Path:
+        """The private apt configuration and state used for `apt-get source`."""
+        return self.root / "apt"
+
+    @property
+    def src(self) -> Path:
+        """Unpacked and patched source trees, one per (archive, patch set)."""
+        return self.root / "src"
+
+    @property
+    def build(self) -> Path:
+        """Out-of-tree build directories, one per build variant."""
+        return self.root / "build"
+
+    @property
+    def pgo(self) -> Path:
+        """Raw profiles, merged profile data and training venvs."""
+        return self.root / "pgo"
+
+    @property
+    def install(self) -> Path:
+        """Final install prefixes, `<target>-<version>-<profile>`."""
+        return self.root / "install"
+
+    @property
+    def stamps(self) -> Path:
+        return self.root / "stamps"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def tmp(self) -> Path:
+        """Scratch space on the same file system, so results can be published by rename."""
+        return self.root / "tmp"

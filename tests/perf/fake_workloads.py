@@ -1,0 +1,29 @@
+"""A stand-in for runtime.workloads with the same contract, for harness tests without MindSpore."""
+
+from __future__ import annotations
+
+
+class FakeWorkload:
+    def __init__(self, name: str, batch: int) -> None:
+        self.name = name
+        self.batch = batch
+        self.state = 0
+
+    def _op(self) -> None:
+        self.state = (self.state * 31 + 7) % 1_000_003
+
+    def run_steps(self, n: int) -> dict[str, int]:
+        for _ in range(n):
+            for _ in range(40):
+                self._op()
+        return {"tokens": n * self.batch, "dispatches": n * 40}
+
+    def dispatch_loop(self, n: int) -> dict[str, int]:
+        for _ in range(n):
+            self._op()
+        return {"dispatches": n}
+
+
+def open_workload(name: str, checkpoint: object = None, seed: int = 0) -> FakeWorkload:
+    batch = {"decode-b1": 1, "decode-b8": 8, "serve-mixed": 4}[name]
+    return FakeWorkload(name, batch)

@@ -1,0 +1,87 @@
+"""The A/B comparison: significance, geometric mean, and refusal of incompatible runs."""
+
+import math
+
+import pyperf
+import pytest
+
+from perf.compare import compare_suites, significance
+from perf.errors import IncompatibleResults
+
+
+def bench(name, values, **metadata):
+    md = {"name": name, "unit": "second", "loops": 8, **metadata}
+    runs = [pyperf.Run(values[i:i + 3], metadata=md, collect_metadata=False) for i in range(0, len(values), 3)]
+    return pyperf.Benchmark(runs)
+
+
+def suite(*benches):
+    return pyperf.BenchmarkSuite(list(benches))
+
+
+FAST = [1.00, 1.01, 0.99, 1.02, 0.98, 1.00]
+SLOW = [1.50, 1.52, 1.49, 1.51, 1.48, 1.50]
+NOISY = [1.01, 0.97, 1.03, 0.99, 1.02, 0.98]
+
+
+def test_clear_difference_is_significant_and_ratio_is_of_medians():
+    c = compare_suites(suite(bench("a", SLOW)), suite(bench("a", FAST)), "base", "new")
+    (row,) = c.rows
+    assert row.significant
+    assert row.ratio == pytest.approx(1.00 / 1.50, rel=1e-3)
+    assert row.speedup == pytest.approx(1.5, rel=1e-3)
+    assert "faster" in row.verdict()
+
+
+def test_overlapping_samples_are_not_significant():
+    c = compare_suites(suite(bench("a", FAST)), suite(bench("a", NOISY)))
+    assert not c.rows[0].significant
+    assert c.rows[0].verdict() == "not significant"
+
+
+def test_geometric_mean_of_ratios():
+    base = suite(bench("a", [1.0] * 3 + [1.0001] * 3), bench("b", [2.0] * 3 + [2.0001] * 3))
+    new = suite(bench("a", [2.0] * 3 + [2.0001] * 3), bench("b", [1.0] * 3 + [1.0001] * 3))
+    c = compare_suites(base, new)
+    assert [r.name for r in c.rows] == ["a", "b"]
+    assert c.geomean_ratio == pytest.approx(1.0, rel=1e-3)
+    base2 = suite(bench("a", SLOW), bench("b", SLOW))
+    c2 = compare_suites(base2, suite(bench("a", FAST), bench("b", SLOW)))
+    assert c2.geomean_ratio == pytest.approx(math.sqrt(1.0 / 1.5), rel=1e-3)
+
+
+def test_unequal_sample_sizes_use_welch():
+    sig, t = significance(SLOW, FAST[:3])
+    assert sig and t > 0
+    sig, _ = significance(FAST, NOISY[:3])
+    assert not sig
+
+
+def test_single_values_are_never_significant():
+    assert significance([1.0], [2.0]) == (False, None)
+
+
+def test_only_in_one_suite_is_listed():
+    c = compare_suites(suite(bench("a", FAST), bench("x", FAST)), suite(bench("a", FAST), bench("y", FAST)))
+    assert c.only_baseline == ("x",) and c.only_changed == ("y",)
+
+
+def test_refuses_different_benchmark_code():
+    base = suite(bench("a", FAST, hostpgo_code_digest="aaaa", hostpgo_unit="step"))
+    new = suite(bench("a", FAST, hostpgo_code_digest="bbbb", hostpgo_unit="step"))
+    with pytest.raises(IncompatibleResults, match="hostpgo_code_digest"):
+        compare_suites(base, new, "sys", "opt")
+
+
+def test_refuses_different_loops_in_harness_runs():
+    base = suite(bench("a", FAST, hostpgo_unit="step"))
+    new = suite(bench("a", FAST, hostpgo_unit="step", loops=16))
+    with pytest.raises(IncompatibleResults, match="loops"):
+        compare_suites(base, new)
+
+
+def test_refuses_different_units_and_disjoint_suites():
+    with pytest.raises(IncompatibleResults, match="unit"):
+        compare_suites(suite(bench("a", FAST)), suite(bench("a", [100, 101, 102], unit="byte")))
+    with pytest.raises(IncompatibleResults, match="no benchmark in common"):
+        compare_suites(suite(bench("a", FAST)), suite(bench("b", FAST)))

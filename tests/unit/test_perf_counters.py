@@ -1,0 +1,107 @@
+"""Counter backends: selection, parsing of perf stat and cachegrind output, per-unit differencing."""
+
+import pytest
+
+from perf import counters
+from perf.errors import ResultsError, SpecError
+
+PERF_STAT_UNSUPPORTED = """\
+<not supported>,,instructions,0,100.00,,
+<not supported>,,cycles,0,100.00,,
+0.92,msec,task-clock,922040,100.00,261.497,CPUs utilized
+"""
+
+PERF_STAT_OK = """\
+# started on Sat Nov 28 17:00:00 2026
+
+1234567,,instructions:u,5000000,100.00,1.50,insn per cycle
+823045,,cycles:u,5000000,100.00,,
+200100,,branches:u,5000000,100.00,,
+5002,,branch-misses:u,5000000,100.00,2.50,of all branches
+<not counted>,,iTLB-load-misses:u,0,0.00,,
+"""
+
+CACHEGRIND_OUT = """\
+desc: I1 cache:         32768 B, 64 B, 8-way associative
+desc: D1 cache:         32768 B, 64 B, 8-way associative
+desc: LL cache:         8388608 B, 64 B, 16-way associative
+cmd: /usr/bin/python3.11 -m perf.benchmarks.count --target pure-python --units 50
+events: Ir I1mr ILmr Dr D1mr DLmr Dw D1mw DLmw Bc Bcm Bi Bim
+fl=???
+fn=0x0000000000001100
+0 5 1 1
+summary: 31675623 256892 12089 8333070 508124 17489 3778855 48068 24486 5882025 411811 290099 78735
+"""
+
+
+def test_parse_perf_stat_unsupported_and_counted():
+    bad = counters.parse_perf_stat_csv(PERF_STAT_UNSUPPORTED)
+    assert bad["instructions"] is None and bad["task-clock"] == pytest.approx(0.92)
+    ok = counters.parse_perf_stat_csv(PERF_STAT_OK)
+    assert ok["instructions"] == 1234567 and ok["cycles"] == 823045
+    assert ok["iTLB-load-misses"] is None
+
+
+def test_ipc_is_measured_with_perf_stat():
+    d = counters.derived("perf-stat", counters.parse_perf_stat_csv(PERF_STAT_OK))
+    assert d["ipc"] == pytest.approx(1234567 / 823045)
+    assert "ipc_estimate" not in d
+
+
+def test_parse_cachegrind_and_estimate_ipc():
+    raw = counters.parse_cachegrind_out(CACHEGRIND_OUT)
+    assert raw["Ir"] == 31675623 and raw["Bim"] == 78735
+    norm = counters.normalise_cachegrind(raw)
+    assert norm["instructions"] == 31675623
+    assert norm["branches"] == 5882025 + 290099
+    assert norm["branch-misses"] == 411811 + 78735
+    assert norm["L1-icache-load-misses"] == 256892
+    d = counters.derived("cachegrind", norm)
+    assert "ipc" not in d
+    assert 0 < d["ipc_estimate"] < 1
+
+
+def test_cachegrind_without_summary_is_an_error():
+    with pytest.raises(ResultsError, match="summary"):
+        counters.parse_cachegrind_out("events: Ir\n")
+    with pytest.raises(ResultsError, match="2 events but 1"):
+        counters.parse_cachegrind_out("events: Ir I1mr\nsummary: 5\n")
+
+
+def test_backend_selection(monkeypatch):
+    monkeypatch.setattr(counters.tools, "which", lambda name: f"/usr/bin/{name}")
+    assert counters.select_backend("auto", probe=lambda: (True, "counts")).name == "perf-stat"
+    fallback = counters.select_backend("auto", probe=lambda: (False, "no hardware counters"))
+    assert fallback.name == "cachegrind" and "no hardware counters" in fallback.reason
+    with pytest.raises(SpecError, match="--backend perf-stat: no hardware counters"):
+        counters.select_backend("perf-stat", probe=lambda: (False, "no hardware counters"))
+    with pytest.raises(SpecError, match="--backend"):
+        counters.select_backend("papi")
+    monkeypatch.setattr(counters.tools, "which", lambda name: None)
+    with pytest.raises(SpecError, match="valgrind"):
+        counters.select_backend("auto", probe=lambda: (False, "no perf"))
+
+
+def test_perf_stat_probe_reads_not_supported():
+    class Proc:
+        stderr = PERF_STAT_UNSUPPORTED
+
+    ok, why = counters.perf_stat_supported(run=lambda *a, **k: Proc())
+    if counters.tools.which("perf"):
+        assert not ok and "not supported" in why
+
+
+def test_per_unit_differencing():
+    small = {"instructions": 1000.0, "cycles": None}
+    large = {"instructions": 6000.0, "cycles": None}
+    assert counters.per_unit(small, large, (10, 60)) == {"instructions": 100.0, "cycles": None}
+    with pytest.raises(SpecError):
+        counters.per_unit(small, large, (60, 10))
+
+
+def test_commands_name_the_backend_tools(tmp_path):
+    out = tmp_path / "o"
+    cg = counters.command(counters.Backend("cachegrind", ""), ["py", "-c", "1"], out)
+    assert cg[0] == "valgrind" and "--branch-sim=yes" in cg and cg[-3:] == ["py", "-c", "1"]
+    ps = counters.command(counters.Backend("perf-stat", ""), ["py"], out)
+    assert ps[:3] == ["perf", "stat", "-x,"] and "instructions,cycles" in ps[ps.index("-e") + 1]

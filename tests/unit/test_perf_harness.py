@@ -1,0 +1,71 @@
+"""Real runs of the latency harness: tiny pyperf benchmarks in subprocesses of this interpreter."""
+
+import json
+import sys
+from pathlib import Path
+
+import pyperf
+import pytest
+
+from perf import catalog, latency
+from perf.__main__ import main
+from perf.compare import compare_suites
+
+FAKE_DIR = Path(__file__).resolve().parent.parent / "perf"
+TINY = latency.LatencySettings(rounds=2, values=2, warmups=1, min_time=0.005, timeout=120)
+
+
+def test_round_order_alternates():
+    assert latency.round_order(["a", "b", "c"], 3) == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]
+
+
+def test_interleaved_run_merges_per_interpreter(tmp_path):
+    subjects = [latency.Subject("one", Path(sys.executable), {"hostpgo_manifest_sha256": "none"}),
+                latency.Subject("two", Path(sys.executable), {"hostpgo_manifest_sha256": "abc"})]
+    targets = [catalog.TARGETS["decode-b8"]]
+    rec = latency.run_interleaved(subjects, targets, tmp_path / "latency", TINY,
+                                  provider="fake_workloads", env={"PYTHONPATH": str(FAKE_DIR)})
+    assert rec["order"] == [["one", "two"], ["two", "one"]]
+    assert set(rec["files"]) == {"one", "two"}
+    suites = {n: pyperf.BenchmarkSuite.load(str(tmp_path / f)) for n, f in rec["files"].items()}
+    b = suites["two"].get_benchmark("decode-b8")
+    assert b.get_nvalue() == TINY.rounds * TINY.values
+    md = b.get_metadata()
+    assert md["hostpgo_manifest_sha256"] == "abc"
+    assert md["hostpgo_tokens_per_step"] == 8
+    assert md["hostpgo_provider"] == "fake_workloads"
+    assert md["loops"] == rec["loops"]["decode-b8"]
+    c = compare_suites(suites["one"], suites["two"], "one", "two")
+    assert c.rows[0].name == "decode-b8" and c.rows[0].n_base == 4
+
+
+def test_cli_bench_and_report_on_pure_python(tmp_path):
+    out = tmp_path / "run"
+    rc = main(["bench", "--interp", f"a={sys.executable}", "--interp", f"b={sys.executable}",
+               "--workloads", "pure-dispatch", "--no-venv", "--quick", "--stages", "latency", "--out", str(out)])
+    assert rc == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["baseline"] == "a" and record["latency"]["files"]["b"] == "latency/b.json"
+    text = (out / "report.md").read_text()
+    assert "### b vs a" in text and "pure-dispatch" in text
+    assert (out / "plots" / "latency_distribution.png").read_bytes()[:4] == b"\x89PNG"
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == text
+
+
+@pytest.mark.parametrize("argv,code", [
+    (["bench", "--interp", "=x"], 2),
+    (["bench", "--interp", "/no/such/python"], 2),
+    (["bench", "--interp", sys.executable, "--workloads", "nope"], 2),
+    (["bench", "--interp", sys.executable, "--stages", "latency,bogus"], 2),
+])
+def test_cli_spec_errors_exit_with_code(argv, code, tmp_path, capsys):
+    assert main(argv + ["--out", str(tmp_path / "r")]) == code
+    err = capsys.readouterr().err
+    assert "error:" in err
+
+
+def test_cli_report_of_missing_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "missing")]) == 5
+    assert "run.json" in capsys.readouterr().err

@@ -1,0 +1,65 @@
+"""Interpreter specs: parsing, errors naming the flag, hostpgo build lookup by name."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from perf.errors import SpecError
+from perf.interpreters import find_builds, parse_spec, resolve, resolve_all
+
+
+def test_parse_forms():
+    assert parse_spec("sys=/usr/bin/python3").name == "sys"
+    assert parse_spec("/usr/bin/python3").name is None
+    assert parse_spec("cpython-3.11.2-workload-pgo-lto").target == "cpython-3.11.2-workload-pgo-lto"
+
+
+@pytest.mark.parametrize("text,match", [
+    ("", "empty value"),
+    ("=/usr/bin/python3", "name before '=' is empty"),
+    ("sys=", "path after '=' is empty"),
+    ("bad name=/usr/bin/python3", "may hold letters"),
+])
+def test_parse_errors_name_the_flag(text, match):
+    with pytest.raises(SpecError, match=match) as info:
+        parse_spec(text)
+    assert "--interp" in str(info.value)
+
+
+def test_missing_path_and_unknown_name(tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        resolve(parse_spec(str(tmp_path / "nope" / "python")), tmp_path)
+    with pytest.raises(SpecError, match="builds found: none"):
+        resolve(parse_spec("no-such-build-xyz"), tmp_path)
+
+
+def _fake_build(home: Path, name: str) -> Path:
+    prefix = home / "install" / name
+    (prefix / "bin").mkdir(parents=True)
+    os.symlink(sys.executable, prefix / "bin" / "python3")
+    (prefix / "hostpgo-manifest.json").write_text(json.dumps({"schema": 1, "profile": "x"}))
+    return prefix
+
+
+def test_hostpgo_build_by_name(tmp_path):
+    prefix = _fake_build(tmp_path, "cpython-3.11.2-baseline")
+    assert find_builds(tmp_path) == {"cpython-3.11.2-baseline": prefix / "hostpgo-manifest.json"}
+    interp = resolve(parse_spec("cpython-3.11.2-baseline"), tmp_path)
+    assert interp.name == "cpython-3.11.2-baseline"
+    assert interp.origin == "hostpgo-build"
+    assert interp.python == str(prefix / "bin" / "python3")
+    assert len(interp.manifest_digest) == 64
+    assert interp.version == "%d.%d.%d" % sys.version_info[:3]
+    # The prefix directory itself works too, and a path inside a prefix picks up its manifest.
+    assert resolve(parse_spec(f"b={prefix}"), tmp_path).manifest_digest == interp.manifest_digest
+    assert resolve(parse_spec(f"c={prefix}/bin/python3"), tmp_path).origin == "hostpgo-build"
+
+
+def test_duplicate_names_are_refused(tmp_path):
+    with pytest.raises(SpecError, match="already used"):
+        resolve_all([f"x={sys.executable}", f"x={sys.executable}"], tmp_path)
+    with pytest.raises(SpecError, match="at least one"):
+        resolve_all([], tmp_path)

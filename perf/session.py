@@ -10,7 +10,7 @@ from . import attribute, counters, envs, guard, latency, report, results
 from .catalog import Target
 from .errors import ResultsError, SpecError
 from .interpreters import Interpreter
-from .workspace import safe_name
+from .workspace import hostpgo_home, safe_name
 
 STAGES = ("latency", "counters", "attribute", "guard")
 
@@ -91,6 +91,9 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         stamps = {i.name: _stamp(i, "") for i in plan.interpreters}
         record.setdefault("notes", []).append("interpreters ran without per-interpreter venvs (--no-venv)")
     env = dict(plan.env)
+    # Every benchmark process shares the work area (the runtime keeps its checkpoint there),
+    # whatever directory it runs in.
+    env.setdefault("HOSTPGO_HOME", str(hostpgo_home()))
 
     if "latency" in plan.stages:
         settings = latency.LatencySettings.quick() if plan.quick else latency.LatencySettings()

@@ -72,6 +72,9 @@ def cmd_toolchain(args, console: Console) -> int:
                 problems.append(f"{toolchain.LLVM_TOOLS[role]} not found next to {llvm.cc}")
     if tcs.find("gcc") is None:
         problems.append("no gcc found")
+    packages = toolchain.missing_packages(h)
+    if packages:
+        problems.append("packages not installed: " + " ".join(packages))
     if problems:
         console.print("[red]missing:[/] " + "; ".join(problems))
         console.print(f"install with: {toolchain.install_hint(h)}   (or: python -m buildsys toolchain --install, as root)")

@@ -56,6 +56,10 @@ def ensure_toolchain(profile_refs: Sequence[str], console: Console) -> toolchain
     """Detect; as root on Debian/Ubuntu, install what a profile lacks; otherwise fail with the command."""
     tcs = toolchain.detect()
     missing = []
+    packages = toolchain.missing_packages(tcs.host)
+    if packages:
+        missing.append(f"missing packages: {' '.join(packages)} (needed for the toolchains and for CPython's "
+                       f"optional modules). Install them: {toolchain.install_hint(tcs.host)}")
     for ref in profile_refs:
         try:
             flags.select_compiler(profmod.load(ref), tcs)

@@ -245,6 +245,18 @@ def detect(environ: dict[str, str] | None = None) -> Toolchains:
     return Toolchains(host=detect_host(), compilers=tuple(compilers))
 
 
+def missing_packages(host: Host) -> list[str]:
+    """On Debian/Ubuntu: which of LLVM_PACKAGES + CPYTHON_BUILD_DEPS dpkg does not list as installed."""
+    if not host.is_debian_like or not shutil.which("dpkg-query"):
+        return []
+    wanted = [*LLVM_PACKAGES, *CPYTHON_BUILD_DEPS]
+    done = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", *wanted],
+                          capture_output=True, text=True)
+    installed = {ln.split()[0].split(":")[0] for ln in done.stdout.splitlines()
+                 if len(ln.split()) > 1 and ln.split()[1].startswith("ii")}
+    return [p for p in wanted if p not in installed]
+
+
 def install_command(host: Host) -> list[str]:
     """The exact package-manager command that installs what hostpgo needs on this host."""
     if host.is_debian_like:

@@ -115,18 +115,6 @@ def detect_host(cpuinfo: Path = Path("/proc/cpuinfo"), os_release: Path = Path("
     return Host(machine=machine, os_id=os_id, kunpeng=kunpeng)
 
 
-def _version_of(cc: str) -> tuple[str, str] | None:
-    try:
-        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    first = out.splitlines()[0] if out else ""
-    m = re.search(r"(\d+\.\d+(?:\.\d+)?)", first)
-    if not m:
-        return None
-    return m.group(1), first if "bisheng" not in out.lower() else _bisheng_line(out)
-
-
 def _bisheng_line(out: str) -> str:
     for line in out.splitlines():
         if "bisheng" in line.lower():
@@ -214,9 +202,9 @@ def describe_compiler(cc: str, path_env: str | None = None) -> Compiler | None:
     if not out:
         return None
     family = classify(out)
-    m = re.search(r"(\d+\.\d+(?:\.\d+)?)", _bisheng_line(out) if family == "bisheng" else out.splitlines()[0])
-    if not m and family == "bisheng":
-        m = re.search(r"clang version (\d+\.\d+(?:\.\d+)?)", out)
+    # For BiSheng the underlying clang version is what min_version compares against.
+    m = re.search(r"clang version (\d+\.\d+(?:\.\d+)?)", out) if family == "bisheng" else None
+    m = m or re.search(r"(\d+\.\d+(?:\.\d+)?)", out.splitlines()[0])
     if not m:
         return None
     cxx, tools = _companion(cc_path, family, path_env)

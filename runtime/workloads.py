@@ -150,7 +150,7 @@ class ServeMixedDriver(Driver):
             top_p=float(r.choice([1.0, 0.9, 0.8])),
             seed=None if i % 5 == 0 else 1000 + i,
             max_tokens=int(r.integers(4, 33)),
-            stop_token_ids=(int(r.integers(0, self.vocab)),) if i % 3 == 0 else (),
+            stop_token_ids=tuple(int(t) for t in r.integers(0, self.vocab, 8)) if i % 3 == 0 else (),
         )
         engine.add_request(f"m{i}", prompt, params)
 
@@ -224,7 +224,7 @@ WORKLOADS: dict[str, WorkloadSpec] = {
         ),
         WorkloadSpec(
             "serve-mixed", 1, "Poisson arrivals over shared system prompts, sampling, prefill and decode mixed", 48,
-            _engine(16, 40, 48, 8), ServeMixedDriver,
+            _engine(16, 20, 48, 8), ServeMixedDriver,
         ),
         WorkloadSpec(
             "prefix-hit", 1, "requests sharing a 96-token prefix: prompts served from the prefix cache", 40,

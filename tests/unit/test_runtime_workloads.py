@@ -1,0 +1,115 @@
+"""Named workloads: golden token digests on the tiny preset, the in-process API, the JSON CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.runtime
+pytest.importorskip("mindspore")
+
+from runtime.workloads import RECORD_SCHEMA, WORKLOADS, open_workload  # noqa: E402
+
+# sha256 of every generated "request:token" line for `python -m runtime workload NAME` (default
+# steps, seed 0, built-in tiny preset). A rebuilt interpreter or library that changes any of
+# them computes something different. Change only together with the workload's version.
+GOLDEN = {
+    ("decode-b1", 1): "bf0e1698978d621f1e616e758b261a532a266dd48891a39c440e9cb659e4df3a",
+    ("decode-b8", 1): "aeddfe7a7e338be551f1496cce47e3c1fdaef5c8daa5a4adca11e1a9cd3d47b4",
+    ("prefill", 1): "27f417b373d61a1147b10d79e19e2155764b06e419ffdecf7e7a652741413093",
+    ("serve-mixed", 1): "0c622a949477030839ec5c992932cdbe1dace23278a060239ed63da57e5ae9c8",
+    ("prefix-hit", 1): "59e843e0d3274a82e1140e8cfebf0628a75a3fcedf1cf80538c1a574dbf61e41",
+}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hostpgo-home")
+    old = os.environ.get("HOSTPGO_HOME")
+    os.environ["HOSTPGO_HOME"] = str(path)
+    yield path
+    if old is None:
+        del os.environ["HOSTPGO_HOME"]
+    else:
+        os.environ["HOSTPGO_HOME"] = old
+
+
+def test_every_workload_is_pinned():
+    assert set(GOLDEN) == {(w.name, w.version) for w in WORKLOADS.values()}
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+def test_golden_digest_and_no_leaks(home, name):
+    wl = open_workload(name)
+    assert wl.preset == "tiny" and str(wl.checkpoint).startswith(str(home))
+    run = wl.run_steps(wl.spec.default_steps)
+    rec = wl.record(run)
+    assert rec["schema"] == RECORD_SCHEMA and rec["name"] == name
+    assert rec["token_digest"] == GOLDEN[(name, wl.spec.version)]
+    assert rec["tokens"] > 0 and rec["dispatches_per_token"] > 1 and rec["host_us_per_token"] > 0
+    wl.drain()
+
+
+def test_decode_batch_stays_full_across_restarts(home):
+    wl = open_workload("decode-b8")
+    for _ in range(3):  # long enough for every request to finish and restart
+        r = wl.run_steps(20)
+        assert r["tokens"] == r["generated_tokens"] == 160
+    assert all(m.decode_tokens + m.prefill_tokens == 8 for m in wl.engine.history[2:])
+    assert wl.engine.blocks.stats.hit_tokens >= 8 * 32  # restarts served their prompts from cache
+    wl.drain()
+
+
+def test_run_steps_is_deterministic_and_dispatch_loop_counts(home):
+    a = open_workload("decode-b1").run_steps(5)
+    wl = open_workload("decode-b1")
+    b = wl.run_steps(5)
+    assert a["digest"] == b["digest"] and a["dispatches"] == b["dispatches"]
+    assert wl.run_steps(5)["digest"] != b["digest"]  # the stream moves on
+    d = wl.dispatch_loop(50)
+    assert d["dispatches"] == 50 and d["wall_s"] > 0
+
+
+def test_unknown_workload(home):
+    from runtime.errors import WorkloadError
+
+    with pytest.raises(WorkloadError, match="unknown workload 'decode-b3'"):
+        open_workload("decode-b3")
+
+
+def run_cli(home, *args):
+    env = {**os.environ, "HOSTPGO_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "runtime", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_cli_workload_json_matches_golden(home):
+    p = run_cli(home, "workload", "prefix-hit", "--json")
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    assert rec["token_digest"] == GOLDEN[("prefix-hit", 1)]
+    for key in ("name", "version", "tokens", "wall_us_per_token", "host_us_per_token", "dispatches_per_token"):
+        assert key in rec
+    listing = run_cli(home, "workload", "--list")
+    assert listing.returncode == 0 and all(name in listing.stdout for name in WORKLOADS)
+
+
+def test_cli_checkpoint_verify_generate(home, tmp_path):
+    ck = tmp_path / "ck"
+    p = run_cli(home, "checkpoint", "--out", str(ck), "--shards", "2", "--layout", "parameters", "--seed", "5")
+    assert p.returncode == 0, p.stderr
+    v = run_cli(home, "verify", "--checkpoint", str(ck), "--prompt-len", "20", "--decode", "2")
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert "PASS" in v.stdout and "set aside" in v.stdout
+    g = run_cli(home, "generate", "--checkpoint", str(ck), "--prompt-ids", "1,2,3", "--max-tokens", "3", "--json",
+                "--logits-out", str(tmp_path / "l.npy"))
+    assert g.returncode == 0, g.stderr
+    out = json.loads(g.stdout)
+    import numpy as np
+
+    logits = np.load(tmp_path / "l.npy")
+    assert logits.shape == (3, 512) and out["output_ids"][0] == int(np.argmax(logits[-1]))
+    (ck / "model-00002-of-00002.safetensors").unlink()
+    bad = run_cli(home, "verify", "--checkpoint", str(ck))
+    assert bad.returncode == 2 and "model-00002-of-00002.safetensors, which does not exist" in bad.stderr

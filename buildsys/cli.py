@@ -125,15 +125,15 @@ def cmd_build(args, console: Console) -> int:
 
 
 def _print_timings(executions, console: Console) -> None:
+    """Plain lines (not a table), so logs and narrow terminals keep every figure."""
     for ex in executions:
-        table = Table("stage", "seconds", "ran/skipped", title=f"{ex.plan.build_id} -> {ex.plan.summary['prefix']}")
+        prefix = ex.plan.summary["prefix"]
+        print(f"{ex.plan.build_id}: {prefix}/bin/python  (manifest {prefix}/hostpgo-manifest.json)")
         total = 0.0
         for name, r in ex.results.items():
-            table.add_row(name, f"{r.seconds:.0f}", "skipped (stamp)" if r.skipped else "ran")
+            print(f"  {name:<24} {r.seconds:8.1f} s  {'reused (stamp)' if r.skipped else 'ran'}")
             total += r.seconds
-        table.add_row("total", f"{total:.0f}", "")
-        console.print(table)
-        print(f"{ex.plan.build_id}: {ex.plan.summary['prefix']}/bin/python")
+        print(f"  {'total':<24} {total:8.1f} s")
 
 
 def cmd_pipeline(args, console: Console) -> int:

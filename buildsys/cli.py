@@ -113,7 +113,13 @@ def cmd_show_profile(args, console: Console) -> int:
     return 0
 
 
+def _check_jobs(args) -> None:
+    if args.jobs is not None and args.jobs < 1:
+        raise HostpgoError(f"--jobs {args.jobs}: must be at least 1 (parallel make jobs)")
+
+
 def cmd_build(args, console: Console) -> int:
+    _check_jobs(args)
     inp = engine.prepare(args.profile, overrides=args.set, jobs=args.jobs, user_source=args.source)
     plan = cpython.plan(inp)
     if args.dry_run:
@@ -137,6 +143,7 @@ def _print_timings(executions, console: Console) -> None:
 
 
 def cmd_pipeline(args, console: Console) -> int:
+    _check_jobs(args)
     if args.dry_run:
         tcs = toolchain.detect()
         for ref in (engine.BASELINE_PROFILE, args.optimized):

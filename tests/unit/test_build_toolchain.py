@@ -66,3 +66,33 @@ def test_manifest_validation(tmp_path: Path) -> None:
     with pytest.raises(HostpgoError, match="stage 'build' lacks"):
         manifest.write(tmp_path, {**doc, "stages": {"build": {"seconds": 1}}})
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_pipeline_toolchain_check_installs_as_root_or_names_the_command(monkeypatch) -> None:
+    from rich.console import Console
+
+    from buildsys import engine
+    from buildsys.errors import ToolchainError
+
+    host = toolchain.Host("x86_64", "debian")
+    gcc = toolchain.Compiler("gcc", "/usr/bin/gcc", "/usr/bin/g++", "12.2.0", "gcc 12", {"ar": "/usr/bin/gcc-ar"})
+    clang = toolchain.Compiler("clang", "/usr/bin/clang-22", None, "22.1.8", "clang 22",
+                               {r: f"/usr/bin/{n}-22" for r, n in toolchain.LLVM_TOOLS.items()})
+    state = {"installed": False, "commands": []}
+    monkeypatch.setattr(toolchain, "missing_packages", lambda h: [])
+    monkeypatch.setattr(toolchain, "detect", lambda environ=None: toolchain.Toolchains(
+        host, (gcc, clang) if state["installed"] else (gcc,)))
+
+    def fake_install(h, runner):
+        state["installed"] = True
+        state["commands"].append(toolchain.install_command(h))
+
+    monkeypatch.setattr(toolchain, "install", fake_install)
+    console = Console(file=open(os.devnull, "w"))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(ToolchainError, match="apt-get install -y clang-22 lld-22 llvm-22 bolt-22"):
+        engine.ensure_toolchain(["baseline", "pgo-lto"], console)
+    assert state["commands"] == []
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    tcs = engine.ensure_toolchain(["baseline", "pgo-lto"], console)
+    assert tcs.find("clang") is clang and state["commands"][0][:4] == ["apt-get", "install", "-y", "clang-22"]

@@ -202,6 +202,17 @@ class LLMEngine:
             outs.append(self.step())
         return outs
 
+    def abort(self, request_id: str) -> None:
+        """Stop a request now (waiting or running) and release its cache blocks."""
+        req = self.requests.get(request_id)
+        if req is None or req.status is Status.FINISHED:
+            return
+        if req.status is Status.RUNNING:
+            self.scheduler.finish(req, "abort")
+        else:
+            self.scheduler.waiting.remove(req)
+            req.status, req.finish_reason = Status.FINISHED, "abort"
+
     def forget_finished(self) -> None:
         """Drop finished requests from the id table (long-running workloads)."""
         self.requests = {k: r for k, r in self.requests.items() if r.status is not Status.FINISHED}

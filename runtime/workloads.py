@@ -322,6 +322,12 @@ class Workload:
         self.engine.run_to_completion(max_steps)
         self.engine.blocks.assert_no_leaks()
 
+    def close(self) -> None:
+        """Abort whatever is in flight and check that every cache block came back."""
+        for rid in list(self.engine.requests):
+            self.engine.abort(rid)
+        self.engine.blocks.assert_no_leaks()
+
     def record(self, run: dict) -> dict:
         """The versioned JSON record for one run_steps() result."""
         import mindspore

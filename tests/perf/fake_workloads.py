@@ -8,15 +8,16 @@ class FakeWorkload:
         self.name = name
         self.batch = batch
         self.state = 0
+        self.ops_per_step = 20000
 
     def _op(self) -> None:
         self.state = (self.state * 31 + 7) % 1_000_003
 
     def run_steps(self, n: int) -> dict[str, int]:
         for _ in range(n):
-            for _ in range(40):
+            for _ in range(self.ops_per_step):
                 self._op()
-        return {"tokens": n * self.batch, "dispatches": n * 40}
+        return {"tokens": n * self.batch, "dispatches": n * self.ops_per_step}
 
     def dispatch_loop(self, n: int) -> dict[str, int]:
         for _ in range(n):

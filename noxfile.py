@@ -40,6 +40,20 @@ def pipeline(session: nox.Session) -> None:
     session.run("python", "-m", "buildsys", "pipeline", *session.posargs)
 
 
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Interleaved A/B measurement: `-- --interp NAME=PATH --interp ... [--workloads ...] [--quick] [--out RUN]`."""
+    _install(session, "perf")
+    session.run("python", "-m", "perf", "bench", *session.posargs)
+
+
+@nox.session(default=False)
+def report(session: nox.Session) -> None:
+    """Regenerate a run's report.md, comparison.json and plots from its JSON: `-- RUN_DIR`."""
+    _install(session, "perf")
+    session.run("python", "-m", "perf", "report", *session.posargs)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Unit and integration tests (no full CPython build)."""

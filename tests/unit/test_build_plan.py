@@ -162,3 +162,19 @@ def test_training_task_registry_and_validation(tmp_path: Path) -> None:
         training.registry(tmp_path)
     with pytest.raises(TaskError, match="unknown training task 'nope'"):
         training.resolve(("nope",))
+
+
+def test_command_task_runs_in_a_venv_of_the_instrumented_interpreter(tmp_path: Path) -> None:
+    wl = training.parse_task("decode", {"version": 1, "kind": "command", "venv": True,
+                                        "venv_install": ["-e", "{repo}[runtime]"],
+                                        "argv": ["{python}", "-m", "runtime", "workload", "decode"]}, "t.toml")
+    inp = dataclasses.replace(inputs(tmp_path, "pgo-lto"), tasks=(training.resolve(("cpython-pgo",))[0], wl))
+    train = {s.name: s for s in cpython.plan(inp).stages}["train"]
+    cmds = [a for a in train.actions if isinstance(a, stages.Cmd)]
+    instr_python = f"{tmp_path}/install/cpython-3.11.2-pgo-lto-instrumented/bin/python3"
+    venv_python = f"{tmp_path}/pgo/cpython-3.11.2-pgo-lto/venv/bin/python"
+    assert cmds[0].argv[:4] == (instr_python, "-m", "test", "--pgo")
+    assert cmds[1].argv == (instr_python, "-m", "venv", "--clear", f"{tmp_path}/pgo/cpython-3.11.2-pgo-lto/venv")
+    assert cmds[2].argv[:4] == (venv_python, "-m", "pip", "install") and cmds[2].argv[-1].endswith("[runtime]")
+    assert cmds[3].argv == (venv_python, "-m", "runtime", "workload", "decode")
+    assert all(c.env["LLVM_PROFILE_FILE"].endswith("cpython-%p-%m.profraw") for c in cmds)

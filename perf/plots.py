@@ -95,3 +95,51 @@ def speedups(comparisons: list[Comparison], dest: Path, title: str) -> Path:
     fig.savefig(dest, dpi=110)
     plt.close(fig)
     return dest
+
+
+COUNTER_METRICS = ("instructions", "branch-misses", "L1-icache-load-misses", "cycles")
+
+
+def counter_ratios(per_unit: dict[str, dict[str, dict[str, float | None]]], baseline: str, order: list[str],
+                   backend: str, dest: Path) -> Path | None:
+    """Grouped bars: each counter per unit of work relative to the baseline (below 1 is fewer).
+
+    `per_unit` is target -> interpreter -> metric -> value.
+    """
+    panels = []
+    for target, by_interp in per_unit.items():
+        base = by_interp.get(baseline, {})
+        metrics = [m for m in COUNTER_METRICS if (base.get(m) or 0) >= 1]
+        if metrics:
+            panels.append((target, by_interp, base, metrics))
+    others = [o for o in order if o != baseline]
+    if not panels or not others:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
+    width = 0.8 / len(others)
+    for ax, (target, by_interp, base, metrics) in zip(axes.flat, panels):
+        for k, name in enumerate(others):
+            ratios = [(by_interp[name].get(m) or 0) / base[m] for m in metrics]
+            xs = [i + (k - (len(others) - 1) / 2) * width for i in range(len(metrics))]
+            ax.bar(xs, [r - 1.0 for r in ratios], bottom=1.0, width=width,
+                   color=_COLORS[(k + 1) % len(_COLORS)], label=name)
+            for x, r in zip(xs, ratios):
+                ax.text(x, r, f"{r:.3f}", ha="center", va="bottom" if r >= 1 else "top", fontsize=7)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(metrics)), [m.replace("-load-misses", " misses") for m in metrics],
+                      rotation=15, fontsize=8)
+        lo = min(1.0, *[(by_interp[n].get(m) or 0) / base[m] for n in others for m in metrics])
+        hi = max(1.0, *[(by_interp[n].get(m) or 0) / base[m] for n in others for m in metrics])
+        pad = max(0.02, (hi - lo) * 0.3)
+        ax.set_ylim(max(0.0, lo - pad), hi + pad)
+        ax.set_title(target, fontsize=10)
+        ax.set_ylabel(f"per unit, relative to {baseline}")
+        ax.grid(axis="y", alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    sim = " (cachegrind: exact instructions, simulated misses)" if backend == "cachegrind" else ""
+    fig.suptitle(f"Counters per unit of work vs {baseline}{sim}; below 1 is fewer", fontsize=10)
+    fig.tight_layout()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+    return dest

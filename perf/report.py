@@ -116,7 +116,7 @@ def _latency_section(run_dir: Path, record: dict, out: dict) -> list[str]:
     return lines
 
 
-def _counters_section(record: dict, out: dict) -> list[str]:
+def _counters_section(run_dir: Path, record: dict, out: dict) -> list[str]:
     cnt = record.get("counters")
     if not cnt:
         return []
@@ -158,6 +158,9 @@ def _counters_section(record: dict, out: dict) -> list[str]:
         lines += [f"### {target} (per {unit}; N1={units[0]}, N2={units[1]})", ""] + _table(headers, rows) + [""]
         out_c[target] = {n: cnt["results"][n][target]["per_unit"] | cnt["results"][n][target]["derived"] for n in names}
     out["counters"] = {"backend": backend, "per_unit": out_c}
+    png = plots.counter_ratios(out_c, base, names, backend, run_dir / "plots" / "counters.png")
+    if png is not None:
+        lines += [f"![counters relative to {base}]({png.relative_to(run_dir)})", ""]
     return lines
 
 
@@ -234,7 +237,7 @@ def build(run_dir: Path) -> Path:
         lines += ["Command: `" + " ".join(record["command"]) + "`", ""]
     lines += _interpreters_section(record)
     lines += _latency_section(run_dir, record, out)
-    lines += _counters_section(record, out)
+    lines += _counters_section(run_dir, record, out)
     lines += _attribution_section(record)
     lines += _guard_section(run_dir, record, out)
     if record.get("notes"):

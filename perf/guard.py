@@ -51,8 +51,11 @@ def run_guard(subjects: list[tuple[str, Path, Mapping[str, str | int | float]]],
               progress: Callable[[str], None] | None = None) -> dict:
     """Run each benchmark on every interpreter (order alternating per benchmark); one suite per interpreter."""
     tool = tool_python(subjects[0][1], log)
-    work = out_dir / "work"
+    # pyperformance keeps its per-interpreter benchmark venvs under the working directory: a
+    # fixed one lets later runs reuse them.
+    work = perf_area() / "pyperformance-work"
     work.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     dests = {name: out_dir / f"{safe_name(name)}.json" for name, _, _ in subjects}
     for dest in dests.values():

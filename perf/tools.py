@@ -58,7 +58,7 @@ def run(
         proc = subprocess.run(
             argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
         )
-    except FileNotFoundError as exc:
+    except OSError as exc:  # not found, not executable, a directory
         raise ToolError(f"cannot execute {argv[0]!r}: {exc.strerror}", argv) from exc
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or "") if isinstance(exc.stdout, str) else ""

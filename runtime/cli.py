@@ -27,7 +27,11 @@ def cmd_checkpoint(args) -> int:
 
     cfg = PRESETS[args.preset]
     files = write_checkpoint(
-        args.out, cfg, random_tensors(cfg, args.seed, include_mtp=not args.no_mtp), shards=args.shards, layout=args.layout
+        args.out,
+        cfg,
+        random_tensors(cfg, args.seed, include_mtp=not args.no_mtp),
+        shards=args.shards,
+        layout=args.layout,
     )
     for f in files:
         print(f)
@@ -37,7 +41,9 @@ def cmd_checkpoint(args) -> int:
 def cmd_verify(args) -> int:
     from runtime.verify import verify_checkpoint
 
-    ok, lines = verify_checkpoint(args.checkpoint, prompt_len=args.prompt_len, decode=args.decode, chunk=args.chunk, seed=args.seed)
+    ok, lines = verify_checkpoint(
+        args.checkpoint, prompt_len=args.prompt_len, decode=args.decode, chunk=args.chunk, seed=args.seed
+    )
     for line in lines:
         print(line)
     return 0 if ok else 1
@@ -67,11 +73,18 @@ def cmd_generate(args) -> int:
         prompt_logits = K.to_host(model.forward(contiguous_batch(np.asarray(prompt), 0)))
         np.save(args.logits_out, prompt_logits)
     engine = LLMEngine(
-        model, EngineConfig(block_size=block, num_blocks=blocks, scheduler=SchedulerConfig(max_num_batched_tokens=args.budget))
+        model,
+        EngineConfig(
+            block_size=block, num_blocks=blocks, scheduler=SchedulerConfig(max_num_batched_tokens=args.budget)
+        ),
     )
     params = SamplingParams(
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        max_tokens=args.max_tokens, stop_token_ids=tuple(args.stop_ids),
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        stop_token_ids=tuple(args.stop_ids),
     )
     req = engine.add_request("0", prompt, params)
     engine.run_to_completion()
@@ -120,7 +133,9 @@ def cmd_workload(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m runtime", description="hostpgo's DeepSeek-V3 runtime on MindSpore (CPU)")
+    p = argparse.ArgumentParser(
+        prog="python -m runtime", description="hostpgo's DeepSeek-V3 runtime on MindSpore (CPU)"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("checkpoint", help="write a random checkpoint (config.json + safetensors, HF names)")
@@ -128,8 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--preset", choices=["tiny", "small"], default="tiny")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--shards", type=int, default=1, help="split into N files with model.safetensors.index.json")
-    c.add_argument("--layout", choices=["published", "parameters"], default="published",
-                   help="config.json rotary keys: rope_theta/rope_scaling or rope_parameters/rope_interleave")
+    c.add_argument(
+        "--layout",
+        choices=["published", "parameters"],
+        default="published",
+        help="config.json rotary keys: rope_theta/rope_scaling or rope_parameters/rope_interleave",
+    )
     c.add_argument("--no-mtp", action="store_true", help="leave out the multi-token-prediction layer")
     c.set_defaults(func=cmd_checkpoint)
 

@@ -235,7 +235,9 @@ def parse_config(raw: Mapping[str, Any], source: str = "config.json") -> Deepsee
     if "q_lora_rank" not in raw:
         raise err("missing required key 'q_lora_rank' (null for a plain q_proj)")
     q_lora_rank = raw["q_lora_rank"]
-    if q_lora_rank is not None and (isinstance(q_lora_rank, bool) or not isinstance(q_lora_rank, int) or q_lora_rank < 1):
+    if q_lora_rank is not None and (
+        isinstance(q_lora_rank, bool) or not isinstance(q_lora_rank, int) or q_lora_rank < 1
+    ):
         raise err(f"'q_lora_rank' must be a positive integer or null, got {q_lora_rank!r}")
 
     norm_topk_prob = raw.get("norm_topk_prob")
@@ -270,7 +272,9 @@ def parse_config(raw: Mapping[str, Any], source: str = "config.json") -> Deepsee
         raise err(f"'qk_rope_head_dim' must be even, got {ints['qk_rope_head_dim']}")
     nkv = raw.get("num_key_value_heads")
     if nkv is not None and nkv != ints["num_attention_heads"]:
-        raise err(f"'num_key_value_heads' ({nkv}) must equal 'num_attention_heads' ({ints['num_attention_heads']}) for MLA")
+        raise err(
+            f"'num_key_value_heads' ({nkv}) must equal 'num_attention_heads' ({ints['num_attention_heads']}) for MLA"
+        )
     head_dim = raw.get("head_dim")
     if head_dim is not None and head_dim != ints["qk_rope_head_dim"]:
         raise err(f"'head_dim' ({head_dim}) must equal 'qk_rope_head_dim' ({ints['qk_rope_head_dim']})")

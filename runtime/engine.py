@@ -118,15 +118,18 @@ class LLMEngine:
         self.step_count = 0
         self.history: list[StepMetrics] = []
 
-    def add_request(self, request_id: str, prompt: list[int], params: SamplingParams = SamplingParams()) -> Request:
+    def add_request(self, request_id: str, prompt: list[int], params: SamplingParams | None = None) -> Request:
         mc = self.model.cfg
+        params = params or SamplingParams()
         if request_id in self.requests and self.requests[request_id].status is not Status.FINISHED:
             raise EngineError(f"request id {request_id!r} is already in flight")
         if not prompt:
             raise EngineError(f"request {request_id}: empty prompt")
         bad = [t for t in prompt if not 0 <= t < mc.vocab_size]
         if bad:
-            raise EngineError(f"request {request_id}: token id {bad[0]} outside the vocabulary (0..{mc.vocab_size - 1})")
+            raise EngineError(
+                f"request {request_id}: token id {bad[0]} outside the vocabulary (0..{mc.vocab_size - 1})"
+            )
         if len(prompt) + params.max_tokens > mc.max_position_embeddings:
             raise EngineError(
                 f"request {request_id}: prompt ({len(prompt)}) + max_tokens ({params.max_tokens}) exceeds "
@@ -164,7 +167,7 @@ class LLMEngine:
                     prefill += n
                 req.num_computed += n
                 self.blocks.commit_full_blocks(req.request_id, req.tokens, req.num_computed)
-            for (req, _), tok in zip(samplers, new_tokens):
+            for (req, _), tok in zip(samplers, new_tokens, strict=True):
                 req.output.append(tok)
                 produced.append((req.request_id, tok))
                 if req.first_token_time is None:

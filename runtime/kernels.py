@@ -7,8 +7,8 @@ token. One integer increment per call is noise next to MindSpore's own per-op ho
 
 from __future__ import annotations
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, Tensor, mint, ops
 
 _linear = mint.nn.functional.linear

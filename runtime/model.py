@@ -63,9 +63,7 @@ class DeepseekV3Model:
                 h, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank
             )
             self.w_uk.append(K.to_device(np.ascontiguousarray(kv_b[:, : cfg.qk_nope_head_dim, :])))
-            self.w_uv_t.append(
-                K.to_device(np.ascontiguousarray(kv_b[:, cfg.qk_nope_head_dim :, :].transpose(0, 2, 1)))
-            )
+            self.w_uv_t.append(K.to_device(np.ascontiguousarray(kv_b[:, cfg.qk_nope_head_dim :, :].transpose(0, 2, 1))))
         cos, sin = cos_sin_tables(cfg.rope, cfg.qk_rope_head_dim, cfg.max_position_embeddings)
         self.cos, self.sin = K.to_device(cos), K.to_device(sin)
         perm, partner, sign = rotation_indices(cfg.qk_rope_head_dim, cfg.rope.interleave)
@@ -140,7 +138,8 @@ class DeepseekV3Model:
         if cfg.q_lora_rank is None:
             q = K.linear(x, w[a + "q_proj.weight"])
         else:
-            q = K.linear(self.rms_norm(K.linear(x, w[a + "q_a_proj.weight"]), w[a + "q_a_layernorm.weight"]), w[a + "q_b_proj.weight"])
+            q_a = self.rms_norm(K.linear(x, w[a + "q_a_proj.weight"]), w[a + "q_a_layernorm.weight"])
+            q = K.linear(q_a, w[a + "q_b_proj.weight"])
         q = K.reshape(q, (t, nh, cfg.qk_head_dim))
         q_nope = K.narrow_last(q, 0, nope)
         q_pe = self.rope(K.narrow_last(q, nope, rope_d), step["cos_q"], step["sin_q"])
@@ -193,7 +192,7 @@ class DeepseekV3Model:
         order = np.argsort(ids_host, kind="stable")
         experts, starts = np.unique(ids_host[order], return_index=True)
         bounds = list(starts[1:]) + [len(order)]
-        for e, lo, hi in zip(experts.tolist(), starts.tolist(), bounds):
+        for e, lo, hi in zip(experts.tolist(), starts.tolist(), bounds, strict=True):
             pairs = order[lo:hi].astype(np.int32)
             tokens = pairs // k
             xe = K.gather_rows(x, K.to_device(tokens))

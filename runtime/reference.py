@@ -116,7 +116,7 @@ class ReferenceModel:
         ids, weights = self.route(x, p)
         out = np.zeros_like(x)
         for t in range(x.shape[0]):
-            for e, wt in zip(ids[t], weights[t]):
+            for e, wt in zip(ids[t], weights[t], strict=True):
                 out[t] += wt * swiglu(x[t : t + 1], self.w, f"{p}mlp.experts.{e}.")[0]
         if self.cfg.n_shared_experts:
             out = out + swiglu(x, self.w, p + "mlp.shared_experts.")

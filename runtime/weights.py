@@ -134,7 +134,9 @@ def _tensor_files(ckpt: Path) -> dict[str, Path]:
     if not candidates:
         raise CheckpointError(f"{ckpt}: no {SINGLE_NAME} and no {INDEX_NAME}")
     if len(candidates) > 1:
-        raise CheckpointError(f"{ckpt}: {len(candidates)} .safetensors files but no {INDEX_NAME} to say which holds what")
+        raise CheckpointError(
+            f"{ckpt}: {len(candidates)} .safetensors files but no {INDEX_NAME} to say which holds what"
+        )
     with safe_open(str(candidates[0]), framework="np") as f:
         return {name: candidates[0] for name in f.keys()}
 
@@ -265,4 +267,3 @@ def checkpoint_digest(ckpt: str | Path) -> str:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
     return h.hexdigest()
-

@@ -113,7 +113,7 @@ class PrefillDriver(Driver):
 
     def _add_pair(self, engine: LLMEngine) -> None:
         self.live = []
-        for k, n in enumerate(self.lengths):
+        for n in self.lengths:
             rid = f"p{self.count}"
             engine.add_request(rid, self.tokens(n, 2, self.count), SamplingParams(max_tokens=1))
             self.live.append(rid)
@@ -211,24 +211,44 @@ WORKLOADS: dict[str, WorkloadSpec] = {
     w.name: w
     for w in (
         WorkloadSpec(
-            "decode-b1", 1, "one request decoding greedily, restarted from its cached prompt", 48,
-            _engine(16, 16, 64, 1), lambda v, s: DecodeDriver(v, s, 1),
+            "decode-b1",
+            1,
+            "one request decoding greedily, restarted from its cached prompt",
+            48,
+            _engine(16, 16, 64, 1),
+            lambda v, s: DecodeDriver(v, s, 1),
         ),
         WorkloadSpec(
-            "decode-b8", 1, "eight requests decoding together, restarts keep the batch at eight", 32,
-            _engine(16, 64, 512, 8), lambda v, s: DecodeDriver(v, s, 8),
+            "decode-b8",
+            1,
+            "eight requests decoding together, restarts keep the batch at eight",
+            32,
+            _engine(16, 64, 512, 8),
+            lambda v, s: DecodeDriver(v, s, 8),
         ),
         WorkloadSpec(
-            "prefill", 1, "long fresh prompts (192, 160 tokens) chunked by a 64-token budget, one token each", 24,
-            _engine(16, 40, 64, 4), PrefillDriver,
+            "prefill",
+            1,
+            "long fresh prompts (192, 160 tokens) chunked by a 64-token budget, one token each",
+            24,
+            _engine(16, 40, 64, 4),
+            PrefillDriver,
         ),
         WorkloadSpec(
-            "serve-mixed", 1, "Poisson arrivals over shared system prompts, sampling, prefill and decode mixed", 48,
-            _engine(16, 20, 48, 8), ServeMixedDriver,
+            "serve-mixed",
+            1,
+            "Poisson arrivals over shared system prompts, sampling, prefill and decode mixed",
+            48,
+            _engine(16, 20, 48, 8),
+            ServeMixedDriver,
         ),
         WorkloadSpec(
-            "prefix-hit", 1, "requests sharing a 96-token prefix: prompts served from the prefix cache", 40,
-            _engine(16, 48, 64, 4), PrefixHitDriver,
+            "prefix-hit",
+            1,
+            "requests sharing a 96-token prefix: prompts served from the prefix cache",
+            40,
+            _engine(16, 48, 64, 4),
+            PrefixHitDriver,
         ),
     )
 }

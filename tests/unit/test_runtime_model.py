@@ -26,7 +26,10 @@ def max_rel_error(cfg, weights, tokens, chunk):
     ref = ReferenceModel(cfg, weights).forward(np.asarray(tokens))
     model = DeepseekV3Model(cfg, weights, len(tokens))
     got = np.concatenate(
-        [K.to_host(model.forward(contiguous_batch(np.asarray(tokens[s : s + chunk]), s))) for s in range(0, len(tokens), chunk)]
+        [
+            K.to_host(model.forward(contiguous_batch(np.asarray(tokens[s : s + chunk]), s)))
+            for s in range(0, len(tokens), chunk)
+        ]
     )
     return float(np.abs(got - ref).max() / np.abs(ref).max())
 

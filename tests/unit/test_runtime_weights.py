@@ -40,7 +40,9 @@ def test_load_round_trip(tmp_path, tensors, shards):
     assert (tmp_path / INDEX_NAME).exists() == (shards > 1)
     w, report = load_weights(tmp_path, CFG)
     assert set(w) == set(expected_tensors(CFG))
-    assert np.array_equal(w["model.layers.2.mlp.experts.3.up_proj.weight"], tensors["model.layers.2.mlp.experts.3.up_proj.weight"])
+    assert np.array_equal(
+        w["model.layers.2.mlp.experts.3.up_proj.weight"], tensors["model.layers.2.mlp.experts.3.up_proj.weight"]
+    )
     assert report.mtp_skipped == len(mtp_tensors(CFG)) and report.mtp_layers_present == [3]
     assert len(report.files) == shards
 
@@ -66,7 +68,9 @@ def test_missing_tensor_is_named(tmp_path, tensors):
 
 def test_unexpected_tensor_is_named(tmp_path, tensors):
     _write(tmp_path, {**tensors, "model.layers.1.self_attn.rotary_emb.inv_freq": np.zeros(4, np.float32)})
-    with pytest.raises(CheckpointError, match=r"unexpected tensor 'model.layers.1.self_attn.rotary_emb.inv_freq' in model.safetensors"):
+    with pytest.raises(
+        CheckpointError, match=r"unexpected tensor 'model.layers.1.self_attn.rotary_emb.inv_freq' in model.safetensors"
+    ):
         load_weights(tmp_path, CFG)
 
 
@@ -79,7 +83,10 @@ def test_mtp_layer_beyond_config_is_unexpected(tmp_path, tensors):
 
 def test_misshaped_tensor_is_named(tmp_path, tensors):
     _write(tmp_path, {**tensors, "model.layers.2.mlp.experts.5.gate_proj.weight": np.zeros((33, 64), np.float32)})
-    with pytest.raises(CheckpointError, match=r"'model.layers.2.mlp.experts.5.gate_proj.weight' in model.safetensors has shape \[33, 64\], config.json implies \[32, 64\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"'model.layers.2.mlp.experts.5.gate_proj.weight' in model.safetensors has shape \[33, 64\], config.json implies \[32, 64\]",
+    ):
         load_weights(tmp_path, CFG)
 
 

@@ -108,8 +108,23 @@ def test_cli_checkpoint_verify_generate(home, tmp_path, capsys):
     assert main(["verify", "--checkpoint", str(ck), "--prompt-len", "20", "--decode", "2"]) == 0
     out = capsys.readouterr().out
     assert "PASS" in out and "set aside" in out
-    assert main(["generate", "--checkpoint", str(ck), "--prompt-ids", "1,2,3", "--max-tokens", "3", "--json",
-                 "--logits-out", str(tmp_path / "l.npy")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(ck),
+                "--prompt-ids",
+                "1,2,3",
+                "--max-tokens",
+                "3",
+                "--json",
+                "--logits-out",
+                str(tmp_path / "l.npy"),
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     logits = np.load(tmp_path / "l.npy")
     assert logits.shape == (3, 512) and result["output_ids"][0] == int(np.argmax(logits[-1]))

@@ -118,7 +118,7 @@ def cmd_workload(args) -> int:
             print(f"{spec.name:12s} v{spec.version}  {spec.default_steps:3d} steps  {spec.summary}")
         return 0 if args.list else 2
     spec = get_spec(args.name)
-    wl = open_workload(args.name, checkpoint=args.checkpoint, seed=args.seed)
+    wl = open_workload(args.name, checkpoint=args.checkpoint, seed=args.seed, preset=args.preset)
     rec = wl.record(wl.run_steps(args.steps if args.steps is not None else spec.default_steps))
     if args.json:
         print(json.dumps(rec, indent=2))
@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("workload", help="run a named host-dispatch workload")
     w.add_argument("name", nargs="?")
     w.add_argument("--list", action="store_true")
-    w.add_argument("--checkpoint", type=Path, help="default: the tiny preset generated into $HOSTPGO_HOME")
+    w.add_argument("--checkpoint", type=Path, help="default: the --preset checkpoint generated into $HOSTPGO_HOME")
+    w.add_argument("--preset", choices=["tiny", "small"], default="tiny", help="built-in checkpoint (digests pinned: tiny)")
     w.add_argument("--steps", type=int)
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--json", action="store_true")

@@ -3,9 +3,10 @@
 Command line (any Python 3.11 with mindspore==2.10.0, numpy<2, safetensors and hostpgo installed)::
 
     python -m runtime workload --list
-    python -m runtime workload NAME [--checkpoint DIR] [--steps N] [--seed N] [--json]
+    python -m runtime workload NAME [--checkpoint DIR | --preset tiny|small] [--steps N] [--seed N] [--json]
+    python -m runtime.workload NAME ...    # the same
 
-Without --checkpoint the built-in tiny preset is generated once into
+Without --checkpoint the built-in preset (tiny unless --preset) is generated once into
 `$HOSTPGO_HOME/runtime/checkpoints/` (default `.hostpgo/` under the current directory).
 
 In-process API (pyperf benchmarks)::
@@ -389,12 +390,15 @@ class Workload:
         }
 
 
-def open_workload(name: str, checkpoint: str | Path | None = None, seed: int = 0) -> Workload:
-    """Build a workload ready to time: checkpoint loaded (tiny preset if None), engine warmed up."""
+def open_workload(name: str, checkpoint: str | Path | None = None, seed: int = 0, preset: str = "tiny") -> Workload:
+    """Build a workload ready to time: checkpoint loaded, engine warmed up.
+
+    Without `checkpoint` the built-in `preset` ("tiny", whose digests are pinned, or "small") is
+    generated once into the work area (checkpoint seed 0); `seed` drives the request stream.
+    """
     from runtime.workarea import builtin_checkpoint
 
     spec = get_spec(name)
-    preset = None
-    if checkpoint is None:
-        checkpoint, preset = builtin_checkpoint("tiny", 0), "tiny"
-    return Workload(spec, Path(checkpoint), seed, preset)
+    if checkpoint is not None:
+        return Workload(spec, Path(checkpoint), seed, None)
+    return Workload(spec, builtin_checkpoint(preset, 0), seed, preset)

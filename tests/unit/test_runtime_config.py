@@ -151,3 +151,21 @@ def test_presets_round_trip_through_config_json(preset, layout):
 def test_q_lora_rank_may_be_null():
     cfg = parse_config({**V3_PUBLISHED, "q_lora_rank": None})
     assert cfg.q_lora_rank is None
+
+
+def test_runtime_never_imports_buildsys_or_perf():
+    """The build engine runs workloads in a rebuilt interpreter: runtime/ must stand alone."""
+    import ast
+    import pathlib
+
+    import runtime
+
+    for path in pathlib.Path(runtime.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for n in names:
+                assert n.split(".")[0] not in ("buildsys", "perf"), f"{path.name} imports {n}"

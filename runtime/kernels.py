@@ -7,6 +7,8 @@ token. One integer increment per call is noise next to MindSpore's own per-op ho
 
 from __future__ import annotations
 
+import os
+
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, mint, ops
@@ -23,14 +25,21 @@ def configure() -> None:
     `launch_blocking()` turns off MindSpore's asynchronous launch pipeline, whose worker threads
     busy-wait; on a small CPU box synchronous launch roughly halves per-operator host time and makes
     every dispatch's cost land on the calling thread, where the profile of the interpreter sees it.
+    Set HOSTPGO_RUNTIME_LAUNCH_BLOCKING=0 to keep MindSpore's asynchronous pipeline (for comparison).
     """
     global _configured
     if _configured:
         return
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_device("CPU")
-    ms.runtime.launch_blocking()
+    if launch_blocking():
+        ms.runtime.launch_blocking()
     _configured = True
+
+
+def launch_blocking() -> bool:
+    """Whether kernels are launched synchronously (the default; see configure)."""
+    return os.environ.get("HOSTPGO_RUNTIME_LAUNCH_BLOCKING", "1") != "0"
 
 
 def dispatches() -> int:

@@ -386,7 +386,7 @@ class Workload:
             "executable": sys.executable,
             "mindspore": mindspore.__version__,
             "numpy": np.__version__,
-            "launch_blocking": True,
+            "launch_blocking": self._k.launch_blocking(),
         }
 
 

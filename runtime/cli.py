@@ -111,6 +111,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_workload(args) -> int:
+    from runtime.errors import WorkloadError
     from runtime.workloads import WORKLOADS, get_spec, open_workload
 
     if args.list or not args.name:
@@ -119,7 +120,12 @@ def cmd_workload(args) -> int:
         return 0 if args.list else 2
     spec = get_spec(args.name)
     wl = open_workload(args.name, checkpoint=args.checkpoint, seed=args.seed, preset=args.preset)
-    rec = wl.record(wl.run_steps(args.steps if args.steps is not None else spec.default_steps))
+    steps = args.steps if args.steps is not None else spec.default_steps
+    if args.check_golden and not wl.golden_applies(steps):
+        raise WorkloadError(
+            f"--check-golden: digests are pinned for the built-in tiny preset, seed 0, {spec.default_steps} steps only"
+        )
+    rec = wl.record(wl.run_steps(steps))
     if args.json:
         print(json.dumps(rec, indent=2))
     else:
@@ -128,7 +134,18 @@ def cmd_workload(args) -> int:
             f"({rec['generated_tokens']} generated), {rec['tokens_per_s']:.1f} tokens/s, "
             f"host {rec['host_us_per_token']:.0f} us/token, {rec['dispatches_per_token']:.1f} dispatches/token\n"
             f"token digest {rec['token_digest']}"
+            + (
+                ""
+                if rec["golden_match"] is None
+                else f" ({'matches' if rec['golden_match'] else 'DIFFERS FROM'} golden)"
+            )
         )
+    if args.check_golden and not rec["golden_match"]:
+        print(
+            f"error: {rec['name']}: token digest {rec['token_digest']} != golden {rec['golden_digest']}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -178,10 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("name", nargs="?")
     w.add_argument("--list", action="store_true")
     w.add_argument("--checkpoint", type=Path, help="default: the --preset checkpoint generated into $HOSTPGO_HOME")
-    w.add_argument("--preset", choices=["tiny", "small"], default="tiny", help="built-in checkpoint (digests pinned: tiny)")
+    w.add_argument(
+        "--preset", choices=["tiny", "small"], default="tiny", help="built-in checkpoint (digests pinned: tiny)"
+    )
     w.add_argument("--steps", type=int)
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--json", action="store_true")
+    w.add_argument("--check-golden", action="store_true", help="exit 1 unless the token digest equals the pinned one")
     w.set_defaults(func=cmd_workload)
     return p
 

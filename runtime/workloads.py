@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace  # noqa: F401  (replace: tests derive specs)
 from pathlib import Path
 from typing import Callable
 
@@ -198,6 +198,8 @@ class WorkloadSpec:
     default_steps: int
     engine: EngineConfig
     driver: Callable[[int, int], Driver]
+    golden: str
+    """token_digest of the default run (built-in tiny preset, default steps, seed 0)."""
 
 
 def _engine(block_size: int, num_blocks: int, budget: int, max_seqs: int) -> EngineConfig:
@@ -218,6 +220,7 @@ WORKLOADS: dict[str, WorkloadSpec] = {
             48,
             _engine(16, 16, 64, 1),
             lambda v, s: DecodeDriver(v, s, 1),
+            "bf0e1698978d621f1e616e758b261a532a266dd48891a39c440e9cb659e4df3a",
         ),
         WorkloadSpec(
             "decode-b8",
@@ -226,6 +229,7 @@ WORKLOADS: dict[str, WorkloadSpec] = {
             32,
             _engine(16, 64, 512, 8),
             lambda v, s: DecodeDriver(v, s, 8),
+            "aeddfe7a7e338be551f1496cce47e3c1fdaef5c8daa5a4adca11e1a9cd3d47b4",
         ),
         WorkloadSpec(
             "prefill",
@@ -234,6 +238,7 @@ WORKLOADS: dict[str, WorkloadSpec] = {
             24,
             _engine(16, 40, 64, 4),
             PrefillDriver,
+            "27f417b373d61a1147b10d79e19e2155764b06e419ffdecf7e7a652741413093",
         ),
         WorkloadSpec(
             "serve-mixed",
@@ -242,6 +247,7 @@ WORKLOADS: dict[str, WorkloadSpec] = {
             48,
             _engine(16, 20, 48, 8),
             ServeMixedDriver,
+            "0c622a949477030839ec5c992932cdbe1dace23278a060239ed63da57e5ae9c8",
         ),
         WorkloadSpec(
             "prefix-hit",
@@ -250,6 +256,7 @@ WORKLOADS: dict[str, WorkloadSpec] = {
             40,
             _engine(16, 48, 64, 4),
             PrefixHitDriver,
+            "59e843e0d3274a82e1140e8cfebf0628a75a3fcedf1cf80538c1a574dbf61e41",
         ),
     )
 }
@@ -349,9 +356,15 @@ class Workload:
             self.engine.abort(rid)
         self.engine.blocks.assert_no_leaks()
 
+    def golden_applies(self, steps: int) -> bool:
+        """Whether the pinned digest describes a run of `steps` steps of this workload."""
+        return self.preset == "tiny" and self.seed == 0 and steps == self.spec.default_steps
+
     def record(self, run: dict) -> dict:
         """The versioned JSON record for one run_steps() result."""
         import mindspore
+
+        golden = self.spec.golden if self.golden_applies(run["steps"]) else None
 
         tokens = max(run["tokens"], 1)
         stats = self.engine.blocks.stats
@@ -365,6 +378,8 @@ class Workload:
             "checkpoint_digest": self.checkpoint_digest,
             "preset": self.preset,
             "token_digest": run["digest"],
+            "golden_digest": golden,
+            "golden_match": None if golden is None else golden == run["digest"],
             "tokens": run["tokens"],
             "generated_tokens": run["generated_tokens"],
             "wall_s": run["wall_s"],

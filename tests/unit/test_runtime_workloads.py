@@ -48,6 +48,8 @@ def test_golden_digest_and_no_leaks(home, name):
     rec = wl.record(run)
     assert rec["schema"] == RECORD_SCHEMA and rec["name"] == name
     assert rec["token_digest"] == GOLDEN[(name, wl.spec.version)]
+    # the package carries the same pin, for `workload NAME --check-golden` in rebuilt interpreters
+    assert rec["golden_digest"] == GOLDEN[(name, wl.spec.version)] and rec["golden_match"] is True
     assert rec["tokens"] > 0 and rec["dispatches_per_token"] > 1 and rec["host_us_per_token"] > 0
     wl.close()
 
@@ -81,13 +83,25 @@ def test_unknown_workload(home):
 
 def test_cli_workload_json_in_a_fresh_interpreter(home):
     env = {**os.environ, "HOSTPGO_HOME": str(home)}
-    cmd = [sys.executable, "-m", "runtime", "workload", "decode-b1", "--steps", "4", "--json"]
+    cmd = [sys.executable, "-m", "runtime.workload", "decode-b1", "--steps", "4", "--json"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr
     rec = json.loads(p.stdout)
     assert rec["token_digest"] == open_workload("decode-b1").run_steps(4)["digest"]
     for key in ("name", "version", "tokens", "wall_us_per_token", "host_us_per_token", "dispatches_per_token"):
         assert key in rec
+
+
+def test_cli_check_golden(home, capsys, monkeypatch):
+    from runtime import workloads
+    from runtime.cli import main
+
+    assert main(["workload", "decode-b1", "--steps", "3", "--check-golden"]) == 2  # not the pinned length
+    assert "pinned for the built-in tiny preset" in capsys.readouterr().err
+    spec = workloads.WORKLOADS["prefill"]
+    monkeypatch.setitem(workloads.WORKLOADS, "prefill", workloads.replace(spec, default_steps=2))
+    assert main(["workload", "prefill", "--check-golden"]) == 1  # a 2-step run cannot match the 24-step pin
+    assert "!= golden" in capsys.readouterr().err
 
 
 def test_cli_list(home, capsys):

@@ -210,8 +210,11 @@ def execute(plan: BuildPlan, stamps_root: Path, logs_root: Path, *, console: Con
             try:
                 for action in stage.actions:
                     if isinstance(action, Cmd):
-                        runner.run(action.argv, env=action.env, cwd=action.cwd, timeout=action.timeout,
-                                   ok_codes=action.ok_codes, nice=action.nice)
+                        rc = runner.run(action.argv, env=action.env, cwd=action.cwd, timeout=action.timeout,
+                                        ok_codes=action.ok_codes, nice=action.nice)
+                        if rc != 0:  # accepted through ok_codes (e.g. a training run with a failing test)
+                            ctx.info.setdefault("nonzero_exits", []).append(
+                                {"command": format_command(action.argv), "exit_code": rc})
                     else:
                         with log_path.open("a") as log:
                             log.write(f"STEP: {action.what}\n")

@@ -105,7 +105,8 @@ def _plan_with(tmp_path: Path, key: str, log: list[str], fail: bool = False) -> 
 
     st1 = stages.Stage("a", "make out", key, (stages.Call("make out", make_out),), outputs=(out,))
     st2 = stages.Stage("b", "echo", "k2", (stages.Cmd(("sh", "-c", "echo hello $X"), env={"X": "there"},
-                                                      nice=False),))
+                                                      nice=False),
+                                           stages.Cmd(("sh", "-c", "exit 3"), ok_codes=(0, 3), nice=False)))
     return stages.BuildPlan("demo", (st1, st2), (), {})
 
 
@@ -115,6 +116,7 @@ def test_executor_skips_unchanged_reruns_changed_and_logs(tmp_path: Path) -> Non
     assert not ex.results["a"].skipped and log == ["a"]
     blog = (tmp_path / "logs" / "demo" / "b.log").read_text()
     assert "RUN: env X=there sh -c 'echo hello $X'" in blog and "hello there" in blog
+    assert ex.results["b"].info["nonzero_exits"] == [{"command": "sh -c 'exit 3'", "exit_code": 3}]
     ex = stages.execute(_plan_with(tmp_path, "k1", log), tmp_path / "stamps", tmp_path / "logs", live=False)
     assert ex.results["a"].skipped and ex.results["b"].skipped and log == ["a"]
     ex = stages.execute(_plan_with(tmp_path, "changed", log), tmp_path / "stamps", tmp_path / "logs", live=False)

@@ -31,6 +31,8 @@ class LatencySettings:
     min_time: float = 0.1
     """Seconds per value that loop calibration aims for."""
     timeout: float = 1800
+    loops: int | None = None
+    """Fixed loops per value for every target; None calibrates on the baseline."""
 
     @classmethod
     def quick(cls) -> "LatencySettings":
@@ -109,10 +111,14 @@ def run_interleaved(
     inherit = sorted(env) if env else []
     loops_by_target: dict[str, int] = {}
     for target in targets:
-        loops = calibrate_loops(subjects[0], target, work, settings, provider=provider, env=env, log=log)
+        if settings.loops is None:
+            loops = calibrate_loops(subjects[0], target, work, settings, provider=provider, env=env, log=log)
+            how = f"calibrated on {subjects[0].name}"
+        else:
+            loops, how = settings.loops, "fixed"
         loops_by_target[target.name] = loops
         if progress:
-            progress(f"{target.name}: {loops} loop(s) per value, calibrated on {subjects[0].name}")
+            progress(f"{target.name}: {loops} loop(s) per value, {how}")
         for r, names_in_round in enumerate(order):
             for name in names_in_round:
                 subject = by_name[name]

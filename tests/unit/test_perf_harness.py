@@ -69,3 +69,19 @@ def test_cli_spec_errors_exit_with_code(argv, code, tmp_path, capsys):
 def test_cli_report_of_missing_run(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 5
     assert "run.json" in capsys.readouterr().err
+
+
+@pytest.mark.runtime
+def test_runtime_decode_b1_through_the_harness(tmp_path):
+    """The real runtime's decode-b1 under pyperf in a subprocess (needs mindspore)."""
+    pytest.importorskip("mindspore")
+    subjects = [latency.Subject("here", Path(sys.executable), {"hostpgo_manifest_sha256": "none"})]
+    settings = latency.LatencySettings(rounds=1, values=2, warmups=0, timeout=300, loops=1)
+    env = {"HOSTPGO_HOME": str(tmp_path / "home")}
+    rec = latency.run_interleaved(subjects, [catalog.TARGETS["decode-b1"]], tmp_path / "latency", settings, env=env)
+    suite = pyperf.BenchmarkSuite.load(str(tmp_path / rec["files"]["here"]))
+    bench = suite.get_benchmark("decode-b1")
+    md = bench.get_metadata()
+    assert md["hostpgo_provider"] == "runtime.workloads"
+    assert md["hostpgo_tokens_per_step"] > 0 and md["hostpgo_dispatches_per_step"] > 0
+    assert bench.get_nvalue() == 2 and bench.median() > 0

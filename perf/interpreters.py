@@ -68,6 +68,8 @@ class Interpreter:
     """Path of the build's hostpgo-manifest.json, when it is a hostpgo build."""
     manifest_digest: str = "none"
     """sha256 of that manifest (or `none`); stamped into every result."""
+    build_id: str = "none"
+    """The manifest's `build_id` (buildsys writes one per build), or `none`."""
     origin: str = "path"
     """`path` (given as a path or NAME=PATH), `hostpgo-build`, or `command` (found on PATH)."""
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -125,8 +127,8 @@ def find_builds(home: Path | None = None) -> dict[str, Path]:
             data = json.loads(manifest.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if isinstance(data, dict) and isinstance(data.get("name"), str):
-            names.add(data["name"])
+        if isinstance(data, dict):
+            names.update(data[k] for k in ("name", "build_id") if isinstance(data.get(k), str))
         for name in names:
             found.setdefault(name, manifest)
     return found
@@ -227,6 +229,10 @@ def resolve(spec: InterpreterSpec, home: Path | None = None) -> Interpreter:
             manifest_path = cand
             origin = "hostpgo-build"
     digest = _sha256_file(manifest_path) if manifest_path else "none"
+    build_id = "none"
+    if manifest_path:
+        value = _read_manifest(manifest_path, spec).get("build_id")
+        build_id = value if isinstance(value, str) and value else "none"
     return Interpreter(
         name=spec.name or (target if origin == "hostpgo-build" and "/" not in target else _derived_name(python, info)),
         python=str(python),
@@ -241,6 +247,7 @@ def resolve(spec: InterpreterSpec, home: Path | None = None) -> Interpreter:
         libdir=info["libdir"],
         manifest=str(manifest_path) if manifest_path else None,
         manifest_digest=digest,
+        build_id=build_id,
         origin=origin,
         notes=tuple(notes),
     )

@@ -47,6 +47,7 @@ def parse_stages(text: str) -> tuple[str, ...]:
 
 def _stamp(interp: Interpreter, wheelhouse: str) -> dict[str, str]:
     return {"hostpgo_interp": interp.name, "hostpgo_manifest_sha256": interp.manifest_digest,
+            "hostpgo_build_id": interp.build_id,
             "hostpgo_exe_sha256": interp.exe_sha256[:16], "hostpgo_wheelhouse": wheelhouse[:16] or "none"}
 
 

@@ -40,18 +40,20 @@ def _fake_build(home: Path, name: str) -> Path:
     prefix = home / "install" / name
     (prefix / "bin").mkdir(parents=True)
     os.symlink(sys.executable, prefix / "bin" / "python3")
-    (prefix / "hostpgo-manifest.json").write_text(json.dumps({"schema": 1, "profile": "x"}))
+    (prefix / "hostpgo-manifest.json").write_text(json.dumps({"schema": 1, "build_id": f"id-{name}"}))
     return prefix
 
 
 def test_hostpgo_build_by_name(tmp_path):
     prefix = _fake_build(tmp_path, "cpython-3.11.2-baseline")
-    assert find_builds(tmp_path) == {"cpython-3.11.2-baseline": prefix / "hostpgo-manifest.json"}
+    manifest = prefix / "hostpgo-manifest.json"
+    assert find_builds(tmp_path) == {"cpython-3.11.2-baseline": manifest, "id-cpython-3.11.2-baseline": manifest}
     interp = resolve(parse_spec("cpython-3.11.2-baseline"), tmp_path)
     assert interp.name == "cpython-3.11.2-baseline"
     assert interp.origin == "hostpgo-build"
     assert interp.python == str(prefix / "bin" / "python3")
-    assert len(interp.manifest_digest) == 64
+    assert len(interp.manifest_digest) == 64 and interp.build_id == "id-cpython-3.11.2-baseline"
+    assert resolve(parse_spec("id-cpython-3.11.2-baseline"), tmp_path).python == interp.python
     assert interp.version == "%d.%d.%d" % sys.version_info[:3]
     # The prefix directory itself works too, and a path inside a prefix picks up its manifest.
     assert resolve(parse_spec(f"b={prefix}"), tmp_path).manifest_digest == interp.manifest_digest

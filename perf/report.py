@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from . import plots, results
@@ -189,16 +190,27 @@ def _attribution_section(record: dict) -> list[str]:
         for d in dsos[:12]:
             dso_rows.append([f"`{d}`"] + [f"{att[n][target]['dso'].get(d, 0.0):.1f}%" for n in names])
         lines += ["Per shared object:", ""] + _table(["shared object"] + names, dso_rows) + [""]
+        # Hottest functions side by side: the union of each interpreter's top entries.
+        keys: list[tuple[str, str]] = []
+        share: dict[str, dict[tuple[str, str], float]] = {}
         for n in names:
-            hot = att[n][target]["hottest"][:8]
+            share[n] = {}
+            for h in att[n][target]["hottest"]:
+                share[n][(os.path.basename(h["dso"]), h["symbol"])] = h["percent"]
+            for h in att[n][target]["hottest"][:8]:
+                key = (os.path.basename(h["dso"]), h["symbol"])
+                if key not in keys:
+                    keys.append(key)
+        lines += ["Hottest functions (share of samples; `-` where below the listing threshold):", ""]
+        lines += _table(["function", "object"] + names,
+                        [[f"`{sym}`", f"`{dso}`"] + [f"{share[n][(dso, sym)]:.1f}%" if (dso, sym) in share[n] else "-"
+                                                     for n in names] for dso, sym in keys])
+        for n in names:
             unresolved = att[n][target].get("unresolved", {})
-            lines += [f"Hottest functions, {n}:", ""]
-            lines += _table(["%", "object", "function"],
-                            [[f"{h['percent']:.1f}", f"`{h['dso']}`", f"`{h['symbol']}`"] for h in hot])
             if unresolved:
-                lines += ["", "Samples without a symbol (stripped objects): " +
+                lines += ["", f"{n}: samples without a symbol (stripped objects): " +
                           ", ".join(f"`{d}` {p:.1f}%" for d, p in unresolved.items())]
-            lines += [""]
+        lines += [""]
     return lines
 
 

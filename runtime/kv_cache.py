@@ -14,6 +14,16 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 
+class BlockLeakError(AssertionError):
+    """The block manager's bookkeeping is inconsistent, or blocks were not returned."""
+
+
+def _require(ok: bool, message: str) -> None:
+    # Not `assert`: these checks must also run under `python -O` (e.g. in a rebuilt interpreter).
+    if not ok:
+        raise BlockLeakError(message)
+
+
 def block_hash(parent: bytes, tokens) -> bytes:
     """Chained digest of one full block of token ids."""
     h = hashlib.sha256(parent)
@@ -142,19 +152,19 @@ class BlockManager:
 
     # -- invariants ----------------------------------------------------------------------------
     def check(self) -> None:
-        """Raise AssertionError if counts, free queue and hash map disagree."""
+        """Raise BlockLeakError if counts, free queue and hash map disagree."""
         counts = [0] * self.num_blocks
         for held in self.held.values():
             for b in held.blocks:
                 counts[b] += 1
-        assert counts == self.ref, "reference counts differ from the blocks requests hold"
+        _require(counts == self.ref, "reference counts differ from the blocks requests hold")
         for b in range(self.num_blocks):
-            assert (self.ref[b] == 0) == (b in self.free_queue), f"block {b}: free queue disagrees with count"
+            _require((self.ref[b] == 0) == (b in self.free_queue), f"block {b}: free queue disagrees with count")
         for h, b in self.cached.items():
-            assert self.hash_of[b] == h, f"block {b}: hash map disagrees"
+            _require(self.hash_of[b] == h, f"block {b}: hash map disagrees")
 
     def assert_no_leaks(self) -> None:
         """After every request finished: nothing held, every block free."""
         self.check()
-        assert not self.held, f"requests still hold blocks: {sorted(self.held)}"
-        assert self.num_free == self.num_blocks, f"{self.num_blocks - self.num_free} blocks leaked"
+        _require(not self.held, f"requests still hold blocks: {sorted(self.held)}")
+        _require(self.num_free == self.num_blocks, f"{self.num_blocks - self.num_free} blocks leaked")

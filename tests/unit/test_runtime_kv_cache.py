@@ -113,3 +113,15 @@ def test_random_traffic_keeps_invariants_and_leaks_nothing(seed):
         bm.free(rid)
     bm.assert_no_leaks()
     assert bm.stats.hit_tokens > 0 and bm.stats.evictions > 0
+
+
+def test_leak_is_reported():
+    from runtime.kv_cache import BlockLeakError
+
+    bm = BlockManager(4, 2)
+    bm.allocate("a", 3)
+    with pytest.raises(BlockLeakError, match="requests still hold blocks: \\['a'\\]"):
+        bm.assert_no_leaks()
+    bm.ref[0] += 1
+    with pytest.raises(BlockLeakError, match="reference counts differ"):
+        bm.check()

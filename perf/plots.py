@@ -28,7 +28,8 @@ def per_token_values(bench: pyperf.Benchmark) -> tuple[list[float], str]:
 
 def latency_distributions(suites: dict[str, pyperf.BenchmarkSuite], order: list[str], dest: Path) -> Path:
     """One panel per benchmark: box plot with every value overlaid, one box per interpreter."""
-    names = [n for n in suites[order[0]].get_benchmark_names() if all(n in suites[o].get_benchmark_names() for o in order)]
+    names = [n for n in suites[order[0]].get_benchmark_names()
+             if all(n in suites[o].get_benchmark_names() for o in order)]
     ncols = min(3, len(names)) or 1
     nrows = (len(names) + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.8 * nrows), squeeze=False)

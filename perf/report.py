@@ -74,7 +74,8 @@ def _comparison_table(c: Comparison, per_token: dict[str, float] | None = None) 
 def _interpreters_section(record: dict) -> list[str]:
     rows = []
     for i in record["interpreters"]:
-        flags = [f for f in ("--enable-optimizations", "--with-lto", "--enable-shared") if f in i.get("config_args", "")]
+        flags = [f for f in ("--enable-optimizations", "--with-lto", "--enable-shared")
+                 if f in i.get("config_args", "")]
         rows.append([i["name"] + (" (baseline)" if i["name"] == record["baseline"] else ""), i["version"],
                      f"`{i['python']}`", i.get("origin", ""), i.get("manifest_digest", "none")[:12],
                      i.get("exe_sha256", "")[:12], " ".join(flags) or "-"])

@@ -112,7 +112,8 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         for interp in plan.interpreters:
             per[interp.name] = {}
             for t in targets:
-                units = t.count_units if not plan.quick else (t.count_units[0], (t.count_units[0] + t.count_units[1]) // 2)
+                lo, hi = t.count_units
+                units = (lo, (lo + hi) // 2) if plan.quick else (lo, hi)
                 m = counters.measure(backend, pythons[interp.name], t.name, units,
                                      run_dir / "counters" / safe_name(interp.name), provider=plan.provider,
                                      env=env, log=log)

@@ -130,7 +130,9 @@ def _counters_section(run_dir: Path, record: dict, out: dict) -> list[str]:
         lines += ["Instruction counts are exact (valgrind); cache and branch figures are *simulated* "
                   f"(caches {cnt['config'].get('caches')}); iTLB is not simulated. "
                   f"IPC is an {IPC_MODEL_TEXT}.", ""]
-    lines += ["Per unit = (count at N2 units - count at N1 units) / (N2 - N1), which removes start-up and imports.", ""]
+    lines += ["Per unit = (count at N2 units - count at N1 units) / (N2 - N1), which removes start-up and imports. "
+              "A count that does not grow with the work (below one per unit, or negative) is differencing noise; "
+              "its ratio is shown as `-`.", ""]
     out_c: dict = {}
     targets = list(next(iter(cnt["results"].values())).keys()) if cnt["results"] else []
     for target in targets:
@@ -152,8 +154,10 @@ def _counters_section(run_dir: Path, record: dict, out: dict) -> list[str]:
             for n in names:
                 if n == base:
                     continue
-                # A ratio of counts below one per unit is noise from the differencing, not a result.
-                ok = vals[n] is not None and vals[base] is not None and abs(vals[base]) >= 1 and abs(vals[n]) >= 1
+                # A count below one per unit (or negative) did not grow with the work: it is noise of
+                # the differencing, and a ratio of it means nothing. Derived rates are fine as is.
+                floor = 1.0 if m in cnt["results"][base][target]["per_unit"] else 0.0
+                ok = vals[n] is not None and vals[base] is not None and vals[base] > floor and vals[n] > floor
                 row.append(f"{vals[n] / vals[base]:.3f}" if ok else "-")
             rows.append(row)
         unit = "dispatch" if "dispatch" in target else "step"

@@ -250,7 +250,11 @@ def build(run_dir: Path) -> Path:
     lines = [f"# hostpgo measurement: {record['run']}", "",
              f"Created {record.get('created', '?')} on {host.get('cpu', '?')} ({host.get('cpus', '?')} CPUs, "
              f"load average at start {host.get('loadavg_at_start', '?')}). Baseline: **{record['baseline']}**.", ""]
-    if record.get("command"):
+    stage_commands = record.get("stage_commands", {})
+    if stage_commands:
+        lines += ["Commands that produced each part:", ""]
+        lines += [f"- {stage}: `{cmd}`" for stage, cmd in stage_commands.items()] + [""]
+    elif record.get("command"):
         lines += ["Command: `" + " ".join(record["command"]) + "`", ""]
     lines += _interpreters_section(record)
     lines += _latency_section(run_dir, record, out)

@@ -70,6 +70,11 @@ def _open_record(plan: Plan) -> dict:
                               [t.name for t in plan.targets], list(plan.argv))
 
 
+def _ran(record: dict, plan: Plan, stage: str) -> None:
+    """Remember which command produced a stage's results (a run may be built up over several commands)."""
+    record.setdefault("stage_commands", {})[stage] = " ".join(plan.argv)
+
+
 def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
     """Run the plan's stages, saving run.json after each, and return the report path."""
     run_dir = plan.run_dir
@@ -103,6 +108,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         record["latency"] = latency.run_interleaved(
             subjects, targets, run_dir / "latency", settings, provider=plan.provider, env=env, log=log,
             progress=lambda m: say("  " + m))
+        _ran(record, plan, "latency")
         results.save(run_dir, record)
 
     if "counters" in plan.stages:
@@ -121,6 +127,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
                 say(f"  {interp.name} {t.name}: {m['per_unit']['instructions']:,.0f} instructions per {t.unit}")
         record["counters"] = {"backend": backend.name, "reason": backend.reason, "config": backend.config,
                               "results": per}
+        _ran(record, plan, "counters")
         results.save(run_dir, record)
 
     if "attribute" in plan.stages:
@@ -136,6 +143,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
                 top = ", ".join(f"{g} {p:.1f}%" for g, p in list(r["groups"].items())[:4])
                 say(f"  {interp.name} {t.name}: {top}")
         record["attribution"] = per
+        _ran(record, plan, "attribute")
         results.save(run_dir, record)
 
     if "guard" in plan.stages:
@@ -143,6 +151,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         subjects3 = [(i.name, pythons[i.name], stamps[i.name]) for i in plan.interpreters]
         record["guard"] = guard.run_guard(subjects3, plan.guard_benchmarks, run_dir / "pyperformance",
                                           fast=plan.quick, log=log, progress=lambda m: say("  " + m))
+        _ran(record, plan, "guard")
         results.save(run_dir, record)
 
     return report.build(run_dir)

@@ -20,6 +20,13 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _PROBE = r"""
 import json, platform, sys, sysconfig
 cv = sysconfig.get_config_var
+def _libpython_loaded():
+    # Py_ENABLE_SHARED says a libpython was built, not that this executable uses it.
+    try:
+        with open("/proc/self/maps") as fh:
+            return any("libpython" in line for line in fh)
+    except OSError:
+        return None
 print(json.dumps({
     "version": platform.python_version(),
     "implementation": sys.implementation.name,
@@ -30,6 +37,7 @@ print(json.dumps({
     "py_enable_shared": bool(cv("Py_ENABLE_SHARED")),
     "ldlibrary": cv("LDLIBRARY") or "",
     "libdir": cv("LIBDIR") or "",
+    "libpython_loaded": _libpython_loaded(),
 }))
 """
 
@@ -64,6 +72,8 @@ class Interpreter:
     py_enable_shared: bool = False
     ldlibrary: str = ""
     libdir: str = ""
+    libpython_loaded: bool | None = None
+    """Whether the running interpreter maps a libpython shared object (None where unknown)."""
     manifest: str | None = None
     """Path of the build's hostpgo-manifest.json, when it is a hostpgo build."""
     manifest_digest: str = "none"
@@ -245,6 +255,7 @@ def resolve(spec: InterpreterSpec, home: Path | None = None) -> Interpreter:
         py_enable_shared=info["py_enable_shared"],
         ldlibrary=info["ldlibrary"],
         libdir=info["libdir"],
+        libpython_loaded=info.get("libpython_loaded"),
         manifest=str(manifest_path) if manifest_path else None,
         manifest_digest=digest,
         build_id=build_id,

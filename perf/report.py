@@ -64,7 +64,8 @@ def _comparison_table(c: Comparison, per_token: dict[str, float] | None = None) 
         verdict = r.verdict() if r.significant else "*not significant*"
         t = "" if r.t_score is None else f"{r.t_score:.2f}"
         rows.append([name, base, chg, f"{r.ratio:.3f}", verdict, t, f"{r.n_base}/{r.n_changed}"])
-    geo = f"**{c.geomean_speedup:.3f}x {'faster' if c.geomean_ratio < 1 else 'slower'}**"
+    geo = (f"**{c.geomean_speedup:.3f}x faster**" if c.geomean_ratio < 1
+           else f"**{c.geomean_ratio:.3f}x slower**")
     if not any(r.significant for r in c.rows):
         geo += " (no benchmark differs significantly)"
     rows.append(["**geometric mean**", "", "", f"**{c.geomean_ratio:.3f}**", geo, "", ""])
@@ -74,13 +75,15 @@ def _comparison_table(c: Comparison, per_token: dict[str, float] | None = None) 
 def _interpreters_section(record: dict) -> list[str]:
     rows = []
     for i in record["interpreters"]:
-        flags = [f for f in ("--enable-optimizations", "--with-lto", "--enable-shared")
-                 if f in i.get("config_args", "")]
+        flags = [f for f in ("--enable-optimizations", "--with-lto") if f in i.get("config_args", "")]
+        linked = i.get("libpython_loaded")
+        flags.append("libpython: " + ("shared object" if linked else "static in the executable"
+                                       if linked is not None else "?"))
         rows.append([i["name"] + (" (baseline)" if i["name"] == record["baseline"] else ""), i["version"],
                      f"`{i['python']}`", i.get("origin", ""), i.get("manifest_digest", "none")[:12],
                      i.get("exe_sha256", "")[:12], " ".join(flags) or "-"])
     return ["## Interpreters", ""] + _table(
-        ["name", "version", "python", "origin", "manifest sha256", "executable sha256", "configure"], rows) + [""]
+        ["name", "version", "python", "origin", "manifest sha256", "executable sha256", "build"], rows) + [""]
 
 
 def _latency_section(run_dir: Path, record: dict, out: dict) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import plots, results
 from .compare import Comparison, compare_suites
+from .attribute import group_of
 from .counters import IPC_MODEL_TEXT
 
 REPORT = "report.md"
@@ -173,6 +174,11 @@ def _counters_section(run_dir: Path, record: dict, out: dict) -> list[str]:
     return lines
 
 
+def _object_label(dso: str) -> str:
+    """The interpreter's code under one name, whether it lives in the executable or in libpython."""
+    return "CPython" if group_of(dso) == "CPython" else os.path.basename(dso)
+
+
 def _attribution_section(record: dict) -> list[str]:
     att = record.get("attribution")
     if not att:
@@ -204,14 +210,14 @@ def _attribution_section(record: dict) -> list[str]:
         for n in names:
             share[n] = {}
             for h in att[n][target]["hottest"]:
-                share[n][(os.path.basename(h["dso"]), h["symbol"])] = h["percent"]
+                share[n][_object_label(h["dso"]), h["symbol"]] = h["percent"]
             for h in att[n][target]["hottest"][:8]:
-                key = (os.path.basename(h["dso"]), h["symbol"])
+                key = (_object_label(h["dso"]), h["symbol"])
                 if key not in keys:
                     keys.append(key)
         lines += ["Hottest functions (share of samples; `-` where below the listing threshold):", ""]
         lines += _table(["function", "object"] + names,
-                        [[f"`{sym}`", f"`{dso}`"] + [f"{share[n][(dso, sym)]:.1f}%" if (dso, sym) in share[n] else "-"
+                        [[f"`{sym}`", dso if dso == "CPython" else f"`{dso}`"] + [f"{share[n][(dso, sym)]:.1f}%" if (dso, sym) in share[n] else "-"
                                                      for n in names] for dso, sym in keys])
         for n in names:
             unresolved = att[n][target].get("unresolved", {})

@@ -250,6 +250,42 @@ def _guard_section(run_dir: Path, record: dict, out: dict) -> list[str]:
     return lines
 
 
+def _headline(record: dict, out: dict) -> list[str]:
+    """One row per interpreter against the baseline: latency and instruction ratios, guard geomean."""
+    base = record["baseline"]
+    latency = {c["changed"]: c for c in out.get("latency", [])}
+    guard = {c["changed"]: c for c in out.get("guard", [])}
+    counts = out.get("counters", {}).get("per_unit", {})
+    lat_names = [r["name"] for c in latency.values() for r in c["rows"]]
+    lat_names = list(dict.fromkeys(lat_names))
+    cnt_names = list(counts)
+    headers = ["vs " + base] + [f"{n} latency" for n in lat_names] + [f"{n} instructions" for n in cnt_names]
+    if guard:
+        headers.append("pyperformance geomean")
+    rows = []
+    for i in record["interpreters"]:
+        name = i["name"]
+        if name == base:
+            continue
+        row = [name]
+        for n in lat_names:
+            r = next((r for r in latency.get(name, {}).get("rows", []) if r["name"] == n), None)
+            row.append("-" if r is None else f"{r['ratio']:.3f}" + ("" if r["significant"] else " (n.s.)"))
+        for n in cnt_names:
+            b, c = counts[n].get(base, {}).get("instructions"), counts[n].get(name, {}).get("instructions")
+            row.append(f"{c / b:.3f}" if b and c else "-")
+        if guard:
+            g = guard.get(name)
+            row.append("-" if g is None else f"{g['geomean_ratio']:.3f}")
+        rows.append(row)
+    if not rows or len(headers) == 1:
+        return []
+    return ["## Headline", "",
+            "Ratios to the baseline (below 1 is faster / fewer instructions); latency is the median per step or "
+            "dispatch, `(n.s.)` where the difference is not significant; instructions are per unit of work.", ""] + \
+        _table(headers, rows) + [""]
+
+
 def build(run_dir: Path) -> Path:
     """(Re)generate report.md, comparison.json and plots from the run directory's JSON."""
     run_dir = Path(run_dir).resolve()
@@ -266,10 +302,11 @@ def build(run_dir: Path) -> Path:
     elif record.get("command"):
         lines += ["Command: `" + " ".join(record["command"]) + "`", ""]
     lines += _interpreters_section(record)
-    lines += _latency_section(run_dir, record, out)
-    lines += _counters_section(run_dir, record, out)
-    lines += _attribution_section(record)
-    lines += _guard_section(run_dir, record, out)
+    body = _latency_section(run_dir, record, out)
+    body += _counters_section(run_dir, record, out)
+    body += _attribution_section(record)
+    body += _guard_section(run_dir, record, out)
+    lines += _headline(record, out) + body
     if record.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in record["notes"]] + [""]
     (run_dir / COMPARISON).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")

@@ -28,6 +28,8 @@ def test_report_from_fixture(run_dir):
     assert "### opt vs base" in text and "**geometric mean**" in text
     assert "backend: `cachegrind`" in text and "IPC (estimate, model)" in text
     assert "## Host-time attribution by library" in text and "| CPython |" in text
+    headline = text.split("## Headline", 1)[1].split("## Latency", 1)[0]
+    assert "| opt |" in headline and "decode-b8 instructions" in headline
     for png in ("latency_distribution.png", "latency_speedup.png"):
         assert (run_dir / "plots" / png).read_bytes()[:4] == b"\x89PNG"
         assert f"plots/{png}" in text

@@ -144,17 +144,28 @@ def plan(inp: Inputs) -> BuildPlan:
             (Call(f"mkdir {build_dir}", lambda ctx: build_dir.mkdir(parents=True, exist_ok=True)),
              Cmd((str(tree / "configure"), *args), env=env, cwd=build_dir, timeout=1800)),
             outputs=(build_dir,), flags=channel_flags(rf, args, extra_env), notes=rf.notes))
-        build_key = digest({"stage": "build", "prev": cfg_key, "make": make, "env": run_env})
+        # CPython links _bootstrap_python and _freeze_module with PY_LDFLAGS_NOLTO, which reads only
+        # the *make variable* LDFLAGS_NODIST, not what configure recorded. Those links get LTO bitcode
+        # (or instrumented) objects too, so the link flags must also travel as the make variable.
+        # Only LTO builds need it (bitcode objects); others keep their plain make line.
+        lto_objects = p.optimize.lto != "off" and variant != "instrumented"
+        make_vars = {"LDFLAGS_NODIST": env["LDFLAGS_NODIST"]} if lto_objects and env["LDFLAGS_NODIST"] else {}
+        make_argv = (*make, *(f"{k}={v}" for k, v in make_vars.items()))
+        build_key = digest({"stage": "build", "prev": cfg_key, "make": make_argv, "env": run_env})
         stages.append(Stage(
             f"build{suffix}", f"build ({variant})", build_key,
-            (Cmd(make, env=run_env, cwd=build_dir, timeout=4 * 3600),),
-            flags=tuple(ChannelFlag("env", k, v, "engine: keep build-time runs out of the training profile")
-                        for k, v in run_env.items())))
-        return build_key, build_dir, run_env
+            (Cmd(make_argv, env=run_env, cwd=build_dir, timeout=4 * 3600),),
+            flags=(*(ChannelFlag("make-var", k, v, "engine: also reaches CPython's NOLTO links "
+                                 "(_bootstrap_python, _freeze_module)") for k, v in make_vars.items()),
+                   *(ChannelFlag("env", k, v, "engine: keep build-time runs out of the training profile")
+                     for k, v in run_env.items()))))
+        return build_key, build_dir, run_env, make_vars
 
-    def install_stage(name: str, build_dir: Path, prefix: Path, prev_key: str, run_env: dict[str, str]) -> str:
+    def install_stage(name: str, build_dir: Path, prefix: Path, prev_key: str, run_env: dict[str, str],
+                      make_vars: dict[str, str]) -> str:
         staging = work.tmp / f"destdir-{build_id}-{name}"
-        key = digest({"stage": "install", "prev": prev_key, "prefix": str(prefix)})
+        key = digest({"stage": "install", "prev": prev_key, "prefix": str(prefix),
+                      **({"make_vars": make_vars} if make_vars else {})})
 
         def clear(ctx: StageContext) -> None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -162,7 +173,8 @@ def plan(inp: Inputs) -> BuildPlan:
         stages.append(Stage(
             name, f"install into {prefix} (staged, then renamed)", key,
             (Call(f"clear {staging}", clear),
-             Cmd(("make", "install", f"DESTDIR={staging}"), env=run_env, cwd=build_dir, timeout=3600),
+             Cmd(("make", "install", f"DESTDIR={staging}", *(f"{k}={v}" for k, v in make_vars.items())),
+                 env=run_env, cwd=build_dir, timeout=3600),
              Call(f"rename {staging}{prefix} -> {prefix}; add bin/python -> python3",
                   _publish_tree(staging, prefix))),
             outputs=(prefix,), flags=(ChannelFlag("make-var", "DESTDIR", str(staging), "engine: staged install, published by rename"),)))
@@ -177,8 +189,8 @@ def plan(inp: Inputs) -> BuildPlan:
         if not inp.tasks:
             raise HostpgoError(f"profile '{p.name}' has optimize.pgo = \"on\" but pgo.tasks is empty "
                                f"({p.files[0]}); name at least one training task")
-        bkey, ibuild, irun_env = build_stages("instrumented", "-instrumented", instr_prefix, prev, "")
-        ikey = install_stage("install-instrumented", ibuild, instr_prefix, bkey, irun_env)
+        bkey, ibuild, irun_env, imake_vars = build_stages("instrumented", "-instrumented", instr_prefix, prev, "")
+        ikey = install_stage("install-instrumented", ibuild, instr_prefix, bkey, irun_env, imake_vars)
         raw_dir = work.pgo / build_id / "raw"
         tdig = tasks_digest(inp.tasks)
         train_key = digest({"stage": "train", "prev": ikey, "tasks": tdig})
@@ -232,7 +244,7 @@ def plan(inp: Inputs) -> BuildPlan:
                             outputs=(profdata,)))
         prev = merge_key
     variant = "optimized" if pgo else "plain"
-    bkey, obuild, _ = build_stages(variant, "", prefix, prev, profdata_path)
+    bkey, obuild, _, omake_vars = build_stages(variant, "", prefix, prev, profdata_path)
     verify_key = digest({"stage": "verify", "prev": bkey, "args": PGO_TEST_ARGS, "tests": p.verify.tests})
     vpython = str(obuild / "python")
     venv_ = {"LD_LIBRARY_PATH": str(obuild)} if p.optimize.shared else {}
@@ -244,7 +256,7 @@ def plan(inp: Inputs) -> BuildPlan:
     stages.append(Stage("verify", "verify: CPython's `-m test --pgo` set must pass", verify_key,
                         tuple(verify_actions), flags=tuple(ChannelFlag("env", k, v, "optimize.shared: run the uninstalled build")
                                     for k, v in venv_.items())))
-    install_stage("install", obuild, prefix, verify_key, {})
+    install_stage("install", obuild, prefix, verify_key, {}, omake_vars)
 
     summary = {
         "target": "cpython", "version": pin.version, "profile": p.name, "profile_files": list(p.files),

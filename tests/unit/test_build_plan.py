@@ -42,6 +42,9 @@ def test_pgo_plan_stage_order_and_channels(tmp_path: Path) -> None:
     assert train[-1].argv[:4] == (f"{tmp_path}/install/cpython-3.11.2-pgo-lto-instrumented/bin/python3",
                                   "-m", "test", "--pgo")
     assert by["verify"].actions[0].argv[1:4] == ("-m", "test", "--pgo")
+    # The link flags also travel as the make variable, for CPython's NOLTO links.
+    assert by["build"].actions[0].argv == ("make", "-j2", "LDFLAGS_NODIST=-fuse-ld=lld -flto=thin -O3")
+    assert ("make-var", "LDFLAGS_NODIST") in {(f.channel, f.name) for f in by["build"].flags}
     assert [s.name for s in plan.stages].index("verify") < [s.name for s in plan.stages].index("install")
 
 

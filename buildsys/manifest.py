@@ -78,7 +78,7 @@ def build(execution: "Execution", inp: "Inputs", prefix: Path, tasks: list[dict[
         "training": [] if instrumented else tasks,
         "profile_data": profile_data,
         "stages": {n: {"seconds": round(res[n].seconds, 1), "skipped": res[n].skipped, "key": res[n].key,
-                       **({"nonzero_exits": res[n].info["nonzero_exits"]} if res[n].info.get("nonzero_exits") else {})}
+                       **{k: res[n].info[k] for k in ("nonzero_exits", "retried") if res[n].info.get(k)}}
                    for n in stage_names if n in res},
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -19,6 +19,14 @@ from .errors import CommandError
 TAIL_LINES = 40
 
 
+def _default_signals() -> None:
+    """In the child: default SIGINT/SIGQUIT handling. A background parent (`cmd &`, nohup, CI) ignores
+    them, children inherit that, and CPython's tests that raise SIGINT (test_generators'
+    SignalAndYieldFromTest) then fail."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def format_command(argv: Sequence[str], env_delta: Mapping[str, str] | None = None,
                    cwd: Path | None = None) -> str:
     """Shell-quoted rendering of a command with its environment delta, as it appears in logs/plans."""
@@ -70,7 +78,7 @@ class Runner:
             log.flush()
             proc = subprocess.Popen(real_argv, cwd=cwd, env=full_env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_default_signals)
             timed_out = threading.Event()
             timer = None
             if timeout is not None:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from .errors import HostpgoError
+from .errors import CommandError, HostpgoError
 from .runner import Runner, format_command
 
 CHANNELS = ("configure-arg", "configure-env", "CFLAGS_NODIST", "LDFLAGS_NODIST", "make-var", "env")
@@ -49,6 +49,8 @@ class Cmd:
     timeout: float = 3600
     ok_codes: tuple[int, ...] = (0,)
     nice: bool = True
+    retries: int = 0
+    """Extra attempts after a failure (for test suites with load-sensitive tests); each is recorded."""
 
     def describe(self) -> str:
         return format_command(self.argv, self.env, self.cwd)
@@ -210,8 +212,18 @@ def execute(plan: BuildPlan, stamps_root: Path, logs_root: Path, *, console: Con
             try:
                 for action in stage.actions:
                     if isinstance(action, Cmd):
-                        rc = runner.run(action.argv, env=action.env, cwd=action.cwd, timeout=action.timeout,
-                                        ok_codes=action.ok_codes, nice=action.nice)
+                        for attempt in range(action.retries + 1):
+                            try:
+                                rc = runner.run(action.argv, env=action.env, cwd=action.cwd,
+                                                timeout=action.timeout, ok_codes=action.ok_codes, nice=action.nice)
+                                break
+                            except CommandError as err:
+                                if attempt == action.retries:
+                                    raise
+                                ctx.info.setdefault("retried", []).append(
+                                    {"command": format_command(action.argv), "exit_code": err.returncode})
+                                with log_path.open("a") as log:
+                                    log.write(f"RETRY: attempt {attempt + 2} of {action.retries + 1}\n")
                         if rc != 0:  # accepted through ok_codes (e.g. a training run with a failing test)
                             ctx.info.setdefault("nonzero_exits", []).append(
                                 {"command": format_command(action.argv), "exit_code": rc})

@@ -130,6 +130,18 @@ def test_executor_skips_unchanged_reruns_changed_and_logs(tmp_path: Path) -> Non
     assert not ex.results["a"].skipped
 
 
+def test_retried_command_is_recorded_and_second_failure_fails(tmp_path: Path) -> None:
+    flag = tmp_path / "flag"
+    once = stages.Cmd(("sh", "-c", f"test -e {flag} || {{ touch {flag}; exit 1; }}"), retries=1, nice=False)
+    ex = stages.execute(stages.BuildPlan("r", (stages.Stage("v", "verify", "k", (once,)),), (), {}),
+                        tmp_path / "stamps", tmp_path / "logs", live=False)
+    assert ex.results["v"].info["retried"][0]["exit_code"] == 1
+    always = stages.Cmd(("sh", "-c", "exit 1"), retries=1, nice=False)
+    with pytest.raises(HostpgoError, match="stage 'v' of r2 failed"):
+        stages.execute(stages.BuildPlan("r2", (stages.Stage("v", "verify", "k", (always,)),), (), {}),
+                       tmp_path / "stamps", tmp_path / "logs", live=False)
+
+
 def test_failed_stage_leaves_no_stamp(tmp_path: Path) -> None:
     log: list[str] = []
     with pytest.raises(HostpgoError, match="stage 'a' of demo failed"):
@@ -148,6 +160,18 @@ def test_runner_errors_carry_command_and_tail(tmp_path: Path) -> None:
         r.run(["sleep", "30"], timeout=1)
     with pytest.raises(CommandError, match="executable not found: no-such-tool-xyz"):
         r.run(["no-such-tool-xyz"])
+
+
+def test_runner_children_get_default_sigint_even_if_parent_ignores_it(tmp_path: Path) -> None:
+    import signal
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        lines: list[str] = []
+        Runner(tmp_path / "s.log").run(["python3", "-c", "import signal; print(signal.getsignal(signal.SIGINT))"],
+                                       collect=lines)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert lines == ["<built-in function default_int_handler>"]
 
 
 def test_training_task_registry_and_validation(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from . import cpython, engine, flags, profile as profmod, stages, toolchain
+from . import cpython, engine, stages, toolchain
 from .errors import HostpgoError
 from .paths import WorkArea
 from .runner import Runner

@@ -114,7 +114,9 @@ def plan(inp: Inputs) -> BuildPlan:
                               f"{src_dir}", do_source),),
                         requires=(src_dir,)))
 
-    def build_stages(variant: str, suffix: str, prefix: Path, prev_key: str, profdata: str) -> str:
+    def build_stages(variant: str, suffix: str, prefix: Path, prev_key: str,
+                     profdata: str) -> tuple[str, Path, dict[str, str], dict[str, str]]:
+        """Append configure+build stages for a variant; return (build key, build dir, run env, make vars)."""
         build_dir = work.build / f"{build_id}-{variant}"
         raw_dir = work.pgo / build_id / "raw"
         rf = flagmod.resolve(p, comp, host, variant, build_dir=str(build_dir),
@@ -267,9 +269,8 @@ def plan(inp: Inputs) -> BuildPlan:
         "prefix": str(prefix), "instrumented_prefix": str(instr_prefix) if pgo else "none",
         "jobs": inp.jobs,
     }
-    out = BuildPlan(build_id=build_id, stages=tuple(stages), notes=tuple(notes), summary=summary)
     prefixes = [prefix] + ([instr_prefix] if pgo else [])
-    return BuildPlan(build_id=out.build_id, stages=out.stages, notes=out.notes, summary=out.summary,
+    return BuildPlan(build_id=build_id, stages=tuple(stages), notes=tuple(notes), summary=summary,
                      finish=lambda ex: manifest.write_for_execution(ex, inp, prefixes, summary_tasks))
 
 

@@ -150,7 +150,7 @@ def apt_private_sources(system_files: Sequence[Path]) -> str:
                 if len(parts) < 2:
                     continue
                 uri, suite, comps = parts[0], parts[1], parts[2:]
-                stanza = [f"Types: deb-src", f"URIs: {uri}", f"Suites: {suite}"]
+                stanza = ["Types: deb-src", f"URIs: {uri}", f"Suites: {suite}"]
                 if comps:
                     stanza.append(f"Components: {' '.join(comps)}")
                 m2 = re.search(r"signed-by=(\S+)", opts)

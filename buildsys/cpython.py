@@ -149,9 +149,13 @@ def plan(inp: Inputs) -> BuildPlan:
         # CPython links _bootstrap_python and _freeze_module with PY_LDFLAGS_NOLTO, which reads only
         # the *make variable* LDFLAGS_NODIST, not what configure recorded. Those links get LTO bitcode
         # (or instrumented) objects too, so the link flags must also travel as the make variable.
-        # Only LTO builds need it (bitcode objects); others keep their plain make line.
-        lto_objects = p.optimize.lto != "off" and variant != "instrumented"
-        make_vars = {"LDFLAGS_NODIST": env["LDFLAGS_NODIST"]} if lto_objects and env["LDFLAGS_NODIST"] else {}
+        # Needed where the objects cannot be linked without the flags: LTO bitcode, and GCC-instrumented
+        # objects (they reference libgcov's __gcov_merge_*). clang-instrumented objects link without
+        # the profile runtime (those two helper binaries then just write no profile).
+        needs_link_flags = ((p.optimize.lto != "off" and variant != "instrumented")
+                            or (variant == "instrumented" and not llvm))
+        make_vars = ({"LDFLAGS_NODIST": env["LDFLAGS_NODIST"]} if needs_link_flags and env["LDFLAGS_NODIST"]
+                     else {})
         make_argv = (*make, *(f"{k}={v}" for k, v in make_vars.items()))
         build_key = digest({"stage": "build", "prev": cfg_key, "make": make_argv, "env": run_env})
         stages.append(Stage(

@@ -64,6 +64,8 @@ def test_gcc_plan_uses_gcda_dir_and_prefix_path(tmp_path: Path) -> None:
     assert f"-fprofile-prefix-path={tmp_path}/build/cpython-3.11.2-gcc-pgo-lto-optimized" in env["CFLAGS_NODIST"]
     assert "-fprofile-use=" in env["CFLAGS_NODIST"] and "-fprofile-partial-training" in env["CFLAGS_NODIST"]
     assert by["build-instrumented"].actions[0].env["GCOV_PREFIX"].endswith(".build-gcda")
+    # GCC-instrumented objects need libgcov on every link, including CPython's NOLTO ones.
+    assert any(a.startswith("LDFLAGS_NODIST=-fprofile-generate=") for a in by["build-instrumented"].actions[0].argv)
 
 
 def test_keys_change_with_inputs_and_only_downstream(tmp_path: Path) -> None:

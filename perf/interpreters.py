@@ -120,7 +120,8 @@ def parse_spec(text: str) -> InterpreterSpec:
 def find_builds(home: Path | None = None) -> dict[str, Path]:
     """hostpgo builds under the work area: build name -> manifest path.
 
-    A build's name is the manifest's `name` field when it has one, else its directory's name.
+    A build's names: its directory's name, the manifest's `name` and `build_id` fields, and the
+    profile name of an optimized install prefix (`baseline`, `pgo-lto`).
     """
     home = home or hostpgo_home()
     found: dict[str, Path] = {}
@@ -139,6 +140,12 @@ def find_builds(home: Path | None = None) -> dict[str, Path]:
             continue
         if isinstance(data, dict):
             names.update(data[k] for k in ("name", "build_id") if isinstance(data.get(k), str))
+            # The bare profile name (`pgo-lto`) names the optimized install `<target>-<ver>-pgo-lto`;
+            # the instrumented prefix of the same profile (`...-pgo-lto-instrumented`) does not match.
+            profile = data.get("profile")
+            profile_name = profile.get("name") if isinstance(profile, dict) else None
+            if isinstance(profile_name, str) and manifest.parent.name.endswith(f"-{profile_name}"):
+                names.add(profile_name)
         for name in names:
             found.setdefault(name, manifest)
     return found

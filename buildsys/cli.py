@@ -38,10 +38,24 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--profile", required=True, help="a name from profiles/ or a path to a .toml file")
     b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one profile key (after HOSTPGO_SET from the environment)")
+    b.add_argument("--profile-data", type=Path, default=None,
+                   help="reuse merged profile data (a .profdata from .hostpgo/profiles/, or a GCC .gcda "
+                        "tree) instead of building an instrumented interpreter and training")
     _common_build_args(b)
-    pl = sub.add_parser("pipeline", help="build baseline and the optimized profile; print prefixes and timings")
+    pl = sub.add_parser("pipeline", help="build baseline, the comparison and the optimized profiles, verify, "
+                                         "then measure them against each other and the system python")
     pl.add_argument("--optimized", default=engine.DEFAULT_OPTIMIZED_PROFILE,
                     help=f"optimized profile (default {engine.DEFAULT_OPTIMIZED_PROFILE})")
+    pl.add_argument("--compare", default=",".join(engine.DEFAULT_COMPARE_PROFILES),
+                    help="comma-separated profiles built and measured beside it (default "
+                         f"{','.join(engine.DEFAULT_COMPARE_PROFILES)}; '' for none)")
+    pl.add_argument("--no-measure", action="store_true", help="build and verify only")
+    pl.add_argument("--quick", action="store_true", help="shorter measurement (fewer rounds; noisier)")
+    pl.add_argument("--out", default=None, help="measurement run name under .hostpgo/results (default: "
+                                                "pipeline-<UTC time>; an existing run is resumed)")
+    pl.add_argument("--system", type=Path, default=engine.SYSTEM_PYTHON,
+                    help=f"the distribution's interpreter measured beside the builds (default "
+                         f"{engine.SYSTEM_PYTHON}, skipped where absent)")
     _common_build_args(pl)
     return ap
 
@@ -120,7 +134,8 @@ def _check_jobs(args) -> None:
 
 def cmd_build(args, console: Console) -> int:
     _check_jobs(args)
-    inp = engine.prepare(args.profile, overrides=args.set, jobs=args.jobs, user_source=args.source)
+    inp = engine.prepare(args.profile, overrides=args.set, jobs=args.jobs, user_source=args.source,
+                         profile_data=args.profile_data)
     plan = cpython.plan(inp)
     if args.dry_run:
         print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))
@@ -144,18 +159,23 @@ def _print_timings(executions, console: Console) -> None:
 
 def cmd_pipeline(args, console: Console) -> int:
     _check_jobs(args)
+    compare = tuple(c.strip() for c in args.compare.split(",") if c.strip())
     if args.dry_run:
         tcs = toolchain.detect()
-        for ref in (engine.BASELINE_PROFILE, args.optimized):
+        for ref in dict.fromkeys((engine.BASELINE_PROFILE, *compare, args.optimized)):
             inp = engine.prepare(ref, jobs=args.jobs, user_source=args.source, detected=tcs,
                                  allow_missing_compiler=True)
             plan = cpython.plan(inp)
             print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))
             print()
         return 0
-    res = engine.pipeline(optimized=args.optimized, jobs=args.jobs, user_source=args.source, console=console,
-                          live=console.is_terminal)
+    res = engine.pipeline(optimized=args.optimized, compare=compare, jobs=args.jobs, user_source=args.source,
+                          console=console, live=console.is_terminal, measure=not args.no_measure,
+                          quick=args.quick, run_name=args.out, system=args.system)
     _print_timings(res.builds, console)
+    if res.report is not None:
+        print(f"report: {res.report}")
+        print(f"regenerate it with: nox -s report -- {res.report.parent}")
     return 0
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
+import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -15,14 +19,57 @@ from .flags import ResolvedFlags
 from .patches import Patch, apply_series
 from .paths import REPO_ROOT, WorkArea
 from .profile import Profile
+from .runner import format_command
 from .stages import BuildPlan, Call, ChannelFlag, Cmd, Stage, StageContext, digest
 from .toolchain import Compiler, Host
-from .training import TrainingTask, tasks_digest
+from .training import TrainingTask, runtime_digest, tasks_digest
 
 # Stages in order, with what each does (the pipeline prints them in this order).
-STAGE_ORDER = ("source", "configure-instrumented", "build-instrumented", "install-instrumented", "train",
-               "merge", "configure", "build", "verify", "install")
+STAGE_ORDER = ("source", "runtime-deps", "configure-instrumented", "build-instrumented", "install-instrumented",
+               "train", "merge", "configure", "build", "verify", "install")
 PGO_TEST_ARGS = ("-m", "test", "--pgo", "--timeout=1200")
+PROFILE_DATA_SCHEMA = "hostpgo-profile-data/1"
+
+
+def runtime_requirements(pyproject: Path = REPO_ROOT / "pyproject.toml") -> tuple[str, ...]:
+    """The runtime's dependencies: the `runtime` extra of this project's pyproject.toml."""
+    try:
+        data = tomllib.loads(pyproject.read_text())
+        return tuple(data["project"]["optional-dependencies"]["runtime"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as e:
+        raise HostpgoError(f"{pyproject}: cannot read [project.optional-dependencies] runtime ({e}); the "
+                           "runtime's dependencies are installed from that list") from None
+
+
+def last_json(lines: list[str]) -> dict | None:
+    """The last JSON object printed (indented, starting with a line `{`) in a command's output."""
+    starts = [i for i, ln in enumerate(lines) if ln.rstrip() == "{"]
+    for start in reversed(starts):
+        ends = [j for j in range(start, len(lines)) if lines[j].rstrip() == "}"]
+        if ends:
+            try:
+                return json.loads("\n".join(lines[start:ends[0] + 1]))
+            except ValueError:
+                continue
+    return None
+
+
+def _run_workload(argv: list[str], env: dict[str, str], cwd: str | None, timeout: float, where: str):
+    """Call body: run one runtime workload, keep its record (digest, golden match) in the stage info."""
+    def fn(ctx: StageContext) -> None:
+        lines: list[str] = []
+        rc = ctx.runner.run(argv, env=env, cwd=Path(cwd) if cwd else None, timeout=timeout, ok_codes=(0, 1),
+                            nice=True, collect=lines)
+        rec = last_json(lines) or {}
+        entry = {k: rec.get(k) for k in ("name", "version", "steps", "seed", "token_digest", "golden_digest",
+                                          "golden_match", "tokens", "dispatches_per_token")}
+        entry["exit_code"] = rc
+        ctx.info.setdefault("workloads", []).append(entry)
+        if rc != 0:
+            raise HostpgoError(f"{where}: workload {argv[4]} did not reproduce its pinned token digest "
+                               f"(got {rec.get('token_digest')}, pinned {rec.get('golden_digest')}); "
+                               "an interpreter that changes results is not installed")
+    return fn
 
 
 @dataclass(frozen=True)
@@ -39,6 +86,8 @@ class Inputs:
     jobs: int
     user_source: Path | None = None
     compiler_notes: tuple[str, ...] = ()
+    profile_data: Path | None = None
+    """Reuse merged profile data (a .profdata file, or a GCC .gcda tree) instead of training."""
 
 
 def channel_flags(rf: ResolvedFlags, configure_args: Sequence[str], extra_env: dict[str, str]) -> tuple[ChannelFlag, ...]:
@@ -190,8 +239,78 @@ def plan(inp: Inputs) -> BuildPlan:
     instr_prefix = work.install / f"{build_id}-instrumented"
     profdata_path = ""
     prev = src_key
-    summary_tasks = []
-    if pgo:
+    summary_tasks: list[dict] = []
+    reuse = inp.profile_data
+    if reuse is not None and not pgo:
+        raise HostpgoError(f"--profile-data {reuse}: profile '{p.name}' has optimize.pgo = \"off\" "
+                           f"({p.files[0]}); profile data only applies to a PGO profile")
+    wants_runtime = any(t.kind == "workloads" for t in inp.tasks) and reuse is None
+    runtime_env = {"HOSTPGO_HOME": str(work.root)}
+
+    # 2. runtime-deps: the runtime's third-party dependencies, installed once per requirement set and
+    # Python minor version into the work area and shared by every build (training venvs see them
+    # through a .pth file, the verify stage through PYTHONPATH).
+    deps_dir, deps_key = None, ""
+    if wants_runtime or p.verify.workloads:
+        minor = ".".join(pin.version.split(".")[:2])
+        reqs = runtime_requirements()
+        deps_key = digest({"stage": "runtime-deps", "requirements": reqs, "python": minor})
+        deps_dir = work.deps / f"runtime-py{minor}-{deps_key[:12]}"
+        pip = (sys.executable, "-m", "pip", "install", "--target", "{tmp}", "--only-binary=:all:",
+               "--python-version", minor, "--implementation", "cp", *reqs)
+
+        def do_deps(ctx: StageContext, deps_dir=deps_dir) -> None:
+            if deps_dir.is_dir():  # published by rename, so complete
+                ctx.info.update({"dir": str(deps_dir), "origin": "present"})
+                return
+            tmp = work.tmp / f"deps-{deps_key[:12]}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            ctx.runner.run([a.format(tmp=tmp) for a in pip], timeout=3600)
+            deps_dir.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, deps_dir)
+            ctx.info.update({"dir": str(deps_dir), "origin": "pip", "requirements": list(reqs)})
+
+        stages.append(Stage("runtime-deps", f"install the runtime's dependencies for Python {minor}", deps_key,
+                            (Call(f"{' '.join(pip).format(tmp='<tmp>')}; rename into {deps_dir} "
+                                  "(skipped when present)", do_deps),),
+                            requires=(deps_dir,), independent=True,
+                            notes=("wheels only (--only-binary=:all:), so the same files serve every "
+                                   f"CPython {minor} build",)))
+    runtime_path = f"{deps_dir}{os.pathsep}{REPO_ROOT}" if deps_dir else ""
+
+    if pgo and reuse is not None:
+        # Reuse: no instrumented build and no training; the given data is checked and recorded.
+        if not reuse.exists():
+            raise HostpgoError(f"--profile-data {reuse}: no such file or directory (give a .profdata file "
+                               f"kept under {work.profiles}, or a GCC .gcda tree)")
+        if llvm != reuse.is_file():
+            raise HostpgoError(f"--profile-data {reuse}: {comp.family} needs "
+                               f"{'an llvm-profdata file' if llvm else 'a directory of .gcda files'}")
+        sha = sources.sha256_of(reuse) if reuse.is_file() else manifest.tree_digest(reuse)
+        side = read_sidecar(reuse)
+        summary_tasks = list(side.get("training", [])) if side else []
+        key = digest({"stage": "profile-data", "sha256": sha, "prev": prev})
+
+        def check(ctx: StageContext) -> None:
+            have = sources.sha256_of(reuse) if reuse.is_file() else manifest.tree_digest(reuse)
+            if have != sha:
+                raise HostpgoError(f"--profile-data {reuse} changed while the build was planned")
+            was = (side or {}).get("compiler", {})
+            if was and (was.get("family"), str(was.get("version", "")).split(".")[0]) != \
+                    (comp.family, str(comp.version).split(".")[0]):
+                raise HostpgoError(f"--profile-data {reuse} was made by {was.get('family')} "
+                                   f"{was.get('version')} and this build uses {comp.family} {comp.version}: "
+                                   "profile formats differ between major versions; retrain, or build with "
+                                   "the compiler that made it")
+            ctx.info.update({"profile_data": str(reuse), "profile_data_sha256": sha, "reused": True,
+                             "sidecar": side})
+
+        stages.append(Stage("profile-data", f"reuse profile data {reuse}", key,
+                            (Call(f"check {reuse} (sha256 {sha[:12]}, compiler of its sidecar)", check),),
+                            requires=(reuse,)))
+        profdata_path = str(reuse.resolve())
+        prev = key
+    elif pgo:
         if not inp.tasks:
             raise HostpgoError(f"profile '{p.name}' has optimize.pgo = \"on\" but pgo.tasks is empty "
                                f"({p.files[0]}); name at least one training task")
@@ -199,7 +318,7 @@ def plan(inp: Inputs) -> BuildPlan:
         ikey = install_stage("install-instrumented", ibuild, instr_prefix, bkey, irun_env, imake_vars)
         raw_dir = work.pgo / build_id / "raw"
         tdig = tasks_digest(inp.tasks)
-        train_key = digest({"stage": "train", "prev": ikey, "tasks": tdig})
+        train_key = digest({"stage": "train", "prev": ikey, "tasks": tdig, "deps": deps_key if wants_runtime else ""})
         venv_dir = work.pgo / build_id / "venv"
         train_actions: list[Cmd | Call] = [
             Call(f"clear {raw_dir}", lambda ctx: (shutil.rmtree(raw_dir, ignore_errors=True),
@@ -215,17 +334,30 @@ def plan(inp: Inputs) -> BuildPlan:
                 if not made_venv:
                     train_actions.append(Cmd((base_python, "-m", "venv", "--clear", str(venv_dir)),
                                              env=train_env, timeout=1800))
+                    if wants_runtime:
+                        pth = venv_dir / "lib" / f"python{'.'.join(pin.version.split('.')[:2])}" / \
+                            "site-packages" / "hostpgo-runtime.pth"
+                        train_actions.append(Call(f"write {pth}: {deps_dir} and {REPO_ROOT}",
+                                                  lambda ctx, pth=pth: pth.write_text(
+                                                      f"{deps_dir}\n{REPO_ROOT}\n")))
                     made_venv = True
                 if t.venv_install:
                     subst = dict(python=python, prefix=str(instr_prefix), repo=str(REPO_ROOT), venv=str(venv_dir))
                     train_actions.append(Cmd((python, "-m", "pip", "install",
                                               *[a.format(**subst) for a in t.venv_install]),
                                              env=train_env, timeout=3600))
-            argv, tenv, cwd = t.command(python=python, prefix=str(instr_prefix), repo=str(REPO_ROOT),
-                                        venv=str(venv_dir))
-            train_actions.append(Cmd(tuple(argv), env={**train_env, **tenv},
-                                     cwd=Path(cwd) if cwd else None, timeout=t.timeout, ok_codes=t.ok_codes))
-            summary_tasks.append({"name": t.name, "version": t.version, "digest": t.digest()})
+            for argv, tenv, cwd in t.commands(python=python, prefix=str(instr_prefix), repo=str(REPO_ROOT),
+                                              venv=str(venv_dir)):
+                if t.kind == "workloads":
+                    env = {**train_env, **runtime_env, **tenv}
+                    train_actions.append(Call(f"{format_command(argv, env, Path(cwd))} (record kept)",
+                                              _run_workload(argv, env, cwd, t.timeout, f"training task {t.name}")))
+                else:
+                    train_actions.append(Cmd(tuple(argv), env={**train_env, **tenv},
+                                             cwd=Path(cwd) if cwd else None, timeout=t.timeout, ok_codes=t.ok_codes))
+            summary_tasks.append({"name": t.name, "version": t.version, "kind": t.kind, "digest": t.digest(),
+                                  **({"workloads": list(t.workloads), "steps": t.steps or "default",
+                                      "runtime_sources": runtime_digest()} if t.kind == "workloads" else {})})
         stages.append(Stage("train", f"train on {', '.join(t.name for t in inp.tasks)}", train_key,
                             tuple(train_actions), outputs=(raw_dir,),
                             flags=tuple(ChannelFlag("env", k, v, "engine: one raw profile per process and binary")
@@ -233,33 +365,45 @@ def plan(inp: Inputs) -> BuildPlan:
                             notes=(f"training tasks digest {tdig[:12]}",)))
         merge_key = digest({"stage": "merge", "prev": train_key,
                             "tool": comp.tools.get("profdata") if llvm else comp.version_text})
-        pdir = work.pgo / build_id
+        # Kept in the profile store, named by build and key: later builds can reuse it (--profile-data).
+        stem = work.profiles / f"{build_id}-{merge_key[:12]}"
+        sidecar = {"schema": PROFILE_DATA_SCHEMA, "build_id": build_id, "profile": p.name,
+                   "compiler": comp.identity(), "training": summary_tasks, "training_digest": tdig,
+                   "source_sha256": pin.sha256}
         if llvm:
-            profdata = pdir / f"cpython-{merge_key[:12]}.profdata"
-            profdata_path = str(profdata)
+            profdata = stem.with_name(stem.name + ".profdata")
             merge_actions = (Call(f"{comp.tools.get('profdata', 'llvm-profdata')} merge {raw_dir}/*.profraw "
                                   f"-> {profdata} (via a temp file, then rename)",
-                                  _merge_llvm(comp, raw_dir, profdata)),)
+                                  _merge_llvm(comp, raw_dir, profdata, sidecar)),)
         else:
-            profdata = pdir / f"gcda-{merge_key[:12]}"
-            profdata_path = str(profdata)
+            profdata = stem.with_name(stem.name + ".gcda")
             merge_actions = (Call(f"collect {raw_dir}/**/*.gcda (merged across processes by libgcov) "
                                   f"-> {profdata} (copy to a temp dir, then rename)",
-                                  _merge_gcc(raw_dir, profdata)),)
+                                  _merge_gcc(raw_dir, profdata, sidecar)),)
+        profdata_path = str(profdata)
         stages.append(Stage("merge", "merge the per-process profiles", merge_key, merge_actions,
-                            outputs=(profdata,)))
+                            outputs=(profdata, sidecar_path(profdata))))
         prev = merge_key
     variant = "optimized" if pgo else "plain"
     bkey, obuild, _, omake_vars = build_stages(variant, "", prefix, prev, profdata_path)
-    verify_key = digest({"stage": "verify", "prev": bkey, "args": PGO_TEST_ARGS, "tests": p.verify.tests})
     vpython = str(obuild / "python")
     venv_ = {"LD_LIBRARY_PATH": str(obuild)} if p.optimize.shared else {}
-    verify_actions = [Cmd((vpython, *PGO_TEST_ARGS, f"-j{inp.jobs}"), env=venv_, cwd=obuild,
-                          timeout=p.verify.timeout)]
+    verify_key = digest({"stage": "verify", "prev": bkey, "args": PGO_TEST_ARGS, "tests": p.verify.tests,
+                         "workloads": list(p.verify.workloads), "deps": deps_key,
+                         "runtime": runtime_digest() if p.verify.workloads else ""})
+    verify_actions: list[Cmd | Call] = [Cmd((vpython, *PGO_TEST_ARGS, f"-j{inp.jobs}"), env=venv_, cwd=obuild,
+                                            timeout=p.verify.timeout)]
     if p.verify.tests:
         verify_actions.append(Cmd((vpython, "-m", "test", f"-j{inp.jobs}", *p.verify.tests), env=venv_,
                                   cwd=obuild, timeout=p.verify.timeout))
-    stages.append(Stage("verify", "verify: CPython's `-m test --pgo` set must pass", verify_key,
+    wenv = {**venv_, **runtime_env, "PYTHONPATH": runtime_path}
+    for name in p.verify.workloads:
+        argv = [vpython, "-m", "runtime", "workload", name, "--json", "--check-golden"]
+        verify_actions.append(Call(f"{format_command(argv, wenv, REPO_ROOT)} (must match the pinned digest)",
+                                   _run_workload(argv, wenv, str(REPO_ROOT), p.verify.timeout,
+                                                 f"verify of {build_id}")))
+    stages.append(Stage("verify", "verify: CPython's `-m test --pgo` set must pass and every runtime workload "
+                        "must reproduce its golden tokens", verify_key,
                         tuple(verify_actions), flags=tuple(ChannelFlag("env", k, v, "optimize.shared: run the uninstalled build")
                                     for k, v in venv_.items())))
     install_stage("install", obuild, prefix, verify_key, {}, omake_vars)
@@ -278,12 +422,41 @@ def plan(inp: Inputs) -> BuildPlan:
                      finish=lambda ex: manifest.write_for_execution(ex, inp, prefixes, summary_tasks))
 
 
-def _merge_llvm(comp: Compiler, raw_dir: Path, out: Path):
+def sidecar_path(data: Path) -> Path:
+    """The JSON record kept next to stored profile data: what made it and what it was trained on."""
+    return data.with_name(data.name + ".json")
+
+
+def read_sidecar(data: Path) -> dict | None:
+    side = sidecar_path(data)
+    if not side.is_file():
+        return None
+    try:
+        doc = json.loads(side.read_text())
+    except ValueError as e:
+        raise HostpgoError(f"{side}: not valid JSON ({e}); delete it or restore it from the profile store") from None
+    if doc.get("schema") != PROFILE_DATA_SCHEMA:
+        raise HostpgoError(f"{side}: schema {doc.get('schema')!r}, expected {PROFILE_DATA_SCHEMA!r}")
+    return doc
+
+
+def _write_sidecar(out: Path, sidecar: dict, info: dict) -> None:
+    doc = {**sidecar, "sha256": info["profile_data_sha256"], "path": str(out),
+           "raw_profiles": info.get("raw_profiles", info.get("gcda_files")),
+           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    side = sidecar_path(out)
+    tmp = side.with_name(side.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    os.replace(tmp, side)
+
+
+def _merge_llvm(comp: Compiler, raw_dir: Path, out: Path, sidecar: dict):
     def fn(ctx: StageContext) -> None:
         raws = sorted(raw_dir.glob("*.profraw"))
         if not raws:
             raise HostpgoError(f"training left no .profraw files in {raw_dir}: the instrumented interpreter "
                                "wrote no profiles (was it built with -fprofile-instr-generate?)")
+        out.parent.mkdir(parents=True, exist_ok=True)
         listing = out.with_name(out.name + ".inputs")
         listing.write_text("\n".join(str(r) for r in raws) + "\n")
         tmp = out.with_name(out.name + ".tmp")
@@ -296,19 +469,22 @@ def _merge_llvm(comp: Compiler, raw_dir: Path, out: Path):
         ctx.info.update({"raw_profiles": len(raws), "profile_data": str(out),
                          "profile_data_sha256": sources.sha256_of(out),
                          "summary": [ln.strip() for ln in lines if ":" in ln][:6]})
+        _write_sidecar(out, sidecar, ctx.info)
     return fn
 
 
-def _merge_gcc(raw_dir: Path, out: Path):
+def _merge_gcc(raw_dir: Path, out: Path, sidecar: dict):
     def fn(ctx: StageContext) -> None:
         files = sorted(raw_dir.rglob("*.gcda"))
         if not files:
             raise HostpgoError(f"training left no .gcda files in {raw_dir}: the instrumented interpreter "
                                "wrote no profiles (was it built with -fprofile-generate?)")
+        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(raw_dir, tmp)
         os.replace(tmp, out)
         h = manifest.tree_digest(out)
         ctx.info.update({"gcda_files": len(files), "profile_data": str(out), "profile_data_sha256": h})
+        _write_sidecar(out, sidecar, ctx.info)
     return fn

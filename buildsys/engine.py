@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -10,12 +14,18 @@ from typing import Sequence
 from rich.console import Console
 
 from . import cpython, flags, patches, profile as profmod, sources, stages, toolchain, training
-from .errors import ToolchainError
+from .errors import HostpgoError, ToolchainError
 from .paths import WorkArea
 from .runner import Runner
 
 BASELINE_PROFILE = "baseline"
-DEFAULT_OPTIMIZED_PROFILE = "pgo-lto"
+DEFAULT_OPTIMIZED_PROFILE = "workload-pgo-lto"
+DEFAULT_COMPARE_PROFILES = ("generic-pgo-lto",)
+"""Built and measured beside the optimized default: the same build trained on CPython's own task."""
+SYSTEM_PYTHON = Path("/usr/bin/python3.11")
+"""Debian's own PGO+LTO build of the same 3.11.2 source: measured too where it exists."""
+PIPELINE_WORKLOADS = ("decode-b1", "decode-b8", "serve-mixed")
+PIPELINE_STAGES = ("latency", "counters", "attribute", "guard")
 
 
 def hypothetical_compiler(family: str) -> toolchain.Compiler:
@@ -29,7 +39,8 @@ def hypothetical_compiler(family: str) -> toolchain.Compiler:
 
 def prepare(profile_ref: str, *, overrides: Sequence[str] = (), jobs: int | None = None,
             user_source: Path | None = None, work: WorkArea | None = None,
-            detected: toolchain.Toolchains | None = None, allow_missing_compiler: bool = False) -> cpython.Inputs:
+            detected: toolchain.Toolchains | None = None, allow_missing_compiler: bool = False,
+            profile_data: Path | None = None) -> cpython.Inputs:
     prof = profmod.load(profile_ref, target="cpython", overrides=overrides)
     tcs = detected or toolchain.detect()
     try:
@@ -44,7 +55,8 @@ def prepare(profile_ref: str, *, overrides: Sequence[str] = (), jobs: int | None
         profile=prof, compiler=comp, host=tcs.host, work=work or WorkArea.from_env(), pin=pin,
         patches=patches.series("cpython", pin.version),
         tasks=training.resolve(prof.pgo.tasks) if prof.optimize.pgo == "on" else (),
-        jobs=jobs or os.cpu_count() or 1, user_source=user_source, compiler_notes=notes)
+        jobs=jobs or os.cpu_count() or 1, user_source=user_source, compiler_notes=notes,
+        profile_data=profile_data.resolve() if profile_data else None)
 
 
 def build(inp: cpython.Inputs, *, console: Console | None = None, live: bool = True) -> stages.Execution:
@@ -81,14 +93,47 @@ def ensure_toolchain(profile_refs: Sequence[str], console: Console) -> toolchain
 @dataclass(frozen=True)
 class PipelineResult:
     builds: tuple[stages.Execution, ...]
+    report: Path | None = None
+    """The measurement run's report.md (None when measurement was skipped)."""
 
 
-def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, jobs: int | None = None,
-             user_source: Path | None = None, console: Console | None = None, live: bool = True) -> PipelineResult:
+def measure_command(builds: Sequence[stages.Execution], *, run_name: str, quick: bool = False,
+                    system: Path | None = SYSTEM_PYTHON,
+                    workloads: Sequence[str] = PIPELINE_WORKLOADS) -> list[str]:
+    """The `python -m perf bench` line that compares the builds (the first is the baseline) and the system python."""
+    cmd = [sys.executable, "-m", "perf", "bench"]
+    first, *rest = builds
+    cmd += ["--interp", f"{first.plan.summary['profile']}={first.plan.summary['prefix']}/bin/python3"]
+    if system is not None and system.exists():
+        cmd += ["--interp", f"debian={system}"]
+    for ex in rest:
+        cmd += ["--interp", f"{ex.plan.summary['profile']}={ex.plan.summary['prefix']}/bin/python3"]
+    cmd += ["--workloads", ",".join(workloads), "--stages", ",".join(PIPELINE_STAGES), "--out", run_name]
+    if quick:
+        cmd.append("--quick")
+    return cmd
+
+
+def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[str] = DEFAULT_COMPARE_PROFILES,
+             jobs: int | None = None, user_source: Path | None = None, console: Console | None = None,
+             live: bool = True, measure: bool = True, quick: bool = False, run_name: str | None = None,
+             system: Path | None = SYSTEM_PYTHON) -> PipelineResult:
+    """Build baseline, the comparison profiles and the optimized one; then measure them side by side."""
     console = console or Console(stderr=True)
-    tcs = ensure_toolchain([BASELINE_PROFILE, optimized], console)
+    refs = list(dict.fromkeys((BASELINE_PROFILE, *compare, optimized)))
+    tcs = ensure_toolchain(refs, console)
     out = []
-    for ref in (BASELINE_PROFILE, optimized):
+    for ref in refs:
         inp = prepare(ref, jobs=jobs, user_source=user_source, detected=tcs)
         out.append(build(inp, console=console, live=live))
-    return PipelineResult(tuple(out))
+    if not measure:
+        return PipelineResult(tuple(out))
+    name = run_name or "pipeline-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    cmd = measure_command(out, run_name=name, quick=quick, system=system)
+    console.print("[bold]measure:[/] " + " ".join(shlex.quote(c) for c in cmd))
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise HostpgoError(f"measurement failed (exit {done.returncode}): {' '.join(shlex.quote(c) for c in cmd)}; "
+                           "the builds are installed and stamped, so rerunning the pipeline only measures again")
+    lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
+    return PipelineResult(tuple(out), Path(lines[-1]) if lines else None)

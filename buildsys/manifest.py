@@ -53,11 +53,17 @@ def build(execution: "Execution", inp: "Inputs", prefix: Path, tasks: list[dict[
     stage_names = [s.name for s in plan.stages]
     if instrumented:
         stage_names = stage_names[:stage_names.index("install-instrumented") + 1]
-    merge = res.get("merge")
+    merge = res.get("merge") or res.get("profile-data")
     profile_data = None
     if merge is not None and not instrumented:
+        side = merge.info.get("sidecar") or {}
         profile_data = {"path": merge.info.get("profile_data"), "sha256": merge.info.get("profile_data_sha256"),
-                        "raw_profiles": merge.info.get("raw_profiles", merge.info.get("gcda_files"))}
+                        "raw_profiles": merge.info.get("raw_profiles", merge.info.get("gcda_files",
+                                                                                       side.get("raw_profiles"))),
+                        "reused": bool(merge.info.get("reused")),
+                        **({"made_by": side.get("build_id"), "created": side.get("created")} if side else {})}
+    checks = {n: res[n].info["workloads"] for n in ("train", "verify")
+              if n in res and res[n].info.get("workloads") and not (instrumented and n == "verify")}
     src = res.get("source")
     return {
         "schema": SCHEMA,
@@ -77,6 +83,7 @@ def build(execution: "Execution", inp: "Inputs", prefix: Path, tasks: list[dict[
         "notes": list(plan.notes),
         "training": [] if instrumented else tasks,
         "profile_data": profile_data,
+        "workload_runs": checks,
         "stages": {n: {"seconds": round(res[n].seconds, 1), "skipped": res[n].skipped, "key": res[n].key,
                        **{k: res[n].info[k] for k in ("nonzero_exits", "retried") if res[n].info.get(k)}}
                    for n in stage_names if n in res},

@@ -51,6 +51,16 @@ class WorkArea:
         return self.root / "pgo"
 
     @property
+    def profiles(self) -> Path:
+        """The profile store: merged profile data named `<build id>-<key>.profdata`, each with a JSON sidecar."""
+        return self.root / "profiles"
+
+    @property
+    def deps(self) -> Path:
+        """Third-party packages the runtime needs, one directory per requirement set and Python version."""
+        return self.root / "deps"
+
+    @property
     def install(self) -> Path:
         """Final install prefixes, `<target>-<version>-<profile>`."""
         return self.root / "install"

@@ -70,6 +70,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "tests": Key(list, [], "extra CPython test modules run after `-m test --pgo`"),
         "timeout": Key(int, 3600, "seconds the verify stage may take", check=lambda v: v > 0,
                        check_doc="an integer > 0"),
+        "workloads": Key(list, ["decode-b1", "decode-b8", "prefill", "serve-mixed", "prefix-hit"],
+                         "runtime workloads whose pinned token digests the built interpreter must reproduce "
+                         "before it is installed ([] skips the check)"),
     },
 }
 TOP_KEYS = {"description": str, "extends": str, "targets": dict}
@@ -133,6 +136,8 @@ class Verify:
     """Extra test modules run after the `-m test --pgo` set."""
     timeout: int
     """Seconds allowed for the verify stage."""
+    workloads: tuple[str, ...] = ()
+    """Runtime workloads whose golden token digests the built interpreter must reproduce."""
 
 
 @dataclass(frozen=True)
@@ -326,6 +331,7 @@ def load(name_or_path: str, *, target: str = "cpython", overrides: Sequence[str]
                          configure=tuple(f["configure"])),
         bisheng=Bisheng(options=tuple(merged["bisheng"]["options"])),
         pgo=Pgo(tasks=tuple(merged["pgo"]["tasks"])),
-        verify=Verify(tests=tuple(merged["verify"]["tests"]), timeout=merged["verify"]["timeout"]),
+        verify=Verify(tests=tuple(merged["verify"]["tests"]), timeout=merged["verify"]["timeout"],
+                      workloads=tuple(merged["verify"]["workloads"])),
         overrides=tuple(applied),
     )

@@ -82,6 +82,9 @@ class Stage:
     requires: tuple[Path, ...] = ()
     """Shared results (e.g. the unpacked source) that must exist for the stamp to count, but that
     this stage does not delete before running."""
+    independent: bool = False
+    """Running it does not force later stages to run: the stages that use its result carry its key
+    in their own (a shared dependency such as the runtime's packages)."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,7 @@ def would_skip(plan: BuildPlan, stamps_root: Path) -> dict[str, bool]:
     out, dirty = {}, False
     for st in plan.stages:
         ok = not dirty and stamps.read(st) is not None
-        dirty = dirty or not ok
+        dirty = dirty or (not ok and not st.independent)
         out[st.name] = ok
     return out
 
@@ -195,7 +198,7 @@ def execute(plan: BuildPlan, stamps_root: Path, logs_root: Path, *, console: Con
                 console.print(f"[green]skip[/] {plan.build_id} {stage.name} (inputs unchanged, "
                               f"key {stage.key[:12]}, took {stamp.get('seconds', 0):.0f}s when built)")
                 continue
-            dirty = True
+            dirty = dirty or not stage.independent
             stamps.remove(stage)
             for out in stage.outputs:
                 remove_path(Path(out))

@@ -6,7 +6,8 @@ A task is a TOML file profiles/tasks/NAME.toml:
     description = "..."
     kind = "interpreter"             # `interpreter`: argv after the instrumented python
                                      # `command`: argv as given (placeholders below)
-    argv = ["-m", "test", "--pgo"]
+                                     # `workloads`: the bundled runtime's named workloads (below)
+    argv = ["-m", "test", "--pgo"]   # interpreter and command tasks
     venv = false                     # true: make a venv from the instrumented interpreter first
     venv_install = []                # pip arguments run in that venv before the task
     cwd = "{repo}"                   # optional working directory
@@ -16,25 +17,49 @@ A task is a TOML file profiles/tasks/NAME.toml:
 
 Placeholders in argv/cwd/env/venv_install: {python} (the interpreter the task runs with: the
 venv's when venv = true), {prefix} (instrumented install prefix), {repo} (the hostpgo checkout),
-{venv}. Later issues add runtime workloads as kind "command" tasks, for example
-argv = ["{python}", "-m", "runtime", "workload", "decode"] with venv = true.
+{venv}.
+
+A `workloads` task runs `{python} -m runtime workload NAME --json [--steps N] [--check-golden]` for
+each name, in a venv of the instrumented interpreter that sees the runtime's dependencies (installed
+once per requirement set into the work area, see cpython.py) and this checkout:
+
+    kind = "workloads"
+    workloads = ["decode-b1", "decode-b8"]   # names known to `python -m runtime workload --list`
+    steps = 0                        # 0: each workload's default length (its golden digest applies)
+    check_golden = true              # a run whose token digest differs from the pinned one fails
+
+Its digest also covers the runtime's source (runtime/*.py): a change to the engine, the
+scheduler or a workload's request stream changes what the interpreter was trained on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import TaskError
-from .paths import TASKS_DIR
+from .paths import REPO_ROOT, TASKS_DIR
 
-KINDS = ("interpreter", "command")
+KINDS = ("interpreter", "command", "workloads")
 _KEYS = {"version": int, "description": str, "kind": str, "argv": list, "venv": bool, "venv_install": list,
-         "cwd": str, "env": dict, "timeout": int, "ok_codes": list}
+         "cwd": str, "env": dict, "timeout": int, "ok_codes": list, "workloads": list, "steps": int,
+         "check_golden": bool}
+RUNTIME_DIR = REPO_ROOT / "runtime"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+def runtime_digest(root: Path = RUNTIME_DIR) -> str:
+    """sha256 over the runtime's Python sources (relative path and content of each)."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -50,6 +75,12 @@ class TrainingTask:
     env: tuple[tuple[str, str], ...] = ()
     timeout: int = 3600
     ok_codes: tuple[int, ...] = (0,)
+    workloads: tuple[str, ...] = ()
+    """Runtime workload names (kind `workloads`)."""
+    steps: int = 0
+    """Engine steps per workload (kind `workloads`); 0 = each workload's default."""
+    check_golden: bool = True
+    """Kind `workloads`: fail a run whose token digest is not the pinned one."""
     source: str = ""
     """File the task was read from (not part of the digest)."""
 
@@ -57,7 +88,17 @@ class TrainingTask:
         """sha256 over everything that defines what the task runs (not where it was read from)."""
         d = asdict(self)
         d.pop("source")
+        if self.kind == "workloads":
+            d["runtime_sources"] = runtime_digest()
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+    def commands(self, *, python: str, prefix: str, repo: str, venv: str = "") -> list[tuple[list[str], dict[str, str], str | None]]:
+        """Every (argv, env, cwd) the task runs: one for interpreter/command tasks, one per workload."""
+        if self.kind != "workloads":
+            return [self.command(python=python, prefix=prefix, repo=repo, venv=venv)]
+        extra = ([f"--steps={self.steps}"] if self.steps else []) + (["--check-golden"] if self.check_golden else [])
+        env = {k: v.format(python=python, prefix=prefix, repo=repo, venv=venv) for k, v in self.env}
+        return [([python, "-m", "runtime", "workload", name, "--json", *extra], env, repo) for name in self.workloads]
 
     def command(self, *, python: str, prefix: str, repo: str, venv: str = "") -> tuple[list[str], dict[str, str], str | None]:
         """argv, env and cwd with placeholders filled in."""
@@ -76,19 +117,36 @@ def parse_task(name: str, data: Mapping[str, Any], where: str) -> TrainingTask:
             raise TaskError(f"{where}: unknown key '{key}'; allowed: {', '.join(_KEYS)}")
         if not isinstance(value, _KEYS[key]) or (_KEYS[key] is int and isinstance(value, bool)):
             raise TaskError(f"{where}: key '{key}' must be {_KEYS[key].__name__}, got {value!r}")
-    for req in ("version", "kind", "argv"):
+    for req in ("version", "kind"):
         if req not in data:
             raise TaskError(f"{where}: missing key '{req}'")
     if data["kind"] not in KINDS:
         raise TaskError(f"{where}: key 'kind' has value {data['kind']!r}; allowed values: {', '.join(KINDS)}")
-    if not data["argv"] or not all(isinstance(a, str) for a in data["argv"]):
-        raise TaskError(f"{where}: key 'argv' must be a non-empty list of strings")
+    if data["kind"] == "workloads":
+        names = data.get("workloads")
+        if not names or not all(isinstance(n, str) and NAME_RE.match(n) for n in names):
+            raise TaskError(f"{where}: a task of kind 'workloads' needs key 'workloads', a non-empty list of "
+                            "workload names (see `python -m runtime workload --list`)")
+        for key in ("argv", "venv", "venv_install"):
+            if key in data:
+                raise TaskError(f"{where}: key '{key}' does not apply to kind 'workloads' (it always runs "
+                                "`python -m runtime workload NAME` in a venv of the instrumented interpreter)")
+        if data.get("steps", 0) < 0:
+            raise TaskError(f"{where}: key 'steps' must be >= 0 (0 = each workload's default), got {data['steps']}")
+    else:
+        for key in ("workloads", "steps", "check_golden"):
+            if key in data:
+                raise TaskError(f"{where}: key '{key}' applies only to kind 'workloads'")
+        if not data.get("argv") or not all(isinstance(a, str) for a in data["argv"]):
+            raise TaskError(f"{where}: key 'argv' must be a non-empty list of strings")
     return TrainingTask(
-        name=name, version=data["version"], kind=data["kind"], argv=tuple(data["argv"]),
-        description=data.get("description", ""), venv=data.get("venv", False),
+        name=name, version=data["version"], kind=data["kind"], argv=tuple(data.get("argv", ())),
+        description=data.get("description", ""), venv=data.get("venv", data["kind"] == "workloads"),
         venv_install=tuple(data.get("venv_install", ())), cwd=data.get("cwd"),
         env=tuple(sorted((str(k), str(v)) for k, v in data.get("env", {}).items())),
-        timeout=data.get("timeout", 3600), ok_codes=tuple(data.get("ok_codes", [0])), source=where)
+        timeout=data.get("timeout", 3600), ok_codes=tuple(data.get("ok_codes", [0])),
+        workloads=tuple(data.get("workloads", ())), steps=data.get("steps", 0),
+        check_golden=data.get("check_golden", True), source=where)
 
 
 def registry(tasks_dir: Path = TASKS_DIR) -> dict[str, TrainingTask]:

@@ -1,4 +1,4 @@
-"""End to end (slow, `nox -s e2e`): full baseline and pgo-lto CPython builds from the pinned source.
+"""End to end (slow, `nox -s e2e`): full baseline and generic-pgo-lto CPython builds from the pinned source.
 
 Builds land in HOSTPGO_HOME (default ./.hostpgo), so a later `nox -s pipeline` reuses them through
 their stamps. Each build runs its verify stage (`-m test --pgo` must pass) before it installs.
@@ -51,7 +51,7 @@ def test_baseline_build() -> None:
 
 
 def test_pgo_lto_build() -> None:
-    doc = build("pgo-lto")
+    doc = build("generic-pgo-lto")
     prefix = Path(doc["prefix"])
     assert list(doc["stages"]) == ["source", "configure-instrumented", "build-instrumented",
                                    "install-instrumented", "train", "merge", "configure", "build",
@@ -70,7 +70,7 @@ def test_pgo_lto_build() -> None:
     assert out == "(3, 11, 2) 0 False"
     # The profile was really used: the optimized build's compile of ceval.c carried it, and clang did
     # not report the profile as missing or out of date for the interpreter loop.
-    log = (WORK / "logs" / "cpython-3.11.2-pgo-lto" / "build.log").read_text(errors="replace")
+    log = (WORK / "logs" / "cpython-3.11.2-generic-pgo-lto" / "build.log").read_text(errors="replace")
     ceval = [ln for ln in log.splitlines() if "Python/ceval.c" in ln and " -c " in ln]
     if ceval:  # absent when the build stage was reused from a stamp and the log came from that run
         assert "-fprofile-instr-use=" in ceval[0] and ceval[0].index(" -O3 -flto=thin") > ceval[0].index("-DNDEBUG")

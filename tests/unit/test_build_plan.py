@@ -24,11 +24,11 @@ def inputs(tmp_path: Path, name: str, family: str | None = None, **kw) -> cpytho
 
 
 def test_pgo_plan_stage_order_and_channels(tmp_path: Path) -> None:
-    plan = cpython.plan(inputs(tmp_path, "pgo-lto"))
+    plan = cpython.plan(inputs(tmp_path, "generic-pgo-lto"))
     assert [s.name for s in plan.stages] == list(cpython.STAGE_ORDER)
     by = {s.name: s for s in plan.stages}
     cfg_i = {(f.channel, f.value) for f in by["configure-instrumented"].flags}
-    assert ("CFLAGS_NODIST", f"-fprofile-instr-generate={tmp_path}/pgo/cpython-3.11.2-pgo-lto/raw/cpython-%p-%m.profraw") in cfg_i
+    assert ("CFLAGS_NODIST", f"-fprofile-instr-generate={tmp_path}/pgo/cpython-3.11.2-generic-pgo-lto/raw/cpython-%p-%m.profraw") in cfg_i
     cfg = by["configure"].flags
     # PGO/LTO flags travel only through the *_NODIST channels, never through configure args or CFLAGS.
     for f in cfg:
@@ -39,7 +39,7 @@ def test_pgo_plan_stage_order_and_channels(tmp_path: Path) -> None:
     assert "-flto=thin" in configure_cmd.env["CFLAGS_NODIST"] and "CFLAGS" not in configure_cmd.env
     assert configure_cmd.argv[0].endswith("Python-3.11.2/configure")
     train = by["train"].actions
-    assert train[-1].argv[:4] == (f"{tmp_path}/install/cpython-3.11.2-pgo-lto-instrumented/bin/python3",
+    assert train[-1].argv[:4] == (f"{tmp_path}/install/cpython-3.11.2-generic-pgo-lto-instrumented/bin/python3",
                                   "-m", "test", "--pgo")
     assert by["verify"].actions[0].argv[1:4] == ("-m", "test", "--pgo")
     # The link flags also travel as the make variable, for CPython's NOLTO links.
@@ -50,11 +50,13 @@ def test_pgo_plan_stage_order_and_channels(tmp_path: Path) -> None:
 
 def test_baseline_plan_is_shared_and_has_no_pgo(tmp_path: Path) -> None:
     plan = cpython.plan(inputs(tmp_path, "baseline"))
-    assert [s.name for s in plan.stages] == ["source", "configure", "build", "verify", "install"]
-    cfg = plan.stages[1]
+    assert [s.name for s in plan.stages] == ["source", "runtime-deps", "configure", "build", "verify", "install"]
+    cfg = plan.stages[2]
     assert "--enable-shared" in cfg.actions[-1].argv
     assert cfg.actions[-1].env["LDFLAGS"] == f"-Wl,-rpath,{tmp_path}/install/cpython-3.11.2-baseline/lib"
-    assert plan.stages[3].actions[0].env == {"LD_LIBRARY_PATH": f"{tmp_path}/build/cpython-3.11.2-baseline-plain"}
+    assert plan.stages[4].actions[0].env == {"LD_LIBRARY_PATH": f"{tmp_path}/build/cpython-3.11.2-baseline-plain"}
+    no_check = cpython.plan(inputs(tmp_path, "baseline", set=["verify.workloads=[]"]))
+    assert [s.name for s in no_check.stages] == ["source", "configure", "build", "verify", "install"]
 
 
 def test_gcc_plan_uses_gcda_dir_and_prefix_path(tmp_path: Path) -> None:
@@ -69,11 +71,11 @@ def test_gcc_plan_uses_gcda_dir_and_prefix_path(tmp_path: Path) -> None:
 
 
 def test_keys_change_with_inputs_and_only_downstream(tmp_path: Path) -> None:
-    a = {s.name: s.key for s in cpython.plan(inputs(tmp_path, "pgo-lto")).stages}
-    assert a == {s.name: s.key for s in cpython.plan(inputs(tmp_path, "pgo-lto")).stages}  # deterministic
-    b = {s.name: s.key for s in cpython.plan(inputs(tmp_path, "pgo-lto", set=["optimize.opt=O2"])).stages}
+    a = {s.name: s.key for s in cpython.plan(inputs(tmp_path, "generic-pgo-lto")).stages}
+    assert a == {s.name: s.key for s in cpython.plan(inputs(tmp_path, "generic-pgo-lto")).stages}  # deterministic
+    b = {s.name: s.key for s in cpython.plan(inputs(tmp_path, "generic-pgo-lto", set=["optimize.opt=O2"])).stages}
     assert a["source"] == b["source"] and a["configure"] != b["configure"]
-    inp = inputs(tmp_path, "pgo-lto")
+    inp = inputs(tmp_path, "generic-pgo-lto")
     new_task = dataclasses.replace(inp.tasks[0], version=inp.tasks[0].version + 1)
     c = {s.name: s.key for s in cpython.plan(dataclasses.replace(inp, tasks=(new_task,))).stages}
     assert c["build-instrumented"] == a["build-instrumented"]  # training change does not rebuild
@@ -93,7 +95,7 @@ def test_dry_run_rendering_lists_every_stage_and_command(tmp_path: Path) -> None
 
 
 def test_pgo_without_tasks_is_an_error(tmp_path: Path) -> None:
-    inp = dataclasses.replace(inputs(tmp_path, "pgo-lto"), tasks=())
+    inp = dataclasses.replace(inputs(tmp_path, "generic-pgo-lto"), tasks=())
     with pytest.raises(HostpgoError, match="pgo.tasks is empty"):
         cpython.plan(inp)
 
@@ -199,13 +201,13 @@ def test_command_task_runs_in_a_venv_of_the_instrumented_interpreter(tmp_path: P
     wl = training.parse_task("decode", {"version": 1, "kind": "command", "venv": True,
                                         "venv_install": ["-e", "{repo}[runtime]"],
                                         "argv": ["{python}", "-m", "runtime", "workload", "decode"]}, "t.toml")
-    inp = dataclasses.replace(inputs(tmp_path, "pgo-lto"), tasks=(training.resolve(("cpython-pgo",))[0], wl))
+    inp = dataclasses.replace(inputs(tmp_path, "generic-pgo-lto"), tasks=(training.resolve(("cpython-pgo",))[0], wl))
     train = {s.name: s for s in cpython.plan(inp).stages}["train"]
     cmds = [a for a in train.actions if isinstance(a, stages.Cmd)]
-    instr_python = f"{tmp_path}/install/cpython-3.11.2-pgo-lto-instrumented/bin/python3"
-    venv_python = f"{tmp_path}/pgo/cpython-3.11.2-pgo-lto/venv/bin/python"
+    instr_python = f"{tmp_path}/install/cpython-3.11.2-generic-pgo-lto-instrumented/bin/python3"
+    venv_python = f"{tmp_path}/pgo/cpython-3.11.2-generic-pgo-lto/venv/bin/python"
     assert cmds[0].argv[:4] == (instr_python, "-m", "test", "--pgo")
-    assert cmds[1].argv == (instr_python, "-m", "venv", "--clear", f"{tmp_path}/pgo/cpython-3.11.2-pgo-lto/venv")
+    assert cmds[1].argv == (instr_python, "-m", "venv", "--clear", f"{tmp_path}/pgo/cpython-3.11.2-generic-pgo-lto/venv")
     assert cmds[2].argv[:4] == (venv_python, "-m", "pip", "install") and cmds[2].argv[-1].endswith("[runtime]")
     assert cmds[3].argv == (venv_python, "-m", "runtime", "workload", "decode")
     assert all(c.env["LLVM_PROFILE_FILE"].endswith("cpython-%p-%m.profraw") for c in cmds)

@@ -19,15 +19,15 @@ def write(d: Path, name: str, text: str) -> Path:
 
 def test_every_shipped_profile_loads() -> None:
     names = profile.available()
-    for required in ("baseline", "lto", "pgo-lto", "native", "gcc-pgo-lto", "bisheng-kunpeng920"):
+    for required in ("baseline", "lto", "generic-pgo-lto", "native", "gcc-pgo-lto", "bisheng-kunpeng920"):
         assert required in names
     for n in names:
         profile.load(n, environ={})
 
 
 def test_extends_chain_and_defaults() -> None:
-    p = profile.load("pgo-lto", environ={})
-    assert p.files == tuple(str(PROFILES_DIR / f"{n}.toml") for n in ("pgo-lto", "lto", "baseline"))
+    p = profile.load("generic-pgo-lto", environ={})
+    assert p.files == tuple(str(PROFILES_DIR / f"{n}.toml") for n in ("generic-pgo-lto", "lto", "baseline"))
     assert (p.toolchain.family, p.optimize.lto, p.optimize.pgo, p.optimize.shared) == ("clang", "thin", "on", False)
     assert p.optimize.opt == "O3"  # from baseline
     assert p.optimize.linker == "lld"  # from lto
@@ -52,7 +52,7 @@ def test_per_target_override_applies_only_to_that_target(tmp_path: Path) -> None
 
 
 def test_env_then_cli_overrides(tmp_path: Path) -> None:
-    p = profile.load("pgo-lto", environ={"HOSTPGO_SET": "optimize.lto=full optimize.opt=O2"},
+    p = profile.load("generic-pgo-lto", environ={"HOSTPGO_SET": "optimize.lto=full optimize.opt=O2"},
                      overrides=["optimize.lto=off"])
     assert p.optimize.lto == "off"  # command line wins over the environment
     assert p.optimize.opt == "O2"

@@ -91,8 +91,8 @@ def test_pipeline_toolchain_check_installs_as_root_or_names_the_command(monkeypa
     console = Console(file=open(os.devnull, "w"))
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(ToolchainError, match="apt-get install -y clang-22 lld-22 llvm-22 bolt-22"):
-        engine.ensure_toolchain(["baseline", "pgo-lto"], console)
+        engine.ensure_toolchain(["baseline", "generic-pgo-lto"], console)
     assert state["commands"] == []
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    tcs = engine.ensure_toolchain(["baseline", "pgo-lto"], console)
+    tcs = engine.ensure_toolchain(["baseline", "generic-pgo-lto"], console)
     assert tcs.find("clang") is clang and state["commands"][0][:4] == ["apt-get", "install", "-y", "clang-22"]

@@ -68,10 +68,10 @@ def test_duplicate_names_are_refused(tmp_path):
 
 
 def test_hostpgo_build_by_profile_name_skips_instrumented(tmp_path):
-    for name in ("cpython-3.11.2-pgo-lto", "cpython-3.11.2-pgo-lto-instrumented"):
+    for name in ("cpython-3.11.2-generic-pgo-lto", "cpython-3.11.2-generic-pgo-lto-instrumented"):
         prefix = _fake_build(tmp_path, name)
         manifest = prefix / "hostpgo-manifest.json"
-        manifest.write_text(json.dumps({"schema": 1, "build_id": name, "profile": {"name": "pgo-lto"}}))
+        manifest.write_text(json.dumps({"schema": 1, "build_id": name, "profile": {"name": "generic-pgo-lto"}}))
     builds = find_builds(tmp_path)
-    assert builds["pgo-lto"] == tmp_path / "install" / "cpython-3.11.2-pgo-lto" / "hostpgo-manifest.json"
-    assert resolve(parse_spec("pgo-lto"), tmp_path).build_id == "cpython-3.11.2-pgo-lto"
+    assert builds["generic-pgo-lto"] == tmp_path / "install" / "cpython-3.11.2-generic-pgo-lto" / "hostpgo-manifest.json"
+    assert resolve(parse_spec("generic-pgo-lto"), tmp_path).build_id == "cpython-3.11.2-generic-pgo-lto"

@@ -1,0 +1,207 @@
+"""Unit: workload training tasks, the runtime-deps stage, golden checks, the profile store and reuse."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from buildsys import cpython, engine, manifest, profile, sources, stages, training
+from buildsys.errors import HostpgoError, TaskError
+from buildsys.paths import REPO_ROOT, WorkArea
+from buildsys.toolchain import Host
+
+
+def inputs(tmp_path: Path, name: str, **kw) -> cpython.Inputs:
+    prof = profile.load(name, environ={}, overrides=kw.pop("set", ()))
+    return cpython.Inputs(profile=prof, compiler=engine.hypothetical_compiler(prof.toolchain.family),
+                          host=Host("x86_64", "debian"), work=WorkArea(tmp_path),
+                          pin=sources.pinned("cpython", "3.11.2"), patches=(),
+                          tasks=training.resolve(prof.pgo.tasks) if prof.optimize.pgo == "on" else (),
+                          jobs=2, **kw)
+
+
+def by_name(plan: stages.BuildPlan) -> dict[str, stages.Stage]:
+    return {s.name: s for s in plan.stages}
+
+
+def test_workloads_task_parses_and_runs_each_workload_in_the_repo() -> None:
+    t = training.registry()["runtime-workloads"]
+    assert t.kind == "workloads" and t.venv and t.check_golden and "decode-b1" in t.workloads
+    cmds = t.commands(python="/v/bin/python", prefix="/p", repo="/r", venv="/v")
+    assert [c[0] for c in cmds][0] == ["/v/bin/python", "-m", "runtime", "workload", "decode-b1", "--json",
+                                       "--check-golden"]
+    assert all(cwd == "/r" for _, _, cwd in cmds) and len(cmds) == len(t.workloads)
+    short = dataclasses.replace(t, steps=5, check_golden=False)
+    assert short.commands(python="py", prefix="/p", repo="/r")[0][0][-1] == "--steps=5"
+    assert short.digest() != t.digest()
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"version": 1, "kind": "workloads"}, "needs key 'workloads'"),
+    ({"version": 1, "kind": "workloads", "workloads": ["Decode B1"]}, "needs key 'workloads'"),
+    ({"version": 1, "kind": "workloads", "workloads": ["decode-b1"], "argv": ["x"]}, "key 'argv' does not apply"),
+    ({"version": 1, "kind": "workloads", "workloads": ["decode-b1"], "steps": -1}, "key 'steps' must be >= 0"),
+    ({"version": 1, "kind": "command", "argv": ["x"], "workloads": ["decode-b1"]}, "applies only to kind 'workloads'"),
+])
+def test_bad_workloads_task_is_rejected_naming_file_and_key(data: dict, message: str) -> None:
+    with pytest.raises(TaskError, match=message) as e:
+        training.parse_task("t", data, "profiles/tasks/t.toml")
+    assert "profiles/tasks/t.toml" in str(e.value)
+
+
+def test_runtime_digest_follows_the_runtime_sources(tmp_path: Path) -> None:
+    (tmp_path / "engine.py").write_text("A = 1\n")
+    first = training.runtime_digest(tmp_path)
+    assert training.runtime_digest(tmp_path) == first
+    (tmp_path / "engine.py").write_text("A = 2\n")
+    assert training.runtime_digest(tmp_path) != first
+
+
+def test_workload_profile_trains_in_a_venv_that_sees_the_runtime_deps(tmp_path: Path) -> None:
+    plan = cpython.plan(inputs(tmp_path, "workload-pgo-lto"))
+    st = by_name(plan)
+    assert list(st) == list(cpython.STAGE_ORDER)
+    deps = st["runtime-deps"]
+    assert deps.independent and deps.requires[0].parent == tmp_path / "deps"
+    assert "--only-binary=:all:" in deps.actions[0].what and "mindspore==2.10.0" in deps.actions[0].what
+    train = st["train"].actions
+    instr = f"{tmp_path}/install/cpython-3.11.2-workload-pgo-lto-instrumented/bin/python3"
+    venv = f"{tmp_path}/pgo/cpython-3.11.2-workload-pgo-lto/venv"
+    assert train[1].argv == (instr, "-m", "venv", "--clear", venv)
+    assert "hostpgo-runtime.pth" in train[2].what and str(deps.requires[0]) in train[2].what
+    runs = [a.what for a in train[3:]]
+    assert len(runs) == 5 and all(f"{venv}/bin/python -m runtime workload" in w for w in runs)
+    assert all("LLVM_PROFILE_FILE=" in w and f"HOSTPGO_HOME={tmp_path}" in w for w in runs)
+    # Only the training set differs from the generic profile: everything before training is shared.
+    gen = by_name(cpython.plan(inputs(tmp_path, "generic-pgo-lto")))
+    def instrumented(plan_stages: dict, build_id: str) -> list[str]:
+        return [f.value.replace(build_id, "B") for f in plan_stages["configure-instrumented"].flags]
+    assert instrumented(gen, "generic-pgo-lto") == instrumented(st, "workload-pgo-lto")
+    assert gen["train"].key != st["train"].key
+    # The profile data goes to the store, named by build and key, with its sidecar.
+    merge = st["merge"]
+    assert merge.outputs[0].parent == tmp_path / "profiles"
+    assert merge.outputs[0].name.startswith("cpython-3.11.2-workload-pgo-lto-")
+    assert merge.outputs[1].name.endswith(".profdata.json")
+
+
+def test_verify_runs_every_golden_workload_before_install(tmp_path: Path) -> None:
+    st = by_name(cpython.plan(inputs(tmp_path, "baseline")))
+    checks = [a for a in st["verify"].actions if isinstance(a, stages.Call)]
+    assert len(checks) == 5 and all("--check-golden" in c.what for c in checks)
+    assert all(f"PYTHONPATH={st['runtime-deps'].requires[0]}:{REPO_ROOT}" in c.what for c in checks)
+    assert all("LD_LIBRARY_PATH=" in c.what for c in checks)  # the shared baseline runs uninstalled
+    fewer = by_name(cpython.plan(inputs(tmp_path, "baseline", set=['verify.workloads=["decode-b1"]'])))
+    assert fewer["verify"].key != st["verify"].key and fewer["build"].key == st["build"].key
+
+
+def test_golden_mismatch_fails_the_stage_and_keeps_the_record(tmp_path: Path) -> None:
+    fake = tmp_path / "fake.py"
+    fake.write_text("import json, sys\nmatch = sys.argv[1] == 'good'\n"
+                    "print('[WARNING] noise before the record')\n"
+                    "print(json.dumps({'name': sys.argv[1], 'version': 1, 'token_digest': 'abc',\n"
+                    "  'golden_digest': 'abc' if match else 'def', 'golden_match': match}, indent=2))\n"
+                    "sys.exit(0 if match else 1)\n")
+    import sys
+    good = cpython._run_workload([sys.executable, str(fake), "good", "x", "good"], {}, None, 60, "verify of t")
+    bad = cpython._run_workload([sys.executable, str(fake), "bad", "x", "bad"], {}, None, 60, "verify of t")
+    ok = stages.Stage("verify", "v", "k", (stages.Call("good", good),))
+    ex = stages.execute(stages.BuildPlan("t", (ok,), (), {}), tmp_path / "s", tmp_path / "l", live=False)
+    assert ex.results["verify"].info["workloads"][0]["golden_match"] is True
+    failing = stages.Stage("verify", "v", "k2", (stages.Call("good", good), stages.Call("bad", bad)))
+    with pytest.raises(HostpgoError, match="did not reproduce its pinned token digest .got abc, pinned def"):
+        stages.execute(stages.BuildPlan("t2", (failing,), (), {}), tmp_path / "s", tmp_path / "l", live=False)
+    assert not (tmp_path / "s" / "t2" / "verify.json").exists()
+
+
+def test_last_json_finds_the_record_among_log_lines() -> None:
+    lines = ["noise {", "{", '  "a": 1', "}", "more", "{", '  "b": [', "    2", "  ]", "}", "tail"]
+    assert cpython.last_json(lines) == {"b": [2]}
+    assert cpython.last_json(["{", "not json", "}"]) is None and cpython.last_json([]) is None
+
+
+def test_independent_stage_does_not_force_later_stages(tmp_path: Path) -> None:
+    ran: list[str] = []
+    shared = tmp_path / "shared"
+
+    def plan(dep_key: str) -> stages.BuildPlan:
+        return stages.BuildPlan("i", (
+            stages.Stage("deps", "d", dep_key, (stages.Call("d", lambda c: ran.append("deps")),), independent=True),
+            stages.Stage("build", "b", "kb", (stages.Call("b", lambda c: ran.append("build")),)),
+        ), (), {})
+    stages.execute(plan("k1"), tmp_path / "s", tmp_path / "l", live=False)
+    (tmp_path / "s" / "i" / "deps.json").unlink()
+    ex = stages.execute(plan("k1"), tmp_path / "s", tmp_path / "l", live=False)
+    assert ran == ["deps", "build", "deps"] and ex.results["build"].skipped
+    assert stages.would_skip(plan("k2"), tmp_path / "s") == {"deps": False, "build": True}
+    assert not shared.exists()
+
+
+def _store(tmp_path: Path, compiler: dict) -> Path:
+    data = tmp_path / "profiles" / "cpython-3.11.2-workload-pgo-lto-abc.profdata"
+    data.parent.mkdir(parents=True)
+    data.write_bytes(b"profile bytes")
+    cpython._write_sidecar(data, {"schema": cpython.PROFILE_DATA_SCHEMA, "build_id": "cpython-3.11.2-workload-pgo-lto",
+                                  "compiler": compiler, "training": [{"name": "runtime-workloads", "version": 1}]},
+                           {"profile_data_sha256": sources.sha256_of(data), "raw_profiles": 7})
+    return data
+
+
+def test_profile_data_reuse_skips_instrumenting_and_training(tmp_path: Path) -> None:
+    data = _store(tmp_path, {"family": "clang", "version": "0"})
+    inp = inputs(tmp_path, "workload-pgo-lto", profile_data=data)
+    plan = cpython.plan(inp)
+    st = by_name(plan)
+    assert list(st) == ["source", "runtime-deps", "profile-data", "configure", "build", "verify", "install"]
+    cflags = inp_cflags = [f.value for f in st["configure"].flags if f.channel == "CFLAGS_NODIST"]
+    assert f"-fprofile-instr-use={data}" in inp_cflags and cflags
+    assert plan.summary["training_tasks"] == [{"name": "runtime-workloads", "version": 1}]
+    ex = stages.execute(stages.BuildPlan("r", (st["profile-data"],), (), {}), tmp_path / "s", tmp_path / "l",
+                        live=False)
+    info = ex.results["profile-data"].info
+    assert info["reused"] and info["profile_data_sha256"] == sources.sha256_of(data)
+    doc = manifest.build(stages.Execution(plan, ex.results), inp, tmp_path / "install" / "x", [])
+    assert doc["profile_data"]["reused"] and doc["profile_data"]["raw_profiles"] == 7
+    # Different data, different build.
+    data.write_bytes(b"other bytes")
+    assert by_name(cpython.plan(inp))["configure"].key != st["configure"].key
+
+
+def test_profile_data_errors_name_the_flag(tmp_path: Path) -> None:
+    with pytest.raises(HostpgoError, match="--profile-data .*no such file"):
+        cpython.plan(inputs(tmp_path, "workload-pgo-lto", profile_data=tmp_path / "missing.profdata"))
+    data = _store(tmp_path, {"family": "clang", "version": "18.1.8"})
+    with pytest.raises(HostpgoError, match="optimize.pgo = \"off\""):
+        cpython.plan(inputs(tmp_path, "baseline", profile_data=data))
+    st = by_name(cpython.plan(inputs(tmp_path, "workload-pgo-lto", profile_data=data)))
+    with pytest.raises(HostpgoError, match="made by clang 18.1.8 and this build uses clang 0"):
+        stages.execute(stages.BuildPlan("r", (st["profile-data"],), (), {}), tmp_path / "s", tmp_path / "l",
+                       live=False)
+    side = cpython.sidecar_path(data)
+    side.write_text("{broken")
+    with pytest.raises(HostpgoError, match="not valid JSON"):
+        cpython.plan(inputs(tmp_path, "workload-pgo-lto", profile_data=data))
+    side.write_text(json.dumps({"schema": "other"}))
+    with pytest.raises(HostpgoError, match="expected 'hostpgo-profile-data/1'"):
+        cpython.plan(inputs(tmp_path, "workload-pgo-lto", profile_data=data))
+
+
+def test_pipeline_measures_baseline_first_then_system_then_builds(tmp_path: Path) -> None:
+    def ex(profile_name: str) -> stages.Execution:
+        plan = stages.BuildPlan(f"cpython-3.11.2-{profile_name}", (), (),
+                                {"profile": profile_name, "prefix": f"/i/{profile_name}"})
+        return stages.Execution(plan, {})
+    system = tmp_path / "python3.11"
+    system.write_text("")
+    cmd = engine.measure_command([ex("baseline"), ex("generic-pgo-lto"), ex("workload-pgo-lto")],
+                                 run_name="pipeline-x", system=system)
+    interps = [cmd[i + 1] for i, c in enumerate(cmd) if c == "--interp"]
+    assert interps == ["baseline=/i/baseline/bin/python3", f"debian={system}",
+                       "generic-pgo-lto=/i/generic-pgo-lto/bin/python3", "workload-pgo-lto=/i/workload-pgo-lto/bin/python3"]
+    assert cmd[cmd.index("--workloads") + 1] == "decode-b1,decode-b8,serve-mixed"
+    assert cmd[cmd.index("--stages") + 1] == "latency,counters,attribute,guard"
+    no_system = engine.measure_command([ex("baseline")], run_name="r", system=tmp_path / "absent", quick=True)
+    assert "debian=" not in " ".join(no_system) and no_system[-1] == "--quick"

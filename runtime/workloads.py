@@ -73,6 +73,12 @@ class Driver:
     def before_step(self, engine: LLMEngine, step: int) -> None:
         """Arrivals and restarts due before engine step number `step`."""
 
+    @staticmethod
+    def finished(engine: LLMEngine, request_id: str) -> bool:
+        """Whether a request is done; one the engine already forgot (long runs drop finished ones) is."""
+        req = engine.requests.get(request_id)
+        return req is None or req.status is Status.FINISHED
+
 
 class DecodeDriver(Driver):
     """B requests decoding together; each restarts (same prompt, prefix-cached) when it finishes."""
@@ -99,7 +105,7 @@ class DecodeDriver(Driver):
 
     def before_step(self, engine: LLMEngine, step: int) -> None:
         for s in range(self.batch):
-            if engine.requests[self.live[s]].status is Status.FINISHED:
+            if self.finished(engine, self.live[s]):
                 self._add(engine, s)
 
 
@@ -124,7 +130,7 @@ class PrefillDriver(Driver):
         self._add_pair(engine)
 
     def before_step(self, engine: LLMEngine, step: int) -> None:
-        if all(engine.requests[r].status is Status.FINISHED for r in self.live):
+        if all(self.finished(engine, r) for r in self.live):
             self._add_pair(engine)
 
 

@@ -64,6 +64,15 @@ def test_decode_batch_stays_full_across_restarts(home):
     wl.close()
 
 
+@pytest.mark.parametrize("name", ["prefill", "decode-b1"])
+def test_long_runs_outlive_the_engine_forgetting_finished_requests(home, name):
+    # The engine drops finished requests every 64 steps; a driver must treat a forgotten request
+    # as finished (training runs 160 steps, pyperf many more).
+    wl = open_workload(name)
+    assert wl.run_steps(70)["tokens"] > 0 and wl.run_steps(70)["tokens"] > 0
+    wl.close()
+
+
 def test_run_steps_is_deterministic_and_dispatch_loop_counts(home):
     a = open_workload("decode-b1").run_steps(5)
     wl = open_workload("decode-b1")

@@ -31,6 +31,9 @@ def _add_measure_args(p: argparse.ArgumentParser, default_stages: str | None) ->
                    help="counter backend (auto: perf stat where hardware counters exist, else cachegrind)")
     p.add_argument("--guard-benchmarks", default=None,
                    help=f"pyperformance subset (default: {','.join(guard.DEFAULT_SUBSET)})")
+    p.add_argument("--redo", action="store_true",
+                   help="with --out naming an earlier run: measure again the stages it already holds "
+                        "(by default a rerun keeps them and measures only what is missing)")
     p.add_argument("--provider", default=None, help=argparse.SUPPRESS)
     if default_stages is not None:
         p.add_argument("--stages", default=default_stages,
@@ -62,6 +65,7 @@ def _plan(args: argparse.Namespace, argv: list[str]) -> session.Plan:
         backend=args.backend,
         guard_benchmarks=guard.parse_subset(args.guard_benchmarks),
         provider=args.provider,
+        redo=args.redo,
         argv=("python", "-m", "perf", *argv),
     )
 

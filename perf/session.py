@@ -13,6 +13,8 @@ from .interpreters import Interpreter
 from .workspace import hostpgo_home, safe_name
 
 STAGES = ("latency", "counters", "attribute", "guard")
+RECORD_KEYS = {"latency": "latency", "counters": "counters", "attribute": "attribution", "guard": "guard"}
+"""Where each stage keeps its results in run.json."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class Plan:
     env: Mapping[str, str] = field(default_factory=dict)
     """Extra environment for every benchmark process (also inherited by pyperf workers)."""
     argv: tuple[str, ...] = ()
+    redo: bool = False
+    """Measure stages again even when a resumed run already holds them."""
 
 
 def parse_stages(text: str) -> tuple[str, ...]:
@@ -48,7 +52,8 @@ def parse_stages(text: str) -> tuple[str, ...]:
 def _stamp(interp: Interpreter, wheelhouse: str) -> dict[str, str]:
     return {"hostpgo_interp": interp.name, "hostpgo_manifest_sha256": interp.manifest_digest,
             "hostpgo_build_id": interp.build_id,
-            "hostpgo_exe_sha256": interp.exe_sha256[:16], "hostpgo_wheelhouse": wheelhouse[:16] or "none"}
+            "hostpgo_exe_sha256": interp.exe_sha256[:16], "hostpgo_wheelhouse": wheelhouse[:16] or "none",
+            "hostpgo_host_settings": interp.host_name}
 
 
 def _open_record(plan: Plan) -> dict:
@@ -73,6 +78,25 @@ def _open_record(plan: Plan) -> dict:
 def _ran(record: dict, plan: Plan, stage: str) -> None:
     """Remember which command produced a stage's results (a run may be built up over several commands)."""
     record.setdefault("stage_commands", {})[stage] = " ".join(plan.argv)
+    record.setdefault("stage_done", {})[stage] = _signature(plan, stage)
+
+
+def _signature(plan: Plan, stage: str) -> dict:
+    """What a stage's results depend on besides the interpreters (which a resumed run must match)."""
+    if stage == "guard":
+        return {"benchmarks": list(plan.guard_benchmarks), "quick": plan.quick}
+    return {"targets": sorted(t.name for t in plan.targets), "quick": plan.quick}
+
+
+def _done(record: dict, plan: Plan, stage: str, say: Callable[[str], None]) -> bool:
+    """Whether a resumed run (same --out) already holds this stage for the same targets and settings."""
+    if stage not in plan.stages or plan.redo:
+        return stage not in plan.stages
+    have = record.get("stage_done", {}).get(stage)
+    if have == _signature(plan, stage) and RECORD_KEYS[stage] in record:
+        say(f"{stage}: kept from the earlier command of this run (--redo measures it again)")
+        return True
+    return False
 
 
 def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
@@ -100,10 +124,13 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
     # Every benchmark process shares the work area (the runtime keeps its checkpoint there),
     # whatever directory it runs in.
     env.setdefault("HOSTPGO_HOME", str(hostpgo_home()))
+    # Each subject's host settings (allocator preload, tunables, runtime settings) go on top.
+    envs_by = {i.name: {**env, **dict(i.host_env)} for i in plan.interpreters}
 
-    if "latency" in plan.stages:
+    if not _done(record, plan, "latency", say):
         settings = latency.LatencySettings.quick() if plan.quick else latency.LatencySettings()
-        subjects = [latency.Subject(i.name, pythons[i.name], stamps[i.name]) for i in plan.interpreters]
+        subjects = [latency.Subject(i.name, pythons[i.name], stamps[i.name], dict(i.host_env))
+                    for i in plan.interpreters]
         say(f"latency: {len(targets)} target(s) x {len(subjects)} interpreter(s), {settings.rounds} interleaved rounds")
         record["latency"] = latency.run_interleaved(
             subjects, targets, run_dir / "latency", settings, provider=plan.provider, env=env, log=log,
@@ -111,7 +138,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         _ran(record, plan, "latency")
         results.save(run_dir, record)
 
-    if "counters" in plan.stages:
+    if not _done(record, plan, "counters", say):
         backend = counters.select_backend(plan.backend)
         say(f"counters: backend {backend.name} - {backend.reason}")
         per: dict[str, dict] = {}
@@ -122,7 +149,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
                 units = (lo, (lo + hi) // 2) if plan.quick else (lo, hi)
                 m = counters.measure(backend, pythons[interp.name], t.name, units,
                                      run_dir / "counters" / safe_name(interp.name), provider=plan.provider,
-                                     env=env, log=log)
+                                     env=envs_by[interp.name], log=log)
                 per[interp.name][t.name] = m
                 say(f"  {interp.name} {t.name}: {m['per_unit']['instructions']:,.0f} instructions per {t.unit}")
         record["counters"] = {"backend": backend.name, "reason": backend.reason, "config": backend.config,
@@ -130,7 +157,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         _ran(record, plan, "counters")
         results.save(run_dir, record)
 
-    if "attribute" in plan.stages:
+    if not _done(record, plan, "attribute", say):
         per = {}
         for interp in plan.interpreters:
             per[interp.name] = {}
@@ -138,7 +165,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
                 units = t.attribute_units // (4 if plan.quick else 1)
                 r = attribute.record(pythons[interp.name], t.name, units,
                                      run_dir / "attribution" / safe_name(interp.name), provider=plan.provider,
-                                     env=env, log=log)
+                                     env=envs_by[interp.name], log=log)
                 per[interp.name][t.name] = r
                 top = ", ".join(f"{g} {p:.1f}%" for g, p in list(r["groups"].items())[:4])
                 say(f"  {interp.name} {t.name}: {top}")
@@ -146,7 +173,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         _ran(record, plan, "attribute")
         results.save(run_dir, record)
 
-    if "guard" in plan.stages:
+    if not _done(record, plan, "guard", say):
         say(f"guard: pyperformance {','.join(plan.guard_benchmarks)}")
         subjects3 = [(i.name, pythons[i.name], stamps[i.name]) for i in plan.interpreters]
         record["guard"] = guard.run_guard(subjects3, plan.guard_benchmarks, run_dir / "pyperformance",

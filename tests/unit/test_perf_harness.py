@@ -54,6 +54,20 @@ def test_cli_bench_and_report_on_pure_python(tmp_path):
     assert (out / "report.md").read_text() == text
 
 
+def test_rerun_of_a_run_keeps_measured_stages_unless_redo(tmp_path):
+    out = tmp_path / "run"
+    argv = ["bench", "--interp", f"a={sys.executable}", "--interp", f"b={sys.executable}",
+            "--workloads", "pure-dispatch", "--no-venv", "--quick", "--stages", "latency", "--out", str(out)]
+    assert main(argv) == 0
+    first = (out / "latency" / "b.json").stat().st_mtime_ns
+    assert main(argv) == 0  # an interrupted pipeline rerun measures only what is missing
+    assert (out / "latency" / "b.json").stat().st_mtime_ns == first
+    record = json.loads((out / "run.json").read_text())
+    assert record["stage_done"]["latency"] == {"targets": ["pure-dispatch"], "quick": True}
+    assert main([*argv, "--redo"]) == 0
+    assert (out / "latency" / "b.json").stat().st_mtime_ns != first
+
+
 @pytest.mark.parametrize("argv,code", [
     (["bench", "--interp", "=x"], 2),
     (["bench", "--interp", "/no/such/python"], 2),

@@ -114,6 +114,8 @@ def cmd_workload(args) -> int:
     from runtime.errors import WorkloadError
     from runtime.workloads import WORKLOADS, get_spec, open_workload
 
+    if args.host_settings or args.host_set:
+        _enter_host_settings(args)
     if args.list or not args.name:
         for spec in WORKLOADS.values():
             print(f"{spec.name:12s} v{spec.version}  {spec.default_steps:3d} steps  {spec.summary}")
@@ -147,6 +149,28 @@ def cmd_workload(args) -> int:
         )
         return 1
     return 0
+
+
+def _enter_host_settings(args) -> None:
+    """Run under --host-settings: re-execute this command with the settings' environment unless already in it.
+
+    The allocator preload and its tunables only take effect in a new process; the MindSpore and GC half is
+    applied by the runtime from HOSTPGO_HOST_SETTINGS, which the re-executed process carries.
+    """
+    import os
+
+    from runtime import hostenv
+
+    settings = hostenv.resolve(args.host_settings, args.host_set)
+    delta = hostenv.process_env(settings)
+    if os.environ.get(hostenv.ENV_SETTINGS) == delta[hostenv.ENV_SETTINGS]:
+        return
+    env = dict(os.environ)
+    env.update(delta)
+    cmd = [sys.executable, "-m", "runtime", *args.argv]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, cmd, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,12 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--json", action="store_true")
     w.add_argument("--check-golden", action="store_true", help="exit 1 unless the token digest equals the pinned one")
+    w.add_argument(
+        "--host-settings",
+        metavar="NAME|PATH",
+        help="run under host settings (profiles/host/NAME.toml or a path): allocator preload and tunables "
+        "(the command re-executes itself with them), MindSpore launch/threads/affinity, GC policy",
+    )
+    w.add_argument("--host-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one host setting (implies --host-settings default); repeat")
     w.set_defaults(func=cmd_workload)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except RuntimeErrorBase as e:

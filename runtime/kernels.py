@@ -7,8 +7,6 @@ token. One integer increment per call is noise next to MindSpore's own per-op ho
 
 from __future__ import annotations
 
-import os
-
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, mint, ops
@@ -20,26 +18,46 @@ _configured = False
 
 
 def configure() -> None:
-    """PyNative mode on the CPU device, kernels launched synchronously (idempotent).
+    """PyNative mode on the CPU device, then the host settings' MindSpore and GC half (idempotent).
 
-    `launch_blocking()` turns off MindSpore's asynchronous launch pipeline, whose worker threads
-    busy-wait; on a small CPU box synchronous launch roughly halves per-operator host time and makes
-    every dispatch's cost land on the calling thread, where the profile of the interpreter sees it.
-    Set HOSTPGO_RUNTIME_LAUNCH_BLOCKING=0 to keep MindSpore's asynchronous pipeline (for comparison).
+    The settings come from runtime.hostenv.active(): what a launcher passed in HOSTPGO_HOST_SETTINGS, else
+    the defaults with environment overrides. By default kernels are launched synchronously:
+    `launch_blocking()` turns off MindSpore's asynchronous launch pipeline, whose worker threads busy-wait;
+    on a small CPU box synchronous launch roughly halves per-operator host time and makes every dispatch's
+    cost land on the calling thread, where the profile of the interpreter sees it.
+    Set HOSTPGO_RUNTIME_LAUNCH_BLOCKING=0 (or `mindspore.launch = "pipelined"` in a host settings file) to
+    keep MindSpore's asynchronous pipeline (for comparison). A MindSpore API that fails raises
+    runtime.hostenv.HostSettingsError naming the call.
     """
     global _configured
     if _configured:
         return
+    from runtime import hostenv
+
+    settings = hostenv.active()
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_device("CPU")
-    if launch_blocking():
-        ms.runtime.launch_blocking()
+    hostenv.apply_mindspore(settings, ms)
+    hostenv.apply_gc(settings)
+    _settings[0] = settings
     _configured = True
+
+
+_settings: list = [None]
+
+
+def host_settings():
+    """The runtime.hostenv.HostSettings this process configured MindSpore with (resolved on first use)."""
+    if _settings[0] is None:
+        from runtime import hostenv
+
+        _settings[0] = hostenv.active()
+    return _settings[0]
 
 
 def launch_blocking() -> bool:
     """Whether kernels are launched synchronously (the default; see configure)."""
-    return os.environ.get("HOSTPGO_RUNTIME_LAUNCH_BLOCKING", "1") != "0"
+    return host_settings().mindspore.launch == "blocking"
 
 
 def dispatches() -> int:

@@ -75,3 +75,38 @@ def test_pgo_lto_build() -> None:
     if ceval:  # absent when the build stage was reused from a stamp and the log came from that run
         assert "-fprofile-instr-use=" in ceval[0] and ceval[0].index(" -O3 -flto=thin") > ceval[0].index("-DNDEBUG")
     assert "profile data may be corrupted" not in log
+
+
+def test_workload_pgo_lto_build() -> None:
+    doc = build("workload-pgo-lto")
+    prefix = Path(doc["prefix"])
+    assert list(doc["stages"]) == ["source", "runtime-deps", "configure-instrumented", "build-instrumented",
+                                   "install-instrumented", "train", "merge", "configure", "build", "verify",
+                                   "install"]
+    (task,) = doc["training"]
+    assert task["name"] == "runtime-workloads" and task["kind"] == "workloads" and task["steps"] == 160
+    trained = doc["workload_runs"]["train"]
+    assert {r["name"] for r in trained} == {"decode-b1", "decode-b8", "prefill", "serve-mixed", "prefix-hit"}
+    assert all(r["steps"] == 160 and r["exit_code"] == 0 for r in trained)
+    # Verified before install: every workload reproduced its pinned tokens on the optimized build.
+    assert all(r["golden_match"] is True for r in doc["workload_runs"]["verify"])
+    # The profile data is in the store with a sidecar naming what it was trained on.
+    data = Path(doc["profile_data"]["path"])
+    assert data.parent == WORK / "profiles" and data.is_file()
+    side = json.loads(data.with_name(data.name + ".json").read_text())
+    assert side["sha256"] == doc["profile_data"]["sha256"] and side["training"][0]["name"] == "runtime-workloads"
+    out = run_python(prefix, "import sys, sysconfig; print(sys.version_info[:3], "
+                             "sysconfig.get_config_var('Py_ENABLE_SHARED'))")
+    assert out == "(3, 11, 2) 0"
+
+
+def test_profile_data_reuse_plans_no_training() -> None:
+    """A build with --profile-data skips instrumenting and training (planned here; building it is the
+    same optimized build as above with another key)."""
+    data = next((WORK / "profiles").glob("cpython-3.11.2-workload-pgo-lto-*.profdata"))
+    done = subprocess.run([sys.executable, "-m", "buildsys", "build", "cpython", "--profile", "mixed-pgo-lto",
+                           "--profile-data", str(data), "--dry-run"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, env={**os.environ, "HOSTPGO_HOME": str(WORK)})
+    assert done.returncode == 0, done.stderr
+    assert "profile-data: reuse profile data" in done.stdout and "train:" not in done.stdout
+    assert f"-fprofile-instr-use={data}" in done.stdout

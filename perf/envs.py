@@ -91,7 +91,14 @@ def prepare(interps: list[Interpreter], extras: tuple[str, ...], log: Path) -> l
     """Create or refresh one venv per interpreter, installing `hostpgo[extras]` from the shared wheelhouse."""
     envs: list[Env] = []
     houses: dict[str, Path] = {}
+    by_exe: dict[str, Env] = {}
     for interp in interps:
+        if interp.exe_sha256 in by_exe:
+            # The same executable under other host settings: one venv serves every subject of it.
+            envs.append(Env(interp=interp, root=by_exe[interp.exe_sha256].root,
+                            python=by_exe[interp.exe_sha256].python,
+                            wheelhouse_digest=by_exe[interp.exe_sha256].wheelhouse_digest))
+            continue
         root = perf_area() / "venvs" / f"{safe_name(interp.name)}-{interp.exe_sha256[:10]}"
         py = _make_venv(interp, root, log)
         if interp.cache_tag not in houses:
@@ -109,4 +116,5 @@ def prepare(interps: list[Interpreter], extras: tuple[str, ...], log: Path) -> l
                        "--force-reinstall", "--no-deps", "hostpgo"], log=log, timeout=600)
             stamp_path.write_text(json.dumps(stamp, indent=1))
         envs.append(Env(interp=interp, root=root, python=py, wheelhouse_digest=digest))
+        by_exe[interp.exe_sha256] = envs[-1]
     return envs

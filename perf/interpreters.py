@@ -1,4 +1,9 @@
-"""Interpreters under test: parse `--interp` specs, find hostpgo builds by name, probe identity."""
+"""Interpreters under test: parse `--interp` specs, find hostpgo builds by name, probe identity.
+
+A spec may end in `@SETTINGS` (a host settings name under profiles/host/ or a path to one): the same
+interpreter then runs as its own subject under those settings (allocator preload and tunables in its
+environment, MindSpore/GC settings applied by the runtime), e.g. `--interp je=/usr/bin/python3.11@jemalloc`.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,21 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _PROBE = r"""
 import json, platform, sys, sysconfig
 cv = sysconfig.get_config_var
+def _allocators_linked():
+    # Allocators the executable itself links (a build with an allocator), not preloads.
+    import os
+    if os.environ.get("LD_PRELOAD"):
+        return None
+    try:
+        with open("/proc/self/maps") as fh:
+            names = {line.split()[-1].rsplit("/", 1)[-1] for line in fh}
+    except OSError:
+        return None
+    out = []
+    for lib, name in (("libjemalloc", "jemalloc"), ("libmimalloc", "mimalloc"), ("libtcmalloc", "tcmalloc")):
+        if any(n.startswith(lib + ".so") or n.startswith(lib + "_minimal.so") for n in names):
+            out.append(name)
+    return out
 def _libpython_loaded():
     # Py_ENABLE_SHARED says a libpython was built, not that this executable uses it.
     try:
@@ -38,6 +58,7 @@ print(json.dumps({
     "ldlibrary": cv("LDLIBRARY") or "",
     "libdir": cv("LIBDIR") or "",
     "libpython_loaded": _libpython_loaded(),
+    "allocators_linked": _allocators_linked(),
 }))
 """
 
@@ -52,6 +73,8 @@ class InterpreterSpec:
     """A path (contains '/') or a hostpgo build name / command on PATH."""
     raw: str
     """The text as given, for error messages."""
+    host: str | None = None
+    """Host settings after `@` (a name under profiles/host/ or a path), or None."""
 
 
 @dataclass(frozen=True)
@@ -83,25 +106,48 @@ class Interpreter:
     origin: str = "path"
     """`path` (given as a path or NAME=PATH), `hostpgo-build`, or `command` (found on PATH)."""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    host_settings: dict | None = None
+    """Resolved host settings this subject runs under (runtime.hostenv JSON), or None for none given."""
+    host_env: tuple[tuple[str, str], ...] = ()
+    """Environment the host settings add to every process of this subject (preload, tunables, settings)."""
+    allocators_linked: tuple[str, ...] = ()
+    """Allocators the executable links itself (so they are not preloaded again)."""
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["notes"] = list(self.notes)
+        data["host_env"] = dict(self.host_env)
+        data["allocators_linked"] = list(self.allocators_linked)
         return data
 
     @classmethod
     def from_json(cls, data: dict) -> "Interpreter":
         data = dict(data)
         data["notes"] = tuple(data.get("notes", ()))
+        data["host_env"] = tuple((data.get("host_env") or {}).items())
+        data["allocators_linked"] = tuple(data.get("allocators_linked") or ())
         return cls(**data)
+
+    @property
+    def host_name(self) -> str:
+        """The host settings' name, or `-` when the subject runs without any."""
+        return self.host_settings.get("name", "?") if self.host_settings else "-"
 
 
 def parse_spec(text: str) -> InterpreterSpec:
-    """Parse one `--interp` value: `NAME=PATH`, a path, or a hostpgo build name."""
+    """Parse one `--interp` value: `NAME=PATH`, a path, or a hostpgo build name; each may end in `@SETTINGS`."""
     raw = text
     text = text.strip()
     if not text:
         raise SpecError("--interp: empty value; give NAME=PATH, a path, or a hostpgo build name")
+    host = None
+    if "@" in text:
+        text, _, host = text.rpartition("@")
+        host = host.strip()
+        if not host:
+            raise SpecError(f"--interp {raw!r}: the host settings after '@' are empty")
+        spec = parse_spec(text)
+        return InterpreterSpec(name=spec.name, target=spec.target, raw=raw, host=host)
     if "=" in text:
         name, _, target = text.partition("=")
         name, target = name.strip(), target.strip()
@@ -239,6 +285,8 @@ def resolve(spec: InterpreterSpec, home: Path | None = None) -> Interpreter:
         raise SpecError(f"--interp {spec.raw!r}: {python} is not executable")
     python = Path(os.path.abspath(python))
     info = probe(python)
+    linked = tuple(info.get("allocators_linked") or ())
+    host_settings, host_env = _host(spec, linked)
     if manifest_path is None:
         # An interpreter given by path may still live in a hostpgo prefix.
         cand = python.parent.parent / MANIFEST_NAME
@@ -250,8 +298,11 @@ def resolve(spec: InterpreterSpec, home: Path | None = None) -> Interpreter:
     if manifest_path:
         value = _read_manifest(manifest_path, spec).get("build_id")
         build_id = value if isinstance(value, str) and value else "none"
+    name = spec.name or (target if origin == "hostpgo-build" and "/" not in target else _derived_name(python, info))
+    if host_settings and not spec.name:
+        name = safe_name(f"{name}+{host_settings['name']}")
     return Interpreter(
-        name=spec.name or (target if origin == "hostpgo-build" and "/" not in target else _derived_name(python, info)),
+        name=name,
         python=str(python),
         version=info["version"],
         implementation=info["implementation"],
@@ -268,7 +319,24 @@ def resolve(spec: InterpreterSpec, home: Path | None = None) -> Interpreter:
         build_id=build_id,
         origin=origin,
         notes=tuple(notes),
+        host_settings=host_settings,
+        host_env=tuple(host_env.items()),
+        allocators_linked=linked,
     )
+
+
+def _host(spec: InterpreterSpec, linked: tuple[str, ...]) -> tuple[dict | None, dict[str, str]]:
+    """Resolve a spec's `@SETTINGS` into (settings JSON, environment delta), raising SpecError naming it."""
+    if spec.host is None:
+        return None, {}
+    from runtime import hostenv
+
+    try:
+        settings = hostenv.resolve(spec.host)
+        delta = hostenv.process_env(settings, {}, linked=linked)
+    except hostenv.HostSettingsError as exc:
+        raise SpecError(f"--interp {spec.raw!r}: {exc}") from exc
+    return settings.to_json(), delta
 
 
 def _read_manifest(path: Path, spec: InterpreterSpec) -> dict:

@@ -47,6 +47,13 @@ class Subject:
     python: Path
     stamp: Mapping[str, str | int | float]
     """Metadata stamped into every benchmark of this subject's results."""
+    env: Mapping[str, str] | None = None
+    """Environment this subject adds to every process (its host settings: preload, tunables)."""
+
+
+def subject_env(subject: Subject, env: Mapping[str, str] | None) -> dict[str, str]:
+    """The run's shared environment with the subject's own on top."""
+    return {**(env or {}), **(subject.env or {})}
 
 
 def round_order(names: list[str], rounds: int) -> list[list[str]]:
@@ -75,8 +82,8 @@ def calibrate_loops(subject: Subject, target: Target, work: Path, settings: Late
                     log: Path | None = None) -> int:
     out = work / f"calibrate-{safe_name(target.name)}.json"
     out.unlink(missing_ok=True)
-    inherit = sorted(env) if env else []
-    tools.run(_pyperf_cmd(subject.python, target, provider, out, settings, None, inherit),
+    env = subject_env(subject, env)
+    tools.run(_pyperf_cmd(subject.python, target, provider, out, settings, None, sorted(env)),
               cwd=work, env_delta=env, log=log, timeout=settings.timeout)
     bench = pyperf.Benchmark.load(str(out))
     loops = bench.get_metadata().get("loops")
@@ -108,7 +115,6 @@ def run_interleaved(
     names = [s.name for s in subjects]
     by_name = {s.name: s for s in subjects}
     order = round_order(names, settings.rounds)
-    inherit = sorted(env) if env else []
     loops_by_target: dict[str, int] = {}
     for target in targets:
         if settings.loops is None:
@@ -125,8 +131,9 @@ def run_interleaved(
                 dest = raw / safe_name(name) / f"{safe_name(target.name)}-r{r:02d}.json"
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.unlink(missing_ok=True)
-                tools.run(_pyperf_cmd(subject.python, target, provider, dest, settings, loops, inherit),
-                          cwd=work, env_delta=env, log=log, timeout=settings.timeout)
+                senv = subject_env(subject, env)
+                tools.run(_pyperf_cmd(subject.python, target, provider, dest, settings, loops, sorted(senv)),
+                          cwd=work, env_delta=senv, log=log, timeout=settings.timeout)
                 if progress:
                     bench = pyperf.Benchmark.load(str(dest))
                     progress(f"{target.name} round {r + 1}/{settings.rounds} {name}: "

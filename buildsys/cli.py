@@ -11,7 +11,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from . import cpython, engine, stages, toolchain
+from . import bolt, cpython, engine, stages, toolchain
 from .errors import HostpgoError
 from .paths import WorkArea
 from .runner import Runner
@@ -57,6 +57,10 @@ def parser() -> argparse.ArgumentParser:
                     help=f"the distribution's interpreter measured beside the builds (default "
                          f"{engine.SYSTEM_PYTHON}, skipped where absent)")
     _common_build_args(pl)
+    bc = sub.add_parser("bolt-check", help="tell whether ELF files can be BOLT-optimized (exit 0: yes, 1: no, "
+                                            "2: bad input)")
+    bc.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    bc.add_argument("--json", action="store_true")
     return ap
 
 
@@ -104,7 +108,7 @@ def _print_profile(inp: cpython.Inputs, console: Console) -> None:
     if p.description:
         print("  " + " ".join(p.description.split()))
     d = p.to_dict()
-    for sect in ("toolchain", "optimize", "flags", "bisheng", "pgo", "verify"):
+    for sect in ("toolchain", "optimize", "flags", "bisheng", "pgo", "verify", *(("bolt",) if p.optimize.bolt else ())):
         print(f"  [{sect}] " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d[sect].items()))
     if p.overrides:
         print("  overrides: " + " ".join(p.overrides))
@@ -155,6 +159,10 @@ def _print_timings(executions, console: Console) -> None:
             print(f"  {name:<24} {r.seconds:8.1f} s  {'reused (stamp)' if r.skipped else 'ran'}")
             total += r.seconds
         print(f"  {'total':<24} {total:8.1f} s")
+        if "bolt-apply" in ex.results:
+            rec = bolt.outcome(ex.results, ex.plan.summary.get("bolt", {}))
+            print("  BOLT: " + (f"applied to {rec['target']}" if rec.get("applied") else
+                                f"NOT applied, the PGO build is installed: {rec.get('reason', '')[:300]}"))
 
 
 def cmd_pipeline(args, console: Console) -> int:
@@ -179,8 +187,29 @@ def cmd_pipeline(args, console: Console) -> int:
     return 0
 
 
+def cmd_bolt_check(args, console: Console) -> int:
+    """0: every file can be BOLT-optimized; 1: at least one cannot (reasons printed); 2: bad input."""
+    verdicts = [bolt.assess(bolt.read_elf(f)) for f in args.files]
+    if args.json:
+        print(json.dumps([{"file": v.facts.path, "ok": v.ok, "kind": v.facts.kind, "machine": v.facts.machine,
+                           "symbols": v.facts.symbols, "code_relocations": list(v.facts.code_relocations),
+                           "bolted": v.facts.bolted, "reasons": list(v.reasons), "needs": list(v.needs)}
+                          for v in verdicts], indent=2))
+    else:
+        for v in verdicts:
+            print(f"{v.facts.path}: {'can be BOLT-optimized' if v.ok else 'cannot be BOLT-optimized as it is'}")
+            for n in v.notes:
+                print(f"  - {n}")
+            print(f"  - symbols: {'present (.symtab)' if v.facts.symbols else 'stripped'}")
+            for r in v.reasons:
+                print(f"  x {r}")
+            for n in v.needs:
+                print(f"  needs: {n}")
+    return 0 if all(v.ok for v in verdicts) else 1
+
+
 COMMANDS = {"toolchain": cmd_toolchain, "show-profile": cmd_show_profile, "build": cmd_build,
-            "pipeline": cmd_pipeline}
+            "pipeline": cmd_pipeline, "bolt-check": cmd_bolt_check}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

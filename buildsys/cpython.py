@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -10,8 +11,9 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
+from . import bolt as boltmod
 from . import flags as flagmod
 from . import manifest, sources
 from .errors import HostpgoError
@@ -22,11 +24,14 @@ from .profile import Profile
 from .runner import format_command
 from .stages import BuildPlan, Call, ChannelFlag, Cmd, Stage, StageContext, digest
 from .toolchain import Compiler, Host
+from . import training
 from .training import TrainingTask, runtime_digest, tasks_digest
 
 # Stages in order, with what each does (the pipeline prints them in this order).
 STAGE_ORDER = ("source", "runtime-deps", "configure-instrumented", "build-instrumented", "install-instrumented",
                "train", "merge", "configure", "build", "verify", "install")
+BOLT_STAGE_ORDER = (*STAGE_ORDER[:STAGE_ORDER.index("verify")], *boltmod.STAGES, *STAGE_ORDER[STAGE_ORDER.index("verify"):])
+"""The order with optimize.bolt = true (instrumentation collection)."""
 PGO_TEST_ARGS = ("-m", "test", "--pgo", "--timeout=1200")
 PROFILE_DATA_SCHEMA = "hostpgo-profile-data/1"
 
@@ -66,7 +71,8 @@ def _run_workload(argv: list[str], env: dict[str, str], cwd: str | None, timeout
         entry["exit_code"] = rc
         ctx.info.setdefault("workloads", []).append(entry)
         if rc != 0:
-            raise HostpgoError(f"{where}: workload {argv[4]} did not reproduce its pinned token digest "
+            name = argv[argv.index("workload") + 1] if "workload" in argv else argv[-1]
+            raise HostpgoError(f"{where}: workload {name} did not reproduce its pinned token digest "
                                f"(got {rec.get('token_digest')}, pinned {rec.get('golden_digest')}); "
                                "an interpreter that changes results is not installed")
     return fn
@@ -88,6 +94,45 @@ class Inputs:
     compiler_notes: tuple[str, ...] = ()
     profile_data: Path | None = None
     """Reuse merged profile data (a .profdata file, or a GCC .gcda tree) instead of training."""
+    bolt_sampling: boltmod.Sampling | None = None
+    """Whether perf can sample branch stacks here (BOLT profiles only); None: probed when planning."""
+
+
+def task_actions(tasks: Sequence[TrainingTask], *, base_python: str, prefix: str, venv_dir: Path,
+                 env: dict[str, str], runtime_env: dict[str, str], pth: Path | None, pth_dirs: Sequence[object],
+                 wrap: Callable[[list[str]], list[str]] = list) -> list[Cmd | Call]:
+    """The actions that run training tasks on an interpreter: PGO training, and BOLT's on the same tasks.
+
+    Tasks with `venv = true` share one venv made from `base_python`; `pth` (when given) makes the runtime's
+    dependencies and this checkout importable there. `wrap` may prefix each task command (perf record).
+    """
+    actions: list[Cmd | Call] = []
+    made_venv = False
+    for t in tasks:
+        python = base_python
+        if t.venv:
+            python = str(venv_dir / "bin" / "python")
+            if not made_venv:
+                actions.append(Cmd((base_python, "-m", "venv", "--clear", str(venv_dir)), env=env, timeout=1800))
+                if pth is not None:
+                    text = "".join(f"{d}\n" for d in pth_dirs)
+                    actions.append(Call(f"write {pth}: {' and '.join(str(d) for d in pth_dirs)}",
+                                        lambda ctx, pth=pth, text=text: pth.write_text(text)))
+                made_venv = True
+            if t.venv_install:
+                subst = dict(python=python, prefix=prefix, repo=str(REPO_ROOT), venv=str(venv_dir))
+                actions.append(Cmd((python, "-m", "pip", "install", *[a.format(**subst) for a in t.venv_install]),
+                                   env=env, timeout=3600))
+        for argv, tenv, cwd in t.commands(python=python, prefix=prefix, repo=str(REPO_ROOT), venv=str(venv_dir)):
+            argv = wrap(argv)
+            if t.kind == "workloads":
+                wenv = {**env, **runtime_env, **tenv}
+                actions.append(Call(f"{format_command(argv, wenv, Path(cwd))} (record kept)",
+                                    _run_workload(argv, wenv, cwd, t.timeout, f"training task {t.name}")))
+            else:
+                actions.append(Cmd(tuple(argv), env={**env, **tenv}, cwd=Path(cwd) if cwd else None,
+                                   timeout=t.timeout, ok_codes=t.ok_codes))
+    return actions
 
 
 def channel_flags(rf: ResolvedFlags, configure_args: Sequence[str], extra_env: dict[str, str]) -> tuple[ChannelFlag, ...]:
@@ -171,6 +216,11 @@ def plan(inp: Inputs) -> BuildPlan:
         rf = flagmod.resolve(p, comp, host, variant, build_dir=str(build_dir),
                              raw_pattern=str(raw_dir / "cpython-%p-%m.profraw"), raw_dir=str(raw_dir),
                              profdata=profdata)
+        # --- BOLT (optimize.bolt only): the optimized build keeps its relocations for BOLT.
+        if p.optimize.bolt and variant != "instrumented":
+            bc, bl = boltmod.build_flags("gcc" if comp.family == "gcc" else "clang")
+            rf = dataclasses.replace(rf, cflags=(*rf.cflags, *bc), ldflags=(*rf.ldflags, *bl))
+        # --- end BOLT
         notes.extend(n for n in rf.notes if n not in notes)
         args = [f"--prefix={prefix}", "--enable-shared" if p.optimize.shared else "--disable-shared",
                 *p.flags.configure]
@@ -251,7 +301,8 @@ def plan(inp: Inputs) -> BuildPlan:
     # Python minor version into the work area and shared by every build (training venvs see them
     # through a .pth file, the verify stage through PYTHONPATH).
     deps_dir, deps_key = None, ""
-    if wants_runtime or p.verify.workloads:
+    bolt_wants_runtime = p.optimize.bolt and any(t.kind == "workloads" for t in inp.tasks)
+    if wants_runtime or p.verify.workloads or bolt_wants_runtime:
         minor = ".".join(pin.version.split(".")[:2])
         reqs = runtime_requirements()
         deps_key = digest({"stage": "runtime-deps", "requirements": reqs, "python": minor})
@@ -326,35 +377,11 @@ def plan(inp: Inputs) -> BuildPlan:
         ]
         train_env = {"LLVM_PROFILE_FILE": str(raw_dir / "cpython-%p-%m.profraw")} if llvm else {}
         base_python = str(instr_prefix / "bin" / "python3")
-        made_venv = False
+        pth = (venv_dir / "lib" / f"python{'.'.join(pin.version.split('.')[:2])}" / "site-packages" /
+               "hostpgo-runtime.pth") if wants_runtime else None
+        train_actions += task_actions(inp.tasks, base_python=base_python, prefix=str(instr_prefix), venv_dir=venv_dir,
+                                      env=train_env, runtime_env=runtime_env, pth=pth, pth_dirs=(deps_dir, REPO_ROOT))
         for t in inp.tasks:
-            python = base_python
-            if t.venv:
-                python = str(venv_dir / "bin" / "python")
-                if not made_venv:
-                    train_actions.append(Cmd((base_python, "-m", "venv", "--clear", str(venv_dir)),
-                                             env=train_env, timeout=1800))
-                    if wants_runtime:
-                        pth = venv_dir / "lib" / f"python{'.'.join(pin.version.split('.')[:2])}" / \
-                            "site-packages" / "hostpgo-runtime.pth"
-                        train_actions.append(Call(f"write {pth}: {deps_dir} and {REPO_ROOT}",
-                                                  lambda ctx, pth=pth: pth.write_text(
-                                                      f"{deps_dir}\n{REPO_ROOT}\n")))
-                    made_venv = True
-                if t.venv_install:
-                    subst = dict(python=python, prefix=str(instr_prefix), repo=str(REPO_ROOT), venv=str(venv_dir))
-                    train_actions.append(Cmd((python, "-m", "pip", "install",
-                                              *[a.format(**subst) for a in t.venv_install]),
-                                             env=train_env, timeout=3600))
-            for argv, tenv, cwd in t.commands(python=python, prefix=str(instr_prefix), repo=str(REPO_ROOT),
-                                              venv=str(venv_dir)):
-                if t.kind == "workloads":
-                    env = {**train_env, **runtime_env, **tenv}
-                    train_actions.append(Call(f"{format_command(argv, env, Path(cwd))} (record kept)",
-                                              _run_workload(argv, env, cwd, t.timeout, f"training task {t.name}")))
-                else:
-                    train_actions.append(Cmd(tuple(argv), env={**train_env, **tenv},
-                                             cwd=Path(cwd) if cwd else None, timeout=t.timeout, ok_codes=t.ok_codes))
             summary_tasks.append({"name": t.name, "version": t.version, "kind": t.kind, "digest": t.digest(),
                                   **({"workloads": list(t.workloads), "steps": t.steps or "default",
                                       "runtime_sources": runtime_digest()} if t.kind == "workloads" else {})})
@@ -388,7 +415,28 @@ def plan(inp: Inputs) -> BuildPlan:
     bkey, obuild, _, omake_vars = build_stages(variant, "", prefix, prev, profdata_path)
     vpython = str(obuild / "python")
     venv_ = {"LD_LIBRARY_PATH": str(obuild)} if p.optimize.shared else {}
-    verify_key = digest({"stage": "verify", "prev": bkey, "args": PGO_TEST_ARGS, "tests": p.verify.tests,
+    # --- BOLT (optimize.bolt only): instrument -> train -> merge -> apply on the optimized build; the
+    # verify stage below then checks the BOLTed binary and falls back to the PGO one (bolt.py).
+    bolt_plan = None
+    if p.optimize.bolt:
+        tasks = inp.tasks or training.resolve(p.pgo.tasks)
+        minor = ".".join(pin.version.split(".")[:2])
+
+        def bolt_train(python: str, venv_dir: Path, env: dict[str, str], wrap) -> list[Cmd | Call]:
+            pth = (venv_dir / "lib" / f"python{minor}" / "site-packages" / "hostpgo-runtime.pth"
+                   if deps_dir else None)
+            return task_actions(tasks, base_python=python, prefix=str(obuild), venv_dir=venv_dir, env=env,
+                                runtime_env=runtime_env, pth=pth, pth_dirs=(deps_dir, REPO_ROOT), wrap=wrap)
+
+        bolt_plan = boltmod.plan(
+            profile=p, comp=comp, host=host, build_id=build_id, build_dir=obuild, version=pin.version,
+            work_dir=work.pgo / build_id / "bolt", prev_key=bkey, train=bolt_train,
+            train_key={"tasks": tasks_digest(tasks), "deps": deps_key},
+            sampling=inp.bolt_sampling or boltmod.probe_branch_sampling())
+        stages.extend(bolt_plan.stages)
+        notes.extend(bolt_plan.notes)
+    # --- end BOLT
+    verify_key = digest({"stage": "verify", "prev": bolt_plan.key if bolt_plan else bkey, "args": PGO_TEST_ARGS, "tests": p.verify.tests,
                          "workloads": list(p.verify.workloads), "deps": deps_key,
                          "runtime": runtime_digest() if p.verify.workloads else ""})
     verify_actions: list[Cmd | Call] = [Cmd((vpython, *PGO_TEST_ARGS, f"-j{inp.jobs}"), env=venv_, cwd=obuild,
@@ -402,6 +450,8 @@ def plan(inp: Inputs) -> BuildPlan:
         verify_actions.append(Call(f"{format_command(argv, wenv, REPO_ROOT)} (must match the pinned digest)",
                                    _run_workload(argv, wenv, str(REPO_ROOT), p.verify.timeout,
                                                  f"verify of {build_id}")))
+    if bolt_plan is not None:
+        verify_actions = list(boltmod.verify_keeping_pgo(verify_actions, bolt_plan.target))
     stages.append(Stage("verify", "verify: CPython's `-m test --pgo` set must pass and every runtime workload "
                         "must reproduce its golden tokens", verify_key,
                         tuple(verify_actions), flags=tuple(ChannelFlag("env", k, v, "optimize.shared: run the uninstalled build")
@@ -418,8 +468,18 @@ def plan(inp: Inputs) -> BuildPlan:
         "jobs": inp.jobs,
     }
     prefixes = [prefix] + ([instr_prefix] if pgo else [])
+
+    def finish(ex) -> None:
+        manifest.write_for_execution(ex, inp, prefixes, summary_tasks)
+        if bolt_plan is not None and prefix.is_dir():  # the manifest's `bolt` record: applied, or why not
+            doc = manifest.read(prefix)
+            doc["bolt"] = boltmod.outcome(ex.results, bolt_plan.summary)
+            manifest.write(prefix, doc)
+
+    if bolt_plan is not None:
+        summary["bolt"] = bolt_plan.summary
     return BuildPlan(build_id=build_id, stages=tuple(stages), notes=tuple(notes), summary=summary,
-                     finish=lambda ex: manifest.write_for_execution(ex, inp, prefixes, summary_tasks))
+                     finish=finish)
 
 
 def sidecar_path(data: Path) -> Path:

@@ -14,6 +14,7 @@ from .paths import PROFILES_DIR
 
 TARGETS = ("cpython", "mindspore", "ray", "extension")
 ARCH_RE = re.compile(r"^(march|mcpu|mtune)=[A-Za-z0-9_.+-]+$")
+SKIP_RE = re.compile(r"^[A-Za-z_.$][A-Za-z0-9_.$/]*(@(llvm<\d+|x86_64|aarch64)(,(llvm<\d+|x86_64|aarch64))*)?$")
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       allowed=(True, False)),
         "semantic_interposition": Key(bool, True, "allow symbol interposition; false adds "
                                       "-fno-semantic-interposition", allowed=(True, False)),
-        "bolt": Key(bool, False, "BOLT post-link optimization (not implemented yet; must be false)",
-                    allowed=(False,)),
+        "bolt": Key(bool, False, "BOLT post-link optimization of the built interpreter (or libpython where "
+                    "shared): link with relocations, profile the [pgo] tasks, re-lay out the binary "
+                    "([bolt] section)", allowed=(True, False)),
     },
     "flags": {
         "cflags": Key(list, [], "extra compiler flags (CFLAGS_NODIST)"),
@@ -73,6 +75,29 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "workloads": Key(list, ["decode-b1", "decode-b8", "prefill", "serve-mixed", "prefix-hit"],
                          "runtime workloads whose pinned token digests the built interpreter must reproduce "
                          "before it is installed ([] skips the check)"),
+    },
+    "bolt": {
+        "method": Key(str, "auto", "how the BOLT profile is collected: instrument (llvm-bolt -instrument; needs "
+                      "no hardware counters), perf (perf record with branch stacks + perf2bolt; needs LBR "
+                      "on x86 or BRBE on aarch64), auto (perf where a probe shows branch sampling works, "
+                      "else instrument)", allowed=("auto", "instrument", "perf")),
+        "apply": Key(list, ["-reorder-blocks=ext-tsp", "-reorder-functions=cdsort", "-split-functions",
+                            "-split-all-cold", "-split-eh", "-icf=1", "-dyno-stats"],
+                     "llvm-bolt options for the optimizing run (the engine adds the input, -o and -data). "
+                     "-use-gnu-stack is not in the default: llvm-bolt 22 turns the PT_GNU_STACK header into "
+                     "its new text segment, and the output then fails the PT_GNU_STACK check"),
+        "instrument": Key(list, [], "extra llvm-bolt options for the instrumenting run (the engine adds "
+                          "-instrument, --instrumentation-file=<dir>/prof.fdata and "
+                          "--instrumentation-file-append-pid: one profile file per process)"),
+        "skip_functions": Key(list, ["_PyEval_EvalFrameDefault@llvm<21", "sre_ucs1_match/1@llvm<21",
+                                     "sre_ucs2_match/1@llvm<21", "sre_ucs4_match/1@llvm<21"],
+                              "functions BOLT leaves alone (-skip-funcs), each `NAME` (always) or "
+                              "`NAME@COND[,COND]` with COND `llvm<N` (llvm-bolt's major version below N) or an "
+                              "arch (x86_64, aarch64): the computed-goto dispatch loops broke BOLT's CFG before "
+                              "LLVM 21", check=lambda v: all(SKIP_RE.match(x) for x in v),
+                              check_doc="NAME or NAME@COND[,COND], COND = llvm<N | x86_64 | aarch64"),
+        "timeout": Key(int, 3600, "seconds each llvm-bolt run may take", check=lambda v: v > 0,
+                       check_doc="an integer > 0"),
     },
 }
 TOP_KEYS = {"description": str, "extends": str, "targets": dict}
@@ -105,7 +130,7 @@ class Optimize:
     semantic_interposition: bool
     """False adds -fno-semantic-interposition."""
     bolt: bool
-    """BOLT stages (reserved; must be false for now)."""
+    """BOLT stages after the optimized build (settings in [bolt])."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +166,20 @@ class Verify:
 
 
 @dataclass(frozen=True)
+class Bolt:
+    method: str
+    """auto, instrument or perf: how the profile BOLT uses is collected."""
+    apply: tuple[str, ...]
+    """llvm-bolt options of the optimizing run."""
+    instrument: tuple[str, ...]
+    """Extra llvm-bolt options of the instrumenting run."""
+    skip_functions: tuple[str, ...]
+    """Functions BOLT must not touch, with the LLVM version/arch they apply to (parsed in buildsys.bolt)."""
+    timeout: int
+    """Seconds each llvm-bolt run may take."""
+
+
+@dataclass(frozen=True)
 class Profile:
     """A fully resolved profile for one target: what every stage reads its settings from."""
 
@@ -157,6 +196,7 @@ class Profile:
     bisheng: Bisheng
     pgo: Pgo
     verify: Verify
+    bolt: Bolt
     overrides: tuple[str, ...] = field(default=())
     """Overrides applied from the environment (HOSTPGO_SET) and the command line (--set)."""
 
@@ -196,6 +236,8 @@ def _check_value(where: str, dotted: str, key: Key, value: Any) -> Any:
     if kind is list:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ProfileError(f"{where}: key '{dotted}' must be a list of strings, got {value!r}")
+        if key.check is not None and not key.check(value):
+            raise ProfileError(f"{where}: key '{dotted}' has value {value!r}; each entry must be {key.check_doc}")
         return value
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         raise ProfileError(f"{where}: key '{dotted}' must be {kind.__name__}, got {value!r}"
@@ -333,5 +375,8 @@ def load(name_or_path: str, *, target: str = "cpython", overrides: Sequence[str]
         pgo=Pgo(tasks=tuple(merged["pgo"]["tasks"])),
         verify=Verify(tests=tuple(merged["verify"]["tests"]), timeout=merged["verify"]["timeout"],
                       workloads=tuple(merged["verify"]["workloads"])),
+        bolt=Bolt(method=merged["bolt"]["method"], apply=tuple(merged["bolt"]["apply"]),
+                  instrument=tuple(merged["bolt"]["instrument"]),
+                  skip_functions=tuple(merged["bolt"]["skip_functions"]), timeout=merged["bolt"]["timeout"]),
         overrides=tuple(applied),
     )

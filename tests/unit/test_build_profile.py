@@ -81,7 +81,9 @@ def test_bad_value_names_allowed_values(tmp_path: Path) -> None:
     ('[flags]\ncflags = "-O2"\n', "must be a list of strings"),
     ('[targets.nginx.optimize]\nlto = "thin"\n', "unknown key 'targets.nginx'"),
     ('[targets.cpython.optimize]\nlto = "fat"\n', "[targets.cpython]: key 'optimize.lto'"),
-    ('[optimize]\nbolt = true\n', "key 'optimize.bolt' has value true; allowed values: false"),
+    ('[optimize]\nbolt = "yes"\n', "key 'optimize.bolt' must be bool"),
+    ('[bolt]\nrelocs = true\n', "unknown key 'bolt.relocs'; allowed keys in [bolt]: method, apply"),
+    ('[bolt]\nskip_functions = ["f@llvm>21"]\n', "key 'bolt.skip_functions' has value ['f@llvm>21']"),
     ('extends = "nope"\n', "key 'extends' names unknown profile 'nope'"),
     ('[toolchain\n', "not valid TOML"),
 ])

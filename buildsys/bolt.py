@@ -558,8 +558,12 @@ class BoltPlan:
 
 
 def plan(*, profile: Profile, comp: Compiler, host: Host, build_id: str, build_dir: Path, version: str,
-         work_dir: Path, prev_key: str, train: TrainFn, train_key: dict, sampling: Sampling) -> BoltPlan:
-    """The BOLT stages for one optimized build (pure: the probe result and the training actions come in)."""
+         work_dir: Path, prev_key: str, train: TrainFn, train_key: dict, sampling: Sampling,
+         tgt: Target | None = None) -> BoltPlan:
+    """The BOLT stages for one optimized build (pure: the probe result and the training actions come in).
+
+    `tgt` defaults to the build's python (static libpython) or libpython (shared).
+    """
     b = profile.bolt
     bolt_tool = comp.tools.get("bolt")
     merge_tool = comp.tools.get("merge-fdata")
@@ -569,7 +573,7 @@ def plan(*, profile: Profile, comp: Compiler, host: Host, build_id: str, build_d
                            "(apt-get install bolt-22); a GCC build takes them from the newest clang's directory")
     bolt_major = comp.major
     method, why = choose_method(b.method, sampling)
-    tgt = target(build_dir, profile.optimize.shared, version)
+    tgt = tgt or target(build_dir, profile.optimize.shared, version)
     skip, skip_notes = skipped_functions(b.skip_functions, bolt_major, host.machine)
     skip_args = (f"-skip-funcs={','.join(skip)}",) if skip else ()
     notes = [f"BOLT target: {tgt.path} ({tgt.why})", f"BOLT profile collection: {method} ({why})",
@@ -589,7 +593,7 @@ def plan(*, profile: Profile, comp: Compiler, host: Host, build_id: str, build_d
     if method == "instrument":
         if tgt.kind == "interpreter":
             # Next to the build's python, so it finds the build tree's stdlib (pybuilddir.txt) as that one does.
-            instrumented = build_dir / "python-bolt-instrumented"
+            instrumented = tgt.path.with_name(tgt.path.name + "-bolt-instrumented")
             python, env = str(instrumented), {}
         else:
             instrumented = work_dir / "lib" / tgt.path.name
@@ -625,7 +629,8 @@ def plan(*, profile: Profile, comp: Compiler, host: Host, build_id: str, build_d
         counter = iter(range(1, 10_000))
 
         def under_perf(argv: list[str]) -> list[str]:
-            return [*(a.format(out=f"{perf_dir}/perf-{next(counter):03d}.data") for a in PERF_RECORD), *argv]
+            out = f"{perf_dir}/perf-{next(counter):03d}.data"
+            return [*(a.format(out=out) for a in PERF_RECORD), *argv]
         keep = Call(f"keep the PGO binary: {tgt.path} -> {tgt.prebolt}", keep_pgo_binary(tgt))
         python = str(build_dir / "python")
         env = {"LD_LIBRARY_PATH": str(build_dir)} if tgt.kind == "libpython" else {}

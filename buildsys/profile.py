@@ -82,10 +82,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       "on x86 or BRBE on aarch64), auto (perf where a probe shows branch sampling works, "
                       "else instrument)", allowed=("auto", "instrument", "perf")),
         "apply": Key(list, ["-reorder-blocks=ext-tsp", "-reorder-functions=cdsort", "-split-functions",
-                            "-split-all-cold", "-split-eh", "-icf=1", "-dyno-stats"],
+                            "-split-all-cold", "-split-eh", "-icf=safe", "-update-debug-sections", "-dyno-stats"],
                      "llvm-bolt options for the optimizing run (the engine adds the input, -o and -data). "
-                     "-use-gnu-stack is not in the default: llvm-bolt 22 turns the PT_GNU_STACK header into "
-                     "its new text segment, and the output then fails the PT_GNU_STACK check"),
+                     "-icf=safe, not all: CPython compares slot function addresses, so functions whose address "
+                     "is taken must not be folded. -update-debug-sections keeps DWARF true to the new layout "
+                     "(debuggers, valgrind). -use-gnu-stack is not in the default: llvm-bolt 22 turns the "
+                     "PT_GNU_STACK header into its new text segment, and the output then fails the "
+                     "PT_GNU_STACK check"),
         "instrument": Key(list, [], "extra llvm-bolt options for the instrumenting run (the engine adds "
                           "-instrument, --instrumentation-file=<dir>/prof.fdata and "
                           "--instrumentation-file-append-pid: one profile file per process)"),

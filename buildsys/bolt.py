@@ -402,7 +402,8 @@ def keep_pgo_binary(tgt: Target) -> Callable[[StageContext], None]:
     return fn
 
 
-def restore(tgt: Target, ctx: StageContext) -> None:
+def restore(tgt: Target) -> None:
+    """Put the kept PGO binary back in place."""
     if tgt.prebolt.exists():
         _copy(tgt.prebolt, tgt.path)
 
@@ -437,12 +438,12 @@ def guarded(stage: str, tgt: Target, actions: Iterable[Cmd | Call]) -> tuple[Cal
             earlier = failure(ctx.results)
             if earlier is not None or ctx.info.get("bolt", {}).get("applied") is False:
                 ctx.info.setdefault("bolt", {"applied": False, "skipped": True,
-                                             "reason": f"BOLT failed in {earlier['stage']}" if earlier else ""})
+                                             "reason": f"BOLT failed in {earlier.get('stage')}" if earlier else ""})
                 return
             try:
                 run_action(ctx, action)
             except HostpgoError as e:
-                restore(tgt, ctx)
+                restore(tgt)
                 reason = str(e)
                 ctx.info["bolt"] = {"applied": False, "stage": stage, "reason": reason[:4000]}
                 with ctx.runner.log_path.open("a") as log:
@@ -516,7 +517,7 @@ def verify_keeping_pgo(checks: Sequence[Cmd | Call], tgt: Target) -> tuple[Call,
             try:
                 run_action(ctx, action)
             except HostpgoError as e:
-                restore(tgt, ctx)
+                restore(tgt)
                 ctx.info["bolt_rejected"] = {"check": action.describe(), "reason": str(e)[:4000]}
                 ctx.info["bolted_workloads"] = ctx.info.pop("workloads", [])
                 with ctx.runner.log_path.open("a") as log:
@@ -557,7 +558,7 @@ class BoltPlan:
     summary: dict = field(default_factory=dict)
 
 
-def plan(*, profile: Profile, comp: Compiler, host: Host, build_id: str, build_dir: Path, version: str,
+def plan(*, profile: Profile, comp: Compiler, host: Host, build_dir: Path, version: str,
          work_dir: Path, prev_key: str, train: TrainFn, train_key: dict, sampling: Sampling,
          tgt: Target | None = None) -> BoltPlan:
     """The BOLT stages for one optimized build (pure: the probe result and the training actions come in).

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from . import bolt as boltmod
 from . import flags as flagmod
-from . import manifest, sources
+from . import manifest, sources, training
 from .errors import HostpgoError
 from .flags import ResolvedFlags
 from .patches import Patch, apply_series
@@ -24,7 +24,6 @@ from .profile import Profile
 from .runner import format_command
 from .stages import BuildPlan, Call, ChannelFlag, Cmd, Stage, StageContext, digest
 from .toolchain import Compiler, Host
-from . import training
 from .training import TrainingTask, runtime_digest, tasks_digest
 
 # Stages in order, with what each does (the pipeline prints them in this order).
@@ -301,7 +300,9 @@ def plan(inp: Inputs) -> BuildPlan:
     # Python minor version into the work area and shared by every build (training venvs see them
     # through a .pth file, the verify stage through PYTHONPATH).
     deps_dir, deps_key = None, ""
-    bolt_wants_runtime = p.optimize.bolt and any(t.kind == "workloads" for t in inp.tasks)
+    # BOLT trains on the profile's [pgo] tasks (resolved here too when the profile has no PGO).
+    bolt_tasks = (inp.tasks or training.resolve(p.pgo.tasks)) if p.optimize.bolt else ()
+    bolt_wants_runtime = any(t.kind == "workloads" for t in bolt_tasks)
     if wants_runtime or p.verify.workloads or bolt_wants_runtime:
         minor = ".".join(pin.version.split(".")[:2])
         reqs = runtime_requirements()
@@ -419,24 +420,24 @@ def plan(inp: Inputs) -> BuildPlan:
     # verify stage below then checks the BOLTed binary and falls back to the PGO one (bolt.py).
     bolt_plan = None
     if p.optimize.bolt:
-        tasks = inp.tasks or training.resolve(p.pgo.tasks)
         minor = ".".join(pin.version.split(".")[:2])
 
         def bolt_train(python: str, venv_dir: Path, env: dict[str, str], wrap) -> list[Cmd | Call]:
             pth = (venv_dir / "lib" / f"python{minor}" / "site-packages" / "hostpgo-runtime.pth"
-                   if deps_dir else None)
-            return task_actions(tasks, base_python=python, prefix=str(obuild), venv_dir=venv_dir, env=env,
+                   if bolt_wants_runtime else None)
+            return task_actions(bolt_tasks, base_python=python, prefix=str(obuild), venv_dir=venv_dir, env=env,
                                 runtime_env=runtime_env, pth=pth, pth_dirs=(deps_dir, REPO_ROOT), wrap=wrap)
 
         bolt_plan = boltmod.plan(
-            profile=p, comp=comp, host=host, build_id=build_id, build_dir=obuild, version=pin.version,
+            profile=p, comp=comp, host=host, build_dir=obuild, version=pin.version,
             work_dir=work.pgo / build_id / "bolt", prev_key=bkey, train=bolt_train,
-            train_key={"tasks": tasks_digest(tasks), "deps": deps_key},
+            train_key={"tasks": tasks_digest(bolt_tasks), "deps": deps_key if bolt_wants_runtime else ""},
             sampling=inp.bolt_sampling or boltmod.probe_branch_sampling())
         stages.extend(bolt_plan.stages)
         notes.extend(bolt_plan.notes)
     # --- end BOLT
-    verify_key = digest({"stage": "verify", "prev": bolt_plan.key if bolt_plan else bkey, "args": PGO_TEST_ARGS, "tests": p.verify.tests,
+    verify_key = digest({"stage": "verify", "prev": bolt_plan.key if bolt_plan else bkey, "args": PGO_TEST_ARGS,
+                         "tests": p.verify.tests,
                          "workloads": list(p.verify.workloads), "deps": deps_key,
                          "runtime": runtime_digest() if p.verify.workloads else ""})
     verify_actions: list[Cmd | Call] = [Cmd((vpython, *PGO_TEST_ARGS, f"-j{inp.jobs}"), env=venv_, cwd=obuild,

@@ -58,7 +58,7 @@ def _plan(tmp_path: Path, comp: toolchain.Compiler, exe: Path, apply_extra: tupl
         # Two runs of three processes each (the parent forks two children): six profiles.
         return [stages.Cmd(tuple(wrap([python, "3", "100000"])), env=env, nice=False) for _ in range(2)]
 
-    return bolt.plan(profile=prof, comp=comp, host=toolchain.detect_host(), build_id="demo", build_dir=exe.parent,
+    return bolt.plan(profile=prof, comp=comp, host=toolchain.detect_host(), build_dir=exe.parent,
                      version="3.11.2", work_dir=tmp_path / "bolt", prev_key="fixture", train=train, train_key={},
                      sampling=NO_LBR, tgt=bolt.Target(exe, "interpreter", "the fixture program"))
 

@@ -386,7 +386,7 @@ def _fake_setup(tmp_path: Path, mode: str):
         return [stages.Call("a process writes its profile",
                             lambda ctx: (work / "fdata" / "prof.fdata.1.fdata").write_text("1 f 0 1 f 4 0 9\n"))]
     prof = profile.load("workload-pgo-lto-bolt", environ={})
-    bp = bolt.plan(profile=prof, comp=comp, host=Host("x86_64", "debian"), build_id="t", build_dir=build,
+    bp = bolt.plan(profile=prof, comp=comp, host=Host("x86_64", "debian"), build_dir=build,
                    version="3.11.2", work_dir=work, prev_key="build-key", train=train, train_key={},
                    sampling=NO_LBR, tgt=tgt)
     # The verify check: passes on the PGO binary, fails on anything carrying BOLT's note.
@@ -439,3 +439,10 @@ def test_a_bolted_binary_that_passes_verify_stays(tmp_path: Path) -> None:
                         live=False)
     assert ex.results["bolt-instrument"].info["restored_from"] == str(tgt.prebolt)
     assert bolt.outcome(ex.results, bp.summary)["applied"] is True
+
+
+def test_bolt_without_pgo_trains_on_the_profiles_tasks(tmp_path: Path) -> None:
+    st = by_name(cpython.plan(inputs(tmp_path, "lto", set=["optimize.bolt=true"])))
+    assert "train" not in st and "bolt-train" in st
+    obuild = tmp_path / "build" / "cpython-3.11.2-lto-plain"
+    assert st["bolt-train"].actions[1].what.startswith(f"{obuild}/python-bolt-instrumented -m test --pgo")

@@ -670,14 +670,15 @@ def plan(*, profile: Profile, comp: Compiler, host: Host, build_dir: Path, versi
 
 def outcome(results: Mapping[str, StageResult], summary: Mapping) -> dict:
     """The manifest's `bolt` record: applied or not, and why."""
-    verify = results.get("verify")
-    rec = {**summary, "applied": False, "reason": "BOLT stages did not run"}
-    apply = results.get("bolt-apply")
-    if apply is not None:
-        rec.update(apply.info.get("bolt", {}))
-    earlier = failure(results)
-    if earlier is not None and not earlier.get("skipped"):
+    rec = {**summary, "applied": False}
+    earlier = failure(results)  # the first BOLT stage that failed (the later ones only skipped)
+    if earlier is not None:
         rec.update(earlier)
+    elif "bolt-apply" in results:
+        rec.update(results["bolt-apply"].info.get("bolt", {}))
+    else:
+        rec["reason"] = "BOLT stages did not run"
+    verify = results.get("verify")
     if verify is not None and verify.info.get("bolt", {}).get("applied") is False:
         rec.update(verify.info["bolt"])
     if rec.get("applied"):

@@ -365,7 +365,7 @@ open(args[args.index("-o") + 1], "w").write("merged")
 """
 
 
-def _fake_setup(tmp_path: Path, mode: str):
+def _fake_setup(tmp_path: Path, mode: str, train_fails: bool = False):
     if shutil.which("objcopy") is None:
         pytest.skip("objcopy (binutils) is needed to fake a BOLT output")
     tools = {}
@@ -383,6 +383,8 @@ def _fake_setup(tmp_path: Path, mode: str):
     work = tmp_path / "bolt"
 
     def train(python, venv_dir, env, wrap):
+        if train_fails:
+            return [stages.Cmd(("sh", "-c", "echo workload crashed; exit 3"), nice=False)]
         return [stages.Call("a process writes its profile",
                             lambda ctx: (work / "fdata" / "prof.fdata.1.fdata").write_text("1 f 0 1 f 4 0 9\n"))]
     prof = profile.load("workload-pgo-lto-bolt", environ={})
@@ -446,3 +448,14 @@ def test_bolt_without_pgo_trains_on_the_profiles_tasks(tmp_path: Path) -> None:
     assert "train" not in st and "bolt-train" in st
     obuild = tmp_path / "build" / "cpython-3.11.2-lto-plain"
     assert st["bolt-train"].actions[1].what.startswith(f"{obuild}/python-bolt-instrumented -m test --pgo")
+
+
+def test_a_failure_in_training_skips_the_later_bolt_stages(tmp_path: Path) -> None:
+    bp, verify, tgt, pgo_bytes = _fake_setup(tmp_path, "ok", train_fails=True)
+    ex = stages.execute(stages.BuildPlan("t", (*bp.stages, verify), (), {}), tmp_path / "s", tmp_path / "l",
+                        live=False)
+    assert ex.results["bolt-merge"].info["bolt"] == {"applied": False, "skipped": True,
+                                                     "reason": "BOLT failed in bolt-train"}
+    assert not (tmp_path / "bolt" / "merged.fdata").exists() and tgt.path.read_bytes() == pgo_bytes
+    rec = bolt.outcome(ex.results, bp.summary)
+    assert rec["stage"] == "bolt-train" and "exit code 3" in rec["reason"] and "skipped" not in rec

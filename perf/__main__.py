@@ -1,4 +1,4 @@
-"""Command line of perf/: `python -m perf {bench,counters,attribute,guard,report}`; errors become exit codes."""
+"""Command line of perf/: `python -m perf {bench,counters,attribute,guard,report,tune-host}`; errors become exit codes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import catalog, guard, report, session
+from . import catalog, guard, report, session, tune
 from .errors import PerfError
 from .interpreters import resolve_all
 from .workspace import new_run_dir
@@ -18,8 +18,11 @@ console = Console(stderr=True, highlight=False)
 
 def _add_measure_args(p: argparse.ArgumentParser, default_stages: str | None) -> None:
     p.add_argument("--interp", action="append", required=True, metavar="SPEC",
-                   help="interpreter under test: NAME=PATH, a path, or a hostpgo build name; repeat; "
-                        "the first is the baseline")
+                   help="interpreter under test: NAME=PATH, a path, or a hostpgo build name, optionally "
+                        "followed by @SETTINGS (a host settings name under profiles/host/ or a .toml path: "
+                        "allocator preload and tunables, MindSpore launch/threads/affinity, GC policy), so one "
+                        "interpreter can be several subjects, e.g. --interp glibc=/usr/bin/python3.11 "
+                        "--interp je=/usr/bin/python3.11@jemalloc; repeat; the first is the baseline")
     p.add_argument("--workloads", default=",".join(catalog.QUICK_DEFAULT),
                    help=f"comma-separated targets (known: {', '.join(catalog.TARGETS)})")
     p.add_argument("--quick", action="store_true", help="fewer rounds, values and units (minutes, noisier)")
@@ -48,6 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measure_args(sub.add_parser("counters", help="instructions, misses and IPC per unit of work"), None)
     _add_measure_args(sub.add_parser("attribute", help="host time per shared object and hottest functions"), None)
     _add_measure_args(sub.add_parser("guard", help="pyperformance subset on every interpreter"), None)
+    tp = sub.add_parser("tune-host", help="search host settings (allocator x launch x threads/affinity x GC) for "
+                        "this machine within a budget; keeps the best as a settings file",
+                        description=tune.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tp.add_argument("--interp", required=True, metavar="SPEC", help="the interpreter (NAME=PATH, path or build name)")
+    tp.add_argument("--budget", required=True, type=float, metavar="SECONDS", help="wall-clock budget of the search")
+    tp.add_argument("--workloads", default=",".join(tune.DEFAULT_WORKLOADS),
+                    help="runtime workloads with golden digests (default: %(default)s)")
+    tp.add_argument("--space", default=None, help="search-space file (default: profiles/host/search/default.toml)")
+    tp.add_argument("--out", default=None, help="a new run name under $HOSTPGO_HOME/results (never overwritten)")
+    tp.add_argument("--full", action="store_true", help="default pyperf rounds instead of the quick ones")
+    tp.add_argument("--counts", action="store_true",
+                    help="where time is not significant, let cachegrind instruction counts decide the "
+                         "allocator and GC levers (slow under valgrind; only when the budget allows)")
+    tp.add_argument("--no-venv", action="store_true",
+                    help="run the interpreter as given (it must import pyperf, hostpgo and the runtime deps)")
     rp = sub.add_parser("report", help="regenerate report.md, comparison.json and plots from a run's JSON")
     rp.add_argument("run_dir", help="a run directory, or a run name under $HOSTPGO_HOME/results")
     return ap
@@ -74,7 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "report":
+        if args.command == "tune-host":
+            from .interpreters import parse_spec, resolve
+
+            interp = resolve(parse_spec(args.interp))
+            dest = tune.run(interp, budget_s=args.budget,
+                            workloads=[t.name for t in catalog.parse_targets(args.workloads)],
+                            space=Path(args.space) if args.space else None, out=args.out,
+                            use_venv=not args.no_venv, use_counts=args.counts, quick=not args.full,
+                            say=lambda m: console.print(m, markup=False), argv=("python", "-m", "perf", *argv))
+        elif args.command == "report":
             run_dir = Path(args.run_dir)
             if not run_dir.exists() and "/" not in args.run_dir:
                 run_dir = new_run_dir(args.run_dir)

@@ -82,9 +82,20 @@ def _interpreters_section(record: dict) -> list[str]:
                                        if linked is not None else "?"))
         rows.append([i["name"] + (" (baseline)" if i["name"] == record["baseline"] else ""), i["version"],
                      f"`{i['python']}`", i.get("origin", ""), i.get("manifest_digest", "none")[:12],
-                     i.get("exe_sha256", "")[:12], " ".join(flags) or "-"])
+                     i.get("exe_sha256", "")[:12], " ".join(flags) or "-", _host_cell(i)])
     return ["## Interpreters", ""] + _table(
-        ["name", "version", "python", "origin", "manifest sha256", "executable sha256", "build"], rows) + [""]
+        ["name", "version", "python", "origin", "manifest sha256", "executable sha256", "build", "host settings"],
+        rows) + [""]
+
+
+def _host_cell(interp: dict) -> str:
+    """The subject's host settings: name and the levers that differ from the defaults."""
+    hs = interp.get("host_settings")
+    if not hs:
+        return "-"
+    from runtime.hostenv import HostSettings
+
+    return f"`{hs.get('name', '?')}`: {HostSettings.from_json(hs).summary()}"
 
 
 def _latency_section(run_dir: Path, record: dict, out: dict) -> list[str]:
@@ -179,7 +190,49 @@ def _object_label(dso: str) -> str:
     return "CPython" if group_of(dso) == "CPython" else os.path.basename(dso)
 
 
-def _attribution_section(record: dict) -> list[str]:
+def _attribution_shift(att: dict, names: list[str], target: str, base: str, out: dict) -> list[str]:
+    """Host time per library group before (baseline) and after (each subject): share x median latency.
+
+    This is where a lever's gain came from: a group whose time per unit drops is the layer that got faster.
+    Needs the latency stage for the target; without it only the shares above are shown.
+    """
+    medians: dict[str, float] = {}
+    for comp in out.get("latency", []):
+        for r in comp["rows"]:
+            if r["name"] == target:
+                medians[comp["baseline"]] = r["base_median"]
+                medians[comp["changed"]] = r["changed_median"]
+    if base not in medians or not any(n in medians for n in names if n != base):
+        return []
+    others = [n for n in names if n != base and n in medians]
+    groups: list[str] = []
+    for n in [base] + others:
+        for g in att[n][target]["groups"]:
+            if g not in groups:
+                groups.append(g)
+    rows = []
+    for g in groups:
+        b = att[base][target]["groups"].get(g, 0.0) / 100 * medians[base]
+        row = [g, _fmt_time(b)]
+        for n in others:
+            c = att[n][target]["groups"].get(g, 0.0) / 100 * medians[n]
+            row += [_fmt_time(c), ("+" if c >= b else "-") + _fmt_time(abs(c - b))]
+        rows.append(row)
+    total = ["**total (median)**", _fmt_time(medians[base])]
+    for n in others:
+        total += [_fmt_time(medians[n]), ("+" if medians[n] >= medians[base] else "-")
+                  + _fmt_time(abs(medians[n] - medians[base]))]
+    rows.append(total)
+    headers = ["library", f"{base} per unit"]
+    for n in others:
+        headers += [f"{n} per unit", f"{n} change"]
+    out.setdefault("attribution_shift", {})[target] = {
+        n: {g: att[n][target]["groups"].get(g, 0.0) / 100 * medians[n] for g in groups} for n in [base] + others}
+    return ["Attribution shift (host time per unit and library: sampled share x latency median; "
+            "the rows that move show which layer each setting changed):", ""] + _table(headers, rows) + [""]
+
+
+def _attribution_section(record: dict, out: dict | None = None) -> list[str]:
     att = record.get("attribution")
     if not att:
         return []
@@ -195,6 +248,8 @@ def _attribution_section(record: dict) -> list[str]:
                     groups.append(g)
         rows = [[g] + [f"{att[n][target]['groups'].get(g, 0.0):.1f}%" for n in names] for g in groups]
         lines += [f"### {target}", ""] + _table(["library"] + names, rows) + [""]
+        if record["baseline"] in names:
+            lines += _attribution_shift(att, names, target, record["baseline"], out if out is not None else {})
         dso_rows = []
         dsos: list[str] = []
         for n in names:
@@ -304,7 +359,7 @@ def build(run_dir: Path) -> Path:
     lines += _interpreters_section(record)
     body = _latency_section(run_dir, record, out)
     body += _counters_section(run_dir, record, out)
-    body += _attribution_section(record)
+    body += _attribution_section(record, out)
     body += _guard_section(run_dir, record, out)
     lines += _headline(record, out) + body
     if record.get("notes"):

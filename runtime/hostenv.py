@@ -567,7 +567,7 @@ def process_env(settings: HostSettings, base: Mapping[str, str] | None = None, *
         have = base.get("LD_PRELOAD", "")
         delta["LD_PRELOAD"] = " ".join([str(lib)] + ([have] if have else []))
     delta.update(tunables_env(name, settings.allocator.tunables, base))
-    delta[ENV_SETTINGS] = json.dumps(settings.to_json(), separators=(",", ":"), sort_keys=True)
+    delta[ENV_SETTINGS] = json.dumps(settings.to_json(), separators=(",", ":"))
     return delta
 
 
@@ -593,10 +593,8 @@ def apply_mindspore(settings: HostSettings, ms) -> list[dict]:
         done.append(_call(f"mindspore.runtime.dispatch_threads_num({m.dispatch_threads})",
                           lambda: ms.runtime.dispatch_threads_num(m.dispatch_threads)))
     if m.op_threads is not None:
-        from mindspore.device_context.cpu import op_tuning
-
         done.append(_call(f"mindspore.device_context.cpu.op_tuning.threads_num({m.op_threads})",
-                          lambda: op_tuning.threads_num(m.op_threads)))
+                          lambda: ms.device_context.cpu.op_tuning.threads_num(m.op_threads)))
     if m.affinity:
         cpus = list(m.affinity_cpus) or None
         modules = {k: list(v) for k, v in m.affinity_modules} or None

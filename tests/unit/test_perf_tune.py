@@ -1,0 +1,208 @@
+"""tune-host: search space, planning within a budget, verdicts, combination, result files; host-settings subjects."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from perf import report, tune
+from perf.errors import SpecError
+from perf.interpreters import parse_spec, resolve
+from perf.tune import Candidate, Choice, Costs, Lever
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE = REPO / "tests" / "perf" / "fixtures" / "run-small"
+
+
+def levers():
+    return (
+        Lever("allocator", (Choice("glibc", ()), Choice("je", ("allocator.name=jemalloc",)),
+                            Choice("mi", ("allocator.name=mimalloc",)), Choice("tc", ("allocator.name=tcmalloc",))),
+              counts=True),
+        Lever("launch", (Choice("blocking", ()), Choice("pipelined", ("mindspore.launch=pipelined",)))),
+        Lever("gc", (Choice("default", ()), Choice("freeze", ("gc.freeze_after_warmup=true",))), counts=True),
+    )
+
+
+def test_default_space_loads_and_every_choice_resolves():
+    from runtime import hostenv
+
+    space = tune.load_space(tune.default_space_file())
+    assert [lv.name for lv in space] == ["allocator", "launch", "threads", "affinity", "gc"]
+    for lv in space:
+        assert lv.choices[0].sets == ()
+        for c in lv.choices:
+            hostenv.resolve(None, c.sets, env={})  # every override is a valid key and value
+    assert {lv.name for lv in space if lv.counts} == {"allocator", "gc"}
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[[lever]]\nname = 'x'\nchoices = [{label = 'a', set = ['gc.enabled=false']}]\n", "first choice is the default"),
+    ("[[lever]]\nname = 'x'\nweight = 1\nchoices = [{label = 'a'}]\n", "unknown key.*weight"),
+    ("levers = 1\n", "unknown key.*levers"),
+    ("", "no \\[\\[lever\\]\\]"),
+])
+def test_space_errors_name_the_file(tmp_path, text, match):
+    p = tmp_path / "space.toml"
+    p.write_text(text)
+    with pytest.raises(SpecError, match=match):
+        tune.load_space(p)
+
+
+def test_stage1_varies_one_lever_at_a_time():
+    cands = tune.stage1_candidates(levers())
+    assert cands[0] == Candidate("defaults", ())
+    assert [c.label for c in cands[1:]] == ["allocator=je", "allocator=mi", "allocator=tc", "launch=pipelined",
+                                            "gc=freeze"]
+    assert all(len(c.sets) == 1 for c in cands[1:])
+
+
+def costs():
+    return Costs({"decode-b1": 10.0, "serve-mixed": 10.0}, rounds=2)
+
+
+W = ("decode-b1", "serve-mixed")
+
+
+def test_cost_model():
+    c = costs()
+    assert c.golden(W) == 20
+    assert c.latency(3, W) == 2 * 10 * (3 * 2 + 1)
+
+
+def test_plan_keeps_everything_when_the_budget_allows():
+    plan = tune.plan_search(levers(), costs(), 10_000, W)
+    assert len(plan.stage1) == 6 and plan.dropped == () and plan.estimate_s <= 10_000
+    assert plan.strategy == tune.STRATEGY and plan.notes == ()
+
+
+def test_plan_drops_low_priority_choices_from_the_longest_lever_first():
+    full = tune.plan_search(levers(), costs(), 10_000, W).estimate_s
+    plan = tune.plan_search(levers(), costs(), full - 1, W)
+    assert [c.label for c in plan.dropped] == ["allocator=tc"]
+    assert plan.estimate_s <= full - 1 and "dropped 1" in plan.notes[0]
+    # time already spent counts against the budget
+    again = tune.plan_search(levers(), costs(), full, W, spent_s=1)
+    assert [c.label for c in again.dropped] == ["allocator=tc"]
+    # a tiny budget keeps only the defaults and says it is still over
+    tiny = tune.plan_search(levers(), costs(), 1, W)
+    assert [c.label for c in tiny.stage1] == ["defaults"] and "over" in tiny.notes[-1]
+
+
+def test_plan_is_pure():
+    assert tune.plan_search(levers(), costs(), 700, W) == tune.plan_search(levers(), costs(), 700, W)
+
+
+def rows(*pairs):
+    return [{"name": n, "ratio": r, "significant": s} for n, r, s in pairs]
+
+
+def test_judge_time_decides_when_significant():
+    v = tune.judge("a", rows(("decode-b1", 0.8, True), ("serve-mixed", 0.95, False)))
+    assert v.wins and v.metric == "time" and v.geomean_ratio == pytest.approx((0.8 * 0.95) ** 0.5)
+    v = tune.judge("b", rows(("decode-b1", 0.7, True), ("serve-mixed", 1.2, True)))
+    assert not v.wins and "slower on serve-mixed" in v.reason
+
+
+def test_judge_instructions_decide_when_time_is_not_significant():
+    r = rows(("decode-b1", 0.99, False))
+    assert tune.judge("a", r).metric == "none" and not tune.judge("a", r).wins
+    v = tune.judge("a", r, count_ratio=0.95)
+    assert v.wins and v.metric == "instructions"
+    v = tune.judge("a", r, count_ratio=0.995)
+    assert not v.wins and v.metric == "instructions"
+
+
+def test_combine_winners_in_lever_order():
+    w = {"gc": Candidate("gc=freeze", ("gc.freeze_after_warmup=true",), "gc", "freeze")}
+    assert tune.combine(levers(), w) is None
+    w["allocator"] = Candidate("allocator=je", ("allocator.name=jemalloc",), "allocator", "je")
+    c = tune.combine(levers(), w)
+    assert c.label == "combined:allocator=je+gc=freeze"
+    assert c.sets == ("allocator.name=jemalloc", "gc.freeze_after_warmup=true")
+
+
+def test_results_are_never_overwritten(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOSTPGO_HOME", str(tmp_path))
+    d = tune.new_tune_dir("t1")
+    d.mkdir(parents=True)
+    (d / "tune.json").write_text("{}")
+    with pytest.raises(SpecError, match="never overwrites"):
+        tune.new_tune_dir("t1")
+    p = tmp_path / "best.toml"
+    assert tune.unique_path(p) == p
+    p.write_text("")
+    assert tune.unique_path(p) == tmp_path / "best-2.toml"
+
+
+def test_render_lists_every_candidate_and_the_choice():
+    record = {
+        "run": "t", "strategy": tune.STRATEGY, "interpreter": {"python": "/usr/bin/python3.11"},
+        "workloads": ["decode-b1"], "budget_s": 600, "spent_s": 300, "command": ["python", "-m", "perf"],
+        "plan": {"estimate_s": 500, "stage2_reserve_s": 100, "dropped": ["allocator=tc"]},
+        "candidates": {
+            "defaults": {"golden": {"ok": True}},
+            "allocator=je": {"golden": {"ok": True},
+                             "verdict": {"per_workload": {"decode-b1": {"ratio": 0.8, "significant": True}},
+                                         "geomean_ratio": 0.8, "wins": True, "metric": "time", "reason": "faster"}},
+            "threads=x": {"golden": {"ok": False, "error": "dispatch_threads_num failed"}},
+        },
+        "best": {"label": "allocator=je", "summary": "allocator.name=jemalloc", "geomean_ratio": 0.8,
+                 "decided_by": "time", "file": "/r/best-host.toml", "copy": "/h/best.toml"},
+    }
+    text = tune.render(record)
+    assert "one lever at a time" in text and "dropped to fit: allocator=tc" in text
+    assert "| `allocator=je` | ok | 0.800 | 0.800 | time | **wins**: faster |" in text
+    assert "FAILED: dispatch_threads_num failed" in text and "**Kept:** `allocator=je`" in text
+
+
+# ----------------------------------------------------------------------- subjects with host settings
+
+
+def test_interp_spec_with_host_settings():
+    s = parse_spec("je=/usr/bin/python3.11@jemalloc")
+    assert (s.name, s.target, s.host) == ("je", "/usr/bin/python3.11", "jemalloc")
+    s = parse_spec("/usr/bin/python3.11@profiles/host/gc-freeze.toml")
+    assert (s.name, s.target, s.host) == (None, "/usr/bin/python3.11", "profiles/host/gc-freeze.toml")
+    assert parse_spec("baseline").host is None
+    with pytest.raises(SpecError, match="after '@' are empty"):
+        parse_spec("x=/usr/bin/python3@")
+
+
+def test_resolve_subject_records_settings_and_environment():
+    i = resolve(parse_spec(f"{sys.executable}@gc-freeze"))
+    assert i.name.endswith("_gc-freeze") and i.host_name == "gc-freeze"
+    env = dict(i.host_env)
+    assert json.loads(env["HOSTPGO_HOST_SETTINGS"])["gc"]["freeze_after_warmup"] is True
+    assert type(i).from_json(json.loads(json.dumps(i.to_json()))) == i
+    with pytest.raises(SpecError, match="no host settings named 'nope'"):
+        resolve(parse_spec(f"x={sys.executable}@nope"))
+
+
+# ----------------------------------------------------------------------------------- report
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    dest = tmp_path / "run-small"
+    shutil.copytree(FIXTURE, dest)
+    return dest
+
+
+def test_report_shows_host_settings_and_the_attribution_shift(run_dir):
+    from runtime import hostenv
+
+    rec = json.loads((run_dir / "run.json").read_text())
+    rec["interpreters"][1]["host_settings"] = hostenv.resolve("jemalloc", env={}).to_json()
+    (run_dir / "run.json").write_text(json.dumps(rec))
+    text = report.build(run_dir).read_text()
+    assert "| host settings |" in text and "`jemalloc`: allocator.name=jemalloc" in text
+    assert "Attribution shift" in text and "**total (median)**" in text
+    comp = json.loads((run_dir / report.COMPARISON).read_text())
+    shift = comp["attribution_shift"]
+    target = next(iter(shift))
+    base_total = sum(shift[target]["base"].values())
+    lat = next(r for r in comp["latency"][0]["rows"] if r["name"] == target)
+    assert base_total == pytest.approx(lat["base_median"] * sum(rec["attribution"]["base"][target]["groups"].values()) / 100)

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--space", default=None, help="search-space file (default: profiles/host/search/default.toml)")
     tp.add_argument("--out", default=None, help="a new run name under $HOSTPGO_HOME/results (never overwritten)")
     tp.add_argument("--full", action="store_true", help="default pyperf rounds instead of the quick ones")
+    tp.add_argument("--rounds", type=int, default=None,
+                    help="interleaved pyperf rounds per candidate (default: 4, or 6 with --full)")
     tp.add_argument("--counts", action="store_true",
                     help="where time is not significant, let cachegrind instruction counts decide the "
                          "allocator and GC levers (slow under valgrind; only when the budget allows)")
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             dest = tune.run(interp, budget_s=args.budget,
                             workloads=[t.name for t in catalog.parse_targets(args.workloads)],
                             space=Path(args.space) if args.space else None, out=args.out,
-                            use_venv=not args.no_venv, use_counts=args.counts, quick=not args.full,
+                            use_venv=not args.no_venv, use_counts=args.counts, quick=not args.full, rounds=args.rounds,
                             say=lambda m: console.print(m, markup=False), argv=("python", "-m", "perf", *argv))
         elif args.command == "report":
             run_dir = Path(args.run_dir)

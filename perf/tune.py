@@ -338,7 +338,7 @@ class _Run:
 
 def run(interp: Interpreter, *, budget_s: float, workloads: Sequence[str] = DEFAULT_WORKLOADS,
         space: Path | None = None, out: str | None = None, use_venv: bool = True, use_counts: bool = False,
-        quick: bool = True, say: Callable[[str], None] = print, argv: Sequence[str] = ()) -> Path:
+        quick: bool = True, rounds: int | None = None, say: Callable[[str], None] = print, argv: Sequence[str] = ()) -> Path:
     """Golden-check, measure and choose; returns the path of best-host.toml."""
     levers = load_space(space or default_space_file())
     targets = [TARGETS[w] for w in workloads]
@@ -374,7 +374,7 @@ def run(interp: Interpreter, *, budget_s: float, workloads: Sequence[str] = DEFA
     if not g["ok"]:
         save()
         raise ResultsError(f"the defaults fail their golden check: {g.get('error')}")
-    rounds = latency.LatencySettings.quick().rounds if quick else latency.LatencySettings().rounds
+    rounds = rounds or (latency.LatencySettings.quick().rounds if quick else latency.LatencySettings().rounds)
     costs = Costs({w: g["workloads"][w]["seconds"] for w in workloads}, rounds=rounds)
     plan = plan_search(levers, costs, budget_s, workloads, spent_s=r.spent())
     record["plan"] = {"estimate_s": round(plan.estimate_s), "stage2_reserve_s": round(plan.stage2_reserve_s),

@@ -21,6 +21,7 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("CPython", r"^(python\d(\.\d+)?[a-z]*|libpython.*)$"),
     ("MindSpore", r"mindspore|_c_expression|_ms_|libdnnl|libakg"),
     ("Ray", r"_raylet|libray|libcore_worker"),
+    ("allocator", r"^lib(jemalloc|mimalloc|tcmalloc)"),  # a preloaded or linked malloc (glibc's stays in libc)
     ("libc", r"^(libc\.so|libc-|ld-linux|libm\.so|libpthread|\[vdso\])"),
     ("C++ runtime", r"^(libstdc\+\+|libgcc_s|libgomp)"),
     ("numpy", r"_multiarray|_umath|libopenblas|libscipy_openblas"),

@@ -435,7 +435,7 @@ def run(interp: Interpreter, *, budget_s: float, workloads: Sequence[str] = DEFA
     best: Candidate = defaults
     best_ratio: float | None = 1.0
     best_rows: list = []
-    decided = "time"
+    decided = "none"
     if winners:
         single = min(best_by_lever.values(), key=lambda sv: sv[0])
         best, best_ratio = single[1], single[0]

@@ -206,3 +206,11 @@ def test_report_shows_host_settings_and_the_attribution_shift(run_dir):
     base_total = sum(shift[target]["base"].values())
     lat = next(r for r in comp["latency"][0]["rows"] if r["name"] == target)
     assert base_total == pytest.approx(lat["base_median"] * sum(rec["attribution"]["base"][target]["groups"].values()) / 100)
+
+
+def test_preloaded_allocators_have_their_own_attribution_group():
+    from perf.attribute import group_of
+
+    for lib in ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "libmimalloc.so.2.0", "libtcmalloc_minimal.so.4.5.10"):
+        assert group_of(lib) == "allocator"
+    assert group_of("/lib/x86_64-linux-gnu/libc.so.6") == "libc"

@@ -214,3 +214,34 @@ def test_preloaded_allocators_have_their_own_attribution_group():
     for lib in ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "libmimalloc.so.2.0", "libtcmalloc_minimal.so.4.5.10"):
         assert group_of(lib) == "allocator"
     assert group_of("/lib/x86_64-linux-gnu/libc.so.6") == "libc"
+
+
+PROVIDER = '''
+import os, pathlib, sys
+sys.path.insert(0, {fake!r})
+from fake_workloads import open_workload as _open
+
+def open_workload(name, checkpoint=None, seed=0):
+    settings = os.environ.get("HOSTPGO_HOST_SETTINGS", "none")
+    pathlib.Path({seen!r}, settings + "-" + str(os.getpid())).write_text(os.environ.get("LD_PRELOAD", ""))
+    return _open(name, checkpoint, seed)
+'''
+
+
+def test_each_subject_runs_under_its_own_environment(tmp_path):
+    """Two subjects of one interpreter: each pyperf process (and worker) sees its own host environment."""
+    import pyperf
+
+    from perf import latency
+
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    (tmp_path / "envprobe.py").write_text(PROVIDER.format(fake=str(REPO / "tests" / "perf"), seen=str(seen)))
+    subjects = [latency.Subject("plain", Path(sys.executable), {}, {"HOSTPGO_HOST_SETTINGS": "a"}),
+                latency.Subject("other", Path(sys.executable), {}, {"HOSTPGO_HOST_SETTINGS": "b"})]
+    tiny = latency.LatencySettings(rounds=2, values=2, warmups=1, min_time=0.005, timeout=120)
+    rec = latency.run_interleaved(subjects, [tune.TARGETS["decode-b1"]], tmp_path / "lat", tiny,
+                                  provider="envprobe", env={"PYTHONPATH": str(tmp_path)})
+    names = {p.name.split("-")[0] for p in seen.iterdir()}
+    assert names == {"a", "b"}
+    assert pyperf.BenchmarkSuite.load(str(tmp_path / rec["files"]["other"])).get_benchmark("decode-b1").get_nvalue() == 4

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "allocator and GC levers (slow under valgrind; only when the budget allows)")
     tp.add_argument("--no-venv", action="store_true",
                     help="run the interpreter as given (it must import pyperf, hostpgo and the runtime deps)")
+    tp.add_argument("--dry-run", action="store_true",
+                    help="print the plan for an assumed 8 s per workload process and run nothing")
     rp = sub.add_parser("report", help="regenerate report.md, comparison.json and plots from a run's JSON")
     rp.add_argument("run_dir", help="a run directory, or a run name under $HOSTPGO_HOME/results")
     return ap
@@ -94,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "tune-host" and args.dry_run:
+            for line in tune.dry_run(budget_s=args.budget, space=Path(args.space) if args.space else None,
+                                     workloads=[t.name for t in catalog.parse_targets(args.workloads)],
+                                     rounds=args.rounds or (6 if args.full else 4)):
+                print(line)
+            return 0
         if args.command == "tune-host":
             from .interpreters import parse_spec, resolve
 

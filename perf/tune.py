@@ -19,7 +19,8 @@ Strategy (the only one, and the output says so): one lever at a time, then the w
    best single winner is kept.
 
 When the estimate exceeds the budget, choices are dropped from the end of the longest lever's list (the
-search file orders them by priority) until it fits; dropped candidates are listed. Results go to a new run
+search file orders levers and choices by priority; on a tie the later lever loses one) until it fits, so every
+lever keeps its first alternative as long as possible; dropped candidates are listed. Results go to a new run
 directory (an existing one is never overwritten): tune.json, tune.md, the pyperf JSON of each stage, and
 best-host.toml (a host settings file with its measured gain in its header), also copied to
 `$HOSTPGO_HOME/host/best-<host>-<run>.toml`.
@@ -177,7 +178,7 @@ def plan_search(levers: Sequence[Lever], costs: Costs, budget_s: float, workload
         return costs.golden(workloads) * (n - 1) + costs.latency(n, workloads) + reserve
 
     while estimate() > left and any(kept):
-        i = max(range(len(kept)), key=lambda j: (len(kept[j]), -j))
+        i = max(range(len(kept)), key=lambda j: (len(kept[j]), j))  # ties: the later (lower-priority) lever
         c = kept[i].pop()
         dropped.append(Candidate(f"{levers[i].name}={c.label}", c.sets, levers[i].name, c.label))
     notes = []
@@ -229,6 +230,18 @@ def combine(levers: Sequence[Lever], winners: Mapping[str, Candidate]) -> Candid
     if len(chosen) < 2:
         return None
     return Candidate("combined:" + "+".join(c.label for c in chosen), tuple(s for c in chosen for s in c.sets))
+
+
+def describe(plan: SearchPlan, costs: Costs) -> list[str]:
+    """The plan as lines for the terminal (also what --dry-run prints)."""
+    lines = [f"strategy: {plan.strategy}",
+             f"costs: one workload process {', '.join(f'{w} {s:.1f}s' for w, s in costs.golden_s.items())}; "
+             f"{costs.rounds} interleaved round(s)",
+             f"stage 1: {len(plan.stage1)} candidates: {', '.join(c.label for c in plan.stage1)}",
+             f"estimate {plan.estimate_s:.0f}s (stage-2 reserve {plan.stage2_reserve_s:.0f}s) of a "
+             f"{plan.budget_s:.0f}s budget"]
+    lines += [f"dropped: {', '.join(c.label for c in plan.dropped)}"] if plan.dropped else []
+    return lines + list(plan.notes)
 
 
 def new_tune_dir(out: str | None) -> Path:
@@ -336,6 +349,13 @@ class _Run:
         return float(m["per_unit"]["instructions"])
 
 
+def dry_run(*, budget_s: float, workloads: Sequence[str] = DEFAULT_WORKLOADS, space: Path | None = None,
+            rounds: int = 4, process_s: float = 8.0) -> list[str]:
+    """The plan for an assumed workload-process time (the real run measures it first); runs nothing."""
+    costs = Costs({w: process_s for w in workloads}, rounds=rounds)
+    return describe(plan_search(load_space(space or default_space_file()), costs, budget_s, workloads), costs)
+
+
 def run(interp: Interpreter, *, budget_s: float, workloads: Sequence[str] = DEFAULT_WORKLOADS,
         space: Path | None = None, out: str | None = None, use_venv: bool = True, use_counts: bool = False,
         quick: bool = True, rounds: int | None = None, say: Callable[[str], None] = print, argv: Sequence[str] = ()) -> Path:
@@ -380,12 +400,8 @@ def run(interp: Interpreter, *, budget_s: float, workloads: Sequence[str] = DEFA
     record["plan"] = {"estimate_s": round(plan.estimate_s), "stage2_reserve_s": round(plan.stage2_reserve_s),
                       "costs": asdict(costs), "stage1": [c.label for c in plan.stage1],
                       "dropped": [c.label for c in plan.dropped], "notes": list(plan.notes)}
-    say(f"plan: {len(plan.stage1)} stage-1 candidates, estimate {plan.estimate_s:.0f}s of {budget_s:.0f}s "
-        f"(golden run {', '.join(f'{w} {s:.1f}s' for w, s in costs.golden_s.items())})")
-    for n in plan.notes:
-        say("  " + n)
-    if plan.dropped:
-        say("  dropped: " + ", ".join(c.label for c in plan.dropped))
+    for line in describe(plan, costs)[1:]:
+        say("plan: " + line)
     save()
 
     alive = [defaults]

@@ -91,6 +91,19 @@ def test_plan_drops_low_priority_choices_from_the_longest_lever_first():
     assert [c.label for c in tiny.stage1] == ["defaults"] and "over" in tiny.notes[-1]
 
 
+def test_plan_ties_cost_the_later_lever_and_every_lever_keeps_one_choice_longest():
+    lv = levers()
+    both = (Lever("a", (Choice("d", ()), Choice("a1", ("gc.enabled=false",)), Choice("a2", ("gc.enabled=false",)))),
+            Lever("b", (Choice("d", ()), Choice("b1", ("gc.enabled=false",)), Choice("b2", ("gc.enabled=false",)))))
+    full = tune.plan_search(both, costs(), 10_000, W).estimate_s
+    plan = tune.plan_search(both, costs(), full - 1, W)
+    assert [c.label for c in plan.dropped] == ["b=b2"]
+    # squeezed: each lever keeps its first alternative before any lever loses its last one
+    squeezed = tune.plan_search(lv, costs(), tune.plan_search(lv, costs(), 10_000, W).estimate_s * 0.8, W)
+    kept = {c.lever for c in squeezed.stage1[1:]}
+    assert kept == {"allocator", "launch", "gc"} and [c.label for c in squeezed.stage1[1:]][0] == "allocator=je"
+
+
 def test_plan_is_pure():
     assert tune.plan_search(levers(), costs(), 700, W) == tune.plan_search(levers(), costs(), 700, W)
 

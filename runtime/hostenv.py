@@ -639,12 +639,13 @@ def after_warmup(settings: HostSettings) -> dict:
 def observe() -> dict:
     """What the process actually runs with: allocator libraries mapped, preload, threads and their CPUs."""
     mapped: set[str] = set()
+    stems = tuple(s.split(".so")[0] + ".so" for a in ALLOCATORS.values() for s in a.sonames)
     try:
         with open("/proc/self/maps") as fh:
             for line in fh:
-                path = line.split()[-1] if line.count(" ") >= 5 else ""
-                base = os.path.basename(path)
-                if any(base.startswith(s.split(".so")[0] + ".so") for a in ALLOCATORS.values() for s in a.sonames):
+                fields = line.split(maxsplit=5)
+                path = fields[5].strip() if len(fields) == 6 else ""
+                if os.path.basename(path).startswith(stems):
                     mapped.add(path)
     except OSError:
         pass

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import bolt as boltmod
+from . import allocator as alloc_mod
 from . import flags as flagmod
 from . import manifest, sources, training
 from .errors import HostpgoError
@@ -93,6 +94,8 @@ class Inputs:
     compiler_notes: tuple[str, ...] = ()
     profile_data: Path | None = None
     """Reuse merged profile data (a .profdata file, or a GCC .gcda tree) instead of training."""
+    allocator: alloc_mod.Allocator | None = None
+    """The allocator found on this host for optimize.allocator (None: glibc, nothing linked)."""
     bolt_sampling: boltmod.Sampling | None = None
     """Whether perf can sample branch stacks here (BOLT profiles only); None: probed when planning."""
 
@@ -214,7 +217,8 @@ def plan(inp: Inputs) -> BuildPlan:
         raw_dir = work.pgo / build_id / "raw"
         rf = flagmod.resolve(p, comp, host, variant, build_dir=str(build_dir),
                              raw_pattern=str(raw_dir / "cpython-%p-%m.profraw"), raw_dir=str(raw_dir),
-                             profdata=profdata)
+                             profdata=profdata,
+                             allocator_flags=alloc_mod.link_flags(inp.allocator) if inp.allocator else ())
         # --- BOLT (optimize.bolt only): the optimized build keeps its relocations for BOLT.
         if p.optimize.bolt and variant != "instrumented":
             bc, bl = boltmod.build_flags("gcc" if comp.family == "gcc" else "clang")
@@ -445,6 +449,10 @@ def plan(inp: Inputs) -> BuildPlan:
     if p.verify.tests:
         verify_actions.append(Cmd((vpython, "-m", "test", f"-j{inp.jobs}", *p.verify.tests), env=venv_,
                                   cwd=obuild, timeout=p.verify.timeout))
+    if inp.allocator is not None and inp.allocator.library is not None:
+        # The allocator must really be in the process, not just named at link time.
+        verify_actions.append(Cmd((vpython, *alloc_mod.mapped_check(inp.allocator)), env=venv_, cwd=obuild,
+                                  timeout=120))
     wenv = {**venv_, **runtime_env, "PYTHONPATH": runtime_path}
     for name in p.verify.workloads:
         argv = [vpython, "-m", "runtime", "workload", name, "--json", "--check-golden"]

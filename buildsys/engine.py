@@ -13,7 +13,7 @@ from typing import Sequence
 
 from rich.console import Console
 
-from . import cpython, flags, patches, profile as profmod, sources, stages, toolchain, training
+from . import allocator, cpython, flags, patches, profile as profmod, sources, stages, toolchain, training
 from .errors import HostpgoError, ToolchainError
 from .paths import WorkArea
 from .runner import Runner
@@ -50,13 +50,23 @@ def prepare(profile_ref: str, *, overrides: Sequence[str] = (), jobs: int | None
             raise
         comp = hypothetical_compiler(prof.toolchain.family)
         notes = (f"no usable compiler: {e}",)
+    alloc = None
+    if prof.optimize.allocator != "glibc":
+        try:
+            alloc = allocator.find(prof.optimize.allocator, tcs.host)
+        except ToolchainError as e:
+            if not allow_missing_compiler:
+                raise
+            spec = allocator.table()[prof.optimize.allocator]
+            alloc = allocator.Allocator(spec.name, allocator.library_dirs(tcs.host)[0] / spec.sonames[0])
+            notes = (*notes, f"allocator not installed, planned as {alloc.library}: {e}")
     pin = sources.pinned("cpython")
     return cpython.Inputs(
         profile=prof, compiler=comp, host=tcs.host, work=work or WorkArea.from_env(), pin=pin,
         patches=patches.series("cpython", pin.version),
         tasks=training.resolve(prof.pgo.tasks) if prof.optimize.pgo == "on" else (),
         jobs=jobs or os.cpu_count() or 1, user_source=user_source, compiler_notes=notes,
-        profile_data=profile_data.resolve() if profile_data else None)
+        profile_data=profile_data.resolve() if profile_data else None, allocator=alloc)
 
 
 def build(inp: cpython.Inputs, *, console: Console | None = None, live: bool = True) -> stages.Execution:
@@ -72,17 +82,30 @@ def ensure_toolchain(profile_refs: Sequence[str], console: Console) -> toolchain
     if packages:
         missing.append(f"missing packages: {' '.join(packages)} (needed for the toolchains and for CPython's "
                        f"optional modules). Install them: {toolchain.install_hint(tcs.host)}")
+    alloc_packages = []
     for ref in profile_refs:
+        prof = profmod.load(ref)
         try:
-            flags.select_compiler(profmod.load(ref), tcs)
+            flags.select_compiler(prof, tcs)
         except ToolchainError as e:
             missing.append(str(e))
+        if prof.optimize.allocator != "glibc":
+            try:
+                allocator.find(prof.optimize.allocator, tcs.host, query_version=False)
+            except ToolchainError as e:
+                missing.append(str(e))
+                pkg = allocator.table()[prof.optimize.allocator].packages.get(allocator.family(tcs.host))
+                if pkg:
+                    alloc_packages.append(pkg)
     if not missing:
         return tcs
     if os.geteuid() == 0 and tcs.host.is_debian_like:
         console.print(f"[yellow]missing toolchain:[/] {missing[0]}\ninstalling: {toolchain.install_hint(tcs.host)}")
         work = WorkArea.from_env()
-        toolchain.install(tcs.host, Runner(work.logs / "toolchain-install.log"))
+        runner = Runner(work.logs / "toolchain-install.log")
+        toolchain.install(tcs.host, runner)
+        if alloc_packages:
+            runner.run(["apt-get", "install", "-y", *alloc_packages], timeout=1800)
         tcs = toolchain.detect()
         for ref in profile_refs:
             flags.select_compiler(profmod.load(ref), tcs)

@@ -116,8 +116,12 @@ def arch_flags(arch: str, host: Host) -> tuple[tuple[str, ...], str | None]:
 
 def resolve(profile: Profile, comp: Compiler, host: Host, variant: str, *, build_dir: str = "{build_dir}",
             raw_pattern: str = "{raw_pattern}", raw_dir: str = "{raw_dir}",
-            profdata: str = "{profdata}") -> ResolvedFlags:
-    """Pure: the flags for `variant` (plain, instrumented, optimized) of a profile on a compiler."""
+            profdata: str = "{profdata}", allocator_flags: tuple[str, ...] = ()) -> ResolvedFlags:
+    """Pure: the flags for `variant` (plain, instrumented, optimized) of a profile on a compiler.
+
+    `allocator_flags` are the link flags of the allocator found on this host (buildsys.allocator);
+    every variant links it, so training runs with the allocator the optimized build will use.
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown build variant {variant!r}; allowed: {', '.join(VARIANTS)}")
     o = profile.optimize
@@ -164,6 +168,7 @@ def resolve(profile: Profile, comp: Compiler, host: Host, variant: str, *, build
         else:
             notes.append(f"left out bisheng.options {list(profile.bisheng.options)}: they are BiSheng-only and "
                          f"the detected compiler is {comp.family} ({comp.version_text})")
+    ldflags.extend(Flag(v, f"optimize.allocator = {o.allocator!r} (linked ahead of libc)") for v in allocator_flags)
     cflags.extend(Flag(v, "flags.cflags") for v in profile.flags.cflags)
     ldflags.extend(Flag(v, "flags.ldflags") for v in profile.flags.ldflags)
     tools = {"CC": comp.cc}

@@ -84,6 +84,7 @@ def build(execution: "Execution", inp: "Inputs", prefix: Path, tasks: list[dict[
         "training": [] if instrumented else tasks,
         "profile_data": profile_data,
         "workload_runs": checks,
+        "allocator": inp.allocator.to_json() if inp.allocator else {"name": "glibc", "library": ""},
         "stages": {n: {"seconds": round(res[n].seconds, 1), "skipped": res[n].skipped, "key": res[n].key,
                        **{k: res[n].info[k] for k in ("nonzero_exits", "retried") if res[n].info.get(k)}}
                    for n in stage_names if n in res},

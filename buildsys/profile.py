@@ -52,6 +52,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       allowed=(True, False)),
         "semantic_interposition": Key(bool, True, "allow symbol interposition; false adds "
                                       "-fno-semantic-interposition", allowed=(True, False)),
+        "allocator": Key(str, "glibc", "memory allocator the interpreter is linked against, ahead of the C "
+                         "library, so it serves every library in the process (MindSpore's too): glibc "
+                         "(nothing linked), jemalloc, mimalloc or tcmalloc (buildsys/allocators.toml)",
+                         allowed=("glibc", "jemalloc", "mimalloc", "tcmalloc")),
         "bolt": Key(bool, False, "BOLT post-link optimization of the built interpreter (or libpython where "
                     "shared): link with relocations, profile the [pgo] tasks, re-lay out the binary "
                     "([bolt] section)", allowed=(True, False)),
@@ -132,6 +136,8 @@ class Optimize:
     """--enable-shared (libpython.so) instead of a static libpython."""
     semantic_interposition: bool
     """False adds -fno-semantic-interposition."""
+    allocator: str
+    """glibc (nothing linked) or the allocator linked into the interpreter ahead of libc."""
     bolt: bool
     """BOLT stages after the optimized build (settings in [bolt])."""
 

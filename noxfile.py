@@ -54,6 +54,21 @@ def report(session: nox.Session) -> None:
     session.run("python", "-m", "perf", "report", *session.posargs)
 
 
+@nox.session(name="bolt-check", default=False)
+def bolt_check(session: nox.Session) -> None:
+    """Tell whether ELF files (e.g. MindSpore's or Ray's libraries) can be BOLT-optimized: `-- FILE...`."""
+    _install(session)
+    session.run("python", "-m", "buildsys", "bolt-check", *session.posargs)
+
+
+@nox.session(name="tune-host", default=False)
+def tune_host(session: nox.Session) -> None:
+    """Search allocator, launch mode, threads/affinity and GC settings for this machine:
+    `-- --interp PY --budget SECONDS [--workloads ...]`."""
+    _install(session, "perf")
+    session.run("python", "-m", "perf", "tune-host", *session.posargs)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Unit and integration tests (no full CPython build)."""

@@ -442,7 +442,7 @@ def guarded(stage: str, tgt: Target, actions: Iterable[Cmd | Call]) -> tuple[Cal
                 return
             try:
                 run_action(ctx, action)
-            except HostpgoError as e:
+            except (HostpgoError, OSError) as e:  # a failed tool, or a file that could not be copied
                 restore(tgt)
                 reason = str(e)
                 ctx.info["bolt"] = {"applied": False, "stage": stage, "reason": reason[:4000]}

@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("tune-host", help="search host settings (allocator x launch x threads/affinity x GC) for "
                         "this machine within a budget; keeps the best as a settings file",
                         description=tune.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    tp.add_argument("--interp", required=True, metavar="SPEC", help="the interpreter (NAME=PATH, path or build name)")
+    tp.add_argument("--interp", required=True, metavar="SPEC",
+                    help="the interpreter (NAME=PATH, path or build name); with @SETTINGS the candidates start "
+                         "from that settings file instead of the defaults")
     tp.add_argument("--budget", required=True, type=float, metavar="SECONDS", help="wall-clock budget of the search")
     tp.add_argument("--workloads", default=",".join(tune.DEFAULT_WORKLOADS),
                     help="runtime workloads with golden digests (default: %(default)s)")

@@ -275,6 +275,8 @@ class _Run:
     run_dir: Path
     log: Path
     say: Callable[[str], None]
+    base_settings: str | None = None
+    """Settings file the candidates start from (the `--interp ...@SETTINGS` given), None for the defaults."""
     started: float = field(default_factory=time.monotonic)
 
     def spent(self) -> float:
@@ -283,7 +285,7 @@ class _Run:
     def settings(self, cand: Candidate):
         from runtime import hostenv
 
-        s = hostenv.resolve(None, cand.sets, env={})
+        s = hostenv.resolve(self.base_settings, cand.sets, env={})
         return s
 
     def env(self, cand: Candidate) -> dict[str, str]:
@@ -377,10 +379,14 @@ def run(interp: Interpreter, *, budget_s: float, workloads: Sequence[str] = DEFA
     for k in ("PYTHONPATH",):
         if k in os.environ:
             base_env[k] = os.environ[k]
-    r = _Run(python, base_env, interp.allocators_linked, run_dir, log, say)
+    base_settings = (interp.host_settings or {}).get("source")
+    r = _Run(python, base_env, interp.allocators_linked, run_dir, log, say, base_settings)
+    if base_settings:
+        say(f"candidates start from {base_settings} (the settings given with --interp), not the defaults")
     record: dict = {"schema": TUNE_SCHEMA, "run": run_dir.name, "command": list(argv), "host": results.host_info(),
                     "interpreter": interp.to_json(), "python": str(python), "budget_s": budget_s,
-                    "workloads": list(workloads), "strategy": STRATEGY, "candidates": {}}
+                    "workloads": list(workloads), "strategy": STRATEGY, "base_settings": base_settings,
+                    "candidates": {}}
 
     def save() -> None:
         record["spent_s"] = round(r.spent(), 1)
@@ -481,7 +487,7 @@ def run(interp: Interpreter, *, budget_s: float, workloads: Sequence[str] = DEFA
 
     from runtime import hostenv
 
-    chosen = hostenv.resolve(None, best.sets, env={})
+    chosen = r.settings(best)
     gain = "no setting beat the defaults significantly; the defaults are kept" if best is defaults else \
         f"{1 / best_ratio:.3f}x faster (geometric mean of median step time over {', '.join(workloads)}; decided by {decided})"
     header = [f"hostpgo tune-host {run_dir.name}: best of {len(alive)} golden-clean candidates on {platform.node()}",

@@ -258,3 +258,56 @@ def test_each_subject_runs_under_its_own_environment(tmp_path):
     names = {p.name.split("-")[0] for p in seen.iterdir()}
     assert names == {"a", "b"}
     assert pyperf.BenchmarkSuite.load(str(tmp_path / rec["files"]["other"])).get_benchmark("decode-b1").get_nvalue() == 4
+
+
+def test_run_orchestrates_golden_stage1_stage2_and_keeps_the_best(tmp_path, monkeypatch):
+    """The executor with golden runs and measurements faked: what is dropped, combined, written and printed."""
+    from perf.interpreters import Interpreter
+    from runtime import hostenv
+
+    monkeypatch.setenv("HOSTPGO_HOME", str(tmp_path / "home"))
+    space = tmp_path / "space.toml"
+    space.write_text(
+        "[[lever]]\nname = 'allocator'\ncounts = true\nchoices = [{label = 'glibc', set = []}, "
+        "{label = 'je', set = ['allocator.name=jemalloc']}, {label = 'mi', set = ['allocator.name=mimalloc']}]\n"
+        "[[lever]]\nname = 'gc'\nchoices = [{label = 'default', set = []}, "
+        "{label = 'freeze', set = ['gc.freeze_after_warmup=true']}]\n"
+        "[[lever]]\nname = 'launch'\nchoices = [{label = 'blocking', set = []}, "
+        "{label = 'pipelined', set = ['mindspore.launch=pipelined']}]\n")
+    ratios = {"allocator=je": 0.8, "allocator=mi": 0.9, "gc=freeze": 0.97, "launch=pipelined": 1.5,
+              "combined:allocator=je+gc=freeze": 0.75}
+
+    def golden(self, cand, workloads):
+        if cand.label == "allocator=mi":
+            return {"ok": False, "error": "allocator 'mimalloc': install libmimalloc2.0", "workloads": {}}
+        return {"ok": True, "workloads": {w: {"seconds": 1.0, "golden_match": True} for w in workloads}}
+
+    def measure(self, cands, targets, name, settings):
+        return {"latency": {}, "comparisons": {c.label: [{"name": t.name, "ratio": ratios[c.label],
+                                                          "significant": True} for t in targets]
+                                               for c in cands[1:]}}
+
+    monkeypatch.setattr(tune._Run, "golden", golden)
+    monkeypatch.setattr(tune._Run, "measure", measure)
+    interp = Interpreter(name="py", python=sys.executable, version="3.11", implementation="cpython",
+                         cache_tag="cpython-311", exe_sha256="0" * 64)
+    said = []
+    dest = tune.run(interp, budget_s=10_000, workloads=("decode-b1",), space=space, out="t",
+                    use_venv=False, say=said.append)
+    text = dest.read_text()
+    assert dest.name == "best-host.toml" and text.startswith("# hostpgo tune-host t:")
+    best = hostenv.resolve(dest, env={})
+    assert best.allocator.name == "jemalloc" and best.gc.freeze_after_warmup and best.mindspore.launch == "blocking"
+    assert "1.333x faster" in text and "decided by time" in text
+    record = json.loads((dest.parent / "tune.json").read_text())
+    assert record["winners"] == {"allocator": "allocator=je", "gc": "gc=freeze"}
+    assert record["candidates"]["allocator=mi"]["golden"]["ok"] is False
+    assert record["best"]["label"] == "combined:allocator=je+gc=freeze"
+    copy = Path(record["best"]["copy"])
+    assert copy.read_text() == text and copy.parent == tmp_path / "home" / "host"
+    md = (dest.parent / "tune.md").read_text()
+    assert "install libmimalloc2.0" in md and "**Kept:** `combined:allocator=je+gc=freeze`" in md
+    assert any(line.startswith("strategy: one lever at a time") for line in said)
+    with pytest.raises(SpecError, match="never overwrites"):
+        tune.run(interp, budget_s=10_000, workloads=("decode-b1",), space=space, out="t", use_venv=False,
+                 say=said.append)

@@ -68,6 +68,16 @@ def test_rerun_of_a_run_keeps_measured_stages_unless_redo(tmp_path):
     assert (out / "latency" / "b.json").stat().st_mtime_ns != first
 
 
+def test_counter_runs_go_in_parallel_and_count_exactly(tmp_path):
+    out = tmp_path / "run"
+    assert main(["bench", "--interp", f"a={sys.executable}", "--interp", f"b={sys.executable}",
+                 "--workloads", "pure-dispatch", "--no-venv", "--quick", "--stages", "counters",
+                 "--backend", "cachegrind", "--out", str(out)]) == 0
+    res = json.loads((out / "run.json").read_text())["counters"]["results"]
+    assert list(res) == ["a", "b"]  # in interpreter order whatever finished first
+    assert res["a"]["pure-dispatch"]["totals"] == res["b"]["pure-dispatch"]["totals"]
+
+
 @pytest.mark.parametrize("argv,code", [
     (["bench", "--interp", "=x"], 2),
     (["bench", "--interp", "/no/such/python"], 2),

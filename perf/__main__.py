@@ -32,6 +32,8 @@ def _add_measure_args(p: argparse.ArgumentParser, default_stages: str | None) ->
                         "(each must import pyperf and hostpgo)")
     p.add_argument("--backend", default="auto", choices=("auto", "perf-stat", "cachegrind"),
                    help="counter backend (auto: perf stat where hardware counters exist, else cachegrind)")
+    p.add_argument("--guard-fast", action="store_true",
+                   help="pyperformance --fast for the guard (the other stages keep their full settings)")
     p.add_argument("--guard-benchmarks", default=None,
                    help=f"pyperformance subset (default: {','.join(guard.DEFAULT_SUBSET)})")
     p.add_argument("--redo", action="store_true",
@@ -90,6 +92,7 @@ def _plan(args: argparse.Namespace, argv: list[str]) -> session.Plan:
         guard_benchmarks=guard.parse_subset(args.guard_benchmarks),
         provider=args.provider,
         redo=args.redo,
+        guard_fast=args.guard_fast,
         argv=("python", "-m", "perf", *argv),
     )
 

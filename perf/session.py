@@ -39,6 +39,8 @@ class Plan:
     """Extra environment for every benchmark process (also inherited by pyperf workers)."""
     argv: tuple[str, ...] = ()
     redo: bool = False
+    guard_fast: bool = False
+    """pyperformance --fast for the guard without shortening the other stages."""
     """Measure stages again even when a resumed run already holds them."""
 
 
@@ -87,7 +89,7 @@ def _ran(record: dict, plan: Plan, stage: str) -> None:
 def _signature(plan: Plan, stage: str) -> dict:
     """What a stage's results depend on besides the interpreters (which a resumed run must match)."""
     if stage == "guard":
-        return {"benchmarks": list(plan.guard_benchmarks), "quick": plan.quick}
+        return {"benchmarks": list(plan.guard_benchmarks), "quick": plan.quick or plan.guard_fast}
     return {"targets": sorted(t.name for t in plan.targets), "quick": plan.quick}
 
 
@@ -152,8 +154,9 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         per: dict[str, dict] = {i.name: {} for i in plan.interpreters}
         lock = threading.Lock()
         jobs = []
-        for interp in plan.interpreters:
-            for t in targets:
+        # Target-major order: a stage cut short still compares every interpreter on the first targets.
+        for t in targets:
+            for interp in plan.interpreters:
                 lo, hi = t.count_units
                 units = [lo, (lo + hi) // 2] if plan.quick else [lo, hi]
                 have = kept.get(interp.name, {}).get(t.name)
@@ -180,7 +183,9 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs) or 1))) as pool:
             for fut in [pool.submit(count, j) for j in jobs]:
                 fut.result()
-        ordered = {i.name: {t.name: per[i.name][t.name] for t in targets} for i in plan.interpreters}
+        # Pairs of targets this command did not ask for stay, so counts can be added target by target.
+        ordered = {i.name: {**{n: m for n, m in kept.get(i.name, {}).items() if n not in per[i.name]},
+                            **{t.name: per[i.name][t.name] for t in targets}} for i in plan.interpreters}
         record["counters"] = {"backend": backend.name, "reason": backend.reason, "config": backend.config,
                               "results": ordered}
         _ran(record, plan, "counters")
@@ -206,7 +211,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         say(f"guard: pyperformance {','.join(plan.guard_benchmarks)}")
         subjects3 = [(i.name, pythons[i.name], stamps[i.name]) for i in plan.interpreters]
         record["guard"] = guard.run_guard(subjects3, plan.guard_benchmarks, run_dir / "pyperformance",
-                                          fast=plan.quick, log=log, progress=lambda m: say("  " + m))
+                                          fast=plan.quick or plan.guard_fast, log=log, progress=lambda m: say("  " + m))
         _ran(record, plan, "guard")
         results.save(run_dir, record)
 

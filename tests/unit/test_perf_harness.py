@@ -75,7 +75,9 @@ def test_counter_runs_go_in_parallel_and_count_exactly(tmp_path):
                  "--backend", "cachegrind", "--out", str(out)]) == 0
     res = json.loads((out / "run.json").read_text())["counters"]["results"]
     assert list(res) == ["a", "b"]  # in interpreter order whatever finished first
-    assert res["a"]["pure-dispatch"]["totals"] == res["b"]["pure-dispatch"]["totals"]
+    # Start-up differs by a few instructions (the subject's name is in its paths); the per-unit cost,
+    # the difference of two runs, is exact even with another valgrind on the other core.
+    assert res["a"]["pure-dispatch"]["per_unit"]["instructions"] == res["b"]["pure-dispatch"]["per_unit"]["instructions"]
 
 
 @pytest.mark.parametrize("argv,code", [

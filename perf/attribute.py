@@ -106,6 +106,11 @@ def record(python: Path, target_name: str, units: int, work: Path, *, provider: 
         tools.run(["perf", "record", "-e", "cpu-clock", "-F", str(frequency), "-D", "-1",
                    f"--control=fifo:{ctl},{ack}", "-o", str(data), "--", *argv],
                   cwd=work, env_delta=env_delta, log=log, timeout=timeout)
+    return analyse(data, target_name, units, frequency=frequency, top=top)
+
+
+def analyse(data: Path, target_name: str, units: int, *, frequency: int = 999, top: int = 15) -> dict:
+    """DSO shares, group shares and hottest functions of one `perf record` file (re-readable later)."""
     dso_text = tools.run(["perf", "report", "-i", str(data), "--sort", "dso", "--stdio", "-q"],
                          log=None, timeout=600).stdout
     sym_text = tools.run(["perf", "report", "-i", str(data), "--sort", "dso,sym", "--stdio", "-q",

@@ -260,7 +260,7 @@ class ElfFacts:
 
 _SECTION_RE = re.compile(r"^\s*\[\s*\d+\]\s+(\S+)\s+(\S+)\s+[0-9a-fA-F]+\s+[0-9a-fA-F]+\s+([0-9a-fA-F]+)\s")
 _SEGMENT_RE = re.compile(r"^\s*([A-Z_]+|LOOS\+0x[0-9a-f]+)\s+0x[0-9a-f]+\s+0x[0-9a-f]+\s+0x[0-9a-f]+\s+"
-                         r"0x[0-9a-f]+\s+0x[0-9a-f]+\s+([RWE ]+?)\s+0x[0-9a-f]+\s*$")
+                         r"0x[0-9a-f]+\s+0x[0-9a-f]+\s+([RWE ]+?)\s+(?:0x[0-9a-f]+|\d+)\s*$")  # lld: GNU_STACK align 0
 
 
 def readelf_tool() -> str:

@@ -35,6 +35,8 @@ what was resolved, and the workload record states it (`host_settings`).
 
 from __future__ import annotations
 
+from importlib import resources
+
 import argparse
 import gc
 import json
@@ -462,18 +464,16 @@ class AllocatorLibrary:
     by ','), or `env:PREFIX` (one variable PREFIX+KEY per tunable, KEY upper-cased)."""
 
 
-ALLOCATORS: dict[str, AllocatorLibrary] = {
-    a.name: a
-    for a in (
-        AllocatorLibrary("glibc", (), {}, "GLIBC_TUNABLES"),
-        AllocatorLibrary("jemalloc", ("libjemalloc.so.2", "libjemalloc.so"),
-                         {"debian": "libjemalloc2", "openeuler": "jemalloc"}, "MALLOC_CONF"),
-        AllocatorLibrary("mimalloc", ("libmimalloc.so.2", "libmimalloc.so"),
-                         {"debian": "libmimalloc2.0"}, "env:MIMALLOC_"),
-        AllocatorLibrary("tcmalloc", ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4"),
-                         {"debian": "libtcmalloc-minimal4", "openeuler": "gperftools"}, "env:TCMALLOC_"),
-    )
-}
+def _allocator_table() -> dict[str, AllocatorLibrary]:
+    """The allocator table shared with the build engine (buildsys/allocators.toml): one source of truth
+    for what the interpreter is linked against and what gets preloaded."""
+    with resources.files("buildsys").joinpath("allocators.toml").open("rb") as f:
+        data = tomllib.load(f)
+    return {name: AllocatorLibrary(name, tuple(row["sonames"]), dict(row["packages"]), row["tunables"])
+            for name, row in data.items()}
+
+
+ALLOCATORS: dict[str, AllocatorLibrary] = _allocator_table()
 _INSTALL = {"debian": "apt-get install {pkg}", "openeuler": "dnf install {pkg}"}
 _FAMILY = {"debian": "debian", "ubuntu": "debian", "openeuler": "openeuler"}
 

@@ -30,6 +30,10 @@ def test_table_covers_the_profile_key_values() -> None:
     assert set(t) == set(profile.SCHEMA["optimize"]["allocator"].allowed)
     assert t["glibc"].sonames == () and t["jemalloc"].packages["debian"] == "libjemalloc2"
     assert t["tcmalloc"].packages["openeuler"] == "gperftools"
+    # The runtime's preload side reads the same table (one source of truth for link and preload).
+    from runtime import hostenv
+    assert set(hostenv.ALLOCATOR_NAMES) == set(t) == set(hostenv.ALLOCATORS)
+    assert {n: a.sonames for n, a in hostenv.ALLOCATORS.items()} == {n: r.sonames for n, r in t.items()}
 
 
 def test_bad_table_row_is_named(tmp_path: Path) -> None:

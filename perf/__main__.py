@@ -25,6 +25,10 @@ def _add_measure_args(p: argparse.ArgumentParser, default_stages: str | None) ->
                         "--interp je=/usr/bin/python3.11@jemalloc; repeat; the first is the baseline")
     p.add_argument("--workloads", default=",".join(catalog.QUICK_DEFAULT),
                    help=f"comma-separated targets (known: {', '.join(catalog.TARGETS)})")
+    p.add_argument("--counter-workloads", default=None, metavar="WORKLOADS",
+                   help="targets of the counters stage when they should differ from --workloads (each runtime "
+                        "target costs minutes per interpreter under valgrind; pure-python and pure-dispatch "
+                        "count the interpreter alone in seconds)")
     p.add_argument("--quick", action="store_true", help="fewer rounds, values and units (minutes, noisier)")
     p.add_argument("--out", default=None, help="run name under $HOSTPGO_HOME/results, or a directory path")
     p.add_argument("--no-venv", action="store_true",
@@ -84,6 +88,8 @@ def _plan(args: argparse.Namespace, argv: list[str]) -> session.Plan:
     return session.Plan(
         interpreters=tuple(resolve_all(args.interp)),
         targets=tuple(catalog.parse_targets(args.workloads)),
+        counter_targets=(None if args.counter_workloads is None
+                         else tuple(catalog.parse_targets(args.counter_workloads, "--counter-workloads"))),
         stages=stages,
         run_dir=new_run_dir(args.out),
         quick=args.quick,

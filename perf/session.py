@@ -39,9 +39,20 @@ class Plan:
     """Extra environment for every benchmark process (also inherited by pyperf workers)."""
     argv: tuple[str, ...] = ()
     redo: bool = False
+    """Measure stages again even when a resumed run already holds them."""
     guard_fast: bool = False
     """pyperformance --fast for the guard without shortening the other stages."""
-    """Measure stages again even when a resumed run already holds them."""
+    counter_targets: tuple[Target, ...] | None = None
+    """Targets of the counters stage when they differ from `targets` (a runtime target costs minutes
+    per interpreter under valgrind; the pure-Python ones isolate the interpreter for seconds)."""
+
+    @property
+    def count_targets(self) -> tuple[Target, ...]:
+        return self.targets if self.counter_targets is None else self.counter_targets
+
+    @property
+    def all_targets(self) -> tuple[Target, ...]:
+        return tuple(dict.fromkeys((*self.targets, *self.count_targets)))
 
 
 def parse_stages(text: str) -> tuple[str, ...]:
@@ -72,12 +83,12 @@ def _open_record(plan: Plan) -> dict:
                 f"{plan.run_dir / results.RUN_FILE}: run was made with interpreters {have}, not {names}; "
                 "choose another --out")
         record["interpreters"] = [i.to_json() for i in plan.interpreters]
-        for t in plan.targets:
+        for t in plan.all_targets:
             if t.name not in record["targets"]:
                 record["targets"].append(t.name)
         return record
     return results.new_record(plan.run_dir, [i.to_json() for i in plan.interpreters],
-                              [t.name for t in plan.targets], list(plan.argv))
+                              [t.name for t in plan.all_targets], list(plan.argv))
 
 
 def _ran(record: dict, plan: Plan, stage: str) -> None:
@@ -90,7 +101,8 @@ def _signature(plan: Plan, stage: str) -> dict:
     """What a stage's results depend on besides the interpreters (which a resumed run must match)."""
     if stage == "guard":
         return {"benchmarks": list(plan.guard_benchmarks), "quick": plan.quick or plan.guard_fast}
-    return {"targets": sorted(t.name for t in plan.targets), "quick": plan.quick}
+    chosen = plan.count_targets if stage == "counters" else plan.targets
+    return {"targets": sorted(t.name for t in chosen), "quick": plan.quick}
 
 
 def _done(record: dict, plan: Plan, stage: str, say: Callable[[str], None]) -> bool:
@@ -114,7 +126,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
     targets = list(plan.targets)
 
     if plan.use_venvs:
-        extras = ("perf", "runtime") if any(t.needs_runtime for t in targets) else ("perf",)
+        extras = ("perf", "runtime") if any(t.needs_runtime for t in plan.all_targets) else ("perf",)
         say(f"preparing venvs ({','.join(extras)}) from one wheelhouse ...")
         prepared = envs.prepare(list(plan.interpreters), extras, log)
         pythons = {e.interp.name: e.python for e in prepared}
@@ -154,8 +166,9 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         per: dict[str, dict] = {i.name: {} for i in plan.interpreters}
         lock = threading.Lock()
         jobs = []
+        count_targets = list(plan.count_targets)
         # Target-major order: a stage cut short still compares every interpreter on the first targets.
-        for t in targets:
+        for t in count_targets:
             for interp in plan.interpreters:
                 lo, hi = t.count_units
                 units = [lo, (lo + hi) // 2] if plan.quick else [lo, hi]
@@ -185,7 +198,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
                 fut.result()
         # Pairs of targets this command did not ask for stay, so counts can be added target by target.
         ordered = {i.name: {**{n: m for n, m in kept.get(i.name, {}).items() if n not in per[i.name]},
-                            **{t.name: per[i.name][t.name] for t in targets}} for i in plan.interpreters}
+                            **{t.name: per[i.name][t.name] for t in count_targets}} for i in plan.interpreters}
         record["counters"] = {"backend": backend.name, "reason": backend.reason, "config": backend.config,
                               "results": ordered}
         _ran(record, plan, "counters")

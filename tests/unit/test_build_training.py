@@ -202,7 +202,9 @@ def test_pipeline_measures_baseline_first_then_system_then_builds(tmp_path: Path
     interps = [cmd[i + 1] for i, c in enumerate(cmd) if c == "--interp"]
     assert interps == ["baseline=/i/baseline/bin/python3", f"debian={system}",
                        "generic-pgo-lto=/i/generic-pgo-lto/bin/python3", "workload-pgo-lto=/i/workload-pgo-lto/bin/python3"]
-    assert cmd[cmd.index("--workloads") + 1] == "decode-b1,decode-b8,serve-mixed"
+    assert cmd[cmd.index("--workloads") + 1] == "decode-b1,decode-b8,serve-mixed,op-dispatch"
+    assert cmd[cmd.index("--counter-workloads") + 1] == "pure-python,pure-dispatch,decode-b1"
     assert cmd[cmd.index("--stages") + 1] == "latency,counters,attribute,guard"
+    assert "--guard-fast" in cmd  # pyperformance --fast: the guard in minutes, not most of an hour
     no_system = engine.measure_command([ex("baseline")], run_name="r", system=tmp_path / "absent", quick=True)
     assert "debian=" not in " ".join(no_system) and no_system[-1] == "--quick"

@@ -80,10 +80,25 @@ def test_counter_runs_go_in_parallel_and_count_exactly(tmp_path):
     assert res["a"]["pure-dispatch"]["per_unit"]["instructions"] == res["b"]["pure-dispatch"]["per_unit"]["instructions"]
 
 
+def test_counter_workloads_choose_the_counted_targets_apart_from_the_timed_ones(tmp_path):
+    out = tmp_path / "run"
+    assert main(["bench", "--interp", f"a={sys.executable}", "--interp", f"b={sys.executable}",
+                 "--workloads", "pure-dispatch", "--counter-workloads", "pure-python", "--no-venv", "--quick",
+                 "--stages", "latency,counters", "--backend", "cachegrind", "--out", str(out)]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert set(record["targets"]) == {"pure-dispatch", "pure-python"}
+    assert list(record["counters"]["results"]["b"]) == ["pure-python"]
+    assert record["stage_done"]["counters"]["targets"] == ["pure-python"]
+    assert record["stage_done"]["latency"]["targets"] == ["pure-dispatch"]
+    text = (out / "report.md").read_text()
+    assert "### pure-python (per step" in text and "### pure-dispatch (per dispatch" not in text
+
+
 @pytest.mark.parametrize("argv,code", [
     (["bench", "--interp", "=x"], 2),
     (["bench", "--interp", "/no/such/python"], 2),
     (["bench", "--interp", sys.executable, "--workloads", "nope"], 2),
+    (["bench", "--interp", sys.executable, "--counter-workloads", "decode-b1,nope"], 2),
     (["bench", "--interp", sys.executable, "--stages", "latency,bogus"], 2),
 ])
 def test_cli_spec_errors_exit_with_code(argv, code, tmp_path, capsys):

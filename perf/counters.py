@@ -13,6 +13,7 @@ Backends:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -175,22 +176,48 @@ def per_unit(small: Mapping[str, float | None], large: Mapping[str, float | None
     return out
 
 
+def _kept_output(backend: Backend, out_file: Path, sidecar: Path, made_by: Mapping) -> dict | None:
+    """The parsed counts of an earlier run's output file, if that run was this one and finished."""
+    try:
+        if json.loads(sidecar.read_text(encoding="utf-8")) != made_by:
+            return None
+        counts = parse_output(backend, out_file)
+    except (OSError, ValueError, PerfError):
+        return None
+    return counts if counts.get("instructions") else None
+
+
 def measure(backend: Backend, python: Path, target_name: str, units: tuple[int, int], work: Path,
             *, provider: str | None = None, env: Mapping[str, str] | None = None,
-            log: Path | None = None, timeout: float = 3600) -> dict:
-    """Count one target in one venv at two unit counts; return totals and per-unit figures."""
+            log: Path | None = None, timeout: float = 3600, reuse_key: str | None = None) -> dict:
+    """Count one target in one venv at two unit counts; return totals and per-unit figures.
+
+    With `reuse_key` (what else the count depends on: the venv's wheelhouse digest), a unit count whose
+    output file an interrupted earlier command left complete, made by the same command line, environment
+    and key, is read instead of run again (each valgrind run of a runtime target takes minutes).
+    """
     work.mkdir(parents=True, exist_ok=True)
     totals = []
     for n in units:
         out_file = work / f"{target_name}-{n}.{backend.name}.out"
-        out_file.unlink(missing_ok=True)
         argv = [str(python), "-m", "perf.benchmarks.count", "--target", target_name, "--units", str(n)]
         if provider:
             argv += ["--provider", provider]
         # A fixed hash seed makes dict and set layouts, and so instruction counts, repeatable.
         env_delta = {"PYTHONHASHSEED": "0", **(env or {})}
-        tools.run(command(backend, argv, out_file), cwd=work, env_delta=env_delta, log=log, timeout=timeout)
+        cmd = command(backend, argv, out_file)
+        made_by = {"command": [str(c) for c in cmd], "env": env_delta, "key": reuse_key}
+        sidecar = out_file.with_name(out_file.name + ".json")
+        kept = _kept_output(backend, out_file, sidecar, made_by) if reuse_key is not None else None
+        if kept is not None:
+            tools.note(log, f"KEPT: {out_file} (same command, environment and key as the run that wrote it)")
+            totals.append(kept)
+            continue
+        out_file.unlink(missing_ok=True)
+        sidecar.unlink(missing_ok=True)
+        tools.run(cmd, cwd=work, env_delta=env_delta, log=log, timeout=timeout)
         totals.append(parse_output(backend, out_file))
+        sidecar.write_text(json.dumps(made_by, indent=1) + "\n", encoding="utf-8")
     unit_costs = per_unit(totals[0], totals[1], units)
     return {"units": list(units), "totals": totals, "per_unit": unit_costs,
             "derived": derived(backend.name, unit_costs)}

@@ -131,11 +131,14 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         prepared = envs.prepare(list(plan.interpreters), extras, log)
         pythons = {e.interp.name: e.python for e in prepared}
         stamps = {e.interp.name: _stamp(e.interp, e.wheelhouse_digest) for e in prepared}
+        # What a counter run depends on besides its command line: the executable and the installed code.
+        reuse_keys = {e.interp.name: f"{e.interp.exe_sha256}:{e.wheelhouse_digest}" for e in prepared}
         record["venvs"] = {e.interp.name: {"python": str(e.python), "wheelhouse_sha256": e.wheelhouse_digest}
                            for e in prepared}
     else:
         pythons = {i.name: Path(i.python) for i in plan.interpreters}
         stamps = {i.name: _stamp(i, "") for i in plan.interpreters}
+        reuse_keys = {}  # the code the interpreters import is not pinned: never reuse a counter run
         record.setdefault("notes", []).append("interpreters ran without per-interpreter venvs (--no-venv)")
     env = dict(plan.env)
     # Every benchmark process shares the work area (the runtime keeps its checkpoint there),
@@ -183,7 +186,8 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
             interp, t, units = job
             m = counters.measure(backend, pythons[interp.name], t.name, units,
                                  run_dir / "counters" / safe_name(interp.name), provider=plan.provider,
-                                 env=envs_by[interp.name], log=log)
+                                 env=envs_by[interp.name], log=log,
+                                 reuse_key=None if plan.redo else reuse_keys.get(interp.name))
             with lock:  # each finished pair is saved, so an interrupted stage resumes pair by pair
                 per[interp.name][t.name] = m
                 record["counters"] = {"backend": backend.name, "reason": backend.reason, "config": backend.config,

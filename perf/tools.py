@@ -28,6 +28,14 @@ def require(name: str, why: str) -> str:
     return found
 
 
+def note(log: Path | None, text: str) -> None:
+    """Append one line to the command log (when there is one), for a step that ran no command."""
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+
+
 def run(
     cmd: Sequence[str | os.PathLike[str]],
     *,

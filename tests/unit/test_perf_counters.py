@@ -1,5 +1,7 @@
 """Counter backends: selection, parsing of perf stat and cachegrind output, per-unit differencing."""
 
+from pathlib import Path
+
 import pytest
 
 from perf import counters
@@ -105,3 +107,35 @@ def test_commands_name_the_backend_tools(tmp_path):
     assert cg[0] == "valgrind" and "--branch-sim=yes" in cg and cg[-3:] == ["py", "-c", "1"]
     ps = counters.command(counters.Backend("perf-stat", ""), ["py"], out)
     assert ps[:3] == ["perf", "stat", "-x,"] and "instructions,cycles" in ps[ps.index("-e") + 1]
+
+
+def test_interrupted_counter_runs_are_read_back_only_when_made_by_the_same_command(tmp_path, monkeypatch):
+    ran = []
+
+    def fake_run(cmd, **kwargs):
+        out = next(c.split("=", 1)[1] for c in cmd if c.startswith("--cachegrind-out-file="))
+        units = int(cmd[cmd.index("--units") + 1])
+        # More units, more instructions: 100 per unit on top of a start-up of 1000.
+        summary = next(line for line in CACHEGRIND_OUT.splitlines() if line.startswith("summary:"))
+        fields = summary.split()[1:]
+        fields[0] = str(1000 + 100 * units)
+        Path(out).write_text(CACHEGRIND_OUT.replace(summary, "summary: " + " ".join(fields)))
+        ran.append(units)
+
+    monkeypatch.setattr(counters.tools, "run", fake_run)
+    cg = counters.Backend("cachegrind", "")
+
+    def measure(key, env=None):
+        ran.clear()
+        m = counters.measure(cg, tmp_path / "py", "pure-dispatch", (2, 7), tmp_path / "w", env=env, reuse_key=key)
+        return m["per_unit"]["instructions"], list(ran)
+
+    assert measure("k1") == (100, [2, 7])
+    assert measure("k1") == (100, [])  # both outputs kept: same command, environment and key
+    assert measure("k2") == (100, [2, 7])  # another executable or installed code: counted again
+    assert measure("k2", env={"LD_PRELOAD": "x.so"}) == (100, [2, 7])  # another environment
+    assert measure(None) == (100, [2, 7])  # no key (--redo, --no-venv): never reused
+    # A run cut short leaves an output without its summary: that unit count runs again, the other is kept.
+    measure("k3")
+    (tmp_path / "w" / "pure-dispatch-7.cachegrind.out").write_text("desc: I1 cache\n")
+    assert measure("k3") == (100, [7])

@@ -61,6 +61,10 @@ def _make_venv(interp: Interpreter, root: Path, log: Path) -> Path:
     return py
 
 
+REPRODUCIBLE_EPOCH = "315532800"
+"""1980-01-01, the earliest time a zip entry can carry."""
+
+
 def build_wheelhouse(builder_python: Path, cache_tag: str, extras: tuple[str, ...], log: Path) -> Path:
     """Wheels for the project and its dependencies, for one ABI; the project's wheel is rebuilt each call."""
     house = perf_area() / "wheelhouse" / safe_name(cache_tag or "unknown")
@@ -72,7 +76,10 @@ def build_wheelhouse(builder_python: Path, cache_tag: str, extras: tuple[str, ..
     fresh = house / ".project"
     if fresh.exists():
         shutil.rmtree(fresh)
-    tools.run([builder_python, "-m", "pip", "wheel", "--no-deps", "-w", fresh, src], log=log, timeout=900)
+    # A fixed zip timestamp makes the wheel a function of the sources alone, so an unchanged project
+    # keeps the wheelhouse digest: the venvs are not reinstalled and finished counter runs can be reused.
+    tools.run([builder_python, "-m", "pip", "wheel", "--no-deps", "-w", fresh, src], log=log, timeout=900,
+              env_delta={"SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH})
     for old in house.glob("hostpgo-*.whl"):
         old.unlink()
     for whl in fresh.glob("hostpgo-*.whl"):

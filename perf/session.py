@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import attribute, counters, envs, guard, latency, report, results
 from .catalog import Target
-from .errors import ResultsError, SpecError
+from .errors import IncompatibleResults, ResultsError, SpecError
 from .interpreters import Interpreter
 from .workspace import hostpgo_home, safe_name
 
@@ -82,6 +82,15 @@ def _open_record(plan: Plan) -> dict:
             raise ResultsError(
                 f"{plan.run_dir / results.RUN_FILE}: run was made with interpreters {have}, not {names}; "
                 "choose another --out")
+        # Results kept from earlier commands belong to those executables and host settings: a rebuilt
+        # interpreter under the same name would mix old and new figures in one report.
+        for old, interp in zip(record["interpreters"], plan.interpreters):
+            now = interp.to_json()
+            changed = [k for k in ("exe_sha256", "host_env") if old.get(k) != now.get(k)]
+            if changed:
+                raise IncompatibleResults(
+                    f"{plan.run_dir / results.RUN_FILE}: interpreter {interp.name!r} is not the one this run "
+                    f"measured ({', '.join(changed)} changed since); choose another --out")
         record["interpreters"] = [i.to_json() for i in plan.interpreters]
         for t in plan.all_targets:
             if t.name not in record["targets"]:

@@ -68,6 +68,19 @@ def test_rerun_of_a_run_keeps_measured_stages_unless_redo(tmp_path):
     assert (out / "latency" / "b.json").stat().st_mtime_ns != first
 
 
+def test_rerun_refuses_a_run_whose_interpreter_changed_under_the_same_name(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["bench", "--interp", f"a={sys.executable}", "--interp", f"b={sys.executable}",
+            "--workloads", "pure-dispatch", "--no-venv", "--quick", "--stages", "latency", "--out", str(out)]
+    assert main(argv) == 0
+    record = json.loads((out / "run.json").read_text())
+    record["interpreters"][1]["exe_sha256"] = "0" * 64  # as if b had been rebuilt since
+    (out / "run.json").write_text(json.dumps(record))
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert "'b'" in err and "exe_sha256" in err and "--out" in err
+
+
 def test_counter_runs_go_in_parallel_and_count_exactly(tmp_path):
     out = tmp_path / "run"
     assert main(["bench", "--interp", f"a={sys.executable}", "--interp", f"b={sys.executable}",

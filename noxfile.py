@@ -41,6 +41,13 @@ def pipeline(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def image(session: nox.Session) -> None:
+    """OCI image of an installed build, verified by chroot: `-- [--build PROFILE] [--host-settings NAME] [--archive F]`."""
+    _install(session)
+    session.run("python", "-m", "buildsys", "image", *session.posargs)
+
+
+@nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Interleaved A/B measurement: `-- --interp NAME=PATH --interp ... [--workloads ...] [--quick] [--out RUN]`."""
     _install(session, "perf")

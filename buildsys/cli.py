@@ -11,7 +11,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from . import bolt, cpython, engine, stages, toolchain
+from . import bolt, cpython, engine, image, stages, toolchain
 from .errors import HostpgoError
 from .paths import WorkArea
 from .runner import Runner
@@ -57,6 +57,17 @@ def parser() -> argparse.ArgumentParser:
                     help=f"the distribution's interpreter measured beside the builds (default "
                          f"{engine.SYSTEM_PYTHON}, skipped where absent)")
     _common_build_args(pl)
+    im = sub.add_parser("image", help="an OCI image of an installed build: Debian base, the interpreter, a venv "
+                                      "with the runtime, host settings applied by the entrypoint; verified by chroot")
+    im.add_argument("--build", default=engine.DEFAULT_OPTIMIZED_PROFILE,
+                    help="the installed build's profile name (default %(default)s)")
+    im.add_argument("--host-settings", default="default", metavar="NAME|FILE",
+                    help="host settings the entrypoint applies: a name from profiles/host/ or a .toml file "
+                         "(default %(default)s); every profiles/host/ file ships too, selectable at run time")
+    im.add_argument("--tag", default=None, help="image reference (default hostpgo/<profile>:<settings>)")
+    im.add_argument("--archive", type=Path, default=None,
+                    help="also write a docker-archive tarball here (skopeo), for `docker load`/`podman load`")
+    im.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
     bc = sub.add_parser("bolt-check", help="tell whether ELF files can be BOLT-optimized (exit 0: yes, 1: no, "
                                             "2: bad input)")
     bc.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -187,6 +198,26 @@ def cmd_pipeline(args, console: Console) -> int:
     return 0
 
 
+def cmd_image(args, console: Console) -> int:
+    inp = image.prepare(args.build, settings=args.host_settings, tag=args.tag, archive=args.archive)
+    plan = image.plan(inp)
+    if args.dry_run:
+        print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))
+        return 0
+    ex = stages.execute(plan, inp.work.stamps, inp.work.logs, console=console, live=console.is_terminal)
+    for name, r in ex.results.items():
+        print(f"  {name:<16} {r.seconds:8.1f} s  {'reused (stamp)' if r.skipped else 'ran'}")
+    s = plan.summary
+    print(f"image {s['tag']}: OCI layout {s['layout']} (tag {image.layout_tag(s['tag'])}); "
+          f"record {Path(s['prefix']) / 'hostpgo-image.json'}")
+    for w in ex.results["image-verify"].info.get("workloads", []):
+        print(f"  verified in chroot: {w['name']} golden_match={w['golden_match']} "
+              f"allocator_in_effect={w['allocator_in_effect']} ({w['host_settings']})")
+    print(f"run it: skopeo copy oci:{s['layout']}:{image.layout_tag(s['tag'])} docker-daemon:{s['tag']}   "
+          f"or unpack: umoci unpack --image {s['layout']}:{image.layout_tag(s['tag'])} DIR && chroot DIR/rootfs ...")
+    return 0
+
+
 def cmd_bolt_check(args, console: Console) -> int:
     """0: every file can be BOLT-optimized; 1: at least one cannot (reasons printed); 2: bad input."""
     verdicts = [bolt.assess(bolt.read_elf(f)) for f in args.files]
@@ -209,7 +240,7 @@ def cmd_bolt_check(args, console: Console) -> int:
 
 
 COMMANDS = {"toolchain": cmd_toolchain, "show-profile": cmd_show_profile, "build": cmd_build,
-            "pipeline": cmd_pipeline, "bolt-check": cmd_bolt_check}
+            "pipeline": cmd_pipeline, "image": cmd_image, "bolt-check": cmd_bolt_check}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -154,8 +154,9 @@ def cmd_workload(args) -> int:
 def _enter_host_settings(args) -> None:
     """Run under --host-settings: re-execute this command with the settings' environment unless already in it.
 
-    The allocator preload and its tunables only take effect in a new process; the MindSpore and GC half is
-    applied by the runtime from HOSTPGO_HOST_SETTINGS, which the re-executed process carries.
+    The allocator preload, its tunables and the start-up options (-X frozen_modules, PYTHONNODEBUGRANGES) only
+    take effect in a new process; the MindSpore and GC half is applied by the runtime from HOSTPGO_HOST_SETTINGS,
+    which the re-executed process carries.
     """
     import os
 
@@ -167,7 +168,7 @@ def _enter_host_settings(args) -> None:
         return
     env = dict(os.environ)
     env.update(delta)
-    cmd = [sys.executable, "-m", "runtime", *args.argv]
+    cmd = [sys.executable, *hostenv.interpreter_args(settings), "-m", "runtime", *args.argv]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, cmd, env)

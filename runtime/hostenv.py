@@ -1,4 +1,4 @@
-"""Host settings as data: allocator, MindSpore launch/threads/affinity and GC policy, loaded, applied, recorded.
+"""Host settings as data: allocator, MindSpore launch/threads/affinity, GC policy and interpreter start-up.
 
 A settings file is `profiles/host/NAME.toml` (or any path)::
 
@@ -22,6 +22,12 @@ A settings file is `profiles/host/NAME.toml` (or any path)::
     thresholds = [10000, 20, 20]
     freeze_after_warmup = true
 
+    [startup]
+    precompile = true                   # setup compiles site-packages + the runtime (`precompile` subcommand)
+    bytecode = "unchecked-hash"         # timestamp | checked-hash | unchecked-hash: the pycs' invalidation mode
+    frozen_modules = true               # -X frozen_modules=on (an interpreter option: `exec` inserts it)
+    no_debug_ranges = true              # PYTHONNODEBUGRANGES=1
+
 Resolution order: defaults -> `extends` chain -> the file -> environment (`HOSTPGO_HOST_SET="gc.enabled=false
 allocator.name=mimalloc"`, and `HOSTPGO_RUNTIME_LAUNCH_BLOCKING=0|1` for the launch mode) -> command-line `--set`.
 An unknown key or a bad value is an error naming the file and the key.
@@ -31,6 +37,12 @@ in place before the process starts (`process_env`, or `python -m runtime.hostenv
 MindSpore and GC settings are applied in-process by the runtime when it configures MindSpore and after a workload's
 warm-up. The child learns the resolved settings from `HOSTPGO_HOST_SETTINGS` (their JSON), so what ran is exactly
 what was resolved, and the workload record states it (`host_settings`).
+
+The start-up half has three channels: `-X frozen_modules` is an interpreter option with no environment variable,
+so `exec` (and the runtime's `--host-settings` re-execution) put it on the interpreter's command line
+(`interpreter_args`); `no_debug_ranges` is PYTHONNODEBUGRANGES in `process_env`; the pycs are a property of the
+installed environment, written once by `python -m runtime.hostenv precompile SETTINGS [PATH ...]` at setup
+(the image build, or perf for a subject's venv), not at each start.
 """
 
 from __future__ import annotations
@@ -39,12 +51,15 @@ from importlib import resources
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import platform
 import re
 import shlex
 import sys
+import sysconfig
+import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -62,6 +77,8 @@ ENV_LAUNCH_BLOCKING = "HOSTPGO_RUNTIME_LAUNCH_BLOCKING"
 ALLOCATOR_NAMES = ("glibc", "mimalloc", "jemalloc", "tcmalloc")
 LAUNCH_MODES = ("blocking", "pipelined")
 AFFINITY_MODULES = ("main", "runtime", "pynative", "minddata")
+BYTECODE_MODES = ("timestamp", "checked-hash", "unchecked-hash")
+"""pyc invalidation modes (PEP 552), as compileall's --invalidation-mode spells them."""
 
 
 class HostSettingsError(RuntimeErrorBase):
@@ -120,6 +137,26 @@ class GcSettings:
 
 
 @dataclass(frozen=True)
+class StartupSettings:
+    """How the interpreter starts: the pycs it finds and the options it is started with. None of them changes
+    what the program computes; `no_debug_ranges` changes what its tracebacks show."""
+
+    precompile: bool = False
+    """Setup compiles site-packages (purelib, platlib) and the runtime package to pycs of `bytecode` mode with
+    `python -m runtime.hostenv precompile SETTINGS`; False leaves the pycs pip wrote (timestamp mode)."""
+    bytecode: str = "timestamp"
+    """Invalidation mode of precompiled pycs: `timestamp` (each import compares the source's mtime and size),
+    `checked-hash` (each import reads and hashes the source), `unchecked-hash` (the pyc is trusted: an edited
+    source is not seen until precompiled again). Each import stats the source in every mode."""
+    frozen_modules: bool | None = None
+    """`-X frozen_modules=on|off`: the start-up stdlib modules from the interpreter's frozen copies (on) or from
+    their pycs (off). None passes nothing: installed builds default to on, a build tree to off."""
+    no_debug_ranges: bool = False
+    """PYTHONNODEBUGRANGES=1: code compiled by the process has no column positions. Precompiling under it writes
+    pycs without them (smaller location tables to unmarshal; tracebacks lose their `^^^` markers)."""
+
+
+@dataclass(frozen=True)
 class HostSettings:
     """Every host lever of one process, resolved."""
 
@@ -131,6 +168,7 @@ class HostSettings:
     allocator: AllocatorSettings = field(default_factory=AllocatorSettings)
     mindspore: MindSporeSettings = field(default_factory=MindSporeSettings)
     gc: GcSettings = field(default_factory=GcSettings)
+    startup: StartupSettings = field(default_factory=StartupSettings)
     overrides: tuple[str, ...] = ()
     """The environment and command-line overrides applied on top of the file, as given."""
 
@@ -236,6 +274,15 @@ def _opt_threads(where: str, value: object) -> int | None:
     return value
 
 
+def _opt_bool(where: str, value: object) -> bool | None:
+    if value in ("default", None):
+        return None
+    try:
+        return _bool(where, value)
+    except HostSettingsError:
+        raise HostSettingsError(f"{where}: {value!r} is not true, false or \"default\" (the interpreter's)") from None
+
+
 def _opt_path(where: str, value: object) -> str | None:
     if value in ("", None):
         return None
@@ -296,8 +343,11 @@ _SCHEMA: dict[str, dict[str, Callable[[str, object], object]]] = {
     "mindspore": {"launch": _choice(LAUNCH_MODES), "dispatch_threads": _opt_threads, "op_threads": _opt_threads,
                   "affinity": _bool, "affinity_cpus": _cpu_ranges, "affinity_modules": _module_map},
     "gc": {"enabled": _bool, "thresholds": _thresholds, "freeze_after_warmup": _bool},
+    "startup": {"precompile": _bool, "bytecode": _choice(BYTECODE_MODES), "frozen_modules": _opt_bool,
+                "no_debug_ranges": _bool},
 }
-_SECTIONS = {"allocator": AllocatorSettings, "mindspore": MindSporeSettings, "gc": GcSettings}
+_SECTIONS = {"allocator": AllocatorSettings, "mindspore": MindSporeSettings, "gc": GcSettings,
+             "startup": StartupSettings}
 _TOP_KEYS = ("description", "extends")
 
 
@@ -567,8 +617,208 @@ def process_env(settings: HostSettings, base: Mapping[str, str] | None = None, *
         have = base.get("LD_PRELOAD", "")
         delta["LD_PRELOAD"] = " ".join([str(lib)] + ([have] if have else []))
     delta.update(tunables_env(name, settings.allocator.tunables, base))
+    if settings.startup.no_debug_ranges:
+        delta["PYTHONNODEBUGRANGES"] = "1"
     delta[ENV_SETTINGS] = json.dumps(settings.to_json(), separators=(",", ":"))
     return delta
+
+
+# ------------------------------------------------------------------------------------- start-up
+
+_PYTHON_NAME = re.compile(r"^(python|pypy)(\d+(\.\d+)?)?$")
+
+
+def interpreter_args(settings: HostSettings) -> list[str]:
+    """Options the interpreter itself must be started with (no environment variable carries them)."""
+    frozen = settings.startup.frozen_modules
+    return [] if frozen is None else ["-X", f"frozen_modules={'on' if frozen else 'off'}"]
+
+
+def is_python_command(program: str) -> bool:
+    """Whether a command's program is a Python interpreter (python, python3, python3.11, pypy3, a venv's python)."""
+    return bool(_PYTHON_NAME.match(os.path.basename(program)))
+
+
+def with_interpreter_args(settings: HostSettings, cmd: Sequence[str]) -> list[str]:
+    """`cmd` with the settings' interpreter options inserted after the interpreter; raises when they are needed
+    and the command does not start a Python interpreter."""
+    extra = interpreter_args(settings)
+    cmd = list(cmd)
+    if not extra:
+        return cmd
+    if not cmd or not is_python_command(cmd[0]):
+        program = cmd[0] if cmd else "(nothing)"
+        raise HostSettingsError(
+            f"startup.frozen_modules needs `{' '.join(extra)}` on the interpreter's command line (no environment "
+            f"variable carries it), but {program!r} is not a Python interpreter (python, python3, python3.11, ...); "
+            "give the interpreter as the command, e.g. `exec SETTINGS -- python3 -m runtime ...`")
+    return [cmd[0], *extra, *cmd[1:]]
+
+
+def debug_ranges_in_effect() -> bool:
+    """Whether this process compiles column positions (False under PYTHONNODEBUGRANGES or -X no_debug_ranges)."""
+    code = compile("x", "<probe>", "eval")
+    return any(col is not None for _, _, col, _ in code.co_positions())
+
+
+def pyc_mode(path: str | os.PathLike[str]) -> str | None:
+    """The invalidation mode of a pyc from its header's flags field (PEP 552); None when unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(8)
+    except OSError:
+        return None
+    if len(header) < 8 or header[:4] != importlib.util.MAGIC_NUMBER:
+        return None
+    flags = int.from_bytes(header[4:8], "little")
+    if not flags & 0b1:
+        return "timestamp"
+    return "checked-hash" if flags & 0b10 else "unchecked-hash"
+
+
+def observe_startup(packages: Sequence[str] = ("runtime", "mindspore")) -> dict:
+    """What the interpreter started with: -X options, frozen stdlib, debug ranges, and the mode of the pyc beside
+    each imported module of `packages` (read now; a pyc is what the import used unless rewritten since)."""
+    os_spec = getattr(sys.modules.get("os"), "__spec__", None)
+    modes: dict[str, int] = {}
+    for name, mod in list(sys.modules.items()):
+        if name.partition(".")[0] not in packages:
+            continue
+        cached = getattr(mod, "__cached__", None)
+        if not cached:
+            continue  # extension modules, namespace packages
+        mode = pyc_mode(cached) or "no-pyc"
+        modes[mode] = modes.get(mode, 0) + 1
+    return {"xoptions": {str(k): v for k, v in sys._xoptions.items()},
+            "frozen_stdlib": getattr(os_spec, "origin", None) == "frozen",
+            "debug_ranges": debug_ranges_in_effect(),
+            "dont_write_bytecode": bool(sys.flags.dont_write_bytecode),
+            "pyc_modes": {"packages": list(packages), "modules": dict(sorted(modes.items()))}}
+
+
+def startup_warnings(settings: HostSettings, seen: Mapping) -> list[str]:
+    """Where the observed start-up differs from what the settings ask for."""
+    st = settings.startup
+    out = []
+    if st.frozen_modules is not None and seen["frozen_stdlib"] != st.frozen_modules:
+        out.append(f"startup.frozen_modules = {_show(st.frozen_modules)}, but the stdlib was "
+                   f"{'' if seen['frozen_stdlib'] else 'not '}loaded frozen (start the interpreter through "
+                   "`python -m runtime.hostenv exec` or `--host-settings`, which add -X frozen_modules)")
+    if st.no_debug_ranges and seen["debug_ranges"]:
+        out.append("startup.no_debug_ranges = true, but this process compiles column positions "
+                   "(PYTHONNODEBUGRANGES is not set)")
+    modes = seen["pyc_modes"]["modules"]
+    other = {m: n for m, n in modes.items() if m != st.bytecode}
+    if st.precompile and other:
+        out.append(f"startup.precompile asked for {st.bytecode} pycs, but {sum(other.values())} of "
+                   f"{sum(modes.values())} imported {'/'.join(seen['pyc_modes']['packages'])} modules have "
+                   f"{other}; run `python -m runtime.hostenv precompile SETTINGS` in this environment")
+    return out
+
+
+def default_precompile_paths() -> list[Path]:
+    """This interpreter's site-packages (purelib, platlib) and the runtime package when it lives elsewhere."""
+    paths = sysconfig.get_paths()
+    out: list[Path] = []
+    for key in ("purelib", "platlib"):
+        p = Path(paths[key]).resolve()
+        if p.is_dir() and p not in out:
+            out.append(p)
+    mine = Path(__file__).resolve().parent
+    if not any(mine.is_relative_to(p) for p in out):
+        out.append(mine)
+    return out
+
+
+def _source_files(paths: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for root in paths:
+        if root.is_file():
+            files.append(root)
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            files.extend(Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py"))
+    return files
+
+
+def _compile_one(job: tuple[str, str]) -> tuple[str, str | None, str | None, bool]:
+    """One file compiled in a worker: (source, None | "invalid" | "io", error text, debug ranges in effect)."""
+    import py_compile
+
+    source, mode = job
+    kind = error = None
+    try:
+        py_compile.compile(source, doraise=True,
+                           invalidation_mode=py_compile.PycInvalidationMode[mode.upper().replace("-", "_")])
+    except py_compile.PyCompileError as exc:
+        first = (str(exc.exc_value).splitlines() or [""])[0]
+        kind, error = "invalid", f"{exc.exc_type_name}: {first}"
+    except OSError as exc:
+        kind, error = "io", f"{type(exc).__name__}: {exc}"
+    return source, kind, error, debug_ranges_in_effect()
+
+
+class PrecompileError(HostSettingsError):
+    """Precompiling could not be done (a path is missing, a pyc cannot be written)."""
+
+
+def precompile(settings: HostSettings, paths: Sequence[str | os.PathLike[str]] = (), *,
+               workers: int | None = None) -> dict:
+    """Compile every .py under `paths` (default: `default_precompile_paths()`) to pycs of `startup.bytecode` mode,
+    in `workers` fresh processes that run with or without PYTHONNODEBUGRANGES as the settings say (the pycs keep
+    what the compiling process had). Every file is compiled again (a pyc does not record debug ranges, so an
+    existing one cannot be trusted to match). A file that is not valid Python is listed, not fatal (pip treats
+    it the same way: it cannot be imported either way). Returns the summary; raises PrecompileError."""
+    import concurrent.futures
+    import multiprocessing
+
+    st = settings.startup
+    started = time.monotonic()
+    roots = [Path(p).resolve() for p in paths] if paths else default_precompile_paths()
+    for root in roots:
+        if not root.exists():
+            raise PrecompileError(f"precompile: {root} does not exist")
+    files = _source_files(roots)
+    if not files:
+        raise PrecompileError(f"precompile: no .py files under {', '.join(map(str, roots))}")
+    workers = max(1, workers or os.cpu_count() or 1)
+    saved = os.environ.get("PYTHONNODEBUGRANGES")
+    # Spawned workers read PYTHONNODEBUGRANGES at their start; forked ones would keep this process's setting.
+    if st.no_debug_ranges:
+        os.environ["PYTHONNODEBUGRANGES"] = "1"
+    else:
+        os.environ.pop("PYTHONNODEBUGRANGES", None)
+    invalid: list[dict] = []
+    ranges: set[bool] = set()
+    try:
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for source, kind, error, in_effect in pool.map(_compile_one, [(str(f), st.bytecode) for f in files],
+                                                           chunksize=64):
+                ranges.add(in_effect)
+                if kind == "io":
+                    raise PrecompileError(f"precompile: cannot compile {source}: {error}")
+                if kind == "invalid":
+                    invalid.append({"file": source, "error": error})
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONNODEBUGRANGES", None)
+        else:
+            os.environ["PYTHONNODEBUGRANGES"] = saved
+    if ranges != {not st.no_debug_ranges}:
+        raise PrecompileError(f"precompile: the workers compiled with debug ranges {sorted(ranges)}, not "
+                              f"{not st.no_debug_ranges} as startup.no_debug_ranges asks (-X no_debug_ranges given?)")
+    site = [p for p in default_precompile_paths()[:2]]
+    warnings = []
+    if st.bytecode == "unchecked-hash":
+        outside = [str(r) for r in roots if not any(r.is_relative_to(p) for p in site)]
+        if outside:
+            warnings.append(f"unchecked-hash pycs under {', '.join(outside)}: an edited source there is not seen "
+                            "until precompiled again (or its __pycache__ removed)")
+    return {"settings": settings.name, "python": sys.executable, "cache_tag": sys.implementation.cache_tag,
+            "mode": st.bytecode, "no_debug_ranges": st.no_debug_ranges, "paths": [str(r) for r in roots],
+            "files": len(files), "compiled": len(files) - len(invalid), "not_python": invalid,
+            "workers": workers, "seconds": round(time.monotonic() - started, 2), "warnings": warnings}
 
 
 # ----------------------------------------------------------------------------- applying in-process
@@ -689,9 +939,11 @@ def record(settings: HostSettings) -> dict:
             warnings.append("mindspore.runtime.set_cpu_affinity was called but no live thread's CPU set is narrower "
                             f"than the process's {everywhere} (MindSpore 2.10 binds only the threads it names, "
                             "and in blocking launch those may not exist)")
+    startup = observe_startup()
+    warnings += startup_warnings(settings, startup)
     return {"name": settings.name, "source": settings.source, "summary": settings.summary(),
             "settings": settings.to_json(), "applied": list(_applied) + ([_warmup] if _warmup else []),
-            "observed": observed, "allocator_in_effect": allocator_ok, "warnings": warnings}
+            "observed": observed, "startup": startup, "allocator_in_effect": allocator_ok, "warnings": warnings}
 
 
 # -------------------------------------------------------------------------------------- launcher
@@ -703,13 +955,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     for cmd, text in (("show", "print the effective settings (JSON) and the environment delta"),
                       ("env", "print the environment delta as shell `export` lines"),
-                      ("exec", "run CMD ... with the environment delta (allocator preload, tunables, settings)")):
+                      ("exec", "run CMD ... with the environment delta (allocator preload, tunables, settings) "
+                               "and, when CMD is a Python interpreter, the settings' interpreter options "
+                               "(-X frozen_modules)"),
+                      ("precompile", "compile PATHs (default: this interpreter's site-packages and the runtime "
+                                     "package) to pycs of startup.bytecode mode when startup.precompile is true; "
+                                     "prints a JSON summary")):
         p = sub.add_parser(cmd, help=text)
         p.add_argument("settings", help="a name under profiles/host/ (e.g. jemalloc), a path, or `default`")
         p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override one key (after the file and HOSTPGO_HOST_SET); repeat")
         if cmd == "exec":
             p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command")
+        if cmd == "precompile":
+            p.add_argument("paths", nargs="*", metavar="PATH", help="directories or files to compile")
+            p.add_argument("--workers", type=int, default=None, help="compiling processes (default: one per CPU)")
     args = ap.parse_args(argv)
     try:
         ref = None if args.settings == "default" and not (settings_dir() / "default.toml").is_file() \
@@ -725,12 +985,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "env":
         for k, v in delta.items():
             print(f"export {k}={shlex.quote(v)}")
+        if interpreter_args(settings):
+            print(f"# and start the interpreter with: {' '.join(interpreter_args(settings))}")
+        return 0
+    if args.command == "precompile":
+        if not settings.startup.precompile:
+            print(f"precompile: {settings.name}: startup.precompile is false; nothing compiled", file=sys.stderr)
+            print(json.dumps({"settings": settings.name, "precompile": False, "files": 0}))
+            return 0
+        try:
+            summary = precompile(settings, args.paths, workers=args.workers)
+        except HostSettingsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        for w in summary["warnings"]:
+            print(f"warning: {w}", file=sys.stderr)
+        print(json.dumps({**summary, "precompile": True}, indent=1))
         return 0
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
         print("error: exec: give the command after --", file=sys.stderr)
+        return 2
+    try:
+        cmd = with_interpreter_args(settings, cmd)
+    except HostSettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print("RUN: " + shlex.join(cmd) + "  [env: " +
           " ".join(f"{k}={shlex.quote(v)}" for k, v in delta.items() if k != ENV_SETTINGS) +

@@ -61,6 +61,10 @@ def test_unknown_keys_name_the_file_and_the_key(tmp_path):
     ("[mindspore.affinity_modules]\nworker = [0]", "mindspore.affinity_modules"),
     ("[gc]\nthresholds = [1, 2]", "gc.thresholds"),
     ("[gc]\nfreeze_after_warmup = 'maybe'", "gc.freeze_after_warmup"),
+    ("[startup]\nbytecode = 'hash'", "startup.bytecode"),
+    ("[startup]\nprecompile = 2", "startup.precompile"),
+    ("[startup]\nfrozen_modules = 'maybe'", "startup.frozen_modules"),
+    ("[startup]\nno_debug_ranges = 'x'", "startup.no_debug_ranges"),
 ])
 def test_bad_values_name_file_and_key(tmp_path, body, key):
     p = write(tmp_path, "v", body + "\n")
@@ -328,3 +332,170 @@ def test_workload_under_preloaded_jemalloc_keeps_its_golden_digest(tmp_path):
     assert rec["golden_match"] and hs["allocator_in_effect"] and hs["name"] == "jemalloc"
     assert any("libjemalloc" in lib for lib in hs["observed"]["allocator_libraries"])
     assert any(a["api"].startswith("gc.collect") for a in hs["applied"])
+
+
+# ------------------------------------------------------------------------------------ start-up
+
+
+def test_startup_defaults_change_nothing():
+    s = hostenv.resolve("default", env={})
+    assert s.startup == hostenv.StartupSettings() and s.summary() == "defaults"
+    assert s.startup.frozen_modules is None and s.startup.bytecode == "timestamp" and not s.startup.precompile
+    delta = hostenv.process_env(s, {}, find=fake_find)
+    assert set(delta) == {hostenv.ENV_SETTINGS}
+    assert hostenv.interpreter_args(s) == []
+    assert hostenv.with_interpreter_args(s, ["bash", "-c", "true"]) == ["bash", "-c", "true"]
+
+
+def test_startup_settings_file_and_overrides(tmp_path):
+    s = hostenv.resolve("startup-lean", env={})
+    assert s.startup == hostenv.StartupSettings(precompile=True, bytecode="unchecked-hash", frozen_modules=True,
+                                                no_debug_ranges=True)
+    assert "startup.bytecode=unchecked-hash" in s.summary()
+    assert hostenv.process_env(s, {}, find=fake_find)["PYTHONNODEBUGRANGES"] == "1"
+    off = hostenv.resolve("startup-precompiled", ["startup.frozen_modules=off"], env={})
+    assert off.startup.frozen_modules is False and off.startup.no_debug_ranges is False
+    assert "PYTHONNODEBUGRANGES" not in hostenv.process_env(off, {}, find=fake_find)
+    assert hostenv.resolve("startup-precompiled", ["startup.frozen_modules=default"], env={}).startup.frozen_modules \
+        is None
+    back = HostSettings.from_json(json.loads(json.dumps(s.to_json())))
+    assert back == s
+    import tomllib
+    again = hostenv._build(hostenv._flatten(tomllib.loads(s.to_toml()), "x"), "x")
+    assert again.startup == s.startup
+
+
+@pytest.mark.parametrize("program, ok", [
+    ("python", True), ("python3", True), ("/usr/bin/python3.11", True), (".venv/bin/python", True),
+    ("pypy3", True), ("bash", False), ("/usr/bin/env", False), ("python-config", False), ("nox", False),
+])
+def test_interpreter_options_go_after_the_interpreter_or_fail_clearly(program, ok):
+    s = hostenv.resolve("startup-precompiled", env={})
+    if ok:
+        assert hostenv.with_interpreter_args(s, [program, "-m", "runtime"]) == \
+            [program, "-X", "frozen_modules=on", "-m", "runtime"]
+    else:
+        with pytest.raises(HostSettingsError, match=rf"startup.frozen_modules.*{program!r} is not a Python interpreter"):
+            hostenv.with_interpreter_args(s, [program, "-c", "true"])
+
+
+def test_launcher_exec_starts_the_interpreter_with_the_startup_options():
+    probe = ("import os, sys; from runtime.hostenv import debug_ranges_in_effect; "
+             "print(os.__spec__.origin, sys._xoptions.get('frozen_modules'), debug_ranges_in_effect())")
+    p = run_launcher("exec", "--set", "startup.frozen_modules=off", "--set", "startup.no_debug_ranges=true",
+                     "default", "--", sys.executable, "-c", probe)
+    assert p.returncode == 0, p.stderr
+    origin, frozen, ranges = p.stdout.split()
+    assert origin.endswith("os.py") and frozen == "off" and ranges == "False"
+    assert "-X frozen_modules=off" in p.stderr.splitlines()[0]
+    p = run_launcher("exec", "--set", "startup.frozen_modules=on", "default", "--", sys.executable, "-c", probe)
+    assert p.stdout.split()[:2] == ["frozen", "on"], p.stderr
+    p = run_launcher("exec", "--set", "startup.frozen_modules=off", "default", "--", "bash", "-c", "true")
+    assert p.returncode == 2 and "'bash' is not a Python interpreter" in p.stderr
+
+
+def test_runtime_reexecution_carries_the_interpreter_options(monkeypatch):
+    from runtime import cli
+
+    seen = {}
+
+    def fake_execve(path, argv, env):
+        seen.update(path=path, argv=argv, env=env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execve", fake_execve)
+    args = cli.build_parser().parse_args(["workload", "decode-b1", "--host-settings", "startup-lean"])
+    args.argv = ["workload", "decode-b1", "--host-settings", "startup-lean"]
+    with pytest.raises(SystemExit):
+        cli._enter_host_settings(args)
+    assert seen["argv"][:4] == [sys.executable, "-X", "frozen_modules=on", "-m"]
+    assert seen["env"]["PYTHONNODEBUGRANGES"] == "1"
+
+
+def _pkg(tmp_path):
+    pkg = tmp_path / "site" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "mod.py").write_text("def f(a, b):\n    return a.x + b.y\n")
+    (pkg / "broken.py").write_text("def (:\n")
+    return pkg
+
+
+def _pyc(pkg, name):
+    return next((pkg / "__pycache__").glob(f"{name}.*.pyc"))
+
+
+@pytest.mark.parametrize("mode, flags", [("timestamp", 0), ("checked-hash", 3), ("unchecked-hash", 1)])
+def test_precompile_writes_pycs_of_the_asked_mode(tmp_path, mode, flags):
+    pkg = _pkg(tmp_path)
+    s = hostenv.resolve(None, ["startup.precompile=true", f"startup.bytecode={mode}"], env={})
+    summary = hostenv.precompile(s, [pkg.parent], workers=2)
+    assert summary["mode"] == mode and summary["files"] == 3 and summary["compiled"] == 2
+    assert [b["file"] for b in summary["not_python"]] == [str(pkg / "broken.py")]
+    data = _pyc(pkg, "mod").read_bytes()
+    import importlib.util
+    assert data[:4] == importlib.util.MAGIC_NUMBER
+    assert int.from_bytes(data[4:8], "little") == flags          # PEP 552 flags field
+    assert hostenv.pyc_mode(_pyc(pkg, "mod")) == mode
+    if mode != "timestamp":
+        assert data[8:16] == importlib.util.source_hash((pkg / "mod.py").read_bytes())
+
+
+def test_precompile_without_debug_ranges_writes_column_free_code(tmp_path):
+    import marshal
+    pkg = _pkg(tmp_path)
+    cols = {}
+    for drop in (False, True):
+        s = hostenv.resolve(None, ["startup.precompile=true", f"startup.no_debug_ranges={str(drop).lower()}"], env={})
+        hostenv.precompile(s, [pkg], workers=1)
+        code = marshal.loads(_pyc(pkg, "mod").read_bytes()[16:])
+        fn = next(c for c in code.co_consts if hasattr(c, "co_positions"))
+        cols[drop] = {col for _, _, col, _ in fn.co_positions()}
+    assert cols[False] - {None} and cols[True] == {None}
+    assert os.environ.get("PYTHONNODEBUGRANGES") is None   # restored
+
+
+def test_precompile_subcommand_interface(tmp_path):
+    pkg = _pkg(tmp_path)
+    settings = write(tmp_path, "pc", "[startup]\nprecompile = true\nbytecode = 'unchecked-hash'\n")
+    p = run_launcher("precompile", str(settings), str(pkg), "--workers", "1")
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["precompile"] is True and summary["mode"] == "unchecked-hash" and summary["files"] == 3
+    assert summary["paths"] == [str(pkg.resolve())] and summary["seconds"] >= 0
+    assert hostenv.pyc_mode(_pyc(pkg, "mod")) == "unchecked-hash"
+    p = run_launcher("precompile", str(settings), str(tmp_path / "missing"))
+    assert p.returncode == 1 and "does not exist" in p.stderr
+    off = tmp_path / "off"
+    off.mkdir()
+    (off / "a.py").write_text("x = 1\n")
+    p = run_launcher("precompile", "default", str(off))
+    assert p.returncode == 0 and json.loads(p.stdout)["precompile"] is False
+    assert "startup.precompile is false" in p.stderr and not (off / "__pycache__").exists()
+
+
+def test_default_precompile_paths_are_site_packages_and_the_runtime():
+    import sysconfig
+    paths = hostenv.default_precompile_paths()
+    assert Path(sysconfig.get_paths()["purelib"]).resolve() in paths
+    runtime_dir = Path(hostenv.__file__).resolve().parent
+    assert any(runtime_dir.is_relative_to(p) for p in paths)
+    assert len(paths) == len(set(paths))
+
+
+def test_record_reports_the_startup_in_effect_and_warns_on_mismatch():
+    rec = hostenv.record(hostenv.resolve(None, env={}))
+    st = rec["startup"]
+    assert st["frozen_stdlib"] in (True, False) and st["debug_ranges"] is True
+    assert sum(st["pyc_modes"]["modules"].values()) >= 1          # runtime.hostenv itself at least
+    assert not any("startup" in w for w in rec["warnings"])
+    lean = hostenv.resolve("startup-lean", env={})
+    seen = {"frozen_stdlib": False, "debug_ranges": True,
+            "pyc_modes": {"packages": ["runtime", "mindspore"], "modules": {"timestamp": 3, "unchecked-hash": 7}}}
+    warnings = hostenv.startup_warnings(lean, seen)
+    assert len(warnings) == 3
+    assert "frozen_modules = true" in warnings[0] and "PYTHONNODEBUGRANGES" in warnings[1]
+    assert "3 of 10" in warnings[2] and "{'timestamp': 3}" in warnings[2]
+    assert hostenv.startup_warnings(lean, {**seen, "frozen_stdlib": True, "debug_ranges": False,
+                                           "pyc_modes": {"packages": ["runtime"],
+                                                         "modules": {"unchecked-hash": 9}}}) == []

@@ -12,7 +12,8 @@ PURE_PROVIDER = "perf.benchmarks.pure"
 
 @dataclass(frozen=True)
 class Target:
-    """One benchmark target: a workload opened through a provider's `open_workload`."""
+    """One benchmark target: a workload opened through a provider's `open_workload`, or (mode `command`) a
+    fresh interpreter process running `code`, timed whole by pyperf's bench_command."""
 
     name: str
     """The `--workloads` name and the pyperf benchmark name."""
@@ -21,7 +22,8 @@ class Target:
     workload: str
     """Workload name passed to `open_workload`."""
     mode: str
-    """`steps`: time per engine step (`run_steps`); `dispatch`: time per single-op dispatch."""
+    """`steps`: time per engine step (`run_steps`); `dispatch`: time per single-op dispatch; `command`: time per
+    process (`python [startup options] -c code`, started under the subject's host settings)."""
     needs_runtime: bool
     """True when it needs the runtime extra (MindSpore) in the interpreter's venv."""
     description: str
@@ -29,10 +31,18 @@ class Target:
     """Units for the two counter runs (the difference is what is counted); kept small under valgrind."""
     attribute_units: int = 3000
     """Units run under `perf record`."""
+    code: str = ""
+    """The statement a `command` target's interpreter runs with -c."""
 
     @property
     def unit(self) -> str:
-        return "step" if self.mode == "steps" else "dispatch"
+        return {"steps": "step", "dispatch": "dispatch", "command": "process"}[self.mode]
+
+    @property
+    def per_process(self) -> bool:
+        """Whether one unit is a whole process: counter differencing (units N2 - N1 in one process) and
+        `perf record` over the measured units do not apply; the counters and attribution stages skip it."""
+        return self.mode == "command"
 
 
 TARGETS: dict[str, Target] = {
@@ -52,6 +62,14 @@ TARGETS: dict[str, Target] = {
                "runtime mixed prefill/decode serving, one engine step", (2, 7), 100),
         Target("op-dispatch", RUNTIME_PROVIDER, "decode-b1", "dispatch", True,
                "runtime single-operator dispatch loop (MindSpore op call from Python)", (100, 1100), 20000),
+        # Start-up: a whole interpreter process under the subject's host settings (PYTHONNODEBUGRANGES,
+        # -X frozen_modules, and the venv's pycs, precompiled per `startup.bytecode` when asked).
+        Target("startup", "", "", "command", True,
+               "interpreter start-up and `import runtime.engine` (MindSpore, NumPy, SciPy: ~1,900 modules), "
+               "one process", code="import runtime.engine"),
+        Target("startup-bare", "", "", "command", False,
+               "interpreter start-up and the runtime's MindSpore-free modules (`import runtime.scheduler`: "
+               "NumPy), one process", code="import runtime.scheduler"),
     )
 }
 

@@ -3,6 +3,12 @@
 The wheelhouse is built once per Python ABI (cache tag) with `pip wheel`; every venv installs
 from it with `--no-index`, so the interpreters run identical third-party code and this project's
 own wheel. A stamp in each venv records what it was installed from; a matching stamp skips work.
+
+Precompiled pycs are a property of a venv, not of a process: a subject whose host settings say
+`startup.precompile = true` gets a venv of its own per pyc flavour (`-pyc-<bytecode>[-no-debug-ranges]`
+in its name), precompiled after installing with `<venv>/bin/python -m runtime.hostenv precompile
+<settings>` (the command the image build runs) and stamped, so no subject runs on pycs that another
+subject's settings wrote. Subjects without it share the venv pip compiled (timestamp pycs).
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import tools
@@ -19,6 +25,8 @@ from .interpreters import Interpreter
 from .workspace import perf_area, safe_name
 
 STAMP = "hostpgo-perf-venv.json"
+PRECOMPILE_STAMP = "hostpgo-precompile.json"
+PRECOMPILE_SETTINGS = "hostpgo-precompile.toml"
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,49 @@ class Env:
     root: Path
     python: Path
     wheelhouse_digest: str
+    pycs: str | None = None
+    """The pyc flavour precompiled into this venv (`pyc_flavour`), None for pip's own timestamp pycs."""
+    precompiled: dict | None = None
+    """The summary `runtime.hostenv precompile` printed (files, mode, seconds), when it ran for this venv."""
+
+
+def pyc_flavour(interp: Interpreter) -> str | None:
+    """The pycs a subject's host settings ask its venv to hold: None (as pip wrote them) when
+    startup.precompile is off, else `<bytecode>` plus `-no-debug-ranges` when compiled without columns."""
+    st = (interp.host_settings or {}).get("startup") or {}
+    if not st.get("precompile"):
+        return None
+    return str(st.get("bytecode", "timestamp")) + ("-no-debug-ranges" if st.get("no_debug_ranges") else "")
+
+
+def venv_dir(interp: Interpreter) -> Path:
+    """Where a subject's venv lives: one per executable, and per pyc flavour."""
+    flavour = pyc_flavour(interp)
+    return perf_area() / "venvs" / (f"{safe_name(interp.name)}-{interp.exe_sha256[:10]}"
+                                     + (f"-pyc-{flavour}" if flavour else ""))
+
+
+def _precompile(interp: Interpreter, root: Path, py: Path, digest: str, log: Path) -> dict:
+    """Precompile a venv as the subject's settings ask, unless its stamp shows it was, for the same install."""
+    from runtime import hostenv
+
+    stamp_path = root / PRECOMPILE_STAMP
+    settings = hostenv.HostSettings.from_json(interp.host_settings or {})
+    want = {"flavour": pyc_flavour(interp), "wheelhouse": digest, "exe_sha256": interp.exe_sha256}
+    have = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
+    if have and {k: have.get(k) for k in want} == want:
+        return have["summary"]
+    stamp_path.unlink(missing_ok=True)
+    toml = root / PRECOMPILE_SETTINGS
+    toml.write_text(settings.to_toml([f"startup settings of perf subject {interp.name}, for its venv's pycs"]))
+    proc = tools.run([py, "-m", "runtime.hostenv", "precompile", toml], log=log, timeout=3600)
+    try:
+        summary = json.loads(proc.stdout)
+    except ValueError as exc:
+        raise ToolError(f"{py} -m runtime.hostenv precompile printed no JSON summary", [str(py)],
+                        proc.stdout[-2000:]) from exc
+    stamp_path.write_text(json.dumps({**want, "summary": summary}, indent=1))
+    return summary
 
 
 def project_root() -> Path:
@@ -98,15 +149,14 @@ def prepare(interps: list[Interpreter], extras: tuple[str, ...], log: Path) -> l
     """Create or refresh one venv per interpreter, installing `hostpgo[extras]` from the shared wheelhouse."""
     envs: list[Env] = []
     houses: dict[str, Path] = {}
-    by_exe: dict[str, Env] = {}
+    by_exe: dict[tuple[str, str | None], Env] = {}
     for interp in interps:
-        if interp.exe_sha256 in by_exe:
-            # The same executable under other host settings: one venv serves every subject of it.
-            envs.append(Env(interp=interp, root=by_exe[interp.exe_sha256].root,
-                            python=by_exe[interp.exe_sha256].python,
-                            wheelhouse_digest=by_exe[interp.exe_sha256].wheelhouse_digest))
+        key = (interp.exe_sha256, pyc_flavour(interp))
+        if key in by_exe:
+            # The same executable under other host settings (and the same pycs): one venv serves them.
+            envs.append(replace(by_exe[key], interp=interp))
             continue
-        root = perf_area() / "venvs" / f"{safe_name(interp.name)}-{interp.exe_sha256[:10]}"
+        root = venv_dir(interp)
         py = _make_venv(interp, root, log)
         if interp.cache_tag not in houses:
             houses[interp.cache_tag] = build_wheelhouse(py, interp.cache_tag, extras, log)
@@ -122,6 +172,10 @@ def prepare(interps: list[Interpreter], extras: tuple[str, ...], log: Path) -> l
             tools.run([py, "-m", "pip", "install", "--no-index", "--find-links", house,
                        "--force-reinstall", "--no-deps", "hostpgo"], log=log, timeout=600)
             stamp_path.write_text(json.dumps(stamp, indent=1))
-        envs.append(Env(interp=interp, root=root, python=py, wheelhouse_digest=digest))
-        by_exe[interp.exe_sha256] = envs[-1]
+            (root / PRECOMPILE_STAMP).unlink(missing_ok=True)  # pip wrote its own pycs again
+        flavour = pyc_flavour(interp)
+        summary = _precompile(interp, root, py, digest, log) if flavour else None
+        envs.append(Env(interp=interp, root=root, python=py, wheelhouse_digest=digest, pycs=flavour,
+                        precompiled=summary))
+        by_exe[key] = envs[-1]
     return envs

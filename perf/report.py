@@ -82,7 +82,8 @@ def _interpreters_section(record: dict) -> list[str]:
                                        if linked is not None else "?"))
         rows.append([i["name"] + (" (baseline)" if i["name"] == record["baseline"] else ""), i["version"],
                      f"`{i['python']}`", i.get("origin", ""), i.get("manifest_digest", "none")[:12],
-                     i.get("exe_sha256", "")[:12], " ".join(flags) or "-", _host_cell(i)])
+                     i.get("exe_sha256", "")[:12], " ".join(flags) or "-",
+                     _host_cell(i) + _pycs_cell(record.get("venvs", {}).get(i["name"], {}))])
     return ["## Interpreters", ""] + _table(
         ["name", "version", "python", "origin", "manifest sha256", "executable sha256", "build", "host settings"],
         rows) + [""]
@@ -96,6 +97,15 @@ def _host_cell(interp: dict) -> str:
     from runtime.hostenv import HostSettings
 
     return f"`{hs.get('name', '?')}`: {HostSettings.from_json(hs).summary()}"
+
+
+def _pycs_cell(venv: dict) -> str:
+    """The venv's precompiled pycs, when the subject's settings asked for them (start-up targets depend on it)."""
+    pc = venv.get("precompiled")
+    if not pc:
+        return ""
+    ranges = ", no debug ranges" if pc.get("no_debug_ranges") else ""
+    return f"; venv pycs: {pc.get('mode')}{ranges} ({pc.get('compiled')} files precompiled)"
 
 
 def _latency_section(run_dir: Path, record: dict, out: dict) -> list[str]:

@@ -55,6 +55,23 @@ class Plan:
         return tuple(dict.fromkeys((*self.targets, *self.count_targets)))
 
 
+PER_PROCESS_SKIP = {
+    "counters": "counters difference two unit counts inside one process, and a start-up target's unit is the "
+                "process itself (under valgrind one MindSpore import alone takes 5-10 minutes)",
+    "attribute": "`perf record` samples the measured units inside one process; a start-up target's unit is the "
+                 "process itself",
+}
+"""Why the counters and attribution stages skip `command` (per-process) targets."""
+
+
+def stage_targets(plan: "Plan", stage: str) -> tuple[tuple[Target, ...], tuple[Target, ...]]:
+    """(targets the stage measures, targets it skips as per-process) - pure."""
+    chosen = plan.count_targets if stage == "counters" else plan.targets
+    if stage not in PER_PROCESS_SKIP:
+        return tuple(chosen), ()
+    return tuple(t for t in chosen if not t.per_process), tuple(t for t in chosen if t.per_process)
+
+
 def parse_stages(text: str) -> tuple[str, ...]:
     names = tuple(s.strip() for s in text.split(",") if s.strip())
     for name in names:
@@ -141,8 +158,14 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         pythons = {e.interp.name: e.python for e in prepared}
         stamps = {e.interp.name: _stamp(e.interp, e.wheelhouse_digest) for e in prepared}
         # What a counter run depends on besides its command line: the executable and the installed code.
-        reuse_keys = {e.interp.name: f"{e.interp.exe_sha256}:{e.wheelhouse_digest}" for e in prepared}
-        record["venvs"] = {e.interp.name: {"python": str(e.python), "wheelhouse_sha256": e.wheelhouse_digest}
+        reuse_keys = {e.interp.name: f"{e.interp.exe_sha256}:{e.wheelhouse_digest}" + (f":{e.pycs}" if e.pycs else "")
+                      for e in prepared}
+        record["venvs"] = {e.interp.name: {"python": str(e.python), "wheelhouse_sha256": e.wheelhouse_digest,
+                                           "pycs": e.pycs or "as pip wrote them (timestamp)",
+                                           **({"precompiled": {k: e.precompiled.get(k) for k in
+                                                               ("mode", "no_debug_ranges", "files", "compiled",
+                                                                "seconds", "paths")}}
+                                              if e.precompiled else {})}
                            for e in prepared}
     else:
         pythons = {i.name: Path(i.python) for i in plan.interpreters}
@@ -167,7 +190,17 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         _ran(record, plan, "latency")
         results.save(run_dir, record)
 
-    if not _done(record, plan, "counters", say):
+    for stage in PER_PROCESS_SKIP:
+        kept, skipped = stage_targets(plan, stage)
+        if stage in plan.stages and skipped:
+            note = (f"{stage}: skipped {', '.join(t.name for t in skipped)} ({PER_PROCESS_SKIP[stage]})"
+                    + ("" if kept else "; nothing left to measure in this stage"))
+            say(note)
+            notes = record.setdefault("notes", [])
+            if note not in notes:
+                notes.append(note)
+                results.save(run_dir, record)
+    if stage_targets(plan, "counters")[0] and not _done(record, plan, "counters", say):
         backend = counters.select_backend(plan.backend)
         say(f"counters: backend {backend.name} - {backend.reason}")
         # Simulated counts do not depend on what else runs, so valgrind runs go in parallel (one per
@@ -178,7 +211,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         per: dict[str, dict] = {i.name: {} for i in plan.interpreters}
         lock = threading.Lock()
         jobs = []
-        count_targets = list(plan.count_targets)
+        count_targets = list(stage_targets(plan, "counters")[0])
         # Target-major order: a stage cut short still compares every interpreter on the first targets.
         for t in count_targets:
             for interp in plan.interpreters:
@@ -217,11 +250,11 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         _ran(record, plan, "counters")
         results.save(run_dir, record)
 
-    if not _done(record, plan, "attribute", say):
+    if stage_targets(plan, "attribute")[0] and not _done(record, plan, "attribute", say):
         per = {}
         for interp in plan.interpreters:
             per[interp.name] = {}
-            for t in targets:
+            for t in stage_targets(plan, "attribute")[0]:
                 units = t.attribute_units // (4 if plan.quick else 1)
                 r = attribute.record(pythons[interp.name], t.name, units,
                                      run_dir / "attribution" / safe_name(interp.name), provider=plan.provider,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import sys
 
 import pyperf
 
@@ -24,6 +25,29 @@ def _add_cmdline_args(cmd: list[str], args) -> None:
         cmd.extend(("--provider", args.provider))
 
 
+def command(target, settings) -> list[str]:
+    """The process a `command` target times: this venv's interpreter with the settings' start-up options."""
+    from runtime import hostenv
+
+    return hostenv.with_interpreter_args(settings, [sys.executable, "-c", target.code])
+
+
+def _bench_command(runner: pyperf.Runner, target) -> None:
+    # The worker runs under the subject's environment (pyperf --inherit-environ): HOSTPGO_HOST_SETTINGS names
+    # the settings, PYTHONNODEBUGRANGES and any preload are inherited by the timed process from here.
+    from runtime import hostenv
+
+    cmd = command(target, hostenv.active())
+    runner.metadata.update({
+        "hostpgo_target": target.name,
+        "hostpgo_unit": target.unit,
+        "hostpgo_provider": "command",
+        "hostpgo_code_digest": hashlib.sha256(
+            (inspect.getsource(inspect.getmodule(main)) + target.code).encode()).hexdigest()[:16],
+    })
+    runner.bench_command(target.name, cmd)
+
+
 def main() -> None:
     runner = pyperf.Runner(
         add_cmdline_args=_add_cmdline_args, program_args=("-m", "perf.benchmarks.latency")
@@ -33,6 +57,9 @@ def main() -> None:
                                   help="module with open_workload (default: the catalog's)")
     args = runner.parse_args()
     target = TARGETS[args.target]
+    if target.mode == "command":
+        _bench_command(runner, target)
+        return
     provider = importlib.import_module(args.provider or target.provider)
     wl = provider.open_workload(target.workload, checkpoint=None, seed=0)
 

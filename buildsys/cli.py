@@ -50,6 +50,10 @@ def parser() -> argparse.ArgumentParser:
                     help="comma-separated profiles built and measured beside it (default "
                          f"{','.join(engine.DEFAULT_COMPARE_PROFILES)}; '' for none)")
     pl.add_argument("--no-measure", action="store_true", help="build and verify only")
+    pl.add_argument("--no-image", action="store_true", help="skip the optimized build's OCI image (needs root, "
+                                                            "mmdebstrap, umoci)")
+    pl.add_argument("--image-settings", default="default", metavar="NAME|FILE",
+                    help="host settings the image's entrypoint applies (default %(default)s)")
     pl.add_argument("--quick", action="store_true", help="shorter measurement (fewer rounds; noisier)")
     pl.add_argument("--out", default=None, help="measurement run name under .hostpgo/results (default: "
                                                 "pipeline-<UTC time>; an existing run is resumed)")
@@ -190,8 +194,11 @@ def cmd_pipeline(args, console: Console) -> int:
         return 0
     res = engine.pipeline(optimized=args.optimized, compare=compare, jobs=args.jobs, user_source=args.source,
                           console=console, live=console.is_terminal, measure=not args.no_measure,
-                          quick=args.quick, run_name=args.out, system=args.system)
+                          quick=args.quick, run_name=args.out, system=args.system, image=not args.no_image,
+                          image_settings=args.image_settings)
     _print_timings(res.builds, console)
+    if res.image is not None:
+        _print_image(res.image, console)
     if res.report is not None:
         print(f"report: {res.report}")
         print(f"regenerate it with: nox -s report -- {res.report.parent}")
@@ -205,9 +212,14 @@ def cmd_image(args, console: Console) -> int:
         print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))
         return 0
     ex = stages.execute(plan, inp.work.stamps, inp.work.logs, console=console, live=console.is_terminal)
+    _print_image(ex, console)
+    return 0
+
+
+def _print_image(ex, console: Console) -> None:
     for name, r in ex.results.items():
         print(f"  {name:<16} {r.seconds:8.1f} s  {'reused (stamp)' if r.skipped else 'ran'}")
-    s = plan.summary
+    s = ex.plan.summary
     print(f"image {s['tag']}: OCI layout {s['layout']} (tag {image.layout_tag(s['tag'])}); "
           f"record {Path(s['prefix']) / 'hostpgo-image.json'}")
     for w in ex.results["image-verify"].info.get("workloads", []):
@@ -215,7 +227,6 @@ def cmd_image(args, console: Console) -> int:
               f"allocator_in_effect={w['allocator_in_effect']} ({w['host_settings']})")
     print(f"run it: skopeo copy oci:{s['layout']}:{image.layout_tag(s['tag'])} docker-daemon:{s['tag']}   "
           f"or unpack: umoci unpack --image {s['layout']}:{image.layout_tag(s['tag'])} DIR && chroot DIR/rootfs ...")
-    return 0
 
 
 def cmd_bolt_check(args, console: Console) -> int:

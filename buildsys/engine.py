@@ -122,6 +122,8 @@ class PipelineResult:
     builds: tuple[stages.Execution, ...]
     report: Path | None = None
     """The measurement run's report.md (None when measurement was skipped)."""
+    image: stages.Execution | None = None
+    """The optimized build's OCI image (None with --no-image)."""
 
 
 def measure_command(builds: Sequence[stages.Execution], *, run_name: str, quick: bool = False,
@@ -146,17 +148,33 @@ def measure_command(builds: Sequence[stages.Execution], *, run_name: str, quick:
 def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[str] = DEFAULT_COMPARE_PROFILES,
              jobs: int | None = None, user_source: Path | None = None, console: Console | None = None,
              live: bool = True, measure: bool = True, quick: bool = False, run_name: str | None = None,
-             system: Path | None = SYSTEM_PYTHON) -> PipelineResult:
-    """Build baseline, the comparison profiles and the optimized one; then measure them side by side."""
+             system: Path | None = SYSTEM_PYTHON, image: bool = True,
+             image_settings: str = "default") -> PipelineResult:
+    """Build baseline, the comparison profiles and the optimized one; measure them side by side; then the
+    optimized build's OCI image."""
+    from . import image as imagemod  # the image stages need root and their tools: checked before any build
+
     console = console or Console(stderr=True)
     refs = list(dict.fromkeys((BASELINE_PROFILE, *compare, optimized)))
     tcs = ensure_toolchain(refs, console)
+    if image:
+        try:
+            imagemod.check_host()
+        except imagemod.ImageError as e:
+            raise HostpgoError(f"{e} (or pass --no-image to build and measure without the image)") from None
     out = []
     for ref in refs:
         inp = prepare(ref, jobs=jobs, user_source=user_source, detected=tcs)
         out.append(build(inp, console=console, live=live))
+
+    def make_image() -> stages.Execution | None:
+        if not image:
+            return None
+        iinp = imagemod.prepare(optimized, settings=image_settings)
+        return stages.execute(imagemod.plan(iinp), iinp.work.stamps, iinp.work.logs, console=console, live=live)
+
     if not measure:
-        return PipelineResult(tuple(out))
+        return PipelineResult(tuple(out), None, make_image())
     name = run_name or "pipeline-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     cmd = measure_command(out, run_name=name, quick=quick, system=system)
     console.print("[bold]measure:[/] " + " ".join(shlex.quote(c) for c in cmd))
@@ -165,4 +183,5 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
         raise HostpgoError(f"measurement failed (exit {done.returncode}): {' '.join(shlex.quote(c) for c in cmd)}; "
                            "the builds are installed and stamped, so rerunning the pipeline only measures again")
     lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
-    return PipelineResult(tuple(out), Path(lines[-1]) if lines else None)
+    report = Path(lines[-1]) if lines else None
+    return PipelineResult(tuple(out), report, make_image())

@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -324,6 +325,38 @@ def _copy_prefix(prefix: Path, dest: Path, minor: str) -> None:
     shutil.copytree(prefix, dest, symlinks=True, ignore=ignore)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(images: Path, slug: str, alive=_alive, pattern: str = ".{slug}-*.tmp",
+                 rootfs: str = "bundle/rootfs") -> list[Path]:
+    """Scratch directories of this image left by runs that died (their pid is gone); a live run's are kept.
+
+    A dead run may have died with /proc or /dev still mounted inside its rootfs: those are unmounted first,
+    so removing the directory can never reach into the host's /dev.
+    """
+    removed = []
+    for d in sorted(images.glob(pattern.format(slug=slug))):
+        m = re.search(r"\.(\d+)(\.tmp)?$", d.name)
+        if not m or alive(int(m.group(1))):
+            continue
+        for sub in (f"{rootfs}/proc", f"{rootfs}/dev"):
+            if os.path.ismount(d / sub):
+                subprocess.run(["umount", "-l", str(d / sub)], capture_output=True)
+            if os.path.ismount(d / sub):
+                raise ImageError(f"{d / sub} is still mounted; unmount it before building this image again")
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
 # ------------------------------------------------------------------------------------------- plan
 
 
@@ -382,6 +415,9 @@ def plan(inp: ImageInputs) -> BuildPlan:
 
     def do_assemble(ctx: StageContext) -> None:
         r = ctx.runner
+        removed = remove_stale(out.parent, tag_slug(inp.tag))
+        if removed:
+            ctx.info["removed_stale"] = [str(p) for p in removed]
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -426,7 +462,8 @@ def plan(inp: ImageInputs) -> BuildPlan:
                                                         "print(builtin_checkpoint('tiny', 0))"]), timeout=900)
         packages = subprocess.run(["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W",
                                    "-f=${Package} ${Version}\n"], capture_output=True, text=True).stdout
-        pip_list = subprocess.run(chroot_argv(rootfs, env, [vpy, "-m", "pip", "list", "--format=json"]),
+        pip_list = subprocess.run(chroot_argv(rootfs, env, [vpy, "-m", "pip", "--disable-pip-version-check",
+                                                             "list", "--format=json"]),
                                   capture_output=True, text=True).stdout
         record = {"schema": IMAGE_SCHEMA, "tag": inp.tag, "build": inp.build_id, "profile": inp.build,
                   "build_manifest": f"{PYTHON_DIR}/{manifest_mod.FILE_NAME}",
@@ -434,7 +471,7 @@ def plan(inp: ImageInputs) -> BuildPlan:
                   "entrypoint": entrypoint(inp.settings_name), "env": env,
                   "debian": {"suite": suite, "sources": sources_lines,
                              "packages": dict(ln.split(" ", 1) for ln in packages.splitlines() if " " in ln)},
-                  "python_packages": {p["name"]: p["version"] for p in json.loads(pip_list or "[]")},
+                  "python_packages": {p["name"]: p["version"] for p in json.loads((pip_list.strip().splitlines() or ["[]"])[0])},
                   "unresolved_on_build_host": list(inp.unresolved)}
         (rootfs / ROOT.lstrip("/") / "hostpgo-image.json").write_text(json.dumps(record, indent=2) + "\n")
         _repack(r, tl, bundle, f"host settings ({inp.settings_name}), built-in checkpoint, image record")
@@ -457,6 +494,7 @@ def plan(inp: ImageInputs) -> BuildPlan:
 
     def do_verify(ctx: StageContext) -> None:
         r = ctx.runner
+        remove_stale(out, "", pattern=".verify.*", rootfs="rootfs")
         check = out / f".verify.{os.getpid()}"
         shutil.rmtree(check, ignore_errors=True)
         try:
@@ -487,6 +525,9 @@ def plan(inp: ImageInputs) -> BuildPlan:
                                     "golden_match": rec.get("golden_match"),
                                     "allocator_in_effect": hs.get("allocator_in_effect"),
                                     "host_settings": hs.get("summary")})
+                    if hs.get("allocator_in_effect") is False:
+                        raise ImageError(f"image {layout}: workload {name} ran without the allocator its host "
+                                         f"settings ask for: {'; '.join(hs.get('warnings') or [])}")
                     if rc != 0 or rec.get("golden_match") is not True:
                         raise ImageError(f"image {layout}: workload {name} did not reproduce its golden tokens "
                                          f"through the entrypoint (got {rec.get('token_digest')}); the image is "
@@ -552,6 +593,15 @@ def plan(inp: ImageInputs) -> BuildPlan:
 # ------------------------------------------------------------------------------------ preparation
 
 
+def image_requirements(pyproject: Path = REPO_ROOT / "pyproject.toml") -> tuple[str, ...]:
+    """What the image's venv installs besides this project: its dependencies and its `runtime` extra."""
+    try:
+        base = tuple(tomllib.loads(pyproject.read_text())["project"].get("dependencies", ()))
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as e:
+        raise ImageError(f"{pyproject}: cannot read [project] dependencies ({e})") from None
+    return tuple(dict.fromkeys((*base, *runtime_requirements(pyproject))))
+
+
 def check_host(which=shutil.which, euid: int | None = None) -> None:
     """Root and the image tools; the error names each missing command and the package that has it."""
     euid = os.geteuid() if euid is None else euid
@@ -614,7 +664,7 @@ def prepare(build: str, *, settings: str = "default", tag: str | None = None, ar
     runner = runner or Runner(work.logs / "image" / f"prepare-{build}.log")
     sname, svalues, sfiles = resolve_settings(settings, runner)
     minor = ".".join(str(man.get("version", "3.11")).split(".")[:2])
-    reqs = runtime_requirements()
+    reqs = image_requirements()
     deps = sorted(work.deps.glob(f"runtime-py{minor}-*"))
     if not deps:
         raise ImageError(f"no runtime dependencies installed under {work.deps} for Python {minor}; the image's "
@@ -622,7 +672,12 @@ def prepare(build: str, *, settings: str = "default", tag: str | None = None, ar
                          "(its runtime-deps stage installs them)")
     packages, _libs, unresolved = library_packages([prefix, deps[-1]], runner)
     table = alloc_mod.table()
-    wanted = {svalues.get("allocator", {}).get("name", "glibc"), opt.get("allocator", "glibc")}
+    asked, linked = svalues.get("allocator", {}).get("name", "glibc"), opt.get("allocator", "glibc")
+    if linked != "glibc" and asked != linked:
+        raise ImageError(f"--host-settings {settings}: asks for allocator {asked!r}, but build {prefix.name} links "
+                         f"{linked!r}, which cannot be unloaded; ship it with settings whose allocator.name is "
+                         f"{linked!r} (e.g. --host-settings {linked}, profiles/host/{linked}.toml)")
+    wanted = {asked, linked}
     extra = sorted(table[a].packages["debian"] for a in wanted if a != "glibc" and a in table)
     verify = tuple(man.get("profile", {}).get("verify", {}).get("workloads", ())) or ("decode-b1",)
     stem = str(man.get("profile", {}).get("name", build))

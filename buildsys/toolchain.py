@@ -20,6 +20,8 @@ LLVM_PACKAGES = (f"clang-{LLVM_VERSION}", f"lld-{LLVM_VERSION}", f"llvm-{LLVM_VE
 CPYTHON_BUILD_DEPS = ("build-essential", "pkg-config", "libbz2-dev", "libffi-dev", "liblzma-dev",
                       "libncurses-dev", "libreadline-dev", "libsqlite3-dev", "libssl-dev",
                       "zlib1g-dev", "uuid-dev", "libgdbm-dev")
+# What `python -m buildsys image` runs: the Debian base (mmdebstrap), the OCI layout (umoci), docker-archive (skopeo).
+IMAGE_PACKAGES = ("mmdebstrap", "umoci", "skopeo")
 # MIDR_EL1 part numbers of HiSilicon (implementer 0x48) cores and the -mcpu name for each.
 KUNPENG_PARTS = {0xD01: "tsv110", 0xD02: "hip09"}
 HISILICON_IMPLEMENTER = 0x48
@@ -234,10 +236,10 @@ def detect(environ: dict[str, str] | None = None) -> Toolchains:
 
 
 def missing_packages(host: Host) -> list[str]:
-    """On Debian/Ubuntu: which of LLVM_PACKAGES + CPYTHON_BUILD_DEPS dpkg does not list as installed."""
+    """On Debian/Ubuntu: which of LLVM_PACKAGES + CPYTHON_BUILD_DEPS + IMAGE_PACKAGES dpkg does not list as installed."""
     if not host.is_debian_like or not shutil.which("dpkg-query"):
         return []
-    wanted = [*LLVM_PACKAGES, *CPYTHON_BUILD_DEPS]
+    wanted = [*LLVM_PACKAGES, *CPYTHON_BUILD_DEPS, *IMAGE_PACKAGES]
     done = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", *wanted],
                           capture_output=True, text=True)
     installed = {ln.split()[0].split(":")[0] for ln in done.stdout.splitlines()
@@ -248,7 +250,7 @@ def missing_packages(host: Host) -> list[str]:
 def install_command(host: Host) -> list[str]:
     """The exact package-manager command that installs what hostpgo needs on this host."""
     if host.is_debian_like:
-        return ["apt-get", "install", "-y", *LLVM_PACKAGES, *CPYTHON_BUILD_DEPS]
+        return ["apt-get", "install", "-y", *LLVM_PACKAGES, *CPYTHON_BUILD_DEPS, *IMAGE_PACKAGES]
     return ["dnf", "install", "-y", "clang", "lld", "llvm", "llvm-bolt", "gcc", "make",
             "bzip2-devel", "libffi-devel", "xz-devel", "ncurses-devel", "readline-devel",
             "sqlite-devel", "openssl-devel", "zlib-devel", "libuuid-devel", "gdbm-devel"]

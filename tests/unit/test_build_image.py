@@ -164,3 +164,26 @@ def test_prepare_refuses_missing_shared_and_instrumented_builds(tmp_path: Path) 
 def test_unknown_host_settings_are_named(tmp_path: Path) -> None:
     with pytest.raises(image.ImageError, match="--host-settings no-such-settings: .*no host settings named"):
         image.resolve_settings("no-such-settings", Runner(tmp_path / "log"))
+
+
+def test_requirements_cover_the_project_dependencies_and_runtime_extra(tmp_path: Path) -> None:
+    py = tmp_path / "pyproject.toml"
+    py.write_text('[project]\nname = "x"\ndependencies = ["rich>=13"]\n'
+                  '[project.optional-dependencies]\nruntime = ["mindspore==2.10.0", "rich>=13"]\n')
+    assert image.image_requirements(py) == ("rich>=13", "mindspore==2.10.0")
+    py.write_text("[tool]\n")
+    with pytest.raises(image.ImageError, match="pyproject.toml: cannot read"):
+        image.image_requirements(py)
+
+
+def test_stale_scratch_of_dead_runs_is_removed_live_ones_kept(tmp_path: Path) -> None:
+    dead = tmp_path / ".hostpgo-x-default-abc.111.tmp"
+    live = tmp_path / ".hostpgo-x-default-abc.222.tmp"
+    other = tmp_path / ".hostpgo-y-default-abc.111.tmp"
+    for d in (dead, live, other):
+        (d / "bundle").mkdir(parents=True)
+    got = image.remove_stale(tmp_path, "hostpgo-x-default", alive=lambda pid: pid == 222)
+    assert got == [dead] and not dead.exists() and live.exists() and other.exists()
+    (tmp_path / ".verify.333" / "rootfs").mkdir(parents=True)
+    assert image.remove_stale(tmp_path, "", alive=lambda pid: False, pattern=".verify.*", rootfs="rootfs") == \
+        [tmp_path / ".verify.333"]

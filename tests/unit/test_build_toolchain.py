@@ -51,6 +51,7 @@ def test_install_hint_is_the_exact_apt_line() -> None:
     host = toolchain.Host("x86_64", "debian")
     cmd = toolchain.install_command(host)
     assert cmd[:7] == ["apt-get", "install", "-y", "clang-22", "lld-22", "llvm-22", "bolt-22"]
+    assert cmd[-3:] == ["mmdebstrap", "umoci", "skopeo"]  # the image stages
     assert "libssl-dev" in cmd
 
 

@@ -72,7 +72,9 @@ def _precompile(interp: Interpreter, root: Path, py: Path, digest: str, log: Pat
     stamp_path.unlink(missing_ok=True)
     toml = root / PRECOMPILE_SETTINGS
     toml.write_text(settings.to_toml([f"startup settings of perf subject {interp.name}, for its venv's pycs"]))
-    proc = tools.run([py, "-m", "runtime.hostenv", "precompile", toml], log=log, timeout=3600)
+    # Run in the venv's directory: `-m` puts the working directory first on sys.path, and from a source checkout
+    # it would import (and precompile) the checkout's runtime/ instead of the venv's.
+    proc = tools.run([py, "-m", "runtime.hostenv", "precompile", toml], cwd=root, log=log, timeout=3600)
     try:
         summary = json.loads(proc.stdout)
     except ValueError as exc:

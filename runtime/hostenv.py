@@ -716,14 +716,20 @@ def startup_warnings(settings: HostSettings, seen: Mapping) -> list[str]:
     return out
 
 
-def default_precompile_paths() -> list[Path]:
-    """This interpreter's site-packages (purelib, platlib) and the runtime package when it lives elsewhere."""
+def _site_packages() -> list[Path]:
     paths = sysconfig.get_paths()
     out: list[Path] = []
     for key in ("purelib", "platlib"):
         p = Path(paths[key]).resolve()
         if p.is_dir() and p not in out:
             out.append(p)
+    return out
+
+
+def default_precompile_paths() -> list[Path]:
+    """This interpreter's site-packages (purelib, platlib) and the runtime package when it lives elsewhere (a
+    source checkout: `python -m` from a directory holding runtime/ imports that one, so run it elsewhere)."""
+    out = _site_packages()
     mine = Path(__file__).resolve().parent
     if not any(mine.is_relative_to(p) for p in out):
         out.append(mine)
@@ -808,7 +814,7 @@ def precompile(settings: HostSettings, paths: Sequence[str | os.PathLike[str]] =
     if ranges != {not st.no_debug_ranges}:
         raise PrecompileError(f"precompile: the workers compiled with debug ranges {sorted(ranges)}, not "
                               f"{not st.no_debug_ranges} as startup.no_debug_ranges asks (-X no_debug_ranges given?)")
-    site = [p for p in default_precompile_paths()[:2]]
+    site = _site_packages()
     warnings = []
     if st.bytecode == "unchecked-hash":
         outside = [str(r) for r in roots if not any(r.is_relative_to(p) for p in site)]

@@ -88,3 +88,32 @@ def test_cli_bench_times_start_up_under_each_subjects_settings(tmp_path):
     assert dict(record["interpreters"][1]["host_env"])["PYTHONNODEBUGRANGES"] == "1"
     text = (out / "report.md").read_text()
     assert "### b vs a" in text and "startup-bare" in text
+
+
+def test_a_venv_is_precompiled_from_inside_it_once_per_install(tmp_path, monkeypatch):
+    import subprocess
+
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append((cmd, kw))
+        summary = {"mode": "unchecked-hash", "files": 3, "compiled": 3, "seconds": 0.1, "no_debug_ranges": False,
+                   "paths": ["x"]}
+        return subprocess.CompletedProcess(cmd, 0, json.dumps(summary), "")
+
+    monkeypatch.setattr(envs.tools, "run", fake_run)
+    interp = _interp("w", "startup-precompiled")
+    root = tmp_path / "venv"
+    root.mkdir()
+    py = root / "bin" / "python"
+    summary = envs._precompile(interp, root, py, "digest1", tmp_path / "log")
+    assert summary["files"] == 3 and len(calls) == 1
+    cmd, kw = calls[0]
+    # From the venv's own directory: `-m` from a source checkout would import the checkout's runtime/.
+    assert cmd[:4] == [py, "-m", "runtime.hostenv", "precompile"] and kw["cwd"] == root
+    again = hostenv.resolve(cmd[4], env={})
+    assert again.startup == hostenv.resolve("startup-precompiled", env={}).startup
+    envs._precompile(interp, root, py, "digest1", tmp_path / "log")
+    assert len(calls) == 1                                   # stamped: the same install is not compiled again
+    envs._precompile(interp, root, py, "digest2", tmp_path / "log")
+    assert len(calls) == 2                                   # a new wheelhouse reinstalled the venv

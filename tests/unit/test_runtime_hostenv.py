@@ -499,3 +499,13 @@ def test_record_reports_the_startup_in_effect_and_warns_on_mismatch():
     assert hostenv.startup_warnings(lean, {**seen, "frozen_stdlib": True, "debug_ranges": False,
                                            "pyc_modes": {"packages": ["runtime"],
                                                          "modules": {"unchecked-hash": 9}}}) == []
+
+
+def test_unchecked_hash_outside_site_packages_is_warned_about(tmp_path, monkeypatch):
+    pkg = _pkg(tmp_path)
+    s = hostenv.resolve("startup-precompiled", env={})
+    monkeypatch.setattr(hostenv, "_site_packages", lambda: [pkg.parent.resolve()])
+    assert hostenv.precompile(s, [pkg], workers=1)["warnings"] == []
+    monkeypatch.setattr(hostenv, "_site_packages", lambda: [tmp_path / "elsewhere"])
+    (warning,) = hostenv.precompile(s, [pkg], workers=1)["warnings"]
+    assert str(pkg.resolve()) in warning and "not seen until precompiled again" in warning

@@ -395,6 +395,9 @@ def plan(inp: ImageInputs) -> BuildPlan:
     epoch_env = {"SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH}
 
     def do_base(ctx: StageContext) -> None:
+        if base_tar.is_file():  # published by rename, so complete; shared by every image of this base key
+            ctx.info.update({"tar": str(base_tar), "origin": "present", "sha256": _sha256(base_tar)})
+            return
         base_tar.parent.mkdir(parents=True, exist_ok=True)
         tmp = base_tar.with_name(f".{base_tar.name}.{os.getpid()}.tmp.tar")
         tmp.unlink(missing_ok=True)
@@ -406,6 +409,10 @@ def plan(inp: ImageInputs) -> BuildPlan:
                          "packages": list(inp.packages), "sha256": _sha256(base_tar)})
 
     def do_wheels(ctx: StageContext) -> None:
+        if wheels.is_dir():  # published by rename, so complete; shared by every image of these requirements
+            ctx.info.update({"dir": str(wheels), "origin": "present",
+                             "wheels": sorted(p.name for p in wheels.glob("*.whl"))})
+            return
         tmp = wheels.with_name(f".{wheels.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         ctx.runner.run([sys.executable, "-m", "pip", "wheel", "--only-binary=:all:", "--wheel-dir", str(tmp),

@@ -43,6 +43,7 @@ from .cpython import last_json, runtime_requirements
 from .errors import HostpgoError
 from .paths import REPO_ROOT, WorkArea
 from .runner import Runner
+from .toolchain import Host, detect_host
 from .stages import BuildPlan, Call, Execution, Stage, StageContext, digest
 
 IMAGE_SCHEMA = 1
@@ -609,8 +610,12 @@ def image_requirements(pyproject: Path = REPO_ROOT / "pyproject.toml") -> tuple[
     return tuple(dict.fromkeys((*base, *runtime_requirements(pyproject))))
 
 
-def check_host(which=shutil.which, euid: int | None = None) -> None:
-    """Root and the image tools; the error names each missing command and the package that has it."""
+def check_host(which=shutil.which, euid: int | None = None, host: Host | None = None) -> None:
+    """A Debian-like host, root and the image tools; the error names each missing command and its package."""
+    host = host or detect_host()
+    if (host.os_id not in ("debian", "ubuntu")) if host.os_id else not host.is_debian_like:
+        raise ImageError(f"the image's base is made by mmdebstrap from the host's Debian/Ubuntu mirrors; this host "
+                         f"is {host.os_id or 'unknown'}, for which no base builder is written yet")
     euid = os.geteuid() if euid is None else euid
     if euid != 0:
         raise ImageError("building an image needs root (mmdebstrap --mode=root, chroot, mounting /proc); "

@@ -10,6 +10,7 @@ import pytest
 from buildsys import image, manifest
 from buildsys.paths import WorkArea
 from buildsys.runner import Runner
+from buildsys.toolchain import Host
 
 DEB822 = """Types: deb
 URIs: http://deb.debian.org/debian
@@ -128,11 +129,15 @@ def test_chroot_argv_passes_only_the_given_environment(tmp_path: Path) -> None:
 
 
 def test_check_host_names_missing_tools_and_root() -> None:
+    debian = Host("x86_64", "debian")
     with pytest.raises(image.ImageError, match="needs root"):
-        image.check_host(which=lambda c: "/usr/bin/" + c, euid=1000)
+        image.check_host(which=lambda c: "/usr/bin/" + c, euid=1000, host=debian)
     with pytest.raises(image.ImageError, match="missing mmdebstrap, umoci; install with: apt-get install -y "
                                                "mmdebstrap umoci"):
-        image.check_host(which=lambda c: None if c in ("mmdebstrap", "umoci") else "/x", euid=0)
+        image.check_host(which=lambda c: None if c in ("mmdebstrap", "umoci") else "/x", euid=0, host=debian)
+    with pytest.raises(image.ImageError, match="this host is openEuler, for which no base builder"):
+        image.check_host(which=lambda c: "/x", euid=0, host=Host("aarch64", "openEuler"))
+    image.check_host(which=lambda c: "/x", euid=0, host=debian)
 
 
 def _manifest(name: str, shared: bool) -> str:

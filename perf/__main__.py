@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print the plan for an assumed 8 s per workload process and run nothing")
     rp = sub.add_parser("report", help="regenerate report.md, comparison.json and plots from a run's JSON")
     rp.add_argument("run_dir", help="a run directory, or a run name under $HOSTPGO_HOME/results")
+    rp.add_argument("--baseline", default=None, metavar="NAME",
+                    help="compare against this subject instead of the run's baseline; written beside the main "
+                         "report as report-vs-NAME.md (the main report is left as it is)")
     return ap
 
 
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = Path(args.run_dir)
             if not run_dir.exists() and "/" not in args.run_dir:
                 run_dir = new_run_dir(args.run_dir)
-            dest = report.build(run_dir)
+            dest = report.build(run_dir, baseline=args.baseline)
         else:
             plan = _plan(args, argv)
             for i in plan.interpreters:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from . import plots, results
 from .compare import Comparison, compare_suites
+from .errors import ResultsError
 from .attribute import group_of
 from .counters import IPC_MODEL_TEXT
 
@@ -134,7 +136,7 @@ def _latency_section(run_dir: Path, record: dict, out: dict) -> list[str]:
         comps.append(comp)
         lines += [f"### {name} vs {base}", ""] + _comparison_table(comp, per_token) + [""]
     out["latency"] = [_comparison_json(c) for c in comps]
-    plots_dir = run_dir / "plots"
+    plots_dir = run_dir / record.get("_plots", "plots")
     p = plots.latency_distributions(suites, order, plots_dir / "latency_distribution.png")
     lines += [f"![latency distributions]({p.relative_to(run_dir)})", ""]
     if comps:
@@ -189,7 +191,7 @@ def _counters_section(run_dir: Path, record: dict, out: dict) -> list[str]:
         lines += [f"### {target} (per {unit}; N1={units[0]}, N2={units[1]})", ""] + _table(headers, rows) + [""]
         out_c[target] = {n: cnt["results"][n][target]["per_unit"] | cnt["results"][n][target]["derived"] for n in names}
     out["counters"] = {"backend": backend, "per_unit": out_c}
-    png = plots.counter_ratios(out_c, base, names, backend, run_dir / "plots" / "counters.png")
+    png = plots.counter_ratios(out_c, base, names, backend, run_dir / record.get("_plots", "plots") / "counters.png")
     if png is not None:
         lines += [f"![counters relative to {base}]({png.relative_to(run_dir)})", ""]
     return lines
@@ -310,7 +312,7 @@ def _guard_section(run_dir: Path, record: dict, out: dict) -> list[str]:
         lines += [f"### {i['name']} vs {base}", ""] + _comparison_table(comp) + [""]
     out["guard"] = [_comparison_json(c) for c in comps]
     if comps:
-        p = plots.speedups(comps, run_dir / "plots" / "guard_speedup.png", "pyperformance subset speedup")
+        p = plots.speedups(comps, run_dir / record.get("_plots", "plots") / "guard_speedup.png", "pyperformance subset speedup")
         lines += [f"![pyperformance speedups]({p.relative_to(run_dir)})", ""]
     return lines
 
@@ -351,10 +353,23 @@ def _headline(record: dict, out: dict) -> list[str]:
         _table(headers, rows) + [""]
 
 
-def build(run_dir: Path) -> Path:
-    """(Re)generate report.md, comparison.json and plots from the run directory's JSON."""
+def build(run_dir: Path, baseline: str | None = None) -> Path:
+    """(Re)generate report.md, comparison.json and plots from the run directory's JSON.
+
+    `baseline` names another subject of the run to compare against; that report goes beside the main one
+    (`report-vs-NAME.md`, `comparison-vs-NAME.json`, `plots-vs-NAME/`), which stays as it was.
+    """
     run_dir = Path(run_dir).resolve()
     record = results.load(run_dir)
+    report_name, comparison_name = REPORT, COMPARISON
+    if baseline is not None and baseline != record["baseline"]:
+        names = [i["name"] for i in record["interpreters"]]
+        if baseline not in names:
+            raise ResultsError(f"--baseline {baseline}: not a subject of run {record['run']} "
+                               f"(subjects: {', '.join(names)})")
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", baseline)
+        record = {**record, "baseline": baseline, "_plots": f"plots-vs-{slug}"}
+        report_name, comparison_name = f"report-vs-{slug}.md", f"comparison-vs-{slug}.json"
     out: dict = {"run": record["run"], "baseline": record["baseline"]}
     host = record.get("host", {})
     lines = [f"# hostpgo measurement: {record['run']}", "",
@@ -374,7 +389,7 @@ def build(run_dir: Path) -> Path:
     lines += _headline(record, out) + body
     if record.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in record["notes"]] + [""]
-    (run_dir / COMPARISON).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-    dest = run_dir / REPORT
+    (run_dir / comparison_name).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    dest = run_dir / report_name
     dest.write_text("\n".join(lines), encoding="utf-8")
     return dest

@@ -83,3 +83,20 @@ def test_stamped_metadata_survives_dump_and_load(run_dir, tmp_path):
     again = pyperf.BenchmarkSuite.load(str(tmp_path / "s.json"))
     assert {b.get_metadata()["hostpgo_manifest_sha256"] for b in again.get_benchmarks()} == {"f" * 64}
     assert [b.get_values() for b in again.get_benchmarks()] == [b.get_values() for b in suite.get_benchmarks()]
+
+
+def test_another_baseline_is_written_beside_the_main_report(run_dir):
+    main = report.build(run_dir).read_text()
+    dest = report.build(run_dir, baseline="opt")
+    assert dest.name == "report-vs-opt.md" and (run_dir / "report.md").read_text() == main
+    text = dest.read_text()
+    assert "### base vs opt" in text and "opt (baseline)" in text
+    (lat,) = json.loads((run_dir / "comparison-vs-opt.json").read_text())["latency"]
+    base = pyperf.BenchmarkSuite.load(str(run_dir / "latency" / "base.json"))
+    opt = pyperf.BenchmarkSuite.load(str(run_dir / "latency" / "opt.json"))
+    for row in lat["rows"]:
+        assert row["ratio"] == pytest.approx(base.get_benchmark(row["name"]).median()
+                                             / opt.get_benchmark(row["name"]).median())
+    assert (run_dir / "plots-vs-opt" / "latency_speedup.png").is_file()
+    with pytest.raises(ResultsError, match="--baseline nosuch: not a subject of run run-small"):
+        report.build(run_dir, baseline="nosuch")

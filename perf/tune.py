@@ -219,8 +219,10 @@ def judge(label: str, rows: Sequence[Mapping], count_ratio: float | None = None)
         if count_ratio < 1 - COUNT_THRESHOLD:
             return Verdict(label, geo, per, True, "instructions",
                            f"time not significant; {count_ratio:.3f}x the defaults' instructions per step")
+        where = ("more work than the defaults" if count_ratio > 1 + COUNT_THRESHOLD
+                 else f"within {COUNT_THRESHOLD:.0%}")
         return Verdict(label, geo, per, False, "instructions",
-                       f"time not significant; instructions {count_ratio:.3f}x (within {COUNT_THRESHOLD:.0%})")
+                       f"time not significant; instructions {count_ratio:.3f}x ({where})")
     return Verdict(label, geo, per, False, "none", "no significant difference in time")
 
 

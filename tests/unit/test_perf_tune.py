@@ -125,7 +125,9 @@ def test_judge_instructions_decide_when_time_is_not_significant():
     v = tune.judge("a", r, count_ratio=0.95)
     assert v.wins and v.metric == "instructions"
     v = tune.judge("a", r, count_ratio=0.995)
-    assert not v.wins and v.metric == "instructions"
+    assert not v.wins and v.metric == "instructions" and "(within 1%)" in v.reason
+    v = tune.judge("a", r, count_ratio=1.016)
+    assert not v.wins and "1.016x (more work than the defaults)" in v.reason
 
 
 def test_combine_winners_in_lever_order():

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import SpecError, ToolError
+from .errors import IncompatibleResults, SpecError, ToolError
 from .workspace import hostpgo_home, safe_name
 
 MANIFEST_NAME = "hostpgo-manifest.json"
@@ -209,6 +209,18 @@ def python_in_prefix(prefix: Path, manifest: dict) -> Path | None:
         if cand.is_file() and os.access(cand, os.X_OK):
             return cand
     return None
+
+
+def assert_unchanged(interp: "Interpreter", during: str) -> None:
+    """Raise when the interpreter's executable is no longer the one measured at the start (rebuilt or reinstalled
+    in the meantime): results from before and after would mix two binaries under one name."""
+    exe = Path(os.path.realpath(interp.python))
+    now = _sha256_file(exe) if exe.is_file() else "missing"
+    if now != interp.exe_sha256:
+        raise IncompatibleResults(
+            f"interpreter {interp.name}: its executable {exe} changed during {during} (sha256 "
+            f"{interp.exe_sha256[:12]} at the start, {now[:12]} now: rebuilt or reinstalled meanwhile?); what was "
+            "measured since would mix two binaries, so nothing of it is kept: rerun when no build is installing it")
 
 
 def _sha256_file(path: Path) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import attribute, counters, envs, guard, latency, report, results
+from . import attribute, counters, envs, guard, interpreters, latency, report, results
 from .catalog import Target
 from .errors import IncompatibleResults, ResultsError, SpecError
 from .interpreters import Interpreter
@@ -117,6 +117,12 @@ def _open_record(plan: Plan) -> dict:
                               [t.name for t in plan.all_targets], list(plan.argv))
 
 
+def _unchanged(plan: Plan, stage: str) -> None:
+    """Before a stage's results are kept: every interpreter is still the binary the run started with."""
+    for interp in plan.interpreters:
+        interpreters.assert_unchanged(interp, f"the {stage} stage")
+
+
 def _ran(record: dict, plan: Plan, stage: str) -> None:
     """Remember which command produced a stage's results (a run may be built up over several commands)."""
     record.setdefault("stage_commands", {})[stage] = " ".join(plan.argv)
@@ -187,6 +193,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         record["latency"] = latency.run_interleaved(
             subjects, targets, run_dir / "latency", settings, provider=plan.provider, env=env, log=log,
             progress=lambda m: say("  " + m))
+        _unchanged(plan, "latency")
         _ran(record, plan, "latency")
         results.save(run_dir, record)
 
@@ -230,6 +237,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
                                  run_dir / "counters" / safe_name(interp.name), provider=plan.provider,
                                  env=envs_by[interp.name], log=log,
                                  reuse_key=None if plan.redo else reuse_keys.get(interp.name))
+            interpreters.assert_unchanged(interp, f"the counters stage ({t.name})")
             with lock:  # each finished pair is saved, so an interrupted stage resumes pair by pair
                 per[interp.name][t.name] = m
                 record["counters"] = {"backend": backend.name, "reason": backend.reason, "config": backend.config,
@@ -247,6 +255,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
                             **{t.name: per[i.name][t.name] for t in count_targets}} for i in plan.interpreters}
         record["counters"] = {"backend": backend.name, "reason": backend.reason, "config": backend.config,
                               "results": ordered}
+        _unchanged(plan, "counters")
         _ran(record, plan, "counters")
         results.save(run_dir, record)
 
@@ -263,6 +272,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
                 top = ", ".join(f"{g} {p:.1f}%" for g, p in list(r["groups"].items())[:4])
                 say(f"  {interp.name} {t.name}: {top}")
         record["attribution"] = per
+        _unchanged(plan, "attribute")
         _ran(record, plan, "attribute")
         results.save(run_dir, record)
 
@@ -271,6 +281,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         subjects3 = [(i.name, pythons[i.name], stamps[i.name]) for i in plan.interpreters]
         record["guard"] = guard.run_guard(subjects3, plan.guard_benchmarks, run_dir / "pyperformance",
                                           fast=plan.quick or plan.guard_fast, log=log, progress=lambda m: say("  " + m))
+        _unchanged(plan, "guard")
         _ran(record, plan, "guard")
         results.save(run_dir, record)
 

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import counters, envs, latency, results, tools
+from . import counters, envs, interpreters, latency, results, tools
 from .catalog import TARGETS, Target
 from .compare import compare_suites
 from .errors import ResultsError, SpecError, ToolError
@@ -279,6 +279,8 @@ class _Run:
     say: Callable[[str], None]
     base_settings: str | None = None
     """Settings file the candidates start from (the `--interp ...@SETTINGS` given), None for the defaults."""
+    interp: Interpreter | None = None
+    """Checked after each measurement: a binary rebuilt during the search would mix two builds."""
     started: float = field(default_factory=time.monotonic)
 
     def spent(self) -> float:
@@ -335,6 +337,8 @@ class _Run:
                                     self.env(c)) for c in cands]
         rec = latency.run_interleaved(subjects, list(targets), self.run_dir / name, settings, env=self.base_env,
                                       log=self.log, progress=lambda m: self.say("    " + m))
+        if self.interp is not None:
+            interpreters.assert_unchanged(self.interp, f"tune-host's {name} measurement")
         suites = results.load_suites(self.run_dir, rec["files"])
         base = safe_name(cands[0].label)
         comps = {}
@@ -350,6 +354,8 @@ class _Run:
         lo = target.count_units[0]
         m = counters.measure(backend, self.python, target.name, (lo, lo + 2),
                              self.run_dir / "counters" / safe_name(cand.label), env=self.env(cand), log=self.log)
+        if self.interp is not None:
+            interpreters.assert_unchanged(self.interp, f"tune-host's count of {cand.label}")
         return float(m["per_unit"]["instructions"])
 
 
@@ -382,7 +388,7 @@ def run(interp: Interpreter, *, budget_s: float, workloads: Sequence[str] = DEFA
         if k in os.environ:
             base_env[k] = os.environ[k]
     base_settings = (interp.host_settings or {}).get("source")
-    r = _Run(python, base_env, interp.allocators_linked, run_dir, log, say, base_settings)
+    r = _Run(python, base_env, interp.allocators_linked, run_dir, log, say, base_settings, interp)
     if base_settings:
         say(f"candidates start from {base_settings} (the settings given with --interp), not the defaults")
     record: dict = {"schema": TUNE_SCHEMA, "run": run_dir.name, "command": list(argv), "host": results.host_info(),

@@ -75,3 +75,20 @@ def test_hostpgo_build_by_profile_name_skips_instrumented(tmp_path):
     builds = find_builds(tmp_path)
     assert builds["generic-pgo-lto"] == tmp_path / "install" / "cpython-3.11.2-generic-pgo-lto" / "hostpgo-manifest.json"
     assert resolve(parse_spec("generic-pgo-lto"), tmp_path).build_id == "cpython-3.11.2-generic-pgo-lto"
+
+
+def test_a_binary_replaced_during_a_run_is_refused(tmp_path):
+    import hashlib
+
+    from perf.errors import IncompatibleResults
+    from perf.interpreters import Interpreter, assert_unchanged
+
+    exe = tmp_path / "python3"
+    exe.write_bytes(b"first build")
+    interp = Interpreter(name="opt", python=str(exe), version="3.11.2", implementation="cpython",
+                         cache_tag="cpython-311", exe_sha256=hashlib.sha256(b"first build").hexdigest())
+    assert_unchanged(interp, "the latency stage")
+    exe.write_bytes(b"second build")  # the pipeline reinstalled the prefix meanwhile
+    with pytest.raises(IncompatibleResults, match=r"interpreter opt: its executable .*python3 changed during the "
+                                                  r"latency stage .*rebuilt or reinstalled"):
+        assert_unchanged(interp, "the latency stage")

@@ -155,7 +155,7 @@ def elf_files(roots: Sequence[Path]) -> list[Path]:
     return sorted(out)
 
 
-def owning_package(path: str, runner: Runner) -> str | None:
+def owning_package(path: str) -> str | None:
     """The Debian package that installed `path` (trying the merged-/usr twin too), or None."""
     candidates = [path, os.path.realpath(path)]
     for p in list(candidates):
@@ -170,7 +170,7 @@ def owning_package(path: str, runner: Runner) -> str | None:
     return None
 
 
-def library_packages(roots: Sequence[Path], runner: Runner) -> tuple[tuple[str, ...], dict[str, str], dict[str, list[str]]]:
+def library_packages(roots: Sequence[Path]) -> tuple[tuple[str, ...], dict[str, str], dict[str, list[str]]]:
     """Debian packages owning the libraries the ELF files under `roots` load from outside the roots.
 
     Returns (sorted packages, {library path: package}, {soname ldd cannot find here: [files needing it]}).
@@ -193,7 +193,7 @@ def library_packages(roots: Sequence[Path], runner: Runner) -> tuple[tuple[str, 
                 libs.setdefault(path, "")
     problems = []
     for path in list(libs):
-        pkg = owning_package(path, runner)
+        pkg = owning_package(path)
         if pkg is None:
             problems.append(f"{path} is loaded but no Debian package owns it (install it from a package, "
                             "or it cannot be put in the image)")
@@ -231,7 +231,6 @@ class ImageInputs:
     """Debian packages installed into the base beyond minbase."""
     sources: tuple[AptSource, ...]
     requirements: tuple[str, ...]
-    deps_dir: Path
     work: WorkArea
     tag: str
     verify_workloads: tuple[str, ...]
@@ -682,7 +681,7 @@ def prepare(build: str, *, settings: str = "default", tag: str | None = None, ar
         raise ImageError(f"no runtime dependencies installed under {work.deps} for Python {minor}; the image's "
                          f"library scan reads them: run `python -m buildsys build cpython --profile {build}` "
                          "(its runtime-deps stage installs them)")
-    packages, _libs, unresolved = library_packages([prefix, deps[-1]], runner)
+    packages, _libs, unresolved = library_packages([prefix, deps[-1]])
     table = alloc_mod.table()
     asked, linked = svalues.get("allocator", {}).get("name", "glibc"), opt.get("allocator", "glibc")
     if linked != "glibc" and asked != linked:
@@ -697,7 +696,7 @@ def prepare(build: str, *, settings: str = "default", tag: str | None = None, ar
                        build_manifest=man, settings_name=sname, settings=svalues, settings_files=sfiles,
                        packages=tuple(sorted(set(packages) | set(extra))),
                        sources=tuple(sources) if sources is not None else apt_sources(),
-                       requirements=reqs, deps_dir=deps[-1], work=work,
+                       requirements=reqs, work=work,
                        tag=tag or f"hostpgo/{stem}:{sname}", verify_workloads=verify,
                        unresolved=tuple(sorted(unresolved)), archive=archive,
                        notes=(f"{len(unresolved)} sonames needed by shipped objects are missing on this host too "

@@ -88,7 +88,7 @@ def _inputs(tmp_path: Path, **kw) -> image.ImageInputs:
     base = dict(build="workload-pgo-lto", build_id=prefix.name, prefix=prefix, build_manifest={"version": "3.11.2"},
                 settings_name="default", settings={"allocator": {"name": "glibc"}}, settings_files=(settings,),
                 packages=("libssl3", "zlib1g"), sources=(image.AptSource("http://d/debian", "bookworm", ("main",)),),
-                requirements=("mindspore==2.10.0",), deps_dir=tmp_path / "deps", work=WorkArea(tmp_path / "w"),
+                requirements=("mindspore==2.10.0",), work=WorkArea(tmp_path / "w"),
                 tag="hostpgo/workload-pgo-lto:default", verify_workloads=("decode-b1",))
     base.update(kw)
     return image.ImageInputs(**base)

@@ -19,6 +19,8 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from buildsys.image import REPRODUCIBLE_EPOCH  # the image builds the same wheel with the same epoch
+
 from . import tools
 from .errors import ToolError
 from .interpreters import Interpreter
@@ -113,9 +115,6 @@ def _make_venv(interp: Interpreter, root: Path, log: Path) -> Path:
         tools.run([interp.python, "-m", "venv", root], log=log, timeout=600)
     return py
 
-
-REPRODUCIBLE_EPOCH = "315532800"
-"""1980-01-01, the earliest time a zip entry can carry."""
 
 
 def build_wheelhouse(builder_python: Path, cache_tag: str, extras: tuple[str, ...], log: Path) -> Path:

@@ -14,6 +14,7 @@ from typing import Sequence
 from rich.console import Console
 
 from . import allocator, cpython, flags, patches, profile as profmod, sources, stages, toolchain, training
+from . import image as imagemod
 from .errors import HostpgoError, ToolchainError
 from .paths import WorkArea
 from .runner import Runner
@@ -152,12 +153,10 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
              image_settings: str = "default") -> PipelineResult:
     """Build baseline, the comparison profiles and the optimized one; measure them side by side; then the
     optimized build's OCI image."""
-    from . import image as imagemod  # the image stages need root and their tools: checked before any build
-
     console = console or Console(stderr=True)
     refs = list(dict.fromkeys((BASELINE_PROFILE, *compare, optimized)))
     tcs = ensure_toolchain(refs, console)
-    if image:
+    if image:  # the image stages need root and their tools: checked before any build
         try:
             imagemod.check_host()
         except imagemod.ImageError as e:

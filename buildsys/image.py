@@ -24,7 +24,6 @@ also works where containers cannot start. `skopeo` turns the layout into a docke
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -41,8 +40,9 @@ from . import allocator as alloc_mod
 from . import manifest as manifest_mod
 from .cpython import last_json, runtime_requirements
 from .errors import HostpgoError
-from .paths import REPO_ROOT, WorkArea
+from .paths import REPO_ROOT, REPRODUCIBLE_EPOCH, WorkArea
 from .runner import Runner
+from .sources import sha256_of as _sha256
 from .toolchain import Host, detect_host
 from .stages import BuildPlan, Call, Execution, Stage, StageContext, digest
 
@@ -57,8 +57,6 @@ IMAGE_TOOLS = {"mmdebstrap": "mmdebstrap", "umoci": "umoci", "chroot": "coreutil
 """Commands the image stages run, with the Debian package that provides each."""
 EXCLUDE_FROM_PREFIX = ("lib/python{minor}/test",)
 """Left out of the image: CPython's own test suite (already run by the build's verify stage)."""
-REPRODUCIBLE_EPOCH = "315532800"
-"""SOURCE_DATE_EPOCH for mmdebstrap and the project's wheel (1980-01-01, the earliest a zip entry can carry)."""
 DEFAULT_CMD = ("workload", "serve-mixed", "--json", "--check-golden")
 """What `docker run IMAGE` does without arguments: a serving workload that checks its own golden tokens."""
 
@@ -170,10 +168,10 @@ def owning_package(path: str) -> str | None:
     return None
 
 
-def library_packages(roots: Sequence[Path]) -> tuple[tuple[str, ...], dict[str, str], dict[str, list[str]]]:
+def library_packages(roots: Sequence[Path]) -> tuple[tuple[str, ...], dict[str, list[str]]]:
     """Debian packages owning the libraries the ELF files under `roots` load from outside the roots.
 
-    Returns (sorted packages, {library path: package}, {soname ldd cannot find here: [files needing it]}).
+    Returns (sorted packages, {soname ldd cannot find here: [files needing it]}).
     Libraries missing on this host too (MindSpore's Ascend/GPU plugins need CANN, MPI) are recorded, not
     installed: the image is then no less complete than the host that verified the build. A library found
     outside the roots that no package owns is an error naming it: the image could not provide it.
@@ -201,7 +199,7 @@ def library_packages(roots: Sequence[Path]) -> tuple[tuple[str, ...], dict[str, 
             libs[path] = pkg
     if problems:
         raise ImageError("the image would miss shared libraries:\n  " + "\n  ".join(problems[:20]))
-    return tuple(sorted(set(libs.values()))), libs, unresolved
+    return tuple(sorted(set(libs.values()))), unresolved
 
 
 def missing_in_image(ldd_lines: Sequence[str], unresolved_on_host: Sequence[str]) -> list[str]:
@@ -244,20 +242,11 @@ class ImageInputs:
         return ".".join(str(self.build_manifest.get("version", "3.11")).split(".")[:2])
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def project_digest(root: Path = REPO_ROOT) -> str:
     """The project's own code and data that go into the venv (the packages and pyproject.toml)."""
-    h = hashlib.sha256()
-    files = [root / "pyproject.toml"] + sorted(p for pkg in ("buildsys", "runtime", "perf")
-                                               for p in (root / pkg).rglob("*")
-                                               if p.is_file() and "__pycache__" not in p.parts)
-    for p in files:
-        h.update(str(p.relative_to(root)).encode())
-        h.update(_sha256(p).encode())
-    return h.hexdigest()
+    return digest({"pyproject": _sha256(root / "pyproject.toml"),
+                   **{pkg: manifest_mod.tree_digest(root / pkg, skip_dirs=("__pycache__",))
+                      for pkg in ("buildsys", "runtime", "perf")}})
 
 
 def entrypoint(settings_name: str) -> list[str]:
@@ -681,7 +670,7 @@ def prepare(build: str, *, settings: str = "default", tag: str | None = None, ar
         raise ImageError(f"no runtime dependencies installed under {work.deps} for Python {minor}; the image's "
                          f"library scan reads them: run `python -m buildsys build cpython --profile {build}` "
                          "(its runtime-deps stage installs them)")
-    packages, _libs, unresolved = library_packages([prefix, deps[-1]])
+    packages, unresolved = library_packages([prefix, deps[-1]])
     table = alloc_mod.table()
     asked, linked = svalues.get("allocator", {}).get("name", "glibc"), opt.get("allocator", "glibc")
     if linked != "glibc" and asked != linked:

@@ -22,11 +22,11 @@ REQUIRED = {"schema": str, "build_id": str, "target": str, "version": str, "pref
             "profile_data": (dict, type(None)), "stages": dict, "written": str}
 
 
-def tree_digest(root: Path) -> str:
-    """sha256 over the relative paths and contents of every file below `root`."""
+def tree_digest(root: Path, skip_dirs: tuple[str, ...] = ()) -> str:
+    """sha256 over the relative paths and contents of every file below `root` (not inside a `skip_dirs` name)."""
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
-        if p.is_file():
+        if p.is_file() and not set(p.relative_to(root).parts) & set(skip_dirs):
             h.update(str(p.relative_to(root)).encode() + b"\0")
             h.update(hashlib.sha256(p.read_bytes()).digest())
     return h.hexdigest()

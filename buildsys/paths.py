@@ -10,6 +10,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO_ROOT / "profiles"
 TASKS_DIR = PROFILES_DIR / "tasks"
 PATCHES_DIR = REPO_ROOT / "patches"
+REPRODUCIBLE_EPOCH = "315532800"
+"""SOURCE_DATE_EPOCH for everything hostpgo packs (the project's wheel, the image's base): 1980-01-01, the
+earliest time a zip entry can carry."""
 
 
 @dataclass(frozen=True)

@@ -192,3 +192,16 @@ def test_stale_scratch_of_dead_runs_is_removed_live_ones_kept(tmp_path: Path) ->
     (tmp_path / ".verify.333" / "rootfs").mkdir(parents=True)
     assert image.remove_stale(tmp_path, "", alive=lambda pid: False, pattern=".verify.*", rootfs="rootfs") == \
         [tmp_path / ".verify.333"]
+
+
+def test_project_digest_ignores_bytecode_caches(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    for pkg in ("buildsys", "runtime", "perf"):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "m.py").write_text("x = 1\n")
+    first = image.project_digest(tmp_path)
+    (tmp_path / "runtime" / "__pycache__").mkdir()
+    (tmp_path / "runtime" / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"\0")
+    assert image.project_digest(tmp_path) == first
+    (tmp_path / "runtime" / "m.py").write_text("x = 2\n")
+    assert image.project_digest(tmp_path) != first

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from .errors import HostpgoError
 from .flags import Flag
 from .profile import Profile
-from .runner import format_command
+from hostpgo.runner import format_command
 from .stages import Call, Cmd, Stage, StageContext, StageResult, digest
 from .toolchain import Compiler, Host
 
@@ -380,7 +380,7 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def _capture(ctx: StageContext) -> Callable[[list[str]], str]:
-    return lambda argv: ctx.runner.capture(argv, timeout=120)
+    return lambda argv: ctx.runner.capture(argv, timeout=120).stdout
 
 
 def keep_pgo_binary(tgt: Target) -> Callable[[StageContext], None]:

@@ -14,7 +14,7 @@ from rich.table import Table
 from . import bolt, cpython, engine, image, stages, toolchain
 from .errors import HostpgoError
 from .paths import WorkArea
-from .runner import Runner
+from hostpgo.runner import Runner
 
 
 def _common_build_args(p: argparse.ArgumentParser) -> None:

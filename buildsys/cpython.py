@@ -22,7 +22,7 @@ from .flags import ResolvedFlags
 from .patches import Patch, apply_series
 from .paths import REPO_ROOT, WorkArea
 from .profile import Profile
-from .runner import format_command
+from hostpgo.runner import format_command
 from .stages import BuildPlan, Call, ChannelFlag, Cmd, Stage, StageContext, digest
 from .toolchain import Compiler, Host
 from .training import TrainingTask, runtime_digest, tasks_digest

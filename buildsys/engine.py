@@ -17,7 +17,7 @@ from . import allocator, cpython, flags, patches, profile as profmod, sources, s
 from . import image as imagemod
 from .errors import HostpgoError, ToolchainError
 from .paths import WorkArea
-from .runner import Runner
+from hostpgo.runner import Runner
 
 BASELINE_PROFILE = "baseline"
 DEFAULT_OPTIMIZED_PROFILE = "workload-pgo-lto"

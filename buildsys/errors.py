@@ -1,15 +1,14 @@
-"""The one family of errors the build engine raises; only the CLI turns them into exit codes."""
+"""The build engine's errors: subclasses of the one family in hostpgo.errors; only the CLI maps them to exit codes."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from hostpgo.errors import CommandError, HostpgoError, InputError, SettingsError
+
+__all__ = ["CommandError", "HostpgoError", "InputError", "PatchError", "ProfileError", "SourceError",
+           "TaskError", "ToolchainError"]
 
 
-class HostpgoError(Exception):
-    """Base of every error the engine raises on purpose (bad input, failed tool, bad download)."""
-
-
-class ProfileError(HostpgoError):
+class ProfileError(SettingsError):
     """A profile file is missing, malformed, or has an unknown key or a bad value."""
 
 
@@ -25,23 +24,5 @@ class PatchError(HostpgoError):
     """A patch from patches/<target>/<version>/ did not apply."""
 
 
-class TaskError(HostpgoError):
+class TaskError(InputError):
     """A training task definition is malformed or unknown."""
-
-
-class CommandError(HostpgoError):
-    """An external command failed or timed out; carries the command and the tail of its log."""
-
-    def __init__(self, message: str, *, argv: list[str], returncode: int | None,
-                 log_path: Path | None, log_tail: str) -> None:
-        self.argv = list(argv)
-        self.returncode = returncode
-        self.log_path = log_path
-        self.log_tail = log_tail
-        where = f"\n  log: {log_path}" if log_path else ""
-        tail = f"\n  last lines of the log:\n{_indent(log_tail)}" if log_tail else ""
-        super().__init__(f"{message}{where}{tail}")
-
-
-def _indent(text: str) -> str:
-    return "\n".join("    " + line for line in text.splitlines())

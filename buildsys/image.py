@@ -41,7 +41,7 @@ from . import manifest as manifest_mod
 from .cpython import last_json, runtime_requirements
 from .errors import HostpgoError
 from .paths import REPO_ROOT, REPRODUCIBLE_EPOCH, WorkArea
-from .runner import Runner
+from hostpgo.runner import Runner
 from .sources import sha256_of as _sha256
 from .toolchain import Host, detect_host
 from .stages import BuildPlan, Call, Execution, Stage, StageContext, digest

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .errors import CommandError, HostpgoError
-from .runner import Runner, format_command
+from hostpgo.runner import Runner, format_command
 
 CHANNELS = ("configure-arg", "configure-env", "CFLAGS_NODIST", "LDFLAGS_NODIST", "make-var", "env")
 STAMP_VERSION = 1

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from . import catalog, guard, report, session, tune
-from .errors import PerfError
+from hostpgo.errors import HostpgoError
 from .interpreters import resolve_all
 from .workspace import new_run_dir
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"(manifest {i.manifest_digest[:12]})")
             console.print(f"run directory: {plan.run_dir}")
             dest = session.execute(plan, say=lambda m: console.print(m))
-    except PerfError as exc:
+    except HostpgoError as exc:
         console.print(f"[red]error:[/] {exc}")
         return exc.exit_code
     except KeyboardInterrupt:

@@ -13,7 +13,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import tools
+from hostpgo import runner
+
 from .errors import ResultsError
 
 # Library groups, first match wins: (group, regular expression on the DSO's base name).
@@ -91,7 +92,7 @@ def record(python: Path, target_name: str, units: int, work: Path, *, provider: 
            env: Mapping[str, str] | None = None, log: Path | None = None, frequency: int = 999,
            top: int = 15, timeout: float = 3600) -> dict:
     """Sample one counter-target run and return DSO shares, group shares and hottest functions."""
-    tools.require("perf", "for `perf record` host-time attribution")
+    runner.require("perf", "for `perf record` host-time attribution")
     work.mkdir(parents=True, exist_ok=True)
     data = work / f"{target_name}.perf.data"
     with tempfile.TemporaryDirectory(prefix="hostpgo-perfctl-") as tmp:
@@ -103,17 +104,17 @@ def record(python: Path, target_name: str, units: int, work: Path, *, provider: 
             argv += ["--provider", provider]
         env_delta = dict(env or {})
         env_delta["HOSTPGO_PERF_CTL"] = f"{ctl},{ack}"
-        tools.run(["perf", "record", "-e", "cpu-clock", "-F", str(frequency), "-D", "-1",
+        runner.capture(["perf", "record", "-e", "cpu-clock", "-F", str(frequency), "-D", "-1",
                    f"--control=fifo:{ctl},{ack}", "-o", str(data), "--", *argv],
-                  cwd=work, env_delta=env_delta, log=log, timeout=timeout)
+                  cwd=work, env=env_delta, log=log, timeout=timeout)
     return analyse(data, target_name, units, frequency=frequency, top=top)
 
 
 def analyse(data: Path, target_name: str, units: int, *, frequency: int = 999, top: int = 15) -> dict:
     """DSO shares, group shares and hottest functions of one `perf record` file (re-readable later)."""
-    dso_text = tools.run(["perf", "report", "-i", str(data), "--sort", "dso", "--stdio", "-q"],
+    dso_text = runner.capture(["perf", "report", "-i", str(data), "--sort", "dso", "--stdio", "-q"],
                          log=None, timeout=600).stdout
-    sym_text = tools.run(["perf", "report", "-i", str(data), "--sort", "dso,sym", "--stdio", "-q",
+    sym_text = runner.capture(["perf", "report", "-i", str(data), "--sort", "dso,sym", "--stdio", "-q",
                           "--percent-limit", "0.2"], log=None, timeout=600).stdout
     shares = parse_dso_report(dso_text)
     if not shares:

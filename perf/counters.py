@@ -19,7 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import tools
+from hostpgo import runner
+from hostpgo.errors import HostpgoError
+
 from .errors import PerfError, ResultsError, SpecError
 
 PERF_EVENTS = ("instructions", "cycles", "branches", "branch-misses",
@@ -63,13 +65,13 @@ def parse_perf_stat_csv(text: str) -> dict[str, float | None]:
     return counts
 
 
-def perf_stat_supported(run: Callable[..., object] = tools.run) -> tuple[bool, str]:
+def perf_stat_supported(run: Callable[..., object] = runner.capture) -> tuple[bool, str]:
     """Whether `perf stat` can count instructions here, with a reason."""
-    if tools.which("perf") is None:
+    if runner.which("perf") is None:
         return False, "`perf` is not installed"
     try:
         proc = run(["perf", "stat", "-x,", "-e", "instructions", "--", "true"], check=False, timeout=60)
-    except PerfError as exc:
+    except HostpgoError as exc:
         return False, f"`perf stat` failed: {exc}"
     counts = parse_perf_stat_csv(getattr(proc, "stderr", "") or "")
     if counts.get("instructions") is None:
@@ -90,7 +92,7 @@ def select_backend(prefer: str = "auto", *, probe: Callable[[], tuple[bool, str]
         fallback = f"{why}; falling back to valgrind cachegrind (simulated caches and branches)"
     else:
         fallback = "cachegrind asked for with --backend"
-    if tools.which("valgrind") is None:
+    if runner.which("valgrind") is None:
         raise SpecError(f"no counter backend: {fallback}, but `valgrind` is not installed")
     return Backend("cachegrind", fallback, {"caches": dict(CACHEGRIND_CACHES), "ipc_model": dict(IPC_MODEL)})
 
@@ -210,12 +212,12 @@ def measure(backend: Backend, python: Path, target_name: str, units: tuple[int, 
         sidecar = out_file.with_name(out_file.name + ".json")
         kept = _kept_output(backend, out_file, sidecar, made_by) if reuse_key is not None else None
         if kept is not None:
-            tools.note(log, f"KEPT: {out_file} (same command, environment and key as the run that wrote it)")
+            runner.Runner(log).note(f"KEPT: {out_file} (same command, environment and key as the run that wrote it)")
             totals.append(kept)
             continue
         out_file.unlink(missing_ok=True)
         sidecar.unlink(missing_ok=True)
-        tools.run(cmd, cwd=work, env_delta=env_delta, log=log, timeout=timeout)
+        runner.capture(cmd, cwd=work, env=env_delta, log=log, timeout=timeout)
         totals.append(parse_output(backend, out_file))
         sidecar.write_text(json.dumps(made_by, indent=1) + "\n", encoding="utf-8")
     unit_costs = per_unit(totals[0], totals[1], units)

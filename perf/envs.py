@@ -21,8 +21,9 @@ from pathlib import Path
 
 from buildsys.paths import REPRODUCIBLE_EPOCH  # the image builds the same wheel with the same epoch
 
-from . import tools
-from .errors import ToolError
+from hostpgo import runner
+
+from .errors import CommandError
 from .interpreters import Interpreter
 from .workspace import perf_area, safe_name
 
@@ -76,12 +77,12 @@ def _precompile(interp: Interpreter, root: Path, py: Path, digest: str, log: Pat
     toml.write_text(settings.to_toml([f"startup settings of perf subject {interp.name}, for its venv's pycs"]))
     # Run in the venv's directory: `-m` puts the working directory first on sys.path, and from a source checkout
     # it would import (and precompile) the checkout's runtime/ instead of the venv's.
-    proc = tools.run([py, "-m", "runtime.hostenv", "precompile", toml], cwd=root, log=log, timeout=3600)
+    proc = runner.capture([py, "-m", "runtime.hostenv", "precompile", toml], cwd=root, log=log, timeout=3600)
     try:
         summary = json.loads(proc.stdout)
     except ValueError as exc:
-        raise ToolError(f"{py} -m runtime.hostenv precompile printed no JSON summary", [str(py)],
-                        proc.stdout[-2000:]) from exc
+        raise CommandError(f"{py} -m runtime.hostenv precompile printed no JSON summary", argv=[str(py)],
+                           log_tail=proc.stdout[-2000:]) from exc
     stamp_path.write_text(json.dumps({**want, "summary": summary}, indent=1))
     return summary
 
@@ -90,8 +91,8 @@ def project_root() -> Path:
     """The source tree holding pyproject.toml (this package's parent)."""
     root = Path(__file__).resolve().parent.parent
     if not (root / "pyproject.toml").is_file():
-        raise ToolError(f"perf/ is not inside a source tree with pyproject.toml ({root}); "
-                        "venvs are built from the project's own wheel")
+        raise CommandError(f"perf/ is not inside a source tree with pyproject.toml ({root}); "
+                           "venvs are built from the project's own wheel")
     return root
 
 
@@ -112,7 +113,7 @@ def _make_venv(interp: Interpreter, root: Path, log: Path) -> Path:
     if not py.exists():
         if root.exists():
             shutil.rmtree(root)
-        tools.run([interp.python, "-m", "venv", root], log=log, timeout=600)
+        runner.capture([interp.python, "-m", "venv", root], log=log, timeout=600)
     return py
 
 
@@ -130,8 +131,8 @@ def build_wheelhouse(builder_python: Path, cache_tag: str, extras: tuple[str, ..
         shutil.rmtree(fresh)
     # A fixed zip timestamp makes the wheel a function of the sources alone, so an unchanged project
     # keeps the wheelhouse digest: the venvs are not reinstalled and finished counter runs can be reused.
-    tools.run([builder_python, "-m", "pip", "wheel", "--no-deps", "-w", fresh, src], log=log, timeout=900,
-              env_delta={"SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH})
+    runner.capture([builder_python, "-m", "pip", "wheel", "--no-deps", "-w", fresh, src], log=log, timeout=900,
+              env={"SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH})
     for old in house.glob("hostpgo-*.whl"):
         old.unlink()
     for whl in fresh.glob("hostpgo-*.whl"):
@@ -140,7 +141,7 @@ def build_wheelhouse(builder_python: Path, cache_tag: str, extras: tuple[str, ..
     have = json.loads(deps_stamp.read_text()) if deps_stamp.is_file() else None
     if have != want:
         # Dependencies come from the index once; the project's own wheel is already here.
-        tools.run([builder_python, "-m", "pip", "wheel", "-w", house, "--find-links", house,
+        runner.capture([builder_python, "-m", "pip", "wheel", "-w", house, "--find-links", house,
                    f"{src}[{','.join(extras)}]" if extras else str(src)], log=log, timeout=3600)
         deps_stamp.write_text(json.dumps(want))
     return house
@@ -168,9 +169,9 @@ def prepare(interps: list[Interpreter], extras: tuple[str, ...], log: Path) -> l
                  "extras": sorted(extras), "wheelhouse": digest}
         have = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
         if have != stamp:
-            tools.run([py, "-m", "pip", "install", "--no-index", "--find-links", house,
+            runner.capture([py, "-m", "pip", "install", "--no-index", "--find-links", house,
                        requirement(extras)], log=log, timeout=3600)
-            tools.run([py, "-m", "pip", "install", "--no-index", "--find-links", house,
+            runner.capture([py, "-m", "pip", "install", "--no-index", "--find-links", house,
                        "--force-reinstall", "--no-deps", "hostpgo"], log=log, timeout=600)
             stamp_path.write_text(json.dumps(stamp, indent=1))
             (root / PRECOMPILE_STAMP).unlink(missing_ok=True)  # pip wrote its own pycs again

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pyperf
 
-from . import tools
+from hostpgo import runner
+
 from .errors import SpecError
 from .workspace import perf_area, safe_name
 
@@ -40,8 +41,8 @@ def tool_python(builder: Path, log: Path | None) -> Path:
     marker = root / ".installed"
     if not marker.is_file() or marker.read_text() != PYPERFORMANCE:
         if not py.exists():
-            tools.run([builder, "-m", "venv", root], log=log, timeout=600)
-        tools.run([py, "-m", "pip", "install", PYPERFORMANCE], log=log, timeout=1800)
+            runner.capture([builder, "-m", "venv", root], log=log, timeout=600)
+        runner.capture([py, "-m", "pip", "install", PYPERFORMANCE], log=log, timeout=1800)
         marker.write_text(PYPERFORMANCE)
     return py
 
@@ -67,7 +68,7 @@ def run_guard(subjects: list[tuple[str, Path, Mapping[str, str | int | float]]],
                    "--append", dests[name]]
             if fast:
                 cmd.append("--fast")
-            tools.run(cmd, cwd=work, log=log, timeout=3600)
+            runner.capture(cmd, cwd=work, log=log, timeout=3600)
             if progress:
                 progress(f"pyperformance {bench} on {name} done")
     for name, _, stamp in subjects:

@@ -11,11 +11,12 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import IncompatibleResults, SpecError, ToolError
+from hostpgo.runner import capture
+
+from .errors import CommandError, IncompatibleResults, SpecError
 from .workspace import hostpgo_home, safe_name
 
 MANIFEST_NAME = "hostpgo-manifest.json"
@@ -233,14 +234,10 @@ def _sha256_file(path: Path) -> str:
 
 def probe(python: Path) -> dict:
     """Ask an interpreter for its version and build configuration."""
-    try:
-        proc = subprocess.run(
-            [str(python), "-I", "-c", _PROBE], capture_output=True, text=True, timeout=60, check=False
-        )
-    except OSError as exc:
-        raise ToolError(f"cannot run interpreter {python}: {exc.strerror}", [str(python)]) from exc
+    proc = capture([str(python), "-I", "-c", _PROBE], timeout=60, check=False)
     if proc.returncode != 0:
-        raise ToolError(f"interpreter {python} failed its probe", [str(python)], proc.stderr[-2000:])
+        raise CommandError(f"interpreter {python} failed its probe", argv=[str(python)],
+                           returncode=proc.returncode, log_tail=proc.stderr[-2000:])
     return json.loads(proc.stdout)
 
 

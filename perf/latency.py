@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pyperf
 
-from . import tools
+from hostpgo import runner
+
 from .catalog import Target
 from .errors import ResultsError
 from .workspace import safe_name
@@ -83,8 +84,8 @@ def calibrate_loops(subject: Subject, target: Target, work: Path, settings: Late
     out = work / f"calibrate-{safe_name(target.name)}.json"
     out.unlink(missing_ok=True)
     env = subject_env(subject, env)
-    tools.run(_pyperf_cmd(subject.python, target, provider, out, settings, None, sorted(env)),
-              cwd=work, env_delta=env, log=log, timeout=settings.timeout)
+    runner.capture(_pyperf_cmd(subject.python, target, provider, out, settings, None, sorted(env)),
+              cwd=work, env=env, log=log, timeout=settings.timeout)
     bench = pyperf.Benchmark.load(str(out))
     loops = bench.get_metadata().get("loops")
     if not isinstance(loops, int) or loops < 1:
@@ -132,8 +133,8 @@ def run_interleaved(
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.unlink(missing_ok=True)
                 senv = subject_env(subject, env)
-                tools.run(_pyperf_cmd(subject.python, target, provider, dest, settings, loops, sorted(senv)),
-                          cwd=work, env_delta=senv, log=log, timeout=settings.timeout)
+                runner.capture(_pyperf_cmd(subject.python, target, provider, dest, settings, loops, sorted(senv)),
+                          cwd=work, env=senv, log=log, timeout=settings.timeout)
                 if progress:
                     bench = pyperf.Benchmark.load(str(dest))
                     progress(f"{target.name} round {r + 1}/{settings.rounds} {name}: "

@@ -39,10 +39,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import counters, envs, interpreters, latency, results, tools
+from hostpgo import runner
+
+from . import counters, envs, interpreters, latency, results
 from .catalog import TARGETS, Target
 from .compare import compare_suites
-from .errors import ResultsError, SpecError, ToolError
+from .errors import ResultsError, SpecError
 from .interpreters import Interpreter
 from .workspace import hostpgo_home, safe_name
 
@@ -308,8 +310,8 @@ class _Run:
             return {"ok": False, "error": str(exc), "workloads": {}}
         for w in workloads:
             t0 = time.monotonic()
-            proc = tools.run([self.python, "-m", "runtime", "workload", TARGETS[w].workload, "--check-golden",
-                              "--json"], env_delta=env, log=self.log, timeout=1800, check=False)
+            proc = runner.capture([self.python, "-m", "runtime", "workload", TARGETS[w].workload, "--check-golden",
+                              "--json"], env=env, log=self.log, timeout=1800, check=False)
             secs = time.monotonic() - t0
             entry: dict = {"seconds": round(secs, 2), "exit": proc.returncode}
             try:

@@ -1,7 +1,9 @@
 """Error types raised by the bundled inference runtime (the CLI turns them into exit codes)."""
 
+from hostpgo.errors import HostpgoError
 
-class RuntimeErrorBase(Exception):
+
+class RuntimeErrorBase(HostpgoError):
     """Base of every error the runtime raises on purpose."""
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from buildsys import bolt, profile, stages, toolchain
-from buildsys.runner import Runner
+from hostpgo.runner import Runner
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "pgo_demo"
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import pytest
 
 from buildsys import image, manifest
 from buildsys.paths import WorkArea
-from buildsys.runner import Runner
+from hostpgo.runner import Runner
 from buildsys.toolchain import Host
 
 DEB822 = """Types: deb

@@ -10,7 +10,7 @@ import pytest
 from buildsys import cpython, engine, patches, profile, sources, stages, training
 from buildsys.errors import CommandError, HostpgoError, TaskError
 from buildsys.paths import WorkArea
-from buildsys.runner import Runner
+from hostpgo.runner import Runner
 from buildsys.toolchain import Host
 
 

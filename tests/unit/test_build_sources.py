@@ -12,7 +12,7 @@ import pytest
 from buildsys import patches, sources
 from buildsys.errors import PatchError, SourceError
 from buildsys.paths import WorkArea
-from buildsys.runner import Runner
+from hostpgo.runner import Runner
 
 GOOD = b"the pinned archive\n"
 

@@ -71,7 +71,7 @@ def test_cachegrind_without_summary_is_an_error():
 
 
 def test_backend_selection(monkeypatch):
-    monkeypatch.setattr(counters.tools, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(counters.runner, "which", lambda name: f"/usr/bin/{name}")
     assert counters.select_backend("auto", probe=lambda: (True, "counts")).name == "perf-stat"
     fallback = counters.select_backend("auto", probe=lambda: (False, "no hardware counters"))
     assert fallback.name == "cachegrind" and "no hardware counters" in fallback.reason
@@ -79,7 +79,7 @@ def test_backend_selection(monkeypatch):
         counters.select_backend("perf-stat", probe=lambda: (False, "no hardware counters"))
     with pytest.raises(SpecError, match="--backend"):
         counters.select_backend("papi")
-    monkeypatch.setattr(counters.tools, "which", lambda name: None)
+    monkeypatch.setattr(counters.runner, "which", lambda name: None)
     with pytest.raises(SpecError, match="valgrind"):
         counters.select_backend("auto", probe=lambda: (False, "no perf"))
 
@@ -89,7 +89,7 @@ def test_perf_stat_probe_reads_not_supported():
         stderr = PERF_STAT_UNSUPPORTED
 
     ok, why = counters.perf_stat_supported(run=lambda *a, **k: Proc())
-    if counters.tools.which("perf"):
+    if counters.runner.which("perf"):
         assert not ok and "not supported" in why
 
 
@@ -122,7 +122,7 @@ def test_interrupted_counter_runs_are_read_back_only_when_made_by_the_same_comma
         Path(out).write_text(CACHEGRIND_OUT.replace(summary, "summary: " + " ".join(fields)))
         ran.append(units)
 
-    monkeypatch.setattr(counters.tools, "run", fake_run)
+    monkeypatch.setattr(counters.runner, "capture", fake_run)
     cg = counters.Backend("cachegrind", "")
 
     def measure(key, env=None):

@@ -101,7 +101,7 @@ def test_a_venv_is_precompiled_from_inside_it_once_per_install(tmp_path, monkeyp
                    "paths": ["x"]}
         return subprocess.CompletedProcess(cmd, 0, json.dumps(summary), "")
 
-    monkeypatch.setattr(envs.tools, "run", fake_run)
+    monkeypatch.setattr(envs.runner, "capture", fake_run)
     interp = _interp("w", "startup-precompiled")
     root = tmp_path / "venv"
     root.mkdir()

@@ -4,7 +4,7 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests"]
+nox.options.sessions = ["lint", "tests"]
 
 
 def _install(session: nox.Session, *extras: str) -> None:
@@ -78,9 +78,18 @@ def tune_host(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Unit and integration tests (no full CPython build)."""
+    """Unit and integration tests (no full CPython build); first installs, as root on Debian, the tools
+    the tests use (LLVM 22, valgrind, perf, the allocators, the image tools), or names the apt line."""
     _install(session, "runtime", "perf", "test")
+    session.run("python", "-m", "buildsys", "toolchain", "--install", "--for", "tests")
     session.run("pytest", "-m", "not slow", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the whole tree (configuration in pyproject.toml)."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".", *session.posargs)
 
 
 @nox.session(default=False)

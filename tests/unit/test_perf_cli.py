@@ -23,7 +23,7 @@ runpy.run_module("perf", run_name="__main__", alter_sys=True)
 
 
 def _perf_without(packages: str, *args: str, home: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", WITHOUT, packages, *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-c", WITHOUT, packages, *args], cwd=ROOT, capture_output=True, check=False,
                           text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "HOSTPGO_HOME": str(home)})
 
 
@@ -91,3 +91,15 @@ def test_tune_host_refuses_non_positive_budget_and_rounds(monkeypatch, capsys, a
 def test_tune_host_dry_run_accepts_a_positive_budget(capsys):
     assert main(["tune-host", "--interp", sys.executable, "--budget", "120.5", "--rounds", "1", "--dry-run"]) == 0
     assert "of a 120s budget" in capsys.readouterr().out
+
+
+def test_bench_out_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "report.md").write_text("my own notes")
+    rc = main(["bench", "--interp", f"a={sys.executable}", "--workloads", "pure-dispatch", "--no-venv", "--quick",
+               "--stages", "latency", "--out", str(mine)])
+    assert rc == 2
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps lines at the console width
+    assert f"--out {mine}: holds files but no run.json" in err and "choose a new or empty directory" in err
+    assert [p.name for p in mine.iterdir()] == ["report.md"] and (mine / "report.md").read_text() == "my own notes"

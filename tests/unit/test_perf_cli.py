@@ -103,3 +103,9 @@ def test_bench_out_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
     err = " ".join(capsys.readouterr().err.split())  # rich wraps lines at the console width
     assert f"--out {mine}: holds files but no run.json" in err and "choose a new or empty directory" in err
     assert [p.name for p in mine.iterdir()] == ["report.md"] and (mine / "report.md").read_text() == "my own notes"
+
+
+def test_tune_host_dry_run_refuses_the_workloads_the_real_run_refuses(capsys):
+    argv = ["tune-host", "--interp", sys.executable, "--budget", "600", "--workloads", "pure-python"]
+    assert main([*argv, "--dry-run"]) == 2
+    assert "--workloads: pure-python is not a runtime workload with a golden digest" in capsys.readouterr().err

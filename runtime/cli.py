@@ -186,7 +186,10 @@ def cmd_workload(args) -> int:
     if args.list or not args.name:
         for spec in WORKLOADS.values():
             print(f"{spec.name:12s} v{spec.version}  {spec.default_steps:3d} steps  {spec.summary}")
-        return 0 if args.list else 2
+        if args.list:
+            return 0
+        print("error: workload: give a workload NAME (one of the above) or --list", file=sys.stderr)
+        return 2
     spec = get_spec(args.name)
     wl = open_workload(args.name, checkpoint=args.checkpoint, seed=args.seed, preset=args.preset)
     steps = args.steps if args.steps is not None else spec.default_steps

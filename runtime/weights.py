@@ -256,6 +256,8 @@ def write_checkpoint(
     if shards < 1:
         raise CheckpointError(f"shards must be >= 1, got {shards}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out}: exists and is not a directory; choose a new --out directory")
     old = checkpoint_files(out)
     if old and not replace:
         raise CheckpointError(

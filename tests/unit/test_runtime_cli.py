@@ -40,6 +40,15 @@ def test_out_of_range_counts_are_refused_naming_the_flag(argv, flag, capsys, tmp
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.runtime
+def test_workload_without_a_name_says_what_is_missing(capsys):
+    pytest.importorskip("mindspore")
+    assert main(["workload"]) == 2
+    captured = capsys.readouterr()
+    assert "decode-b1" in captured.out
+    assert "error: workload: give a workload NAME (one of the above) or --list" in captured.err
+
+
 def test_the_smallest_accepted_values_parse():
     from runtime.cli import build_parser
 
@@ -79,6 +88,15 @@ def test_checkpoint_over_an_existing_one_is_refused_without_force(ckpt, capsys):
     err = capsys.readouterr().err
     assert f"error: {ckpt}: already holds a checkpoint" in err and "--force" in err
     assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+
+
+def test_checkpoint_out_that_is_a_file_is_refused(tmp_path, capsys):
+    pytest.importorskip("safetensors")
+    out = tmp_path / "file"
+    out.write_text("mine")
+    assert main(["checkpoint", "--out", str(out)]) == 2
+    assert f"error: {out}: exists and is not a directory" in capsys.readouterr().err
+    assert out.read_text() == "mine"
 
 
 def test_checkpoint_force_replaces_every_file_of_the_old_one(ckpt, capsys):

@@ -1,5 +1,8 @@
 """Command line of perf/: `python -m perf {bench,counters,attribute,guard,report,tune-host}`; errors become exit codes."""
 
+# Everything imported here loads without the `perf` extra (pyperf and matplotlib are imported where used, through
+# perf.extra), so `--help` and `tune-host --dry-run` work without it; the other commands check for it first.
+
 from __future__ import annotations
 
 import argparse
@@ -7,13 +10,31 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
-from . import catalog, guard, report, session, tune
 from hostpgo.errors import HostpgoError
+
+from . import catalog, extra, guard, report, session, tune
 from .interpreters import resolve_all
 from .workspace import new_run_dir
 
 console = Console(stderr=True, highlight=False)
+
+
+def _positive(kind: type):
+    """argparse type: a number above zero, so `--budget -5` is refused naming its flag instead of starting work."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not value > 0:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    return parse
 
 
 def _add_measure_args(p: argparse.ArgumentParser, default_stages: str | None) -> None:
@@ -63,13 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--interp", required=True, metavar="SPEC",
                     help="the interpreter (NAME=PATH, path or build name); with @SETTINGS the candidates start "
                          "from that settings file instead of the defaults")
-    tp.add_argument("--budget", required=True, type=float, metavar="SECONDS", help="wall-clock budget of the search")
+    tp.add_argument("--budget", required=True, type=_positive(float), metavar="SECONDS",
+                    help="wall-clock budget of the search")
     tp.add_argument("--workloads", default=",".join(tune.DEFAULT_WORKLOADS),
                     help="runtime workloads with golden digests (default: %(default)s)")
     tp.add_argument("--space", default=None, help="search-space file (default: profiles/host/search/default.toml)")
     tp.add_argument("--out", default=None, help="a new run name under $HOSTPGO_HOME/results (never overwritten)")
     tp.add_argument("--full", action="store_true", help="default pyperf rounds instead of the quick ones")
-    tp.add_argument("--rounds", type=int, default=None,
+    tp.add_argument("--rounds", type=_positive(int), default=None,
                     help="interleaved pyperf rounds per candidate (default: 4, or 6 with --full)")
     tp.add_argument("--counts", action="store_true",
                     help="where time is not significant, let cachegrind instruction counts decide the "
@@ -116,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                                      rounds=args.rounds or (6 if args.full else 4)):
                 print(line)
             return 0
+        extra.require()
         if args.command == "tune-host":
             from .interpreters import parse_spec, resolve
 
@@ -138,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"run directory: {plan.run_dir}")
             dest = session.execute(plan, say=lambda m: console.print(m))
     except HostpgoError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")  # the message's own brackets are not markup
         return exc.exit_code
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]")

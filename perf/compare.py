@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pyperf
-from pyperf._utils import is_significant as _pyperf_is_significant
-from pyperf._utils import tdist95conf_level as _t_critical
-
+from . import extra
 from .errors import IncompatibleResults
+
+if TYPE_CHECKING:
+    import pyperf
 
 # Metadata that must agree for two runs of a benchmark to be comparable (when both carry it).
 MUST_MATCH = ("hostpgo_code_digest", "hostpgo_unit", "hostpgo_target", "hostpgo_provider")
@@ -66,8 +67,9 @@ def significance(a: list[float], b: list[float]) -> tuple[bool, float | None]:
     """Two-tailed t-test at 95%: (significant, t score); a single value each is never significant."""
     if len(a) < 2 or len(b) < 2:
         return False, None
+    utils = extra.pyperf_utils()
     if len(a) == len(b):
-        sig, t = _pyperf_is_significant(a, b)
+        sig, t = utils.is_significant(a, b)
         return bool(sig), float(t)
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     if va + vb == 0:
@@ -75,7 +77,7 @@ def significance(a: list[float], b: list[float]) -> tuple[bool, float | None]:
         return (not same), (0.0 if same else math.inf)
     t = (statistics.mean(a) - statistics.mean(b)) / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return abs(t) >= _t_critical(max(1, round(df))), t
+    return abs(t) >= utils.tdist95conf_level(max(1, round(df))), t
 
 
 def _check_compatible(base: pyperf.Benchmark, changed: pyperf.Benchmark, names: tuple[str, str]) -> None:

@@ -10,10 +10,9 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import pyperf
-
 from hostpgo import runner
 
+from . import extra
 from .errors import SpecError
 from .workspace import perf_area, safe_name
 
@@ -72,7 +71,7 @@ def run_guard(subjects: list[tuple[str, Path, Mapping[str, str | int | float]]],
             if progress:
                 progress(f"pyperformance {bench} on {name} done")
     for name, _, stamp in subjects:
-        suite = pyperf.BenchmarkSuite.load(str(dests[name]))
+        suite = extra.pyperf().BenchmarkSuite.load(str(dests[name]))
         for b in suite.get_benchmarks():
             b.update_metadata(dict(stamp))
         dests[name].unlink()

@@ -13,10 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyperf
-
 from hostpgo import runner
 
+from . import extra
 from .catalog import Target
 from .errors import ResultsError
 from .workspace import safe_name
@@ -85,8 +84,8 @@ def calibrate_loops(subject: Subject, target: Target, work: Path, settings: Late
     out.unlink(missing_ok=True)
     env = subject_env(subject, env)
     runner.capture(_pyperf_cmd(subject.python, target, provider, out, settings, None, sorted(env)),
-              cwd=work, env=env, log=log, timeout=settings.timeout)
-    bench = pyperf.Benchmark.load(str(out))
+                   cwd=work, env=env, log=log, timeout=settings.timeout)
+    bench = extra.pyperf().Benchmark.load(str(out))
     loops = bench.get_metadata().get("loops")
     if not isinstance(loops, int) or loops < 1:
         raise ResultsError(f"{out}: pyperf calibration gave no loop count")
@@ -110,6 +109,7 @@ def run_interleaved(
     `<out_dir>/<subject>.json` (pyperf JSON, stamped with the subject's metadata). Returns a
     record of what ran: loops per target, the round order and the files.
     """
+    pyperf = extra.pyperf()
     raw = out_dir / "raw"
     work = out_dir / "work"
     work.mkdir(parents=True, exist_ok=True)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+from . import extra
+from .compare import Comparison
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pyperf  # noqa: E402
-
-from .compare import Comparison  # noqa: E402
+if TYPE_CHECKING:
+    import pyperf
 
 _COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
 
@@ -32,6 +31,7 @@ def latency_distributions(suites: dict[str, pyperf.BenchmarkSuite], order: list[
              if all(n in suites[o].get_benchmark_names() for o in order)]
     ncols = min(3, len(names)) or 1
     nrows = (len(names) + ncols - 1) // ncols
+    plt = extra.pyplot()
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.8 * nrows), squeeze=False)
     for ax, bname in zip(axes.flat, names):
         data, label = [], ""
@@ -60,6 +60,7 @@ def speedups(comparisons: list[Comparison], dest: Path, title: str) -> Path:
     """Horizontal bars of speedup vs baseline per benchmark; hatched grey bars are not significant."""
     rows = [(c.changed, r) for c in comparisons for r in c.rows]
     height = max(2.4, 0.42 * (len(rows) + len(comparisons)) + 1.2)
+    plt = extra.pyplot()
     fig, ax = plt.subplots(figsize=(7.5, height))
     labels, ys = [], []
     y = 0
@@ -116,6 +117,7 @@ def counter_ratios(per_unit: dict[str, dict[str, dict[str, float | None]]], base
     others = [o for o in order if o != baseline]
     if not panels or not others:
         return None
+    plt = extra.pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
     width = 0.8 / len(others)
     for ax, (target, by_interp, base, metrics) in zip(axes.flat, panels):

@@ -7,11 +7,13 @@ import json
 import os
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyperf
-
-from . import SCHEMA
+from . import SCHEMA, extra
 from .errors import ResultsError
+
+if TYPE_CHECKING:
+    import pyperf
 
 RUN_FILE = "run.json"
 
@@ -74,6 +76,7 @@ def load(run_dir: Path) -> dict:
 
 def load_suites(run_dir: Path, files: dict[str, str]) -> dict[str, pyperf.BenchmarkSuite]:
     """pyperf suites by interpreter name from paths relative to the run directory."""
+    pyperf = extra.pyperf()
     suites = {}
     for name, rel in files.items():
         path = Path(run_dir) / rel

@@ -113,6 +113,9 @@ def _open_record(plan: Plan) -> dict:
             if t.name not in record["targets"]:
                 record["targets"].append(t.name)
         return record
+    if any(plan.run_dir.iterdir()):
+        raise SpecError(f"--out {plan.run_dir}: holds files but no {results.RUN_FILE}, so it is not a perf run; "
+                        "refusing to write into it: choose a new or empty directory")
     return results.new_record(plan.run_dir, [i.to_json() for i in plan.interpreters],
                               [t.name for t in plan.all_targets], list(plan.argv))
 

@@ -361,9 +361,19 @@ class _Run:
         return float(m["per_unit"]["instructions"])
 
 
+def _golden_targets(workloads: Sequence[str]) -> list[Target]:
+    """The targets of `--workloads`, each a runtime workload whose golden digest can check a candidate."""
+    targets = [TARGETS[w] for w in workloads]
+    for t in targets:
+        if t.mode != "steps" or not t.needs_runtime:
+            raise SpecError(f"--workloads: {t.name} is not a runtime workload with a golden digest")
+    return targets
+
+
 def dry_run(*, budget_s: float, workloads: Sequence[str] = DEFAULT_WORKLOADS, space: Path | None = None,
             rounds: int = 4, process_s: float = 8.0) -> list[str]:
     """The plan for an assumed workload-process time (the real run measures it first); runs nothing."""
+    _golden_targets(workloads)  # the same workloads the real run accepts
     costs = Costs({w: process_s for w in workloads}, rounds=rounds)
     return describe(plan_search(load_space(space or default_space_file()), costs, budget_s, workloads), costs)
 
@@ -373,10 +383,7 @@ def run(interp: Interpreter, *, budget_s: float, workloads: Sequence[str] = DEFA
         quick: bool = True, rounds: int | None = None, say: Callable[[str], None] = print, argv: Sequence[str] = ()) -> Path:
     """Golden-check, measure and choose; returns the path of best-host.toml."""
     levers = load_space(space or default_space_file())
-    targets = [TARGETS[w] for w in workloads]
-    for t in targets:
-        if t.mode != "steps" or not t.needs_runtime:
-            raise SpecError(f"--workloads: {t.name} is not a runtime workload with a golden digest")
+    targets = _golden_targets(workloads)
     run_dir = new_tune_dir(out)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "commands.log"

@@ -21,6 +21,38 @@ def _ids(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated token ids, got {text!r}") from None
 
 
+def _at_least(minimum: int):
+    """argparse type: an integer >= minimum, so a negative count or a zero budget is refused naming its flag."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float | None = None, *, low_open: bool = False):
+    """argparse type: a number in [low, high] (or (low, high] with low_open)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        inside = (value > low if low_open else value >= low) and (high is None or value <= high)  # NaN: False
+        if not inside:
+            bounds = f"{'(' if low_open else '['}{low}, {high}]" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be in {bounds}, got {text}")
+        return value
+
+    return parse
+
+
 def cmd_checkpoint(args) -> int:
     from runtime.config import PRESETS
     from runtime.weights import random_tensors, write_checkpoint
@@ -32,6 +64,7 @@ def cmd_checkpoint(args) -> int:
         random_tensors(cfg, args.seed, include_mtp=not args.no_mtp),
         shards=args.shards,
         layout=args.layout,
+        replace=args.force,
     )
     for f in files:
         print(f)
@@ -61,23 +94,11 @@ def cmd_generate(args) -> int:
     from runtime.weights import load_weights
     from runtime.workarea import builtin_checkpoint
 
+    if args.logits_out:
+        _check_new_file(args.logits_out, "--logits-out", args.force)
     ckpt = Path(args.checkpoint) if args.checkpoint else builtin_checkpoint("tiny", 0)
     cfg = load_config(ckpt)
-    weights, report = load_weights(ckpt, cfg)
-    prompt = args.prompt_ids
-    block = 16
-    blocks = -(-(len(prompt) + args.max_tokens) // block) + 1
-    model = DeepseekV3Model(cfg, weights, blocks * block)
-    prompt_logits = None
-    if args.logits_out:
-        prompt_logits = K.to_host(model.forward(contiguous_batch(np.asarray(prompt), 0)))
-        np.save(args.logits_out, prompt_logits)
-    engine = LLMEngine(
-        model,
-        EngineConfig(
-            block_size=block, num_blocks=blocks, scheduler=SchedulerConfig(max_num_batched_tokens=args.budget)
-        ),
-    )
+    _check_generate_ids(args, cfg, ckpt)
     params = SamplingParams(
         temperature=args.temperature,
         top_k=args.top_k,
@@ -85,6 +106,21 @@ def cmd_generate(args) -> int:
         seed=args.seed,
         max_tokens=args.max_tokens,
         stop_token_ids=tuple(args.stop_ids),
+    )
+    weights, report = load_weights(ckpt, cfg)
+    prompt = args.prompt_ids
+    block = 16
+    blocks = -(-(len(prompt) + args.max_tokens) // block) + 1
+    model = DeepseekV3Model(cfg, weights, blocks * block)
+    if args.logits_out:
+        prompt_logits = K.to_host(model.forward(contiguous_batch(np.asarray(prompt), 0)))
+        with open(args.logits_out, "wb" if args.force else "xb") as f:  # exactly this path (np.save adds .npy)
+            np.save(f, prompt_logits)
+    engine = LLMEngine(
+        model,
+        EngineConfig(
+            block_size=block, num_blocks=blocks, scheduler=SchedulerConfig(max_num_batched_tokens=args.budget)
+        ),
     )
     req = engine.add_request("0", prompt, params)
     engine.run_to_completion()
@@ -110,6 +146,37 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _check_new_file(path: Path, flag: str, force: bool) -> None:
+    """Refuse, before any work, an output path that cannot be written or would silently replace a file."""
+    from runtime.errors import EngineError
+
+    if path.is_dir():
+        raise EngineError(f"{flag} {path}: is a directory; give a file path")
+    if not path.parent.is_dir():
+        raise EngineError(f"{flag} {path}: directory {path.parent} does not exist; create it first")
+    if path.exists() and not force:
+        raise EngineError(f"{flag} {path}: already exists; choose another path, or pass --force to replace it")
+
+
+def _check_generate_ids(args, cfg, ckpt: Path) -> None:
+    """Check the token ids against the checkpoint's config before the model is built or run."""
+    from runtime.errors import EngineError
+
+    prompt = args.prompt_ids
+    if not prompt:
+        raise EngineError("--prompt-ids: no token ids given")
+    vocab = f"the vocabulary of {ckpt / 'config.json'} (vocab_size {cfg.vocab_size}: ids 0..{cfg.vocab_size - 1})"
+    for flag, ids in (("--prompt-ids", prompt), ("--stop-ids", args.stop_ids)):
+        bad = [t for t in ids if not 0 <= t < cfg.vocab_size]
+        if bad:
+            raise EngineError(f"{flag}: token id {bad[0]} is outside {vocab}")
+    if len(prompt) + args.max_tokens > cfg.max_position_embeddings:
+        raise EngineError(
+            f"--prompt-ids ({len(prompt)} ids) + --max-tokens ({args.max_tokens}) exceeds max_position_embeddings "
+            f"({cfg.max_position_embeddings}) of {ckpt / 'config.json'}: shorten the prompt or lower --max-tokens"
+        )
+
+
 def cmd_workload(args) -> int:
     from runtime.errors import WorkloadError
     from runtime.workloads import WORKLOADS, get_spec, open_workload
@@ -119,7 +186,10 @@ def cmd_workload(args) -> int:
     if args.list or not args.name:
         for spec in WORKLOADS.values():
             print(f"{spec.name:12s} v{spec.version}  {spec.default_steps:3d} steps  {spec.summary}")
-        return 0 if args.list else 2
+        if args.list:
+            return 0
+        print("error: workload: give a workload NAME (one of the above) or --list", file=sys.stderr)
+        return 2
     spec = get_spec(args.name)
     wl = open_workload(args.name, checkpoint=args.checkpoint, seed=args.seed, preset=args.preset)
     steps = args.steps if args.steps is not None else spec.default_steps
@@ -183,8 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("checkpoint", help="write a random checkpoint (config.json + safetensors, HF names)")
     c.add_argument("--out", required=True, type=Path)
     c.add_argument("--preset", choices=["tiny", "small"], default="tiny")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--shards", type=int, default=1, help="split into N files with model.safetensors.index.json")
+    c.add_argument("--seed", type=_at_least(0), default=0)
+    c.add_argument(
+        "--shards", type=_at_least(1), default=1, help="split into N files with model.safetensors.index.json"
+    )
     c.add_argument(
         "--layout",
         choices=["published", "parameters"],
@@ -192,27 +264,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="config.json rotary keys: rope_theta/rope_scaling or rope_parameters/rope_interleave",
     )
     c.add_argument("--no-mtp", action="store_true", help="leave out the multi-token-prediction layer")
+    c.add_argument("--force", action="store_true", help="replace a checkpoint already in --out (else refused)")
     c.set_defaults(func=cmd_checkpoint)
 
     v = sub.add_parser("verify", help="MindSpore forward vs the NumPy reference on the same tokens")
     v.add_argument("--checkpoint", required=True, type=Path)
-    v.add_argument("--prompt-len", type=int, default=40)
-    v.add_argument("--chunk", type=int, default=16, help="prefill chunk size")
-    v.add_argument("--decode", type=int, default=6, help="decode steps checked after the prompt")
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--prompt-len", type=_at_least(1), default=40)
+    v.add_argument("--chunk", type=_at_least(1), default=16, help="prefill chunk size")
+    v.add_argument("--decode", type=_at_least(0), default=6, help="decode steps checked after the prompt")
+    v.add_argument("--seed", type=_at_least(0), default=0)
     v.set_defaults(func=cmd_verify)
 
     g = sub.add_parser("generate", help="generate from token ids")
     g.add_argument("--checkpoint", type=Path, help="default: the built-in tiny preset")
     g.add_argument("--prompt-ids", type=_ids, required=True)
-    g.add_argument("--max-tokens", type=int, default=16)
-    g.add_argument("--temperature", type=float, default=0.0)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--seed", type=int)
+    g.add_argument("--max-tokens", type=_at_least(1), default=16)
+    g.add_argument("--temperature", type=_float_in(0.0), default=0.0, help="0: greedy")
+    g.add_argument("--top-k", type=_at_least(0), default=0, help="0: off")
+    g.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), default=1.0, help="1.0: off")
+    g.add_argument("--seed", type=_at_least(0))
     g.add_argument("--stop-ids", type=_ids, default=[])
-    g.add_argument("--budget", type=int, default=64, help="token budget per engine step")
-    g.add_argument("--logits-out", type=Path, help="save the prompt's logits [len, vocab] as .npy")
+    g.add_argument("--budget", type=_at_least(1), default=64, help="token budget per engine step")
+    g.add_argument("--logits-out", type=Path, help="save the prompt's logits [len, vocab] as .npy, to this path")
+    g.add_argument("--force", action="store_true", help="replace an existing --logits-out file (else refused)")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_generate)
 
@@ -223,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--preset", choices=["tiny", "small"], default="tiny", help="built-in checkpoint (digests pinned: tiny)"
     )
-    w.add_argument("--steps", type=int)
-    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--steps", type=_at_least(1), help="default: the workload's own (see --list)")
+    w.add_argument("--seed", type=_at_least(0), default=0)
     w.add_argument("--json", action="store_true")
     w.add_argument("--check-golden", action="store_true", help="exit 1 unless the token digest equals the pinned one")
     w.add_argument(

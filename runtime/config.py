@@ -177,7 +177,7 @@ def load_config(path: str | Path) -> DeepseekV3Config:
         raw = json.loads(p.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such file") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: not valid JSON: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: top level must be a JSON object")

@@ -86,6 +86,12 @@ class SchedulerConfig:
     enable_chunked_prefill: bool = True
     """Split long prompts across steps; without it a prompt must fit the budget whole."""
 
+    def __post_init__(self) -> None:
+        if self.max_num_batched_tokens < 1:  # a zero budget schedules nothing, step after step
+            raise EngineError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.max_num_seqs < 1:
+            raise EngineError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+
 
 class Scheduler:
     def __init__(self, cfg: SchedulerConfig, blocks: BlockManager):

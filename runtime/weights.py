@@ -9,14 +9,16 @@ are shape-checked when present and then set aside: this runtime does not specula
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from runtime.config import DeepseekV3Config
@@ -114,6 +116,23 @@ class LoadReport:
         return f"loaded {self.loaded} tensors from {len(self.files)} file(s){mtp}"
 
 
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator:
+    """safe_open(path), with any failure to read it (a truncated or corrupt file) as a CheckpointError naming it.
+
+    safetensors checks the header, and that the data it describes is all there, when the file is opened; a read
+    can still fail later (an I/O error, a file shortened meanwhile), so reads inside the block are covered too.
+    """
+    try:
+        with safe_open(str(path), framework="np") as f:
+            yield f
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({e}); it may be truncated or corrupt: "
+            "write it again (or download it again)"
+        ) from None
+
+
 def _tensor_files(ckpt: Path) -> dict[str, Path]:
     """Map each tensor name to the safetensors file holding it (index.json when sharded)."""
     index = ckpt / INDEX_NAME
@@ -137,7 +156,7 @@ def _tensor_files(ckpt: Path) -> dict[str, Path]:
         raise CheckpointError(
             f"{ckpt}: {len(candidates)} .safetensors files but no {INDEX_NAME} to say which holds what"
         )
-    with safe_open(str(candidates[0]), framework="np") as f:
+    with _reading(candidates[0]) as f:
         return {name: candidates[0] for name in f.keys()}
 
 
@@ -173,7 +192,7 @@ def load_weights(ckpt: str | Path, cfg: DeepseekV3Config) -> tuple[dict[str, np.
     weights: dict[str, np.ndarray] = {}
     mtp_layers: set[int] = set()
     for path, names in sorted(by_file.items()):
-        with safe_open(str(path), framework="np") as f:
+        with _reading(path) as f:
             present = set(f.keys())
             for name in names:
                 if name not in present:
@@ -227,15 +246,32 @@ def write_checkpoint(
     tensors: dict[str, np.ndarray],
     shards: int = 1,
     layout: str = "published",
+    replace: bool = False,
 ) -> list[Path]:
-    """Write config.json plus one model.safetensors, or `shards` files with an index."""
+    """Write config.json plus one model.safetensors, or `shards` files with an index.
+
+    A directory that already holds a checkpoint is refused unless `replace`; with it, the old checkpoint's files
+    are removed first, so no shard or index of the old one is left for a loader to pick up.
+    """
+    if shards < 1:
+        raise CheckpointError(f"shards must be >= 1, got {shards}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out}: exists and is not a directory; choose a new --out directory")
+    old = checkpoint_files(out)
+    if old and not replace:
+        raise CheckpointError(
+            f"{out}: already holds a checkpoint ({', '.join(p.name for p in old)}); refusing to overwrite it: "
+            "choose a new --out directory, or pass --force to replace it"
+        )
+    for p in old:
+        p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_hf_dict(layout), indent=2, sort_keys=True) + "\n")
     names = list(tensors)
     written: list[Path] = []
     meta = {"format": "pt"}
-    if shards <= 1:
+    if shards == 1:
         path = out / SINGLE_NAME
         save_file(tensors, str(path), metadata=meta)
         return [out / "config.json", path]
@@ -256,14 +292,22 @@ def write_checkpoint(
     return [out / "config.json", *written, out / INDEX_NAME]
 
 
+def checkpoint_files(ckpt: str | Path) -> list[Path]:
+    """The files of a checkpoint in `ckpt` (config.json, the index, every .safetensors), in name order."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        return []
+    return sorted(
+        p for p in ckpt.iterdir() if p.name in ("config.json", INDEX_NAME) or p.suffix == ".safetensors"
+    )
+
+
 def checkpoint_digest(ckpt: str | Path) -> str:
     """sha256 over config.json, the index and every safetensors file (names and bytes), in name order."""
-    ckpt = Path(ckpt)
     h = hashlib.sha256()
-    for p in sorted(ckpt.iterdir()):
-        if p.name == "config.json" or p.name == INDEX_NAME or p.suffix == ".safetensors":
-            h.update(p.name.encode() + b"\0")
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+    for p in checkpoint_files(ckpt):
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()

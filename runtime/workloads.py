@@ -316,6 +316,8 @@ class Workload:
 
     def run_steps(self, n: int) -> dict:
         """Run n engine steps; returns tokens, generated_tokens, dispatches, wall/host time, digest."""
+        if n < 0:
+            raise WorkloadError(f"{self.spec.name}: cannot run {n} steps")
         h = hashlib.sha256()
         metrics = []
         t0 = time.perf_counter()

@@ -84,13 +84,46 @@ def test_backend_selection(monkeypatch):
         counters.select_backend("auto", probe=lambda: (False, "no perf"))
 
 
-def test_perf_stat_probe_reads_not_supported():
-    class Proc:
-        stderr = PERF_STAT_UNSUPPORTED
+def test_perf_stat_probe_without_perf_falls_back_without_running_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no `perf` on PATH
+    ran = []
+    assert counters.perf_stat_supported(run=lambda *a, **k: ran.append(a)) == (False, "`perf` is not installed")
+    assert not ran
+    with pytest.raises(SpecError, match="no counter backend: `perf` is not installed.*`valgrind` is not installed"):
+        counters.select_backend("auto")
 
-    ok, why = counters.perf_stat_supported(run=lambda *a, **k: Proc())
-    if counters.runner.which("perf"):
-        assert not ok and "not supported" in why
+
+@pytest.mark.parametrize(("stderr", "ok", "why"), [
+    (PERF_STAT_UNSUPPORTED, False, "says <not supported>"),
+    (PERF_STAT_OK, True, "counts on this machine"),
+])
+def test_perf_stat_probe_reads_what_perf_stat_says(monkeypatch, stderr, ok, why):
+    monkeypatch.setattr(counters.runner, "which", lambda name: f"/usr/bin/{name}")
+    ran = []
+
+    class Proc:
+        pass
+
+    def run(cmd, **kwargs):
+        ran.append(cmd)
+        proc = Proc()
+        proc.stderr = stderr
+        return proc
+
+    got_ok, got_why = counters.perf_stat_supported(run=run)
+    assert got_ok is ok and why in got_why
+    assert ran == [["perf", "stat", "-x,", "-e", "instructions", "--", "true"]]
+
+
+def test_perf_stat_probe_on_this_machine():
+    """The real probe, unfaked: where perf is absent the fallback reason; where present, a verdict of perf stat."""
+    ok, why = counters.perf_stat_supported()
+    if counters.runner.which("perf") is None:
+        assert (ok, why) == (False, "`perf` is not installed")
+    else:
+        assert why != "`perf` is not installed"
+        assert ok == (why == "`perf stat -e instructions` counts on this machine")
+        assert ok or "<not supported>" in why or why.startswith("`perf stat` failed")
 
 
 def test_per_unit_differencing():

@@ -112,3 +112,44 @@ def test_float16_is_read_as_float32(tmp_path, tensors):
 def test_no_safetensors_at_all(tmp_path):
     with pytest.raises(CheckpointError, match="no model.safetensors and no model.safetensors.index.json"):
         load_weights(tmp_path, CFG)
+
+
+def _header_len(path) -> int:
+    return 8 + int.from_bytes(path.read_bytes()[:8], "little")
+
+
+@pytest.mark.parametrize("where", ["inside the length", "inside the header", "after the header"])
+def test_truncated_file_is_a_checkpoint_error_naming_it(tmp_path, tensors, where):
+    write_checkpoint(tmp_path, CFG, tensors)
+    path = tmp_path / "model.safetensors"
+    data = path.read_bytes()
+    keep = {"inside the length": 5, "inside the header": _header_len(path) // 2, "after the header": len(data) - 100}
+    path.write_bytes(data[: keep[where]])
+    with pytest.raises(CheckpointError, match=rf"^{path}: not a readable safetensors file .*truncated or corrupt"):
+        load_weights(tmp_path, CFG)
+
+
+def test_truncated_shard_is_named(tmp_path, tensors):
+    write_checkpoint(tmp_path, CFG, tensors, shards=2)
+    shard = tmp_path / "model-00002-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match=rf"^{shard}: not a readable safetensors file"):
+        load_weights(tmp_path, CFG)
+
+
+def test_existing_checkpoint_is_replaced_only_when_asked(tmp_path, tensors):
+    write_checkpoint(tmp_path, CFG, tensors, shards=2)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(CheckpointError, match=r"already holds a checkpoint \(config.json, model-00001.*--force"):
+        write_checkpoint(tmp_path, CFG, tensors)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing touched
+    write_checkpoint(tmp_path, CFG, tensors, replace=True)
+    # The old shards and index are gone: a loader must not pick them up instead of the new single file.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert load_weights(tmp_path, CFG)[1].files == ["model.safetensors"]
+
+
+def test_shards_below_one_are_refused(tmp_path, tensors):
+    with pytest.raises(CheckpointError, match="shards must be >= 1, got 0"):
+        write_checkpoint(tmp_path, CFG, tensors, shards=0)
+    assert not any(tmp_path.iterdir())

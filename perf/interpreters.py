@@ -108,7 +108,7 @@ class Interpreter:
     """`path` (given as a path or NAME=PATH), `hostpgo-build`, or `command` (found on PATH)."""
     notes: tuple[str, ...] = field(default_factory=tuple)
     host_settings: dict | None = None
-    """Resolved host settings this subject runs under (runtime.hostenv JSON), or None for none given."""
+    """Resolved host settings this subject runs under (hostenv JSON), or None for none given."""
     host_env: tuple[tuple[str, str], ...] = ()
     """Environment the host settings add to every process of this subject (preload, tunables, settings)."""
     allocators_linked: tuple[str, ...] = ()
@@ -338,7 +338,7 @@ def _host(spec: InterpreterSpec, linked: tuple[str, ...]) -> tuple[dict | None, 
     """Resolve a spec's `@SETTINGS` into (settings JSON, environment delta), raising SpecError naming it."""
     if spec.host is None:
         return None, {}
-    from runtime import hostenv
+    import hostenv
 
     try:
         settings = hostenv.resolve(spec.host)

@@ -10,10 +10,24 @@ The names most callers need are re-exported here.
 """
 
 from .errors import AllocatorNotFound, HostSettingsError, PrecompileError
-from .launch import interpreter_args, is_python_command, process_env, with_interpreter_args
-from .settings import (ENV_LAUNCH_BLOCKING, ENV_SET, ENV_SETTINGS, AllocatorSettings, GcSettings, HostSettings,
-                       MindSporeSettings, StartupSettings, active, resolve)
+from .launch import (
+    interpreter_args,
+    is_python_command,
+    process_env,
+    with_interpreter_args,
+)
+from .settings import (
+    ENV_LAUNCH_BLOCKING,
+    ENV_SET,
+    ENV_SETTINGS,
+    HostSettings,
+    StartupSettings,
+    active,
+    resolve,
+)
 
-__all__ = ["AllocatorNotFound", "AllocatorSettings", "ENV_LAUNCH_BLOCKING", "ENV_SET", "ENV_SETTINGS", "GcSettings",
-           "HostSettings", "HostSettingsError", "MindSporeSettings", "PrecompileError", "StartupSettings", "active",
-           "interpreter_args", "is_python_command", "process_env", "resolve", "with_interpreter_args"]
+__all__ = [
+    "ENV_LAUNCH_BLOCKING", "ENV_SET", "ENV_SETTINGS", "AllocatorNotFound", "HostSettings", "HostSettingsError",
+    "PrecompileError", "StartupSettings", "active", "interpreter_args", "is_python_command", "process_env",
+    "resolve", "with_interpreter_args",
+]

@@ -13,10 +13,11 @@ from __future__ import annotations
 import functools
 import platform
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence
+from typing import Protocol
 
 from hostpgo import runner
 
@@ -50,7 +51,7 @@ class Platform:
     """ID_LIKE from /etc/os-release (ubuntu: `debian`)."""
 
     @classmethod
-    def this(cls, os_release: Path = Path("/etc/os-release")) -> "Platform":
+    def this(cls, os_release: Path = Path("/etc/os-release")) -> Platform:
         """This machine, from platform.machine() and the os-release file."""
         fields: dict[str, str] = {}
         try:

@@ -11,8 +11,16 @@ from collections.abc import Sequence
 
 from hostpgo.errors import HostpgoError
 
-from . import allocators, launch, precompile as precompile_mod
-from .settings import ENV_SETTINGS, HostSettings, from_layered, reference, resolve_layered, settings_dir
+from . import allocators, launch
+from . import precompile as precompile_mod
+from .settings import (
+    ENV_SETTINGS,
+    HostSettings,
+    from_layered,
+    reference,
+    resolve_layered,
+    settings_dir,
+)
 
 COMMANDS = {
     "show": "print the effective settings, where each value came from, and the environment delta (JSON)",

@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -303,7 +303,7 @@ class HostSettings:
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping, where: str = "host settings JSON") -> "HostSettings":
+    def from_json(cls, data: Mapping, where: str = "host settings JSON") -> HostSettings:
         """The settings `to_json` wrote; every value is checked against SCHEMA again (errors name `where`)."""
         values: dict[str, dict[str, Any]] = {}
         for section in SCHEMA:
@@ -320,9 +320,9 @@ class HostSettings:
         """One line: the levers that differ from the defaults."""
         parts = []
         default = HostSettings()
-        for section in SCHEMA:
+        for section, keys in SCHEMA.items():
             mine, base = getattr(self, section), getattr(default, section)
-            for key in SCHEMA[section]:
+            for key in keys:
                 if getattr(mine, key) != getattr(base, key):
                     parts.append(f"{section}.{key}={show_value(getattr(mine, key))}")
         return " ".join(parts) or "defaults"
@@ -333,10 +333,10 @@ class HostSettings:
         if self.description:
             lines.append(f"description = {_toml_value(self.description)}")
         default = HostSettings()
-        for section in SCHEMA:
+        for section, keys in SCHEMA.items():
             mine, base = getattr(self, section), getattr(default, section)
             body, tables = [], []
-            for key in SCHEMA[section]:
+            for key in keys:
                 value = getattr(mine, key)
                 if value == getattr(base, key) or value is None:
                     continue

@@ -36,7 +36,7 @@ class HostApplication:
         """What `after_warmup` did (empty until it froze something)."""
 
     @classmethod
-    def from_environment(cls) -> "HostApplication":
+    def from_environment(cls) -> HostApplication:
         """For the settings a launcher passed (HOSTPGO_HOST_SETTINGS), else the defaults with env overrides."""
         return cls(hostenv.active())
 

@@ -12,9 +12,9 @@ import pytest
 
 from buildsys import cpython, engine, manifest, profile, sources, stages, training
 from buildsys.errors import ProfileError
-from hostenv import allocators as allocator
 from buildsys.paths import WorkArea
 from buildsys.toolchain import Host
+from hostenv import allocators as allocator
 
 DEBIAN = Host("x86_64", "debian")
 

@@ -72,8 +72,8 @@ def test_find_prefers_the_first_soname_then_the_first_dir(tmp_path):
     ("ubuntu", "tcmalloc", "install the debian package libtcmalloc-minimal4 (apt-get install -y libtcmalloc-minimal4)"),
     ("openEuler", "jemalloc", "install the openeuler package jemalloc (dnf install -y jemalloc)"),
     ("openEuler", "tcmalloc", "install the openeuler package gperftools (dnf install -y gperftools)"),
-    ("openEuler", "mimalloc", "no openeuler package is recorded for mimalloc (recorded: debian: libmimalloc2.0); "
-                              "install mimalloc and give its shared object's path (host settings: allocator.library)"),
+    ("openEuler", "mimalloc", ("no openeuler package is recorded for mimalloc (recorded: debian: libmimalloc2.0); "
+                               "install mimalloc and give its shared object's path (host settings: allocator.library)")),
 ])
 def test_missing_allocator_names_the_package_one_hint(tmp_path, os_id, name, hint):
     host = Host("aarch64", os_id)

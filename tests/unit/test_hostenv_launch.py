@@ -91,7 +91,7 @@ def run_launcher(*args, env=None):
     for k in (hostenv.ENV_SETTINGS, hostenv.ENV_SET, hostenv.ENV_LAUNCH_BLOCKING):
         e.pop(k, None)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "hostenv", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "hostenv", *args], check=False, capture_output=True, text=True,
                           cwd=REPO, env=e, timeout=60)
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import hostenv
-from hostenv import allocators, observe, precompile as pc
+from hostenv import allocators, observe
+from hostenv import precompile as pc
 
 REPO = Path(__file__).resolve().parents[2]
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
@@ -61,7 +62,7 @@ def _record_in_child(settings_ref, env_extra=(), xopts=()):
             f"print(json.dumps(observe.record(hostenv.resolve({settings_ref!r}, env={{}}))))")
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", hostenv.ENV_SETTINGS)}
     env.update(dict(env_extra))
-    p = subprocess.run([sys.executable, *xopts, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
+    p = subprocess.run([sys.executable, *xopts, "-c", code], check=False, capture_output=True, text=True, env=env, cwd=REPO,
                        timeout=60)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
@@ -162,7 +163,7 @@ def test_precompile_subcommand_interface(tmp_path):
 
     def launcher(*args):
         env = {k: v for k, v in os.environ.items() if k != hostenv.ENV_SETTINGS}
-        return subprocess.run([sys.executable, "-m", "hostenv", *args], capture_output=True, text=True, cwd=REPO,
+        return subprocess.run([sys.executable, "-m", "hostenv", *args], check=False, capture_output=True, text=True, cwd=REPO,
                               env=env, timeout=120)
 
     p = launcher("precompile", str(settings), str(pkg), "--workers", "1")

@@ -264,8 +264,8 @@ def test_each_subject_runs_under_its_own_environment(tmp_path):
 
 def test_run_orchestrates_golden_stage1_stage2_and_keeps_the_best(tmp_path, monkeypatch):
     """The executor with golden runs and measurements faked: what is dropped, combined, written and printed."""
-    from perf.interpreters import Interpreter
     import hostenv
+    from perf.interpreters import Interpreter
 
     monkeypatch.setenv("HOSTPGO_HOME", str(tmp_path / "home"))
     space = tmp_path / "space.toml"

@@ -111,7 +111,7 @@ def test_workload_under_preloaded_jemalloc_keeps_its_golden_digest():
         pytest.skip(str(exc))
     p = subprocess.run([sys.executable, "-m", "runtime", "workload", "decode-b1", "--check-golden", "--json",
                         "--host-settings", "jemalloc", "--host-set", "gc.freeze_after_warmup=true"],
-                       capture_output=True, text=True, cwd=REPO, timeout=900)
+                       check=False, capture_output=True, text=True, cwd=REPO, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
     rec = json.loads(p.stdout)
     hs = rec["host_settings"]

@@ -14,6 +14,9 @@ from pathlib import Path
 from . import allocators
 from .settings import HostSettings, show_value
 
+STARTUP_PACKAGES = ("runtime", "hostenv", "hostpgo")
+"""hostpgo's packages a runtime process imports at start (precompiled with the environment, checked by
+observe_startup)."""
 MALLOC_ENV_PREFIXES = ("MIMALLOC_", "TCMALLOC_")
 MALLOC_ENV_NAMES = ("GLIBC_TUNABLES", "MALLOC_CONF")
 
@@ -83,7 +86,7 @@ def observe(maps: Path = Path("/proc/self/maps")) -> dict:
             "threads": threads(), "gc_threshold": list(gc.get_threshold()), "gc_enabled": gc.isenabled()}
 
 
-def observe_startup(packages: Sequence[str] = ("runtime", "mindspore")) -> dict:
+def observe_startup(packages: Sequence[str] = (*STARTUP_PACKAGES, "mindspore")) -> dict:
     """What the interpreter started with: -X options, frozen stdlib, debug ranges, and the mode of the pyc beside
     each imported module of `packages` (read now; a pyc is what the import used unless rewritten since)."""
     os_spec = getattr(sys.modules.get("os"), "__spec__", None)

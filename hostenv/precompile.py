@@ -14,11 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import PrecompileError
-from .observe import debug_ranges_in_effect
+from .observe import STARTUP_PACKAGES, debug_ranges_in_effect
 from .settings import HostSettings
 
-PROJECT_PACKAGES = ("runtime", "hostenv", "hostpgo")
-"""hostpgo's packages a runtime process imports at start; compiled too when they live outside site-packages."""
 
 
 def site_packages() -> list[Path]:
@@ -44,7 +42,7 @@ def default_paths() -> list[Path]:
     """This interpreter's site-packages and hostpgo's start-up packages that live elsewhere (a source checkout:
     `python -m` from a directory holding runtime/ imports that one, so run it from elsewhere)."""
     out = site_packages()
-    for name in PROJECT_PACKAGES:
+    for name in STARTUP_PACKAGES:
         where = package_dir(name)
         if where is not None and not any(where.is_relative_to(p) for p in out):
             out.append(where)

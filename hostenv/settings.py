@@ -192,9 +192,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                          "scans"),
     },
     "startup": {
-        "precompile": _bool_key(False, "setup compiles site-packages and the runtime package to pycs of "
-                                "`bytecode` mode (`python -m hostenv precompile SETTINGS`); false leaves the pycs "
-                                "pip wrote (timestamp mode)"),
+        "precompile": _bool_key(False, "setup compiles site-packages and the runtime, hostenv and hostpgo "
+                                "packages to pycs of `bytecode` mode (`python -m hostenv precompile SETTINGS`); "
+                                "false leaves the pycs pip wrote (timestamp mode)"),
         "bytecode": Key(str, "timestamp", "invalidation mode of precompiled pycs: `timestamp` (each import "
                         "compares the source's mtime and size), `checked-hash` (each import hashes the source), "
                         "`unchecked-hash` (the pyc is trusted: an edited source is not seen until precompiled "
@@ -500,8 +500,8 @@ or `command line --set item`. `HOSTPGO_HOST_PROFILES` replaces the directory nam
   (runtime/host_apply.py) before its first operator; `gc.freeze_after_warmup` after a workload's warm-up.
   A MindSpore API that fails is an error naming the call, not a silent skip.
 - **precompile** (`python -m hostenv precompile SETTINGS [PATH ...]`): when `startup.precompile` is true,
-  compiles the interpreter's site-packages and the runtime package (or the PATHs) to pycs of
-  `startup.bytecode` mode, with or without debug ranges as `startup.no_debug_ranges` says. Run once at setup
+  compiles the interpreter's site-packages and the runtime, hostenv and hostpgo packages (or the PATHs) to
+  pycs of `startup.bytecode` mode, with or without debug ranges as `startup.no_debug_ranges` says. Run once at setup
   (the image build does; perf does for a subject's venv), not at each start.
 - **observe**: each workload record's `host_settings` says what was asked, what was called, and what the
   process really runs with (allocator libraries mapped, threads and their CPUs, GC state, frozen stdlib,

@@ -85,6 +85,7 @@ def test_record_reports_whether_the_stdlib_was_frozen(option, frozen):
     rec = _record_in_child("default", xopts=("-X", f"frozen_modules={option}"))
     assert rec["startup"]["frozen_stdlib"] is frozen and rec["startup"]["xoptions"] == {"frozen_modules": option}
     assert rec["startup"]["debug_ranges"] is True and rec["warnings"] == []
+    assert rec["startup"]["pyc_modes"]["packages"] == ["runtime", "hostenv", "hostpgo", "mindspore"]
     rec = _record_in_child("startup-precompiled", xopts=("-X", f"frozen_modules={option}"))
     assert any(w.startswith("startup.frozen_modules = true, but the stdlib was not") for w in rec["warnings"]) \
         is not frozen

@@ -427,11 +427,11 @@ def _override_text(origin: Origin) -> str:
 
 
 def resolve_layered(ref: str | os.PathLike[str] | None = None, sets: Sequence[str] = (),
-                    env: Mapping[str, str] | None = None) -> Layered:
+                    env: Mapping[str, str] | None = None, *, set_flag: str = "--set") -> Layered:
     """The loader's result for `ref`: values per section and where each came from (see `resolve`)."""
     env = os.environ if env is None else env
     return LOADER.resolve(None if ref is None else os.fspath(ref), environ=env, env_var=ENV_SET, sets=sets,
-                          set_flag="--set", env_layers=launch_blocking_layer(env))
+                          set_flag=set_flag, env_layers=launch_blocking_layer(env))
 
 
 def from_layered(layered: Layered) -> HostSettings:
@@ -444,12 +444,13 @@ def from_layered(layered: Layered) -> HostSettings:
 
 
 def resolve(ref: str | os.PathLike[str] | None = None, sets: Sequence[str] = (),
-            env: Mapping[str, str] | None = None) -> HostSettings:
+            env: Mapping[str, str] | None = None, *, set_flag: str = "--set") -> HostSettings:
     """defaults -> `ref` (after its `extends` chain) -> HOSTPGO_RUNTIME_LAUNCH_BLOCKING -> HOSTPGO_HOST_SET -> `sets`.
 
-    `env` defaults to os.environ; pass `{}` to ignore the environment.
+    `env` defaults to os.environ; pass `{}` to ignore the environment. `set_flag` is the command-line flag that
+    gave `sets` (errors and `overrides` name it).
     """
-    return from_layered(resolve_layered(ref, sets, env))
+    return from_layered(resolve_layered(ref, sets, env, set_flag=set_flag))
 
 
 def active(env: Mapping[str, str] | None = None) -> HostSettings:

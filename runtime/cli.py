@@ -162,7 +162,7 @@ def _enter_host_settings(args) -> None:
 
     import hostenv
 
-    settings = hostenv.resolve(args.host_settings, args.host_set)
+    settings = hostenv.resolve(args.host_settings, args.host_set, set_flag="--host-set")
     delta = hostenv.process_env(settings)
     if os.environ.get(hostenv.ENV_SETTINGS) == delta[hostenv.ENV_SETTINGS]:
         return

@@ -164,3 +164,12 @@ def test_runtime_reexecution_carries_the_interpreter_options(monkeypatch):
         cli._enter_host_settings(args)
     assert seen["argv"][:4] == [sys.executable, "-X", "frozen_modules=on", "-m"]
     assert seen["env"]["PYTHONNODEBUGRANGES"] == "1"
+
+
+def test_runtime_cli_maps_a_bad_host_set_to_exit_2_naming_its_flag(monkeypatch, capsys):
+    pytest.importorskip("numpy")
+    from runtime import cli
+
+    monkeypatch.delenv(hostenv.ENV_SETTINGS, raising=False)
+    assert cli.main(["workload", "decode-b1", "--host-set", "gc.bogus=1"]) == 2
+    assert capsys.readouterr().err.startswith("error: command line --host-set gc.bogus=1: unknown key 'gc.bogus'")

@@ -18,7 +18,6 @@ from .observe import STARTUP_PACKAGES, debug_ranges_in_effect
 from .settings import HostSettings
 
 
-
 def site_packages() -> list[Path]:
     """This interpreter's purelib and platlib directories (existing ones, once each)."""
     paths = sysconfig.get_paths()

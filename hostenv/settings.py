@@ -68,6 +68,7 @@ _TRUE, _FALSE = ("true", "on", "1"), ("false", "off", "0")
 # ---------------------------------------------------------------------------------- value converters
 # Each turns an accepted raw value (TOML, or a bare string from an override) into the model's value, or raises
 # ValueError saying what would be accepted; hostpgo.layered prefixes where the value came from and the key.
+# ruff: noqa: TRY004 (a wrong type is a bad value here: Key.convert's contract is ValueError)
 
 
 def _bool(value: object) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import bolt as boltmod
-from . import allocator as alloc_mod
+from hostenv import allocators as alloc_mod
 from . import flags as flagmod
 from . import manifest, sources, training
 from .errors import HostpgoError

@@ -13,7 +13,9 @@ from typing import Sequence
 
 from rich.console import Console
 
-from . import allocator, cpython, flags, patches, profile as profmod, sources, stages, toolchain, training
+from hostenv import allocators as allocator
+
+from . import cpython, flags, patches, profile as profmod, sources, stages, toolchain, training
 from . import image as imagemod
 from .errors import HostpgoError, ToolchainError
 from .paths import WorkArea
@@ -58,8 +60,8 @@ def prepare(profile_ref: str, *, overrides: Sequence[str] = (), jobs: int | None
     alloc = None
     if prof.optimize.allocator != "glibc":
         try:
-            alloc = allocator.find(prof.optimize.allocator, tcs.host)
-        except ToolchainError as e:
+            alloc = allocator.find(prof.optimize.allocator, tcs.host, key="optimize.allocator")
+        except allocator.AllocatorNotFound as e:
             if not allow_missing_compiler:
                 raise
             spec = allocator.table()[prof.optimize.allocator]
@@ -96,8 +98,8 @@ def ensure_toolchain(profile_refs: Sequence[str], console: Console) -> toolchain
             missing.append(str(e))
         if prof.optimize.allocator != "glibc":
             try:
-                allocator.find(prof.optimize.allocator, tcs.host, query_version=False)
-            except ToolchainError as e:
+                allocator.find(prof.optimize.allocator, tcs.host, query_version=False, key="optimize.allocator")
+            except allocator.AllocatorNotFound as e:
                 missing.append(str(e))
                 pkg = allocator.table()[prof.optimize.allocator].packages.get(allocator.family(tcs.host))
                 if pkg:

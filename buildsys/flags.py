@@ -119,7 +119,7 @@ def resolve(profile: Profile, comp: Compiler, host: Host, variant: str, *, build
             profdata: str = "{profdata}", allocator_flags: tuple[str, ...] = ()) -> ResolvedFlags:
     """Pure: the flags for `variant` (plain, instrumented, optimized) of a profile on a compiler.
 
-    `allocator_flags` are the link flags of the allocator found on this host (buildsys.allocator);
+    `allocator_flags` are the link flags of the allocator found on this host (hostenv.allocators);
     every variant links it, so training runs with the allocator the optimized build will use.
     """
     if variant not in VARIANTS:

@@ -11,7 +11,7 @@ Layers, each one `umoci repack` of the same bundle, so each holds only what its 
 4. runtime: the host settings files at /opt/hostpgo/host, the pre-generated built-in checkpoint under
             /var/lib/hostpgo, precompiled bytecode when the settings ask for it, and hostpgo-image.json.
 
-The entrypoint applies the host settings before the interpreter starts (`python -m runtime.hostenv exec`),
+The entrypoint applies the host settings before the interpreter starts (`python -m hostenv exec`),
 so the allocator preload, its tunables, the launch mode, threads and GC policy are the image's defaults;
 `-e HOSTPGO_HOST_SET=...` changes one key at run time. The image is verified the way it will run: unpacked
 again from the finished layout and chrooted, it must reproduce every golden token digest of the build's
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from . import allocator as alloc_mod
+from hostenv import allocators as alloc_mod
 from . import manifest as manifest_mod
 from .cpython import last_json, runtime_requirements
 from .errors import HostpgoError
@@ -223,7 +223,7 @@ class ImageInputs:
     settings_name: str
     """Host settings the entrypoint applies: a name shipped under /opt/hostpgo/host."""
     settings: Mapping[str, Any]
-    """Their resolved values (`python -m runtime.hostenv show`)."""
+    """Their resolved values (`python -m hostenv show`)."""
     settings_files: tuple[Path, ...]
     packages: tuple[str, ...]
     """Debian packages installed into the base beyond minbase."""
@@ -251,7 +251,7 @@ def project_digest(root: Path = REPO_ROOT) -> str:
 
 def entrypoint(settings_name: str) -> list[str]:
     py = f"{VENV_DIR}/bin/python"
-    return [py, "-m", "runtime.hostenv", "exec", settings_name, "--", py, "-m", "runtime"]
+    return [py, "-m", "hostenv", "exec", settings_name, "--", py, "-m", "runtime"]
 
 
 def image_env(settings: Mapping[str, Any]) -> dict[str, str]:
@@ -449,10 +449,10 @@ def plan(inp: ImageInputs) -> BuildPlan:
         vpy = f"{VENV_DIR}/bin/python"
         with mounted(rootfs, r):
             lines: list[str] = []
-            r.run(chroot_argv(rootfs, env, [vpy, "-m", "runtime.hostenv", "show", inp.settings_name]),
+            r.run(chroot_argv(rootfs, env, [vpy, "-m", "hostenv", "show", inp.settings_name]),
                   timeout=300, collect=lines)
             if (inp.settings.get("startup") or {}).get("precompile"):
-                r.run(chroot_argv(rootfs, env, [vpy, "-m", "runtime.hostenv", "precompile", inp.settings_name]),
+                r.run(chroot_argv(rootfs, env, [vpy, "-m", "hostenv", "precompile", inp.settings_name]),
                       timeout=1800)
             r.run(chroot_argv(rootfs, env, [vpy, "-c", "from runtime.workarea import builtin_checkpoint; "
                                                         "print(builtin_checkpoint('tiny', 0))"]), timeout=900)
@@ -621,7 +621,7 @@ def resolve_settings(ref: str, runner: Runner) -> tuple[str, dict[str, Any], tup
     """
     lines: list[str] = []
     try:
-        runner.run([sys.executable, "-m", "runtime.hostenv", "show", ref], cwd=REPO_ROOT, timeout=120,
+        runner.run([sys.executable, "-m", "hostenv", "show", ref], cwd=REPO_ROOT, timeout=120,
                    collect=lines)
     except HostpgoError as e:
         tail = getattr(e, "log_tail", "")

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from hostenv import allocators
+
 from .errors import ProfileError
 from .paths import PROFILES_DIR
 
@@ -54,8 +56,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                       "-fno-semantic-interposition", allowed=(True, False)),
         "allocator": Key(str, "glibc", "memory allocator the interpreter is linked against, ahead of the C "
                          "library, so it serves every library in the process (MindSpore's too): glibc "
-                         "(nothing linked), jemalloc, mimalloc or tcmalloc (buildsys/allocators.toml)",
-                         allowed=("glibc", "jemalloc", "mimalloc", "tcmalloc")),
+                         "(nothing linked) or a row of hostenv/allocators.toml",
+                         allowed=allocators.names()),
         "bolt": Key(bool, False, "BOLT post-link optimization of the built interpreter (or libpython where "
                     "shared): link with relocations, profile the [pgo] tasks, re-lay out the binary "
                     "([bolt] section)", allowed=(True, False)),

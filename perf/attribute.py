@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from hostenv import allocators
 from hostpgo import runner
 
 from .errors import ResultsError
@@ -22,7 +23,8 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("CPython", r"^(python\d(\.\d+)?[a-z]*|libpython.*)$"),
     ("MindSpore", r"mindspore|_c_expression|_ms_|libdnnl|libakg"),
     ("Ray", r"_raylet|libray|libcore_worker"),
-    ("allocator", r"^lib(jemalloc|mimalloc|tcmalloc)"),  # a preloaded or linked malloc (glibc's stays in libc)
+    # A preloaded or linked malloc, by the allocator table's shared-object names (glibc's stays in libc).
+    ("allocator", "^(" + "|".join(re.escape(s) for s in allocators.soname_stems()) + ")"),
     ("libc", r"^(libc\.so|libc-|ld-linux|libm\.so|libpthread|\[vdso\])"),
     ("C++ runtime", r"^(libstdc\+\+|libgcc_s|libgomp)"),
     ("numpy", r"_multiarray|_umath|libopenblas|libscipy_openblas"),

@@ -6,7 +6,7 @@ own wheel. A stamp in each venv records what it was installed from; a matching s
 
 Precompiled pycs are a property of a venv, not of a process: a subject whose host settings say
 `startup.precompile = true` gets a venv of its own per pyc flavour (`-pyc-<bytecode>[-no-debug-ranges]`
-in its name), precompiled after installing with `<venv>/bin/python -m runtime.hostenv precompile
+in its name), precompiled after installing with `<venv>/bin/python -m hostenv precompile
 <settings>` (the command the image build runs) and stamped, so no subject runs on pycs that another
 subject's settings wrote. Subjects without it share the venv pip compiled (timestamp pycs).
 """
@@ -43,7 +43,7 @@ class Env:
     pycs: str | None = None
     """The pyc flavour precompiled into this venv (`pyc_flavour`), None for pip's own timestamp pycs."""
     precompiled: dict | None = None
-    """The summary `runtime.hostenv precompile` printed (files, mode, seconds), when it ran for this venv."""
+    """The summary `hostenv precompile` printed (files, mode, seconds), when it ran for this venv."""
 
 
 def pyc_flavour(interp: Interpreter) -> str | None:
@@ -64,7 +64,7 @@ def venv_dir(interp: Interpreter) -> Path:
 
 def _precompile(interp: Interpreter, root: Path, py: Path, digest: str, log: Path) -> dict:
     """Precompile a venv as the subject's settings ask, unless its stamp shows it was, for the same install."""
-    from runtime import hostenv
+    import hostenv
 
     stamp_path = root / PRECOMPILE_STAMP
     settings = hostenv.HostSettings.from_json(interp.host_settings or {})
@@ -77,11 +77,11 @@ def _precompile(interp: Interpreter, root: Path, py: Path, digest: str, log: Pat
     toml.write_text(settings.to_toml([f"startup settings of perf subject {interp.name}, for its venv's pycs"]))
     # Run in the venv's directory: `-m` puts the working directory first on sys.path, and from a source checkout
     # it would import (and precompile) the checkout's runtime/ instead of the venv's.
-    proc = runner.capture([py, "-m", "runtime.hostenv", "precompile", toml], cwd=root, log=log, timeout=3600)
+    proc = runner.capture([py, "-m", "hostenv", "precompile", toml], cwd=root, log=log, timeout=3600)
     try:
         summary = json.loads(proc.stdout)
     except ValueError as exc:
-        raise CommandError(f"{py} -m runtime.hostenv precompile printed no JSON summary", argv=[str(py)],
+        raise CommandError(f"{py} -m hostenv precompile printed no JSON summary", argv=[str(py)],
                            log_tail=proc.stdout[-2000:]) from exc
     stamp_path.write_text(json.dumps({**want, "summary": summary}, indent=1))
     return summary

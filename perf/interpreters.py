@@ -14,6 +14,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from hostenv import allocators
 from hostpgo.runner import capture
 
 from .errors import CommandError, IncompatibleResults, SpecError
@@ -22,7 +23,8 @@ from .workspace import hostpgo_home, safe_name
 MANIFEST_NAME = "hostpgo-manifest.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
-# Printed by the interpreter under test; kept to the standard library so any build answers.
+# Printed by the interpreter under test; kept to the standard library so any build answers. ALLOCATOR_STEMS
+# (name -> shared-object prefixes, from the allocator table) is prepended by probe_code().
 _PROBE = r"""
 import json, platform, sys, sysconfig
 cv = sysconfig.get_config_var
@@ -36,11 +38,7 @@ def _allocators_linked():
             names = {line.split()[-1].rsplit("/", 1)[-1] for line in fh}
     except OSError:
         return None
-    out = []
-    for lib, name in (("libjemalloc", "jemalloc"), ("libmimalloc", "mimalloc"), ("libtcmalloc", "tcmalloc")):
-        if any(n.startswith(lib + ".so") or n.startswith(lib + "_minimal.so") for n in names):
-            out.append(name)
-    return out
+    return [name for name, stems in ALLOCATOR_STEMS.items() if any(n.startswith(tuple(stems)) for n in names)]
 def _libpython_loaded():
     # Py_ENABLE_SHARED says a libpython was built, not that this executable uses it.
     try:
@@ -62,6 +60,13 @@ print(json.dumps({
     "allocators_linked": _allocators_linked(),
 }))
 """
+
+
+def probe_code() -> str:
+    """The identity probe, with the allocator table's shared-object prefixes to spot a linked allocator."""
+    stems = {name: sorted({so.split(".so")[0] + ".so" for so in spec.sonames})
+             for name, spec in allocators.table().items() if spec.sonames}
+    return f"ALLOCATOR_STEMS = {stems!r}\n" + _PROBE
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,7 @@ class Interpreter:
     """`path` (given as a path or NAME=PATH), `hostpgo-build`, or `command` (found on PATH)."""
     notes: tuple[str, ...] = field(default_factory=tuple)
     host_settings: dict | None = None
-    """Resolved host settings this subject runs under (runtime.hostenv JSON), or None for none given."""
+    """Resolved host settings this subject runs under (hostenv JSON), or None for none given."""
     host_env: tuple[tuple[str, str], ...] = ()
     """Environment the host settings add to every process of this subject (preload, tunables, settings)."""
     allocators_linked: tuple[str, ...] = ()
@@ -234,7 +239,7 @@ def _sha256_file(path: Path) -> str:
 
 def probe(python: Path) -> dict:
     """Ask an interpreter for its version and build configuration."""
-    proc = capture([str(python), "-I", "-c", _PROBE], timeout=60, check=False)
+    proc = capture([str(python), "-I", "-c", probe_code()], timeout=60, check=False)
     if proc.returncode != 0:
         raise CommandError(f"interpreter {python} failed its probe", argv=[str(python)],
                            returncode=proc.returncode, log_tail=proc.stderr[-2000:])
@@ -338,7 +343,7 @@ def _host(spec: InterpreterSpec, linked: tuple[str, ...]) -> tuple[dict | None, 
     """Resolve a spec's `@SETTINGS` into (settings JSON, environment delta), raising SpecError naming it."""
     if spec.host is None:
         return None, {}
-    from runtime import hostenv
+    import hostenv
 
     try:
         settings = hostenv.resolve(spec.host)

@@ -96,7 +96,7 @@ def _host_cell(interp: dict) -> str:
     hs = interp.get("host_settings")
     if not hs:
         return "-"
-    from runtime.hostenv import HostSettings
+    from hostenv import HostSettings
 
     return f"`{hs.get('name', '?')}`: {HostSettings.from_json(hs).summary()}"
 

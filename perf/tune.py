@@ -34,12 +34,14 @@ import os
 import platform
 import shutil
 import time
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import hostenv
+from hostenv import settings as host_settings
 from hostpgo import runner
+from hostpgo.layered import Loader, Origin
 
 from . import counters, envs, interpreters, latency, results
 from .catalog import TARGETS, Target
@@ -120,28 +122,42 @@ class SearchPlan:
     notes: tuple[str, ...] = ()
 
 
+SPACE_LOADER = Loader(host_settings.SCHEMA, what="search space", find=host_settings.find_file,
+                      error=hostenv.HostSettingsError)
+"""The host-settings schema's loader for search-space files: their `set` items are host-settings assignments."""
+SPACE_KEYS = {"lever"}
+LEVER_KEYS = {"name", "counts", "choices"}
+CHOICE_KEYS = {"label", "set"}
+
+
 def load_space(path: Path) -> tuple[Lever, ...]:
-    """A search-space file (profiles/host/search/*.toml): `[[lever]]` with name, counts, choices."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read search space: {exc}") from exc
-    unknown = set(data) - {"lever"}
+    """A search-space file (profiles/host/search/*.toml): `[[lever]]` with name, counts, choices.
+
+    Read by a hostpgo.layered loader of the host-settings schema, and every `set` item parsed by its
+    assignment parser (the one `--set` and HOSTPGO_HOST_SET go through), so a bad item is an error naming the file, the lever and the choice.
+    """
+    data = SPACE_LOADER.read(path)
+    unknown = set(data) - SPACE_KEYS
     if unknown:
         raise SpecError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: lever)")
     levers = []
     for i, lv in enumerate(data.get("lever", [])):
         where = f"{path}: lever[{i}]"
-        extra = set(lv) - {"name", "counts", "choices"}
+        extra = set(lv) - LEVER_KEYS
         if extra:
             raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(extra))} (known: name, counts, choices)")
         if not isinstance(lv.get("name"), str) or not lv.get("choices"):
             raise SpecError(f"{where}: needs a name and at least one choice")
         choices = []
         for c in lv["choices"]:
-            extra = set(c) - {"label", "set"}
+            extra = set(c) - CHOICE_KEYS
             if extra or not isinstance(c.get("label"), str) or not isinstance(c.get("set", []), list):
                 raise SpecError(f"{where} ({lv['name']}): a choice is {{ label = \"...\", set = [\"key=value\", ...] }}")
+            origin = Origin("file", f"{path} lever {lv['name']!r} choice {c['label']!r}")
+            for item in c.get("set", []):
+                if not isinstance(item, str):
+                    raise SpecError(f"{origin}: set item {item!r} is not a \"section.key=value\" string")
+                SPACE_LOADER.parse_assignment(item, origin)
             choices.append(Choice(c["label"], tuple(c.get("set", []))))
         if choices[0].sets:
             raise SpecError(f"{where} ({lv['name']}): the first choice is the default and must set nothing")
@@ -288,22 +304,15 @@ class _Run:
     def spent(self) -> float:
         return time.monotonic() - self.started
 
-    def settings(self, cand: Candidate):
-        from runtime import hostenv
-
-        s = hostenv.resolve(self.base_settings, cand.sets, env={})
-        return s
+    def settings(self, cand: Candidate) -> hostenv.HostSettings:
+        return hostenv.resolve(self.base_settings, cand.sets, env={})
 
     def env(self, cand: Candidate) -> dict[str, str]:
-        from runtime import hostenv
-
         return {**self.base_env, **hostenv.process_env(self.settings(cand), {}, linked=self.linked)}
 
     def golden(self, cand: Candidate, workloads: Sequence[str]) -> dict:
         """Each workload's pinned run under the candidate's settings: digest match, what was applied, seconds."""
         out: dict = {"ok": True, "workloads": {}}
-        from runtime import hostenv
-
         try:
             env = self.env(cand)
         except hostenv.HostSettingsError as exc:
@@ -501,8 +510,6 @@ def run(interp: Interpreter, *, budget_s: float, workloads: Sequence[str] = DEFA
                 record["stage2"] = {"skipped": f"golden check failed: {g.get('error')}"}
                 say(f"stage 2: {combo.label} failed its golden check: {g.get('error')}")
     save()
-
-    from runtime import hostenv
 
     chosen = r.settings(best)
     gain = "no setting beat the defaults significantly; the defaults are kept" if best is defaults else \

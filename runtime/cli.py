@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from runtime.errors import RuntimeErrorBase
+from hostpgo.errors import HostpgoError
 
 
 def _ids(text: str) -> list[int]:
@@ -230,9 +230,9 @@ def _enter_host_settings(args) -> None:
     """
     import os
 
-    from runtime import hostenv
+    import hostenv
 
-    settings = hostenv.resolve(args.host_settings, args.host_set)
+    settings = hostenv.resolve(args.host_settings, args.host_set, set_flag="--host-set")
     delta = hostenv.process_env(settings)
     if os.environ.get(hostenv.ENV_SETTINGS) == delta[hostenv.ENV_SETTINGS]:
         return
@@ -318,6 +318,6 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
-    except RuntimeErrorBase as e:
+    except HostpgoError as e:  # the runtime's own errors and hostenv's host-settings errors
         print(f"error: {e}", file=sys.stderr)
         return 2

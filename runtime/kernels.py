@@ -20,39 +20,41 @@ _configured = False
 def configure() -> None:
     """PyNative mode on the CPU device, then the host settings' MindSpore and GC half (idempotent).
 
-    The settings come from runtime.hostenv.active(): what a launcher passed in HOSTPGO_HOST_SETTINGS, else
-    the defaults with environment overrides. By default kernels are launched synchronously:
-    `launch_blocking()` turns off MindSpore's asynchronous launch pipeline, whose worker threads busy-wait;
-    on a small CPU box synchronous launch roughly halves per-operator host time and makes every dispatch's
-    cost land on the calling thread, where the profile of the interpreter sees it.
+    The settings come from hostenv.active(): what a launcher passed in HOSTPGO_HOST_SETTINGS, else
+    the defaults with environment overrides; runtime.host_apply applies them. By default kernels are launched
+    synchronously: `launch_blocking()` turns off MindSpore's asynchronous launch pipeline, whose worker threads
+    busy-wait; on a small CPU box synchronous launch roughly halves per-operator host time and makes every
+    dispatch's cost land on the calling thread, where the profile of the interpreter sees it.
     Set HOSTPGO_RUNTIME_LAUNCH_BLOCKING=0 (or `mindspore.launch = "pipelined"` in a host settings file) to
     keep MindSpore's asynchronous pipeline (for comparison). A MindSpore API that fails raises
-    runtime.hostenv.HostSettingsError naming the call.
+    hostenv.HostSettingsError naming the call.
     """
     global _configured
     if _configured:
         return
-    from runtime import hostenv
-
-    settings = hostenv.active()
+    app = host_application()
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_device("CPU")
-    hostenv.apply_mindspore(settings, ms)
-    hostenv.apply_gc(settings)
-    _settings[0] = settings
+    app.apply_mindspore(ms)
+    app.apply_gc()
     _configured = True
 
 
-_settings: list = [None]
+_host: list = [None]  # the process's one runtime.host_apply.HostApplication, made on first use
+
+
+def host_application():
+    """This process's runtime.host_apply.HostApplication (its settings resolved on first use)."""
+    if _host[0] is None:
+        from runtime.host_apply import HostApplication
+
+        _host[0] = HostApplication.from_environment()
+    return _host[0]
 
 
 def host_settings():
-    """The runtime.hostenv.HostSettings this process configured MindSpore with (resolved on first use)."""
-    if _settings[0] is None:
-        from runtime import hostenv
-
-        _settings[0] = hostenv.active()
-    return _settings[0]
+    """The hostenv.HostSettings this process configured MindSpore with (resolved on first use)."""
+    return host_application().settings
 
 
 def launch_blocking() -> bool:

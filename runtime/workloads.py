@@ -302,9 +302,7 @@ class Workload:
         self._a = K.to_device(np.ones((1, self.cfg.hidden_size), np.float32))
         self._b = K.to_device(np.full((1, self.cfg.hidden_size), 0.5, np.float32))
         self.dispatch_loop(16)
-        from runtime import hostenv
-
-        hostenv.after_warmup(K.host_settings())  # gc.freeze() here when the host settings ask for it
+        K.host_application().after_warmup()  # gc.freeze() here when the host settings ask for it
 
     def _step(self):
         self.driver.before_step(self.engine, self.engine.step_count)
@@ -376,8 +374,6 @@ class Workload:
         """The versioned JSON record for one run_steps() result."""
         import mindspore
 
-        from runtime import hostenv
-
         golden = self.spec.golden if self.golden_applies(run["steps"]) else None
 
         tokens = max(run["tokens"], 1)
@@ -416,7 +412,7 @@ class Workload:
             "mindspore": mindspore.__version__,
             "numpy": np.__version__,
             "launch_blocking": self._k.launch_blocking(),
-            "host_settings": hostenv.record(self._k.host_settings()),
+            "host_settings": self._k.host_application().record(),
         }
 
 

@@ -27,7 +27,7 @@ def _add_cmdline_args(cmd: list[str], args) -> None:
 
 def command(target, settings) -> list[str]:
     """The process a `command` target times: this venv's interpreter with the settings' start-up options."""
-    from runtime import hostenv
+    import hostenv
 
     return hostenv.with_interpreter_args(settings, [sys.executable, "-c", target.code])
 
@@ -35,7 +35,7 @@ def command(target, settings) -> list[str]:
 def _bench_command(runner: pyperf.Runner, target) -> None:
     # The worker runs under the subject's environment (pyperf --inherit-environ): HOSTPGO_HOST_SETTINGS names
     # the settings, PYTHONNODEBUGRANGES and any preload are inherited by the timed process from here.
-    from runtime import hostenv
+    import hostenv
 
     cmd = command(target, hostenv.active())
     runner.metadata.update({

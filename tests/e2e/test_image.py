@@ -40,7 +40,7 @@ def test_image_of_a_static_build_runs_its_golden_workloads_through_the_entrypoin
     record = Path(record_line.rsplit("record ", 1)[1])
     doc = json.loads(record.read_text())
     assert [w["name"] for w in doc["verify"]] and all(w["golden_match"] for w in doc["verify"])
-    assert doc["entrypoint"][2:5] == ["runtime.hostenv", "exec", "default"]
+    assert doc["entrypoint"][2:5] == ["hostenv", "exec", "default"]
     assert "libssl3" in doc["debian"]["packages"] and doc["python_packages"]["mindspore"] == "2.10.0"
     # The docker-archive holds the same image: skopeo reads it back.
     inspect = subprocess.run(["skopeo", "inspect", f"docker-archive:{archive}"], capture_output=True, text=True,

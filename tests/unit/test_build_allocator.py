@@ -1,4 +1,5 @@
-"""Unit: optimize.allocator — the table, discovery on a host, link flags in the plan, the verify check."""
+"""Unit: optimize.allocator — the profile key, link flags in the plan, the manifest, the verify check (the table
+and discovery are hostenv.allocators', tested in test_hostenv_allocators.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import allocator, cpython, engine, manifest, profile, sources, stages, training
-from buildsys.errors import ProfileError, ToolchainError
+from buildsys import cpython, engine, manifest, profile, sources, stages, training
+from buildsys.errors import ProfileError
 from buildsys.paths import WorkArea
 from buildsys.toolchain import Host
+from hostenv import allocators as allocator
 
 DEBIAN = Host("x86_64", "debian")
 
@@ -25,35 +27,8 @@ def inputs(tmp_path: Path, name: str, alloc: allocator.Allocator | None = None, 
                           jobs=2, allocator=alloc, **kw)
 
 
-def test_table_covers_the_profile_key_values() -> None:
-    t = allocator.table()
-    assert set(t) == set(profile.SCHEMA["optimize"]["allocator"].allowed)
-    assert t["glibc"].sonames == () and t["jemalloc"].packages["debian"] == "libjemalloc2"
-    assert t["tcmalloc"].packages["openeuler"] == "gperftools"
-    # The runtime's preload side reads the same table (one source of truth for link and preload).
-    from runtime import hostenv
-    assert set(hostenv.ALLOCATOR_NAMES) == set(t) == set(hostenv.ALLOCATORS)
-    assert {n: a.sonames for n, a in hostenv.ALLOCATORS.items()} == {n: r.sonames for n, r in t.items()}
-
-
-def test_bad_table_row_is_named(tmp_path: Path) -> None:
-    bad = tmp_path / "a.toml"
-    bad.write_text('[x]\nsonames = []\n')
-    with pytest.raises(ProfileError, match=r"a.toml: \[x\] must have exactly the keys"):
-        allocator.table(bad)
-
-
-def test_find_in_given_dirs_and_missing_names_the_package(tmp_path: Path) -> None:
-    (tmp_path / "libjemalloc.so.2").write_bytes(b"")
-    found = allocator.find("jemalloc", DEBIAN, dirs=[tmp_path], query_version=False)
-    assert found.library == tmp_path / "libjemalloc.so.2" and found.package == "libjemalloc2"
-    assert allocator.find("glibc", DEBIAN).library is None
-    with pytest.raises(ToolchainError, match="Install it: apt-get install -y libmimalloc2.0"):
-        allocator.find("mimalloc", DEBIAN, dirs=[tmp_path])
-    with pytest.raises(ToolchainError, match="dnf install -y gperftools"):
-        allocator.find("tcmalloc", Host("aarch64", "openEuler"), dirs=[tmp_path])
-    with pytest.raises(ProfileError, match="unknown allocator"):
-        allocator.find("hoard", DEBIAN)
+def test_profile_key_takes_its_values_from_the_allocator_table() -> None:
+    assert profile.SCHEMA["optimize"]["allocator"].allowed == allocator.names()
 
 
 def test_profile_key_rejects_unknown_allocator() -> None:
@@ -96,7 +71,7 @@ def test_link_flags_put_the_allocator_ahead_of_libc_and_it_serves_malloc(tmp_pat
         pytest.skip(f"{cc} not installed")
     try:
         alloc = allocator.find("jemalloc", DEBIAN)
-    except ToolchainError:
+    except allocator.AllocatorNotFound:
         pytest.skip("libjemalloc2 not installed (.ci/run installs it)")
     src = tmp_path / "m.c"
     src.write_text('#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n'

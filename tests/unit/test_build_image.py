@@ -98,7 +98,7 @@ def test_plan_stages_keys_and_entrypoint(tmp_path: Path) -> None:
     inp = _inputs(tmp_path)
     p = image.plan(inp)
     assert [s.name for s in p.stages] == ["image-base", "image-wheels", "image-assemble", "image-verify"]
-    assert p.summary["entrypoint"] == ["/opt/hostpgo/venv/bin/python", "-m", "runtime.hostenv", "exec", "default",
+    assert p.summary["entrypoint"] == ["/opt/hostpgo/venv/bin/python", "-m", "hostenv", "exec", "default",
                                        "--", "/opt/hostpgo/venv/bin/python", "-m", "runtime"]
     assert "mmdebstrap --mode=root --variant=minbase" in p.stages[0].actions[0].describe()
     assert "--include=libssl3,zlib1g bookworm" in p.stages[0].actions[0].describe()

@@ -92,3 +92,15 @@ def test_a_binary_replaced_during_a_run_is_refused(tmp_path):
     with pytest.raises(IncompatibleResults, match=r"interpreter opt: its executable .*python3 changed during the "
                                                   r"latency stage .*rebuilt or reinstalled"):
         assert_unchanged(interp, "the latency stage")
+
+
+def test_probe_spots_a_linked_allocator_by_the_tables_shared_object_names(monkeypatch, capsys):
+    import io
+
+    from perf import interpreters
+
+    maps = ("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.10\n"
+            "7f02-7f03 r-xp 0 08:01 2 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    exec(interpreters.probe_code(), {"__name__": "probe", "open": lambda *a, **k: io.StringIO(maps)})
+    assert json.loads(capsys.readouterr().out)["allocators_linked"] == ["tcmalloc"]

@@ -11,7 +11,7 @@ from perf import catalog, envs, session
 from perf.__main__ import main
 from perf.benchmarks import latency as bench_latency
 from perf.interpreters import Interpreter
-from runtime import hostenv
+import hostenv
 
 
 def test_startup_targets_are_per_process_commands():
@@ -110,7 +110,7 @@ def test_a_venv_is_precompiled_from_inside_it_once_per_install(tmp_path, monkeyp
     assert summary["files"] == 3 and len(calls) == 1
     cmd, kw = calls[0]
     # From the venv's own directory: `-m` from a source checkout would import the checkout's runtime/.
-    assert cmd[:4] == [py, "-m", "runtime.hostenv", "precompile"] and kw["cwd"] == root
+    assert cmd[:4] == [py, "-m", "hostenv", "precompile"] and kw["cwd"] == root
     again = hostenv.resolve(cmd[4], env={})
     assert again.startup == hostenv.resolve("startup-precompiled", env={}).startup
     envs._precompile(interp, root, py, "digest1", tmp_path / "log")

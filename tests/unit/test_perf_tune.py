@@ -27,7 +27,7 @@ def levers():
 
 
 def test_default_space_loads_and_every_choice_resolves():
-    from runtime import hostenv
+    import hostenv
 
     space = tune.load_space(tune.default_space_file())
     assert [lv.name for lv in space] == ["allocator", "launch", "threads", "affinity", "gc"]
@@ -207,7 +207,7 @@ def run_dir(tmp_path):
 
 
 def test_report_shows_host_settings_and_the_attribution_shift(run_dir):
-    from runtime import hostenv
+    import hostenv
 
     rec = json.loads((run_dir / "run.json").read_text())
     rec["interpreters"][1]["host_settings"] = hostenv.resolve("jemalloc", env={}).to_json()
@@ -264,8 +264,8 @@ def test_each_subject_runs_under_its_own_environment(tmp_path):
 
 def test_run_orchestrates_golden_stage1_stage2_and_keeps_the_best(tmp_path, monkeypatch):
     """The executor with golden runs and measurements faked: what is dropped, combined, written and printed."""
+    import hostenv
     from perf.interpreters import Interpreter
-    from runtime import hostenv
 
     monkeypatch.setenv("HOSTPGO_HOME", str(tmp_path / "home"))
     space = tmp_path / "space.toml"
@@ -313,3 +313,88 @@ def test_run_orchestrates_golden_stage1_stage2_and_keeps_the_best(tmp_path, monk
     with pytest.raises(SpecError, match="never overwrites"):
         tune.run(interp, budget_s=10_000, workloads=("decode-b1",), space=space, out="t", use_venv=False,
                  say=said.append)
+
+
+# ------------------------------------------------------------------- host-settings errors: named, and clean exits
+
+
+def _space(tmp_path, item):
+    p = tmp_path / "space.toml"
+    p.write_text("[[lever]]\nname = 'allocator'\nchoices = [{label = 'glibc', set = []}, "
+                 f"{{label = 'odd', set = [{item!r}]}}]\n")
+    return p
+
+
+@pytest.mark.parametrize("item, says", [
+    ("allocator.name=hoard", "key 'allocator.name' has value 'hoard'; allowed values: 'glibc', 'jemalloc'"),
+    ("gc.bogus=1", "unknown key 'gc.bogus'; allowed keys in [gc]"),
+    ("threads=2", "'threads=2' must look like section.key=value"),
+])
+def test_space_set_items_are_host_settings_assignments_named_by_file_lever_and_choice(tmp_path, item, says):
+    import hostenv
+
+    p = _space(tmp_path, item)
+    with pytest.raises(hostenv.HostSettingsError) as exc:
+        tune.load_space(p)
+    assert str(exc.value).startswith(f"{p} lever 'allocator' choice 'odd': ") and says in str(exc.value)
+
+
+def test_space_set_item_must_be_a_string(tmp_path):
+    p = tmp_path / "space.toml"
+    p.write_text("[[lever]]\nname = 'gc'\nchoices = [{label = 'd', set = []}, {label = 'x', set = [1]}]\n")
+    with pytest.raises(SpecError, match=r"lever 'gc' choice 'x': set item 1 is not"):
+        tune.load_space(p)
+
+
+def _perf_main(monkeypatch, argv):
+    import io
+
+    from rich.console import Console
+
+    from perf import __main__ as perf_main
+
+    out = io.StringIO()
+    monkeypatch.setattr(perf_main, "console", Console(file=out, width=400))
+    return perf_main.main(argv), out.getvalue()
+
+
+def test_a_bad_space_item_exits_2_with_the_message(tmp_path, monkeypatch):
+    p = _space(tmp_path, "mindspore.launch=async")
+    rc, out = _perf_main(monkeypatch, ["tune-host", "--interp", "x", "--budget", "100", "--space", str(p),
+                                       "--dry-run"])
+    assert rc == 2 and "lever 'allocator' choice 'odd': key 'mindspore.launch' has value 'async'" in out
+    assert "Traceback" not in out
+
+
+def test_a_settings_error_after_the_search_exits_2_not_a_traceback(tmp_path, monkeypatch):
+    """tune.run resolves the kept candidate on top of the subject's settings outside any try: a settings file that
+    went bad during the search is a clean exit 2 naming the file."""
+    from perf import interpreters
+    from perf.interpreters import Interpreter
+
+    monkeypatch.setenv("HOSTPGO_HOME", str(tmp_path / "home"))
+    base = tmp_path / "base.toml"
+    base.write_text("[gc]\nenabled = 'sometimes'\n")
+    interp = Interpreter(name="py", python=sys.executable, version="3.11", implementation="cpython",
+                         cache_tag="cpython-311", exe_sha256="0" * 64, host_settings={"source": str(base)})
+    monkeypatch.setattr(interpreters, "parse_spec", lambda text: text)
+    monkeypatch.setattr(interpreters, "resolve", lambda spec: interp)
+    monkeypatch.setattr(tune._Run, "golden", lambda self, cand, workloads: {
+        "ok": True, "workloads": {w: {"seconds": 1.0, "golden_match": True} for w in workloads}})
+    monkeypatch.setattr(tune._Run, "measure", lambda self, cands, targets, name, settings: {
+        "latency": {}, "comparisons": {c.label: [{"name": t.name, "ratio": 1.0, "significant": False}
+                                                 for t in targets] for c in cands[1:]}})
+    space = _space(tmp_path, "allocator.name=jemalloc")
+    rc, out = _perf_main(monkeypatch, ["tune-host", "--interp", "x", "--budget", "10000", "--workloads", "decode-b1",
+                                       "--space", str(space), "--out", "t", "--no-venv"])
+    assert rc == 2 and f"{base.resolve()}: key 'gc.enabled' has value 'sometimes'" in out.replace("\n", "")
+    assert "Traceback" not in out
+
+
+def test_report_with_bad_host_settings_exits_2_not_a_traceback(run_dir, monkeypatch):
+    rec = json.loads((run_dir / "run.json").read_text())
+    rec["interpreters"][1]["host_settings"] = {"name": "odd", "gc": {"thresholds": [1]}}
+    (run_dir / "run.json").write_text(json.dumps(rec))
+    rc, out = _perf_main(monkeypatch, ["report", str(run_dir)])
+    assert rc == 2 and "key 'gc.thresholds' has value [1]" in out.replace("\n", "")
+    assert "Traceback" not in out

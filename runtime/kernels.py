@@ -11,7 +11,10 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, mint, ops
 
-_linear = mint.nn.functional.linear
+# The operators the deployment's layers use, picked by host cost per call on this CPU backend:
+# ops.MatMul(transpose_b=True) ~57 us against ~175 us for mint.nn.functional.linear, mint.bmm ~60 us
+# against ~115 us for ops.bmm. Same kernels underneath: the pinned token digests are unchanged.
+_matmul_bt = ops.MatMul(transpose_b=True)
 _counts = [0, 0]  # [dispatches, host->device transfers]
 
 _configured = False
@@ -92,8 +95,8 @@ def _counted(op):
     return call
 
 
-linear = _counted(_linear)
-bmm = _counted(ops.bmm)
+linear = _counted(_matmul_bt)
+bmm = _counted(mint.bmm)
 add = _counted(ops.add)
 mul = _counted(ops.mul)
 div = _counted(ops.div)

@@ -76,6 +76,17 @@ def to_device(a: np.ndarray) -> Tensor:
     return Tensor(a)
 
 
+def from_numpy(a: np.ndarray) -> Tensor:
+    """A tensor sharing `a`'s memory (per-step inputs, as vLLM-MindSpore hands them over); one transfer."""
+    _counts[1] += 1
+    return ms.from_numpy(np.ascontiguousarray(a))
+
+
+def count_dispatch() -> None:
+    """Count one launch that is not a call of the operators below (a compiled graph)."""
+    _counts[0] += 1
+
+
 def to_host(t: Tensor) -> np.ndarray:
     return t.asnumpy()
 
@@ -197,3 +208,72 @@ def greater_equal(a, b):
 def where(cond, a, b):
     _counts[0] += 1
     return ops.where(cond, a, b)
+
+
+# -- sampling (runtime/sampling.py: one batch of ops for every row of a step) ---------------------
+def argmax_last(x):
+    _counts[0] += 1
+    return ops.argmax(x, -1)
+
+
+def cast_f64(x):
+    _counts[0] += 1
+    return ops.cast(x, ms.float64)
+
+
+def sort_desc_last(x):
+    """(values, indices) sorted largest first along the last axis (the CPU kernel sorts in float32)."""
+    _counts[0] += 1
+    return ops.sort(x, -1, descending=True)
+
+
+def cumsum_last(x):
+    _counts[0] += 1
+    return ops.cumsum(x, -1)
+
+
+def max_last(x):
+    _counts[0] += 1
+    return ops.max(x, -1, True)[0]
+
+
+def exp(x):
+    _counts[0] += 1
+    return ops.exp(x)
+
+
+def sub(a, b):
+    _counts[0] += 1
+    return ops.sub(a, b)
+
+
+def less(a, b):
+    _counts[0] += 1
+    return ops.lt(a, b)
+
+
+def less_equal(a, b):
+    _counts[0] += 1
+    return ops.le(a, b)
+
+
+def logical_or(a, b):
+    _counts[0] += 1
+    return ops.logical_or(a, b)
+
+
+def scatter_last(x, index, src):
+    """out[i, index[i, j]] = src[i, j] (x supplies the shape and every position not written)."""
+    _counts[0] += 1
+    return ops.tensor_scatter_elements(x, index, src, 1)
+
+
+def count_true_last(x):
+    """Number of True values along the last axis, as int32."""
+    _counts[0] += 2
+    return ops.sum(ops.cast(x, ms.int32), -1)
+
+
+def minimum(a, b):
+    _counts[0] += 1
+    return ops.minimum(a, b)

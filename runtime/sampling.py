@@ -66,3 +66,68 @@ def sample_row(logits: np.ndarray, params: SamplingParams, rng: np.random.Genera
 def sample(logits: np.ndarray, params: list[SamplingParams], rngs: list[np.random.Generator | None]) -> list[int]:
     """One token per row of logits [S, vocab]."""
     return [sample_row(logits[i], params[i], rngs[i]) for i in range(len(params))]
+
+
+class DeviceSampler:
+    """Samples one step's rows with MindSpore ops, as vLLM's sampler does, and copies the ids back once.
+
+    Greedy rows take the argmax of the float32 logits; the others follow `sample_row` step for step in
+    float64 (temperature, top-k by the k-th largest value, softmax, top-p over the sorted probabilities with
+    renormalisation, then the first index whose cumulative probability exceeds one uniform draw from the
+    request's generator). Only the rounding of sums may differ from NumPy's, which changes a token only when a
+    draw lands within about 1e-16 of a boundary. `logits` may have more rows than `params` (graph mode pads).
+    """
+
+    def __init__(self):
+        from runtime import kernels as K
+
+        self.k = K
+        self.neg_inf = K.to_device(np.array(-np.inf, np.float64))
+        self.one = K.to_device(np.array(1.0, np.float64))
+        self.zero = K.to_device(np.array(0.0, np.float64))
+
+    def __call__(self, logits, params: list[SamplingParams], rngs: list[np.random.Generator | None]) -> list[int]:
+        K = self.k
+        n = len(params)
+        if n == 0:  # a step of prefill chunks only
+            return []
+        rows, vocab = logits.shape
+        greedy_ids = K.argmax_last(logits)
+        if all(p.greedy for p in params):
+            return K.to_host(greedy_ids)[:n].tolist()
+        temperature = np.ones((rows, 1), np.float64)
+        kth_index = np.full((rows, 1), vocab - 1, np.int32)
+        top_p = np.ones((rows, 1), np.float64)
+        draw = np.zeros((rows, 1), np.float64)
+        greedy = np.ones(rows, np.bool_)
+        for i, (p, rng) in enumerate(zip(params, rngs, strict=True)):
+            if p.greedy:
+                continue
+            if rng is None:
+                raise EngineError("a sampling request needs a random generator")
+            greedy[i] = False
+            temperature[i] = p.temperature
+            if p.top_k and p.top_k < vocab:
+                kth_index[i] = p.top_k - 1
+            top_p[i] = p.top_p
+            draw[i] = rng.random()
+        # One sort of the float32 logits gives the order of z and of the probabilities alike (dividing by a
+        # positive temperature and exp are monotone); MindSpore's CPU sort works in float32, so float64 values
+        # are gathered through the order rather than taken from a sort of them.
+        _, order = K.sort_desc_last(logits)
+        z = K.div(K.cast_f64(logits), K.from_numpy(temperature))
+        kth = K.gather_last(z, K.gather_last(order, K.from_numpy(kth_index)))
+        z = K.where(K.greater_equal(z, kth), z, self.neg_inf)
+        e = K.exp(K.sub(z, K.max_last(z)))
+        prob = K.div(e, K.sum_last(e, keepdim=True))
+        if (top_p < 1.0).any():
+            cum = K.cumsum_last(K.gather_last(prob, order))
+            before = K.cat_last([K.zeros_like(K.narrow_last(cum, 0, 1)), K.narrow_last(cum, 0, vocab - 1)])
+            top_p_t = K.from_numpy(top_p)
+            keep_sorted = K.where(K.less(before, top_p_t), self.one, self.zero)  # a prefix reaching top_p
+            kept = K.mul(prob, K.scatter_last(K.zeros_like(prob), order, keep_sorted))
+            prob = K.where(K.less(top_p_t, self.one), K.div(kept, K.sum_last(kept, keepdim=True)), prob)
+        index = K.count_true_last(K.less_equal(K.cumsum_last(prob), K.from_numpy(draw)))
+        index = K.minimum(index, vocab - 1)
+        chosen = K.where(K.from_numpy(greedy), greedy_ids, index)
+        return K.to_host(chosen)[:n].tolist()

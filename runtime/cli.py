@@ -118,7 +118,7 @@ def cmd_workload(args) -> int:
         _enter_host_settings(args)
     if args.list or not args.name:
         for spec in WORKLOADS.values():
-            print(f"{spec.name:12s} v{spec.version}  {spec.default_steps:3d} steps  {spec.summary}")
+            print(spec.describe())
         return 0 if args.list else 2
     spec = get_spec(args.name)
     wl = open_workload(args.name, checkpoint=args.checkpoint, seed=args.seed, preset=args.preset)

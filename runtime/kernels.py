@@ -216,11 +216,6 @@ def argmax_last(x):
     return ops.argmax(x, -1)
 
 
-def cast_f64(x):
-    _counts[0] += 1
-    return ops.cast(x, ms.float64)
-
-
 def sort_desc_last(x):
     """(values, indices) sorted largest first along the last axis (the CPU kernel sorts in float32)."""
     _counts[0] += 1
@@ -252,28 +247,8 @@ def less(a, b):
     return ops.lt(a, b)
 
 
-def less_equal(a, b):
-    _counts[0] += 1
-    return ops.le(a, b)
-
-
-def logical_or(a, b):
-    _counts[0] += 1
-    return ops.logical_or(a, b)
-
-
 def scatter_last(x, index, src):
     """out[i, index[i, j]] = src[i, j] (x supplies the shape and every position not written)."""
     _counts[0] += 1
     return ops.tensor_scatter_elements(x, index, src, 1)
 
-
-def count_true_last(x):
-    """Number of True values along the last axis, as int32."""
-    _counts[0] += 2
-    return ops.sum(ops.cast(x, ms.int32), -1)
-
-
-def minimum(a, b):
-    _counts[0] += 1
-    return ops.minimum(a, b)

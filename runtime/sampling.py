@@ -115,7 +115,8 @@ class DeviceSampler:
         # positive temperature and exp are monotone); MindSpore's CPU sort works in float32, so float64 values
         # are gathered through the order rather than taken from a sort of them.
         _, order = K.sort_desc_last(logits)
-        z = K.div(K.cast_f64(logits), K.from_numpy(temperature))
+        # float32 / float64 promotes exactly (and costs a tenth of an explicit cast on this backend)
+        z = K.div(logits, K.from_numpy(temperature))
         kth = K.gather_last(z, K.gather_last(order, K.from_numpy(kth_index)))
         z = K.where(K.greater_equal(z, kth), z, self.neg_inf)
         e = K.exp(K.sub(z, K.max_last(z)))
@@ -127,7 +128,9 @@ class DeviceSampler:
             keep_sorted = K.where(K.less(before, top_p_t), self.one, self.zero)  # a prefix reaching top_p
             kept = K.mul(prob, K.scatter_last(K.zeros_like(prob), order, keep_sorted))
             prob = K.where(K.less(top_p_t, self.one), K.div(kept, K.sum_last(kept, keepdim=True)), prob)
-        index = K.count_true_last(K.less_equal(K.cumsum_last(prob), K.from_numpy(draw)))
-        index = K.minimum(index, vocab - 1)
+        # First index whose cumulative probability exceeds the draw, the last one if none does (NumPy's
+        # min(searchsorted(cum, u, "right"), vocab - 1)); argmax of a 0/1 row finds it without integer casts.
+        cum = K.cat_last([K.narrow_last(K.cumsum_last(prob), 0, vocab - 1), K.from_numpy(np.full((rows, 1), np.inf))])
+        index = K.argmax_last(K.where(K.less(K.from_numpy(draw), cum), self.one, self.zero))
         chosen = K.where(K.from_numpy(greedy), greedy_ids, index)
         return K.to_host(chosen)[:n].tolist()

@@ -16,7 +16,7 @@ from runtime.engine import PHASES, EngineConfig, LLMEngine, build_model, eager_b
 from runtime.errors import EngineError  # noqa: E402
 from runtime.graph import GRAPH_LOGITS_TOLERANCE  # noqa: E402
 from runtime.sampling import DeviceSampler, SamplingParams, sample_row  # noqa: E402
-from runtime.scheduler import ScheduledStep, SchedulerConfig  # noqa: E402
+from runtime.scheduler import SchedulerConfig  # noqa: E402
 from runtime.weights import random_tensors  # noqa: E402
 
 TINY = PRESETS["tiny"]
@@ -156,7 +156,29 @@ def test_prepare_inputs_pads_to_the_bucket(engines):
     for req in (a, b):
         eng.abort(req.request_id)
     eng.blocks.assert_no_leaks()
-    assert isinstance(sched, ScheduledStep)
+
+
+def test_graph_model_matches_eager_on_the_other_config_paths():
+    # one compile covering what the tiny preset does not: plain q_proj, tied embeddings, every layer MoE
+    # without renormalisation, two shared experts, non-interleaved default RoPE
+    from runtime.config import parse_config
+    from runtime.graph import GraphModel, GraphRunner
+    from runtime.model import DeepseekV3Model, contiguous_batch
+
+    cfg = parse_config({**TINY.to_hf_dict("parameters"), "q_lora_rank": None, "tie_word_embeddings": True,
+                        "first_k_dense_replace": 0, "norm_topk_prob": False, "n_shared_experts": 2,
+                        "rope_interleave": False, "rope_parameters": {"rope_type": "default", "rope_theta": 500.0}})
+    w = random_tensors(cfg, 4, include_mtp=False)
+    tokens = np.random.default_rng(2).integers(0, cfg.vocab_size, 13).astype(np.int32)
+    eager = K.to_host(DeepseekV3Model(cfg, w, 32).forward(contiguous_batch(tokens, 0)))
+    run = GraphRunner(GraphModel(cfg, w, num_blocks=2, block_size=8, max_blocks_per_seq=2))
+    pad = 16  # the scratch slot: block 2
+    ids, pos, slots = np.zeros(16, np.int32), np.zeros(16, np.int32), np.full(16, pad, np.int32)
+    ids[:13], pos[:13], slots[:13] = tokens, np.arange(13), np.arange(13)
+    arrays = (ids, pos, slots, np.array([[0, 1]], np.int32), np.array([0, 13], np.int32), np.arange(13, dtype=np.int32))
+    got = K.to_host(run(*(K.from_numpy(a) for a in arrays)))
+    assert float(np.abs(got - eager).max() / np.abs(eager).max()) < GRAPH_LOGITS_TOLERANCE
+    assert run.stats.count == 1
 
 
 def test_device_sampler_follows_sample_row():

@@ -21,7 +21,8 @@ from runtime import kernels as K
 from runtime.errors import EngineError
 from runtime.kv_cache import BlockManager
 from runtime.model import NEG, BatchInputs, DeepseekV3Model
-from runtime.sampling import DeviceSampler, SamplingParams
+from runtime.sampling import SamplingParams
+from runtime.sampling_ops import DeviceSampler
 from runtime.scheduler import Request, ScheduledStep, Scheduler, SchedulerConfig, Status
 
 MODES = ("eager", "graph")
@@ -235,21 +236,24 @@ class LLMEngine:
         self.seeds = np.random.SeedSequence(cfg.seed)
         self.step_count = 0
         self.history: list[StepMetrics] = []
-        self.sampler = DeviceSampler()
         self.graph = None
+        self.sampler = DeviceSampler()
         if cfg.mode == "graph":
             from runtime.graph import GraphModel, GraphRunner
 
             if not isinstance(model, GraphModel) or model.max_blocks_per_seq != cfg.max_blocks_per_seq:
                 raise EngineError("graph mode needs the GraphModel that build_model() makes for this engine config")
             self.graph = GraphRunner(model, cfg.jit_level)
+            # the sampling graph's compiles are counted with the model's
+            self.sampler = DeviceSampler(compile=lambda cell: GraphRunner(cell, cfg.jit_level, self.graph.stats))
 
     @property
     def graphs_compiled(self) -> int:
         return self.graph.stats.count if self.graph else 0
 
     def compile_graphs(self) -> None:
-        """Graph mode: compile every token bucket now (warm-up), with padding-only inputs that touch no real block."""
+        """Graph mode: compile every token bucket now (warm-up), with padding-only inputs that touch no real block,
+        and the sampling graph."""
         if self.graph is None:
             return
         r = self.cfg.scheduler.max_num_seqs
@@ -264,6 +268,7 @@ class LLMEngine:
                 np.zeros(r, np.int32),
             )
             self.graph(*(K.from_numpy(a) for a in arrays))
+        self.sampler.warm_up(r, self.model.cfg.vocab_size)
 
     def add_request(self, request_id: str, prompt: list[int], params: SamplingParams | None = None) -> Request:
         mc = self.model.cfg

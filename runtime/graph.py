@@ -18,9 +18,10 @@ PyNative dispatches. What differs from the eager model, and why:
   back to the host. Summation order differs from the eager expert loop, so logits agree within
   float32 rounding (GRAPH_LOGITS_TOLERANCE), not bit for bit.
 
-`GraphRunner` owns the compiled callable and counts compilations: one graph per distinct input
-shape, i.e. per token bucket (requests and sample rows are always padded to `max_num_seqs`). The
-engine compiles every bucket in `compile_all()` during warm-up, so measured steps never compile.
+`GraphRunner` owns a compiled callable and counts compilations: one graph per distinct input
+shape, i.e. per token bucket (requests and sample rows are always padded to `max_num_seqs`), plus
+one for the sampler (runtime/sampling_ops.py) of steps that do not sample greedily. The engine
+compiles all of them in `compile_graphs()` during warm-up, so measured steps never compile.
 """
 
 from __future__ import annotations
@@ -253,13 +254,14 @@ class CompileStats:
 
 
 class GraphRunner:
-    """GraphModel.construct under mindspore.jit; each new input shape compiles (and is counted) once."""
+    """A Cell's construct under mindspore.jit (the GraphModel, or the sampler's _Choose); each new input shape
+    compiles once and is counted in `stats`, which runners of one engine share."""
 
-    def __init__(self, model: GraphModel, jit_level: str = "O0"):
-        self.model = model
+    def __init__(self, cell: nn.Cell, jit_level: str = "O0", stats: CompileStats | None = None):
+        self.cell = cell
         self.jit_level = jit_level
-        self.fn = ms.jit(model.construct, jit_level=jit_level)
-        self.stats = CompileStats()
+        self.fn = ms.jit(cell.construct, jit_level=jit_level)
+        self.stats = stats if stats is not None else CompileStats()
         self._seen: set[tuple] = set()
 
     def __call__(self, *arrays: Tensor):

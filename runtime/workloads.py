@@ -217,7 +217,7 @@ class WorkloadSpec:
         line = f"{self.name:18s} v{self.version}  {self.default_steps:3d} steps  {self.summary}"
         if self.needs_compile:
             buckets = self.engine.buckets
-            line += f"  [compiles {len(buckets)} graphs in warm-up: token buckets {', '.join(map(str, buckets))}]"
+            line += f"  [compiles {len(buckets) + 1} graphs in warm-up: token buckets {', '.join(map(str, buckets))} and the sampler]"
         return line
 
 
@@ -231,7 +231,7 @@ def _engine(block_size: int, num_blocks: int, budget: int, max_seqs: int, **grap
 
 
 def _graph(max_model_len: int) -> dict:
-    """Graph mode with the default buckets (max_num_seqs tokens, a full step's budget): two graphs."""
+    """Graph mode with the default buckets (max_num_seqs tokens, a full step's budget): two model graphs."""
     return {"mode": "graph", "max_model_len": max_model_len}
 
 

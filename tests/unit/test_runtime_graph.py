@@ -15,7 +15,8 @@ from runtime.config import PRESETS  # noqa: E402
 from runtime.engine import PHASES, EngineConfig, LLMEngine, build_model, eager_batch, prepare_inputs  # noqa: E402
 from runtime.errors import EngineError  # noqa: E402
 from runtime.graph import GRAPH_LOGITS_TOLERANCE  # noqa: E402
-from runtime.sampling import DeviceSampler, SamplingParams, sample_row  # noqa: E402
+from runtime.sampling import SamplingParams, sample_row  # noqa: E402
+from runtime.sampling_ops import DeviceSampler  # noqa: E402
 from runtime.scheduler import SchedulerConfig  # noqa: E402
 from runtime.weights import random_tensors  # noqa: E402
 
@@ -105,13 +106,13 @@ def test_graph_matches_eager_when_sampling_and_preempting(engines):
 
 def test_compiles_once_per_bucket_and_never_in_steps(engines):
     g = engines["graph"]
-    assert g.graphs_compiled == len(BUCKETS)
-    assert sorted(shape[0][0] for shape in g.graph.stats.shapes) == list(BUCKETS)
+    assert g.graphs_compiled == len(BUCKETS) + 1  # and the sampler's
+    assert sorted(shape[0][0] for shape in g.graph.stats.shapes if len(shape) == 6) == list(BUCKETS)
     assert all(s > 0 for s in g.graph.stats.seconds)
     # requests of every length from 1 to the full budget, in steps of every token count
     requests = [(f"c{i}", q, SamplingParams(max_tokens=2)) for i, q in enumerate(prompts(7, (1, 3, 24, 9, 40)))]
     _, steps, _ = lockstep(engines, requests)
-    assert g.graphs_compiled == len(BUCKETS)
+    assert g.graphs_compiled == len(BUCKETS) + 1
     assert all(o.metrics.compiled == 0 for o in steps["graph"])
     assert {o.metrics.dispatches for o in steps["graph"] if o.metrics.generated} <= {2}  # graph + greedy argmax
     for o in steps["graph"]:
@@ -181,10 +182,13 @@ def test_graph_model_matches_eager_on_the_other_config_paths():
     assert run.stats.count == 1
 
 
-def test_device_sampler_follows_sample_row():
+@pytest.mark.parametrize("compiled", [False, True], ids=["ops", "graph"])
+def test_device_sampler_follows_sample_row(compiled):
+    from runtime.graph import GraphRunner
+
     K.configure()
     rng = np.random.default_rng(11)
-    sampler = DeviceSampler()
+    sampler = DeviceSampler(compile=GraphRunner if compiled else None)
     for trial in range(6):
         logits = (rng.standard_normal((7, 512)) * (0.1 if trial % 2 else 3.0)).astype(np.float32)
         params = [

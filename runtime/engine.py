@@ -193,11 +193,6 @@ def eager_batch(s: StepInputs, block_size: int) -> BatchInputs:
     )
 
 
-def build_batch(step: ScheduledStep, blocks: BlockManager) -> BatchInputs:
-    """The eager model's index arrays for a scheduled step (all host-side NumPy)."""
-    return eager_batch(prepare_inputs(step, blocks), blocks.block_size)
-
-
 def build_model(cfg, weights: dict[str, np.ndarray], ec: EngineConfig):
     """The model an engine of config `ec` runs: DeepseekV3Model (eager) or runtime.graph.GraphModel (graph)."""
     if ec.mode == "graph":

@@ -74,7 +74,7 @@ class _Layer(nn.Cell):
         self.post_norm = _param(w[p + "post_attention_layernorm.weight"], f"l{i}.post_norm")
         self.cache = Parameter(Tensor(np.zeros((cache_rows, cfg.latent_dim), np.float32)), name=f"latent_cache.{i}",
                                requires_grad=False)
-        perm, partner, sign = rotation_indices(cfg.qk_rope_head_dim, cfg.rope.interleave)
+        perm, partner, _ = rotation_indices(cfg.qk_rope_head_dim, cfg.rope.interleave)
         self.rot_perm, self.rot_partner = Tensor(perm), Tensor(partner)
         self.matmul = ops.MatMul(transpose_b=True)
 

@@ -1,4 +1,4 @@
-"""DeepSeek-V3 forward pass on MindSpore (PyNative, CPU) over a paged latent KV cache.
+"""DeepSeek-V3 forward pass on MindSpore (PyNative, CPU) over a paged latent KV cache: the eager mode.
 
 One call of `DeepseekV3Model.forward` runs a flat batch of tokens from many requests (prefill
 chunks and decode tokens mixed, as the engine schedules them). Per layer:
@@ -13,7 +13,8 @@ chunks and decode tokens mixed, as the engine schedules them). Per layer:
   optional renormalisation and `routed_scaling_factor`; routed experts run one by one over the
   tokens routed to them, which needs the expert ids on the host once per layer.
 
-The engine's model runner (runtime/engine.py) builds `BatchInputs` on the host.
+The engine (runtime/engine.py) derives `BatchInputs` on the host from the step's vLLM-shaped
+StepInputs (`eager_batch`). Graph mode runs the same network as runtime/graph.py's GraphModel.
 """
 
 from __future__ import annotations

@@ -12,7 +12,14 @@ pytest.importorskip("mindspore")
 
 from runtime import kernels as K  # noqa: E402
 from runtime.config import PRESETS  # noqa: E402
-from runtime.engine import PHASES, EngineConfig, LLMEngine, build_model, eager_batch, prepare_inputs  # noqa: E402
+from runtime.engine import (  # noqa: E402
+    PHASES,
+    EngineConfig,
+    LLMEngine,
+    build_model,
+    eager_batch,
+    prepare_inputs,
+)
 from runtime.errors import EngineError  # noqa: E402
 from runtime.graph import GRAPH_LOGITS_TOLERANCE  # noqa: E402
 from runtime.sampling import SamplingParams, sample_row  # noqa: E402

@@ -185,7 +185,7 @@ def cmd_workload(args) -> int:
         _enter_host_settings(args)
     if args.list or not args.name:
         for spec in WORKLOADS.values():
-            print(f"{spec.name:12s} v{spec.version}  {spec.default_steps:3d} steps  {spec.summary}")
+            print(spec.describe())
         if args.list:
             return 0
         print("error: workload: give a workload NAME (one of the above) or --list", file=sys.stderr)

@@ -1,10 +1,13 @@
 """The serving engine: requests in, tokens out, one scheduled batch per `step()`.
 
-`LLMEngine.step()` = schedule (runtime/scheduler.py) -> build the batch's index arrays on the host
-(`build_batch`) -> one model forward over all scheduled tokens (runtime/model.py) -> copy the
-sampled rows' logits to the host -> sample (runtime/sampling.py) -> advance requests, publish full
-blocks to the prefix cache, finish and free. Every step records wall time, the calling thread's CPU
-time, operator dispatches and tokens; every request records TTFT and TPOT.
+`LLMEngine.step()` runs vLLM's host step in five timed phases: schedule (runtime/scheduler.py) ->
+prepare (`prepare_inputs`: the step's metadata as NumPy arrays, positions, slot mapping, block
+tables, query start locations, handed to MindSpore with `ms.from_numpy`) -> forward (the eager
+model's operators one by one, or one launch of the compiled graph, runtime/graph.py) -> sample
+(`DeviceSampler`: MindSpore ops, the sampled ids copied back) -> update (advance requests, publish
+full blocks to the prefix cache, finish and free). Every step records wall time, the calling
+thread's CPU time, the whole process's CPU time (the difference is MindSpore's runtime threads),
+per-phase wall and thread time, operator dispatches and tokens; every request records TTFT and TPOT.
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ from runtime import kernels as K
 from runtime.errors import EngineError
 from runtime.kv_cache import BlockManager
 from runtime.model import NEG, BatchInputs, DeepseekV3Model
-from runtime.sampling import SamplingParams, sample
+from runtime.sampling import SamplingParams
+from runtime.sampling_ops import DeviceSampler
 from runtime.scheduler import Request, ScheduledStep, Scheduler, SchedulerConfig, Status
+
+MODES = ("eager", "graph")
+PHASES = ("schedule", "prepare", "forward", "sample", "update")
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Cache geometry, batching limits and the engine's seed."""
+    """Cache geometry, batching limits, the execution mode and the engine's seed."""
 
     block_size: int = 16
     num_blocks: int = 64
@@ -32,6 +39,47 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     seed: int = 0
     """Seeds requests that do not bring their own seed (in the order they are added)."""
+    mode: str = "eager"
+    """"eager": the model's operators dispatched one by one (PyNative); "graph": each step is one launch of a
+    graph compiled with mindspore.jit (runtime/graph.py)."""
+    max_model_len: int | None = None
+    """Longest request (prompt + max_tokens) accepted; None: the whole cache. In graph mode it fixes the block
+    table width, ceil(max_model_len / block_size) blocks, over which every token attends."""
+    token_buckets: tuple[int, ...] = ()
+    """Graph mode: the padded token counts, one compiled graph each (requests and sample rows are always padded to
+    max_num_seqs); a step runs in the smallest bucket that holds its tokens. Empty: (max_num_seqs,
+    max_num_batched_tokens), one graph for decode steps and one for prefill or mixed steps."""
+    jit_level: str = "O0"
+    """Graph mode: mindspore.jit's jit_level ("O0", as vLLM-MindSpore runs, or "O1")."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise EngineError(f"engine mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.jit_level not in ("O0", "O1"):
+            raise EngineError(f"jit_level must be O0 or O1, got {self.jit_level!r}")
+        if self.max_model_len is not None and not 0 < self.max_model_len <= self.num_blocks * self.block_size:
+            raise EngineError(
+                f"max_model_len must be in 1..{self.num_blocks * self.block_size} (the cache), got {self.max_model_len}"
+            )
+        if self.mode == "graph":
+            buckets = self.buckets
+            if buckets[0] < 1 or list(buckets) != sorted(set(buckets)):
+                raise EngineError(f"token_buckets must be increasing positive counts, got {list(self.token_buckets)}")
+            if buckets[-1] < self.scheduler.max_num_batched_tokens:
+                raise EngineError(
+                    f"the largest token bucket ({buckets[-1]}) must hold a full step "
+                    f"(max_num_batched_tokens {self.scheduler.max_num_batched_tokens})"
+                )
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """The graph token buckets in effect."""
+        sc = self.scheduler
+        return self.token_buckets or tuple(sorted({sc.max_num_seqs, sc.max_num_batched_tokens}))
+
+    @property
+    def max_blocks_per_seq(self) -> int:
+        return -(-(self.max_model_len or self.num_blocks * self.block_size) // self.block_size)
 
 
 @dataclass
@@ -47,6 +95,12 @@ class StepMetrics:
     decode_tokens: int
     generated: int
     preempted: int
+    process_s: float = 0.0
+    """CPU time of the whole process during the step: the calling thread plus MindSpore's runtime threads."""
+    phases: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """(wall seconds, calling-thread CPU seconds) per engine phase (PHASES)."""
+    compiled: int = 0
+    """Graphs compiled during this step (0 after warm-up)."""
 
 
 @dataclass
@@ -58,53 +112,113 @@ class StepOutput:
     metrics: StepMetrics
 
 
-def build_batch(step: ScheduledStep, blocks: BlockManager) -> BatchInputs:
-    """Flatten the scheduled requests into the model's index arrays (all host-side NumPy)."""
+@dataclass
+class StepInputs:
+    """One step's metadata as vLLM's model runner prepares it (host NumPy; T tokens of R requests)."""
+
+    input_ids: np.ndarray  # [T] int32
+    positions: np.ndarray  # [T] int32
+    slot_mapping: np.ndarray  # [T] int32: cache slot each new token's latent is written to
+    block_tables: np.ndarray  # [R, B] int32: each request's cache blocks, padded with `pad_block`
+    query_start_loc: np.ndarray  # [R + 1] int32: where each request's tokens start in the flat batch
+    seq_lens: np.ndarray  # [R] int32: tokens of context each request attends over after this step
+    sample_index: np.ndarray  # [S] int32: flat tokens whose logits are sampled
+    num_tokens: int  # real tokens (T may be larger when padded)
+    num_requests: int  # real requests
+
+
+def prepare_inputs(step: ScheduledStep, blocks: BlockManager, *, width: int | None = None, pad_block: int = 0,
+                   tokens: int | None = None, requests: int | None = None) -> StepInputs:
+    """The step's StepInputs; with `tokens`/`requests`/`width` given, padded to that shape (graph buckets).
+
+    Padding tokens have id 0, position 0 and write to slot `pad_block * block_size`; padding requests start
+    and end at the last real token and hold only `pad_block`; padding sample rows read token 0.
+    """
     bs = blocks.block_size
     items = step.items
+    n_tok = sum(n for _, n in items)
     r = len(items)
-    qmax = max(n for _, n in items)
-    lmax = max(req.num_computed + n for req, n in items)
-    ids, pos, slots, out_index, sample_index = [], [], [], [], []
-    query_index = np.zeros(r * qmax, np.int32)
-    context = np.zeros((r, lmax), np.int32)
-    mask = np.full((r, qmax, 1, lmax), NEG, np.float32)
-    flat = 0
-    for k, (req, n) in enumerate(items):
-        start, end = req.num_computed, req.num_computed + n
-        table = np.asarray(blocks.blocks_of(req.request_id), np.int64)
-        p = np.arange(start, end)
-        all_pos = np.arange(end)
-        all_slots = table[all_pos // bs] * bs + all_pos % bs
-        ids.extend(req.tokens[start:end])
-        pos.append(p)
-        slots.append(all_slots[start:end])
-        context[k, :end] = all_slots
-        query_index[k * qmax : k * qmax + n] = np.arange(flat, flat + n)
-        out_index.append(np.arange(k * qmax, k * qmax + n))
-        mask[k, :n, 0, :end] = np.where(all_pos[None, :] <= p[:, None], 0.0, NEG)
-        if end == req.num_tokens:  # the last known token is in: this request samples
-            sample_index.append(flat + n - 1)
-        flat += n
+    t_pad, r_pad = tokens or n_tok, requests or r
+    num = np.fromiter((n for _, n in items), np.int32, r)
+    start = np.fromiter((req.num_computed for req, _ in items), np.int32, r)
+    seq_lens = start + num
+    b = width or int(-(-seq_lens.max() // bs))
+    tables = np.full((r_pad, b), pad_block, np.int32)
+    for k, (req, _) in enumerate(items):
+        held = blocks.blocks_of(req.request_id)
+        tables[k, : len(held)] = held
+    qsl = np.full(r_pad + 1, n_tok, np.int32)
+    qsl[0] = 0
+    np.cumsum(num, out=qsl[1 : r + 1])
+    req_of = np.repeat(np.arange(r), num)
+    positions = np.zeros(t_pad, np.int32)
+    positions[:n_tok] = np.arange(n_tok) - qsl[req_of] + start[req_of]
+    slots = np.full(t_pad, pad_block * bs, np.int32)
+    slots[:n_tok] = tables[req_of, positions[:n_tok] // bs] * bs + positions[:n_tok] % bs
+    ids = np.zeros(t_pad, np.int32)
+    ids[:n_tok] = [t for req, n in items for t in req.tokens[req.num_computed : req.num_computed + n]]
+    samples = [qsl[k + 1] - 1 for k, (req, n) in enumerate(items) if req.num_computed + n == req.num_tokens]
+    sample_index = np.zeros(max(len(samples), r_pad if requests else 0), np.int32)
+    sample_index[: len(samples)] = samples
+    return StepInputs(ids, positions, slots, tables, qsl, seq_lens, sample_index, n_tok, r)
+
+
+def eager_batch(s: StepInputs, block_size: int) -> BatchInputs:
+    """The eager model's padded [R, Qmax] x [R, Lmax] index arrays, derived from unpadded StepInputs."""
+    r = s.num_requests
+    num = np.diff(s.query_start_loc[: r + 1])
+    start = s.seq_lens - num
+    qmax, lmax = int(num.max()), int(s.seq_lens.max())
+    cols = np.arange(lmax)
+    context = s.block_tables[:, cols // block_size] * block_size + cols % block_size
+    context = np.where(cols[None, :] < s.seq_lens[:, None], context, 0).astype(np.int32)
+    rows = np.arange(qmax)
+    valid = rows[None, :] < num[:, None]  # [R, Qmax]
+    query_index = np.where(valid, s.query_start_loc[:r, None] + rows[None, :], 0).astype(np.int32)
+    visible = valid[:, :, None] & (cols[None, None, :] <= (start[:, None] + rows[None, :])[:, :, None])
+    mask = np.where(visible, 0.0, NEG).astype(np.float32).reshape(r, qmax, 1, lmax)
+    output_index = (np.arange(r)[:, None] * qmax + rows[None, :])[valid].astype(np.int32)
     return BatchInputs(
-        input_ids=np.asarray(ids, np.int32),
-        positions=np.concatenate(pos).astype(np.int32),
-        slot_mapping=np.concatenate(slots).astype(np.int32),
-        query_index=query_index,
+        input_ids=s.input_ids,
+        positions=s.positions,
+        slot_mapping=s.slot_mapping,
+        query_index=query_index.reshape(-1),
         context_slots=context.reshape(-1),
         mask=mask,
-        output_index=np.concatenate(out_index).astype(np.int32),
-        sample_index=np.asarray(sample_index, np.int32),
+        output_index=output_index,
+        sample_index=s.sample_index,
         num_requests=r,
         max_query=qmax,
         max_context=lmax,
     )
 
 
-class LLMEngine:
-    """Continuous-batching engine over one DeepseekV3Model."""
+def build_model(cfg, weights: dict[str, np.ndarray], ec: EngineConfig):
+    """The model an engine of config `ec` runs: DeepseekV3Model (eager) or runtime.graph.GraphModel (graph)."""
+    if ec.mode == "graph":
+        from runtime.graph import GraphModel
 
-    def __init__(self, model: DeepseekV3Model, cfg: EngineConfig = EngineConfig()):
+        return GraphModel(cfg, weights, ec.num_blocks, ec.block_size, ec.max_blocks_per_seq)
+    return DeepseekV3Model(cfg, weights, ec.num_blocks * ec.block_size)
+
+
+class _Phases:
+    """Wall and calling-thread CPU time of consecutive phases."""
+
+    def __init__(self):
+        self.times: dict[str, tuple[float, float]] = {}
+        self.t, self.c = time.perf_counter(), time.thread_time()
+
+    def end(self, name: str) -> None:
+        t, c = time.perf_counter(), time.thread_time()
+        self.times[name] = (t - self.t, c - self.c)
+        self.t, self.c = t, c
+
+
+class LLMEngine:
+    """Continuous-batching engine over one model (DeepseekV3Model in eager mode, GraphModel in graph mode)."""
+
+    def __init__(self, model, cfg: EngineConfig = EngineConfig()):
         if model.num_slots < cfg.num_blocks * cfg.block_size:
             raise EngineError(
                 f"model cache has {model.num_slots} slots, engine needs {cfg.num_blocks * cfg.block_size}"
@@ -117,6 +231,39 @@ class LLMEngine:
         self.seeds = np.random.SeedSequence(cfg.seed)
         self.step_count = 0
         self.history: list[StepMetrics] = []
+        self.graph = None
+        self.sampler = DeviceSampler()
+        if cfg.mode == "graph":
+            from runtime.graph import GraphModel, GraphRunner
+
+            if not isinstance(model, GraphModel) or model.max_blocks_per_seq != cfg.max_blocks_per_seq:
+                raise EngineError("graph mode needs the GraphModel that build_model() makes for this engine config")
+            self.graph = GraphRunner(model, cfg.jit_level)
+            # the sampling graph's compiles are counted with the model's
+            self.sampler = DeviceSampler(compile=lambda cell: GraphRunner(cell, cfg.jit_level, self.graph.stats))
+
+    @property
+    def graphs_compiled(self) -> int:
+        return self.graph.stats.count if self.graph else 0
+
+    def compile_graphs(self) -> None:
+        """Graph mode: compile every token bucket now (warm-up), with padding-only inputs that touch no real block,
+        and the sampling graph."""
+        if self.graph is None:
+            return
+        r = self.cfg.scheduler.max_num_seqs
+        pad, bs = self.model.scratch_block, self.cfg.block_size
+        for t in self.cfg.buckets:
+            arrays = (
+                np.zeros(t, np.int32),
+                np.zeros(t, np.int32),
+                np.full(t, pad * bs, np.int32),
+                np.full((r, self.cfg.max_blocks_per_seq), pad, np.int32),
+                np.zeros(r + 1, np.int32),
+                np.zeros(r, np.int32),
+            )
+            self.graph(*(K.from_numpy(a) for a in arrays))
+        self.sampler.warm_up(r, self.model.cfg.vocab_size)
 
     def add_request(self, request_id: str, prompt: list[int], params: SamplingParams | None = None) -> Request:
         mc = self.model.cfg
@@ -135,6 +282,11 @@ class LLMEngine:
                 f"request {request_id}: prompt ({len(prompt)}) + max_tokens ({params.max_tokens}) exceeds "
                 f"max_position_embeddings ({mc.max_position_embeddings})"
             )
+        if self.cfg.max_model_len is not None and len(prompt) + params.max_tokens > self.cfg.max_model_len:
+            raise EngineError(
+                f"request {request_id}: prompt ({len(prompt)}) + max_tokens ({params.max_tokens}) exceeds "
+                f"the engine's max_model_len ({self.cfg.max_model_len})"
+            )
         rng = None
         if not params.greedy:
             seed = params.seed if params.seed is not None else self.seeds.spawn(1)[0]
@@ -147,18 +299,39 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()
 
+    def _forward(self, sched: ScheduledStep, clock: _Phases):
+        """prepare + forward phases: the logits tensor of the sampling rows (graph mode: padded rows too)."""
+        if self.graph is None:
+            batch = eager_batch(prepare_inputs(sched, self.blocks), self.blocks.block_size)
+            clock.end("prepare")
+            logits = self.model.forward(batch)
+            clock.end("forward")
+            return logits
+        n = sched.num_tokens
+        bucket = next(t for t in self.cfg.buckets if t >= n)
+        s = prepare_inputs(sched, self.blocks, width=self.cfg.max_blocks_per_seq, pad_block=self.model.scratch_block,
+                           tokens=bucket, requests=self.cfg.scheduler.max_num_seqs)
+        arrays = [K.from_numpy(a) for a in (s.input_ids, s.positions, s.slot_mapping, s.block_tables,
+                                            s.query_start_loc, s.sample_index)]
+        clock.end("prepare")
+        logits = self.graph(*arrays)
+        clock.end("forward")
+        return logits
+
     def step(self) -> StepOutput:
-        t0, c0 = time.perf_counter(), time.thread_time()
-        d0, x0 = K.dispatches(), K.transfers()
+        t0, c0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
+        d0, x0, g0 = K.dispatches(), K.transfers(), self.graphs_compiled
+        clock = _Phases()
         sched = self.scheduler.schedule()
+        clock.end("schedule")
         produced: list[tuple[str, int]] = []
         finished: list[Request] = []
         prefill = decode = 0
         if sched.items:
-            batch = build_batch(sched, self.blocks)
-            logits = K.to_host(self.model.forward(batch))
+            logits = self._forward(sched, clock)
             samplers = [(req, n) for req, n in sched.items if req.num_computed + n == req.num_tokens]
-            new_tokens = sample(logits, [r.params for r, _ in samplers], [r.rng for r, _ in samplers])
+            new_tokens = self.sampler(logits, [r.params for r, _ in samplers], [r.rng for r, _ in samplers])
+            clock.end("sample")
             now = time.perf_counter()
             for req, n in sched.items:
                 if req.num_computed + n == req.num_tokens and req.output:
@@ -181,6 +354,7 @@ class LLMEngine:
                     req.finish_time = now
                     self.scheduler.finish(req, reason)
                     finished.append(req)
+        clock.end("update")
         m = StepMetrics(
             step=self.step_count,
             wall_s=time.perf_counter() - t0,
@@ -192,6 +366,9 @@ class LLMEngine:
             decode_tokens=decode,
             generated=len(produced),
             preempted=len(sched.preempted),
+            process_s=time.process_time() - p0,
+            phases=clock.times,
+            compiled=self.graphs_compiled - g0,
         )
         self.step_count += 1
         self.history.append(m)
@@ -232,6 +409,10 @@ class RunSummary:
     host_s: float = 0.0
     dispatches: int = 0
     transfers: int = 0
+    process_s: float = 0.0
+    compiled: int = 0
+    phases: dict[str, list[float]] = field(default_factory=lambda: {p: [0.0, 0.0] for p in PHASES})
+    """Summed (wall, calling-thread CPU) seconds per phase."""
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -245,4 +426,9 @@ class RunSummary:
             s.host_s += m.host_s
             s.dispatches += m.dispatches
             s.transfers += m.transfers
+            s.process_s += m.process_s
+            s.compiled += m.compiled
+            for name, (wall, cpu) in m.phases.items():
+                s.phases[name][0] += wall
+                s.phases[name][1] += cpu
         return s

@@ -1,4 +1,4 @@
-"""DeepSeek-V3 forward pass on MindSpore (PyNative, CPU) over a paged latent KV cache.
+"""DeepSeek-V3 forward pass on MindSpore (PyNative, CPU) over a paged latent KV cache: the eager mode.
 
 One call of `DeepseekV3Model.forward` runs a flat batch of tokens from many requests (prefill
 chunks and decode tokens mixed, as the engine schedules them). Per layer:
@@ -13,7 +13,8 @@ chunks and decode tokens mixed, as the engine schedules them). Per layer:
   optional renormalisation and `routed_scaling_factor`; routed experts run one by one over the
   tokens routed to them, which needs the expert ids on the host once per layer.
 
-The engine's model runner (runtime/engine.py) builds `BatchInputs` on the host.
+The engine (runtime/engine.py) derives `BatchInputs` on the host from the step's vLLM-shaped
+StepInputs (`eager_batch`). Graph mode runs the same network as runtime/graph.py's GraphModel.
 """
 
 from __future__ import annotations
@@ -102,14 +103,14 @@ class DeepseekV3Model:
         """Logits [S, vocab] (a MindSpore tensor) for the tokens in b.sample_index."""
         cfg, w = self.cfg, self.w
         t = len(b.input_ids)
-        ids = K.to_device(b.input_ids)
-        pos = K.to_device(b.positions)
+        ids = K.from_numpy(b.input_ids)
+        pos = K.from_numpy(b.positions)
         step = {
-            "slots": K.to_device(b.slot_mapping),
-            "qidx": K.to_device(b.query_index),
-            "ctx": K.to_device(b.context_slots),
-            "mask": K.to_device(b.mask),
-            "oidx": K.to_device(b.output_index),
+            "slots": K.from_numpy(b.slot_mapping),
+            "qidx": K.from_numpy(b.query_index),
+            "ctx": K.from_numpy(b.context_slots),
+            "mask": K.from_numpy(b.mask),
+            "oidx": K.from_numpy(b.output_index),
         }
         # RoPE tables for this step's positions, shared by every layer; sign folded into sin.
         cos = K.gather_rows(self.cos, pos)
@@ -125,7 +126,7 @@ class DeepseekV3Model:
             hidden = self.rms_norm(x, w[p + "post_attention_layernorm.weight"])
             mlp = self.moe(hidden, p) if cfg.is_moe_layer(i) else self.swiglu(hidden, p + "mlp.")
             x = K.add(x, mlp)
-        rows = K.gather_rows(x, K.to_device(b.sample_index))
+        rows = K.gather_rows(x, K.from_numpy(b.sample_index))
         rows = self.rms_norm(rows, w["model.norm.weight"])
         head = w["model.embed_tokens.weight"] if cfg.tie_word_embeddings else w["lm_head.weight"]
         return K.linear(rows, head)

@@ -66,3 +66,4 @@ def sample_row(logits: np.ndarray, params: SamplingParams, rng: np.random.Genera
 def sample(logits: np.ndarray, params: list[SamplingParams], rngs: list[np.random.Generator | None]) -> list[int]:
     """One token per row of logits [S, vocab]."""
     return [sample_row(logits[i], params[i], rngs[i]) for i in range(len(params))]
+

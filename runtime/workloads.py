@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from dataclasses import dataclass, replace  # noqa: F401  (replace: tests derive specs)
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -48,7 +48,7 @@ from runtime.errors import WorkloadError
 from runtime.sampling import SamplingParams
 from runtime.scheduler import SchedulerConfig, Status
 
-RECORD_SCHEMA = "hostpgo.runtime.workload/1"
+RECORD_SCHEMA = "hostpgo.runtime.workload/2"
 
 
 class Driver:
@@ -207,13 +207,32 @@ class WorkloadSpec:
     golden: str
     """token_digest of the default run (built-in tiny preset, default steps, seed 0)."""
 
+    @property
+    def needs_compile(self) -> bool:
+        """Whether opening the workload compiles graphs (graph mode: one per token bucket, during warm-up)."""
+        return self.engine.mode == "graph"
 
-def _engine(block_size: int, num_blocks: int, budget: int, max_seqs: int) -> EngineConfig:
+    def describe(self) -> str:
+        """One line of `workload --list`: name, version, default steps, summary, and the graphs it compiles."""
+        line = f"{self.name:18s} v{self.version}  {self.default_steps:3d} steps  {self.summary}"
+        if self.needs_compile:
+            buckets = self.engine.buckets
+            line += f"  [compiles {len(buckets) + 1} graphs in warm-up: token buckets {', '.join(map(str, buckets))} and the sampler]"
+        return line
+
+
+def _engine(block_size: int, num_blocks: int, budget: int, max_seqs: int, **graph) -> EngineConfig:
     return EngineConfig(
         block_size=block_size,
         num_blocks=num_blocks,
         scheduler=SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=max_seqs),
+        **graph,
     )
+
+
+def _graph(max_model_len: int) -> dict:
+    """Graph mode with the default buckets (max_num_seqs tokens, a full step's budget): two model graphs."""
+    return {"mode": "graph", "max_model_len": max_model_len}
 
 
 WORKLOADS: dict[str, WorkloadSpec] = {
@@ -264,6 +283,37 @@ WORKLOADS: dict[str, WorkloadSpec] = {
             PrefixHitDriver,
             "59e843e0d3274a82e1140e8cfebf0628a75a3fcedf1cf80538c1a574dbf61e41",
         ),
+        # Graph mode (runtime/graph.py): the request streams and cache geometry of their eager namesakes, each
+        # step one launch of a graph compiled in warm-up. Requests are at most 33 + 52 (decode) or 48 + 40 + 32
+        # (serve-mixed) tokens long, hence max_model_len. Their digests, pinned from runs, equal the eager ones
+        # on the tiny preset: in-graph routing and per-token attention change logits only in the last bits.
+        WorkloadSpec(
+            "decode-b1-graph",
+            1,
+            "decode-b1's requests, each step one launch of a compiled graph",
+            48,
+            _engine(16, 16, 64, 1, **_graph(96)),
+            lambda v, s: DecodeDriver(v, s, 1),
+            "bf0e1698978d621f1e616e758b261a532a266dd48891a39c440e9cb659e4df3a",
+        ),
+        WorkloadSpec(
+            "decode-b8-graph",
+            1,
+            "decode-b8's requests, each step one launch of a compiled graph",
+            32,
+            _engine(16, 64, 512, 8, **_graph(96)),
+            lambda v, s: DecodeDriver(v, s, 8),
+            "aeddfe7a7e338be551f1496cce47e3c1fdaef5c8daa5a4adca11e1a9cd3d47b4",
+        ),
+        WorkloadSpec(
+            "serve-mixed-graph",
+            1,
+            "serve-mixed's requests, each step one launch of a compiled graph",
+            48,
+            _engine(16, 20, 48, 8, **_graph(128)),
+            ServeMixedDriver,
+            "0c622a949477030839ec5c992932cdbe1dace23278a060239ed63da57e5ae9c8",
+        ),
     )
 }
 
@@ -281,7 +331,7 @@ class Workload:
     def __init__(self, spec: WorkloadSpec, checkpoint: Path, seed: int, preset: str | None):
         from runtime import kernels as K
         from runtime.config import load_config
-        from runtime.model import DeepseekV3Model
+        from runtime.engine import build_model
         from runtime.weights import checkpoint_digest, load_weights
 
         self.spec = spec
@@ -291,9 +341,10 @@ class Workload:
         self.cfg = load_config(checkpoint)
         weights, self.load_report = load_weights(checkpoint, self.cfg)
         self.checkpoint_digest = checkpoint_digest(checkpoint)
-        ec = spec.engine
-        self.model = DeepseekV3Model(self.cfg, weights, ec.num_blocks * ec.block_size)
-        self.engine = LLMEngine(self.model, EngineConfig(**{**ec.__dict__, "seed": seed}))
+        ec = replace(spec.engine, seed=seed)
+        self.model = build_model(self.cfg, weights, ec)
+        self.engine = LLMEngine(self.model, ec)
+        self.engine.compile_graphs()  # graph mode: every bucket now, so that no timed step compiles
         self.driver = spec.driver(self.cfg.vocab_size, seed)
         self.driver.start(self.engine)
         for _ in range(self.driver.warmup_steps):
@@ -337,6 +388,9 @@ class Workload:
             "transfers": s.transfers,
             "wall_s": wall,
             "host_s": s.host_s,
+            "process_s": s.process_s,
+            "phases": {name: tuple(v) for name, v in s.phases.items()},
+            "compiled": s.compiled,
             "digest": h.hexdigest(),
             "ttft_ms_mean": 1e3 * float(np.mean(ttft)) if ttft else None,
             "tpot_ms_mean": 1e3 * float(np.mean(tpot)) if tpot else None,
@@ -377,7 +431,9 @@ class Workload:
         golden = self.spec.golden if self.golden_applies(run["steps"]) else None
 
         tokens = max(run["tokens"], 1)
+        steps = max(run["steps"], 1)
         stats = self.engine.blocks.stats
+        graph = self.engine.graph
         return {
             "schema": RECORD_SCHEMA,
             "name": self.spec.name,
@@ -401,7 +457,25 @@ class Workload:
             "dispatches_per_token": run["dispatches"] / tokens,
             "dispatches_per_step": run["dispatches"] / max(run["steps"], 1),
             "transfers_per_token": run["transfers"] / tokens,
-            "host_us_per_step": 1e6 * run["host_s"] / max(run["steps"], 1),
+            "host_us_per_step": 1e6 * run["host_s"] / steps,
+            "mode": self.engine.cfg.mode,
+            "host_total_s": run["process_s"],
+            "host_total_us_per_token": 1e6 * run["process_s"] / tokens,
+            "host_runtime_threads_us_per_token": 1e6 * (run["process_s"] - run["host_s"]) / tokens,
+            "host_total_us_per_step": 1e6 * run["process_s"] / steps,
+            "phases_us_per_step": {
+                name: {"wall": 1e6 * wall / steps, "thread": 1e6 * cpu / steps} for name, (wall, cpu) in run["phases"].items()
+            },
+            "graphs": None
+            if graph is None
+            else {
+                "jit_level": graph.jit_level,
+                "token_buckets": list(self.engine.cfg.buckets),
+                "compiled": graph.stats.count,
+                "compile_s": graph.stats.total_s,
+                "compile_s_each": graph.stats.seconds,
+                "compiled_in_steps": run["compiled"],
+            },
             "ttft_ms_mean": run["ttft_ms_mean"],
             "tpot_ms_mean": run["tpot_ms_mean"],
             "preemptions": run["preemptions"],

@@ -206,7 +206,8 @@ def cmd_pipeline(args, console: Console) -> int:
 
 
 def cmd_image(args, console: Console) -> int:
-    inp = image.prepare(args.build, settings=args.host_settings, tag=args.tag, archive=args.archive)
+    inp = image.prepare(args.build, settings=args.host_settings, tag=args.tag, archive=args.archive,
+                        scan_libraries=not args.dry_run)
     plan = image.plan(inp)
     if args.dry_run:
         print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))

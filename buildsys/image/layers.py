@@ -2,9 +2,9 @@
 and numeric owners, gzip-compressed with no timestamp, so the same tree always gives the same digests.
 
 A step's layer is found by comparing `snapshot`s of the rootfs taken before and after it (lstat of every
-path: type, mode, owner, size, mtime, link target), the way an overlay file system would see the step's
-writes: new and changed paths go in, removed ones become OCI whiteouts (`.wh.NAME`). The comparison uses
-the real mtimes; only the tar carries clamped ones.
+path: type, mode, owner, size, link target, and a regular file's mtime), the way an overlay file system
+would see the step's writes: new and changed paths and the directories above them go in, removed ones
+become OCI whiteouts (`.wh.NAME`). The comparison uses the real mtimes; only the tar carries clamped ones.
 
 Each entry of the tar is normalized:
 - entries sorted by path components (a directory's contents follow it);
@@ -84,8 +84,11 @@ def snapshot(root: Path) -> dict[str, Signature]:
             st = e.stat(follow_symlinks=False)
             kind = stat.S_IFMT(st.st_mode)
             link = os.readlink(e.path) if kind == stat.S_IFLNK else ""
+            # A directory's or symlink's mtime says only that something touched it, and with the kernel's
+            # coarse clock two steps may leave the same value: compared, it would make layers depend on timing.
+            mtime = st.st_mtime_ns if kind == stat.S_IFREG else None
             out[r] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                      st.st_size if kind == stat.S_IFREG else 0, st.st_mtime_ns, st.st_rdev, link)
+                      st.st_size if kind == stat.S_IFREG else 0, mtime, st.st_rdev, link)
             if kind == stat.S_IFDIR:
                 if os.path.ismount(e.path):
                     raise ImageError(f"{e.path} is a mount point; unmount it before the layer is taken")
@@ -96,16 +99,23 @@ def snapshot(root: Path) -> dict[str, Signature]:
 
 
 def changes(before: Mapping[str, Signature], after: Mapping[str, Signature]) -> tuple[list[str], list[str]]:
-    """(new or changed paths, removed paths) between two snapshots; a removed directory's contents are not
-    listed again (its one whiteout hides them)."""
-    changed = sorted((p for p, sig in after.items() if before.get(p) != sig), key=_sort_key)
+    """(new or changed paths, removed paths) between two snapshots.
+
+    Every directory above a changed or removed path is listed too (as docker's diffs do), so which
+    directories a layer carries follows from the paths alone; a removed directory's contents are not listed
+    again (its one whiteout hides them).
+    """
+    picked = {p for p, sig in after.items() if before.get(p) != sig}
     gone = sorted((p for p in before if p not in after), key=_sort_key)
     removed: list[str] = []
     for p in gone:
         if removed and p.startswith(removed[-1] + "/"):
             continue
         removed.append(p)
-    return changed, removed
+    for p in [*picked, *removed]:
+        parts = p.split("/")
+        picked.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return sorted(picked, key=_sort_key), removed
 
 
 def whiteout_name(path: str) -> str:

@@ -123,12 +123,31 @@ def whiteout_name(path: str) -> str:
     return f"{head}/{WHITEOUT_PREFIX}{base}" if head else f"{WHITEOUT_PREFIX}{base}"
 
 
-def _pyc_with_clamped_source_mtime(data: bytes, source: Path, epoch: int) -> bytes:
-    """A timestamp-mode pyc rewritten to record its source's clamped mtime (unchanged otherwise)."""
+def resolve_inside(root: Path, path: Path, hops: int = 40) -> Path | None:
+    """`path` with its symlinks followed the way they resolve inside `root` (absolute targets from `root`),
+    or None when a link dangles or loops."""
+    for _ in range(hops):
+        try:
+            if not path.is_symlink():
+                return path if path.exists() else None
+            target = os.readlink(path)
+        except OSError:
+            return None
+        path = root / target.lstrip("/") if target.startswith("/") else path.parent / target
+    return None
+
+
+def _pyc_with_clamped_source_mtime(data: bytes, root: Path, source: Path, epoch: int) -> bytes:
+    """A timestamp-mode pyc rewritten to record its source's clamped mtime (unchanged otherwise). The source
+    is stat'ed as the import will stat it in the image: symlinks followed inside `root` (Debian's
+    sitecustomize.py links to /etc)."""
     if len(data) < 16 or int.from_bytes(data[4:8], "little") != 0:
         return data  # hash-based pycs do not record an mtime
+    real = resolve_inside(root, source)
+    if real is None:
+        return data
     try:
-        src_mtime = int(os.lstat(source).st_mtime)
+        src_mtime = int(os.lstat(real).st_mtime)
     except OSError:
         return data
     if int.from_bytes(data[8:12], "little") != src_mtime & 0xFFFFFFFF:
@@ -179,7 +198,7 @@ def _tarinfo(root: Path, rel: str, epoch: int, first_link: dict[tuple[int, int],
             source = _pyc_source(root, rel)
             data = full
             if source is not None:
-                data = _pyc_with_clamped_source_mtime(full.read_bytes(), source, epoch)
+                data = _pyc_with_clamped_source_mtime(full.read_bytes(), root, source, epoch)
                 ti.size = len(data)
     elif stat.S_ISDIR(st.st_mode):
         ti.type = tarfile.DIRTYPE

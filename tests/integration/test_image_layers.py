@@ -234,3 +234,22 @@ def test_other_host_settings_change_only_the_runtime_layer(tmp_path: Path) -> No
     second = _build(tmp_path / "b", base_tar, prefix, settings, reverse=False)
     assert [x.digest for x in first.layers[:3]] == [x.digest for x in second.layers[:3]]
     assert first.layers[3].digest != second.layers[3].digest and first.manifest != second.manifest
+
+
+def test_a_pyc_whose_source_is_an_absolute_symlink_is_clamped_by_the_target_inside_the_rootfs(tmp_path: Path) -> None:
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "lib/__pycache__").mkdir(parents=True)
+    target = root / "etc/sitecustomize.py"
+    target.write_text("x = 1\n")
+    os.utime(target, (1_700_000_000, 1_700_000_000))
+    (root / "lib/sitecustomize.py").symlink_to("/etc/sitecustomize.py")  # resolves inside the image, not here
+    pyc = root / "lib/__pycache__/sitecustomize.cpython-311.pyc"
+    py_compile.compile(str(target), cfile=str(pyc), doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+    assert layers.resolve_inside(root, root / "lib/sitecustomize.py") == target
+    blob = layers.write_layer(root, ["lib", "lib/__pycache__", "lib/__pycache__/sitecustomize.cpython-311.pyc"], [],
+                              tmp_path / "blobs", EPOCH, name="python", comment="")
+    with tarfile.open(tmp_path / "blobs" / blob.digest.split(":", 1)[1], "r:gz") as tar:
+        header = tar.extractfile("lib/__pycache__/sitecustomize.cpython-311.pyc").read()[:16]
+    assert int.from_bytes(header[8:12], "little") == EPOCH

@@ -42,6 +42,7 @@ from .base import (
                    owning_package,
                    parse_ldd,
 )
+from .inputs import check_host, image_requirements, prepare, resolve_settings
 from .layers import LayerBlob, changes, snapshot, write_layer
 from .model import (
                    DATA_DIR,
@@ -66,8 +67,7 @@ from .model import (
                    tag_slug,
 )
 from .oci import ImageDigests, read_image
-from .plan import RECORD_NAME, build_env, plan, project_digest
-from .prepare import check_host, image_requirements, prepare, resolve_settings
+from .planner import RECORD_NAME, build_env, plan, project_digest
 from .rootfs import chroot_argv, copy_prefix, extract_base, mounted, remove_stale
 from .verify import check_digests, missing_in_image, verify_layout
 

@@ -253,3 +253,50 @@ def test_a_pyc_whose_source_is_an_absolute_symlink_is_clamped_by_the_target_insi
     with tarfile.open(tmp_path / "blobs" / blob.digest.split(":", 1)[1], "r:gz") as tar:
         header = tar.extractfile("lib/__pycache__/sitecustomize.cpython-311.pyc").read()[:16]
     assert int.from_bytes(header[8:12], "little") == EPOCH
+
+
+def test_the_assemble_stage_publishes_the_layout_and_records_its_digests(tmp_path: Path, monkeypatch) -> None:
+    """The plan's own image-assemble and finish, with the two chroot steps (venv, runtime) replaced by tiny trees:
+    the layout is published under the keyed directory and hostpgo-image.json holds the digests umoci would read."""
+    from buildsys import manifest as manifest_mod
+    from buildsys.image import planner as plan_mod
+    from buildsys.paths import WorkArea
+    from buildsys.stages import Execution, StageContext, StageResult
+
+    prefix = _fake_prefix(tmp_path / "install" / "cpython-3.11.2-workload-pgo-lto", time.time())
+    (prefix / manifest_mod.FILE_NAME).write_text('{"version": "3.11.2"}\n')
+    settings = tmp_path / "default.toml"
+    settings.write_text('description = "d"\n')
+    inp = image.ImageInputs(build="workload-pgo-lto", build_id=prefix.name, prefix=prefix,
+                            build_manifest={"version": "3.11.2"}, settings_name="default", settings={},
+                            settings_files=(settings,), packages=(), requirements=(),
+                            sources=(image.AptSource("http://d/debian", "bookworm", ("main",)),),
+                            work=WorkArea(tmp_path / "w"), tag="hostpgo/workload-pgo-lto:default",
+                            verify_workloads=("decode-b1",))
+    p = image.plan(inp)
+    base = Path(p.summary["base"])
+    base.parent.mkdir(parents=True)
+    _fake_base(base)
+    real = plan_mod.assemble_layout
+
+    def without_chroot(rootfs, layout, steps, **kw):
+        def tree(name):
+            return lambda r: (r / "opt/hostpgo" / name).mkdir()
+        return real(rootfs, layout, [*steps[:2], image.LayerStep("venv", "v", tree("venv")),
+                                     image.LayerStep("runtime", "r", tree("host"))], **kw)
+    monkeypatch.setattr(plan_mod, "assemble_layout", without_chroot)
+    assemble = next(s for s in p.stages if s.name == "image-assemble")
+    ctx = StageContext(runner=Runner(tmp_path / "log"), info={}, results={})
+    assemble.actions[0].fn(ctx)
+    layout = Path(p.summary["layout"])
+    digest, manifest, config = oci.read_image(layout, "default")
+    assert ctx.info["oci"]["manifest_digest"] == digest
+    assert [x["digest"] for x in ctx.info["oci"]["layers"]] == [m["digest"] for m in manifest["layers"]]
+    assert config["config"]["Labels"]["org.opencontainers.image.created"] == "1980-01-01T00:00:00Z"
+    assert not any(layout.parent.parent.glob(".*.tmp"))  # the scratch directory was published by rename
+    image.check_digests(layout, "default", ctx.info["oci"])
+    results = {"image-assemble": StageResult("image-assemble", assemble.key, False, 1.0, ctx.info),
+               "image-verify": StageResult("image-verify", "k", False, 1.0, {"workloads": []})}
+    p.finish(Execution(p, results))
+    rec = json.loads((layout.parent / image.RECORD_NAME).read_text())
+    assert rec["oci"]["manifest_digest"] == digest and len(rec["oci"]["layers"]) == 4

@@ -206,7 +206,8 @@ def cmd_pipeline(args, console: Console) -> int:
 
 
 def cmd_image(args, console: Console) -> int:
-    inp = image.prepare(args.build, settings=args.host_settings, tag=args.tag, archive=args.archive)
+    inp = image.prepare(args.build, settings=args.host_settings, tag=args.tag, archive=args.archive,
+                        scan_libraries=not args.dry_run)
     plan = image.plan(inp)
     if args.dry_run:
         print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))
@@ -222,6 +223,11 @@ def _print_image(ex, console: Console) -> None:
     s = ex.plan.summary
     print(f"image {s['tag']}: OCI layout {s['layout']} (tag {image.layout_tag(s['tag'])}); "
           f"record {Path(s['prefix']) / 'hostpgo-image.json'}")
+    oci_rec = ex.results["image-assemble"].info.get("oci") or {}
+    if oci_rec:
+        print(f"  manifest {oci_rec['manifest_digest']}  config {oci_rec['config_digest']}")
+        for layer in oci_rec["layers"]:
+            print(f"  layer {layer['name']:<8} {layer['digest']}  {layer['size']:>12,} bytes  {layer['entries']} entries")
     for w in ex.results["image-verify"].info.get("workloads", []):
         print(f"  verified in chroot: {w['name']} golden_match={w['golden_match']} "
               f"allocator_in_effect={w['allocator_in_effect']} ({w['host_settings']})")

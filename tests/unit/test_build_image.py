@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from buildsys import image, manifest
-from buildsys.paths import WorkArea
-from hostpgo.runner import Runner
+from buildsys.paths import REPRODUCIBLE_EPOCH, WorkArea
+from buildsys.stages import Execution, StageContext, StageResult
 from buildsys.toolchain import Host
+from hostpgo.runner import Runner, format_command
 
 DEB822 = """Types: deb
 URIs: http://deb.debian.org/debian
@@ -100,8 +104,7 @@ def test_plan_stages_keys_and_entrypoint(tmp_path: Path) -> None:
     assert [s.name for s in p.stages] == ["image-base", "image-wheels", "image-assemble", "image-verify"]
     assert p.summary["entrypoint"] == ["/opt/hostpgo/venv/bin/python", "-m", "hostenv", "exec", "default",
                                        "--", "/opt/hostpgo/venv/bin/python", "-m", "runtime"]
-    assert "mmdebstrap --mode=root --variant=minbase" in p.stages[0].actions[0].describe()
-    assert "--include=libssl3,zlib1g bookworm" in p.stages[0].actions[0].describe()
+    assert p.summary["layers"] == ["base", "python", "venv", "runtime"]
     # The output directory carries the assembly key: another input never lands on a built image.
     out = Path(p.summary["prefix"])
     assert out.name.startswith("hostpgo-workload-pgo-lto-default-") and p.stages[2].outputs == (out,)
@@ -150,7 +153,7 @@ def _manifest(name: str, shared: bool) -> str:
 
 def test_prepare_refuses_missing_shared_and_instrumented_builds(tmp_path: Path) -> None:
     work = WorkArea(tmp_path)
-    ok = lambda: None  # noqa: E731 - the host check is not what these cases test
+    ok = lambda: None
     with pytest.raises(image.ImageError, match="--build workload-pgo-lto: no installed build.*build it first: "
                                                "python -m buildsys build cpython --profile workload-pgo-lto"):
         image.prepare("workload-pgo-lto", work=work, host_check=ok)
@@ -168,7 +171,7 @@ def test_prepare_refuses_missing_shared_and_instrumented_builds(tmp_path: Path) 
 
 def test_unknown_host_settings_are_named(tmp_path: Path) -> None:
     with pytest.raises(image.ImageError, match="--host-settings no-such-settings: .*no host settings named"):
-        image.resolve_settings("no-such-settings", Runner(tmp_path / "log"))
+        image.resolve_settings("no-such-settings")
 
 
 def test_requirements_cover_the_project_dependencies_and_runtime_extra(tmp_path: Path) -> None:
@@ -205,3 +208,127 @@ def test_project_digest_ignores_bytecode_caches(tmp_path: Path) -> None:
     assert image.project_digest(tmp_path) == first
     (tmp_path / "runtime" / "m.py").write_text("x = 2\n")
     assert image.project_digest(tmp_path) != first
+
+
+class RecordingRunner(Runner):
+    """Records every command instead of running it; `replies` maps argv[0] (or a full argv tuple) to output."""
+
+    def __init__(self, replies: dict | None = None, on_run=None) -> None:
+        super().__init__(None)
+        self.calls: list[tuple[list[str], dict]] = []
+        self.replies = replies or {}
+        self.on_run = on_run
+
+    def _reply(self, argv: list[str]) -> tuple[int, str]:
+        got = self.replies.get(tuple(argv), self.replies.get(argv[0], (0, "")))
+        return got(argv) if callable(got) else got
+
+    def run(self, argv, *, env=None, collect=None, **kw) -> int:
+        argv = [str(a) for a in argv]
+        self.calls.append((argv, dict(env or {})))
+        if self.on_run:
+            self.on_run(argv)
+        rc, out = self._reply(argv)
+        if collect is not None:
+            collect.extend(out.splitlines())
+        return rc
+
+    def capture(self, argv, *, env=None, check=True, **kw) -> subprocess.CompletedProcess[str]:
+        argv = [str(a) for a in argv]
+        self.calls.append((argv, dict(env or {})))
+        rc, out = self._reply(argv)
+        return subprocess.CompletedProcess(argv, rc, out, "")
+
+
+def test_the_base_stage_runs_the_command_its_description_shows(tmp_path: Path) -> None:
+    for packages, include in ((("libssl3", "zlib1g"), "--include=libssl3,zlib1g"), ((), "--include=libc-bin")):
+        p = image.plan(_inputs(tmp_path / include[10:14], packages=packages))
+        argv = p.summary["base_command"]
+        tmp = Path(argv[6])
+        assert argv == ["mmdebstrap", "--mode=root", "--variant=minbase", "--format=tar", include, "bookworm",
+                        str(tmp), "deb http://d/debian bookworm main"]
+        assert tmp.parent == Path(p.summary["base"]).parent and tmp.name.startswith(".")
+        assert format_command(argv, {"SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH}) in p.stages[0].actions[0].describe()
+        # What the stage runs is that same list, with SOURCE_DATE_EPOCH, then the tarball is published.
+        runner = RecordingRunner(on_run=lambda a: Path(a[6]).write_bytes(b"tar"))
+        p.stages[0].actions[0].fn(StageContext(runner=runner, info={}, results={}))
+        assert runner.calls == [(argv, {"SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH})]
+        assert Path(p.summary["base"]).read_bytes() == b"tar" and not tmp.exists()
+
+
+def test_unresolved_packages_are_shown_and_never_built(tmp_path: Path) -> None:
+    p = image.plan(_inputs(tmp_path, packages=None))
+    assert "--include=<to be resolved at run time" in p.stages[0].actions[0].describe()
+    assert p.summary["packages"] is None
+    with pytest.raises(image.ImageError, match="not resolved"):
+        p.stages[0].actions[0].fn(StageContext(runner=RecordingRunner(), info={}, results={}))
+
+
+def test_a_dry_run_prepare_runs_no_library_scan(tmp_path: Path) -> None:
+    work = WorkArea(tmp_path)
+    prefix = work.install / "cpython-3.11.2-workload-pgo-lto"
+    prefix.mkdir(parents=True)
+    (prefix / manifest.FILE_NAME).write_text(_manifest("workload-pgo-lto", False))
+    (prefix / "lib.so").write_bytes(b"\x7fELF" + b"\0" * 60)
+    (work.deps / "runtime-py3.11-abc").mkdir(parents=True)
+    shown = json.dumps({"settings": {"allocator": {"name": "glibc"}}}, indent=1)
+    runner = RecordingRunner({"ldd": (0, LDD), "dpkg": (0, "libtcmalloc-minimal4:amd64: /lib/x\n")})
+    runner.replies[sys.executable] = (0, shown)
+    inp = image.prepare("workload-pgo-lto", work=work, host_check=lambda: None, runner=runner, scan_libraries=False,
+                        sources=(image.AptSource("http://d/debian", "bookworm", ("main",)),))
+    assert inp.packages is None and any("to be resolved at run time" in n for n in inp.notes)
+    assert runner.calls == []  # the settings are resolved in-process; no library scan
+    full = image.prepare("workload-pgo-lto", work=work, host_check=lambda: None, runner=runner,
+                         sources=(image.AptSource("http://d/debian", "bookworm", ("main",)),))
+    assert full.packages == ("libtcmalloc-minimal4",) and full.unresolved == ("libascendcl.so",)
+    assert {c[0][0] for c in runner.calls} == {"ldd", "dpkg"}
+
+
+def test_library_scan_goes_through_the_runner(tmp_path: Path) -> None:
+    (tmp_path / "a.so").write_bytes(b"\x7fELF" + b"\0" * 60)
+    (tmp_path / "static.so").write_bytes(b"\x7fELF" + b"\0" * 60)
+    owner = {"/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4": (0, "libtcmalloc-minimal4:amd64: /lib/x\n"),
+             "/lib/x86_64-linux-gnu/libm.so.6": (0, "libc6:amd64: /lib/x86_64-linux-gnu/libm.so.6\n"),
+             "/lib64/ld-linux-x86-64.so.2": (0, "libc6:amd64: /lib64/ld-linux-x86-64.so.2\n")}
+    runner = RecordingRunner({"ldd": lambda a: (1, "not a dynamic executable") if a[1].endswith("static.so")
+                              else (0, LDD),
+                              "dpkg": lambda a: owner.get(a[2], (1, ""))})
+    packages, unresolved = image.library_packages([tmp_path], runner)
+    assert packages == ("libc6", "libtcmalloc-minimal4")
+    assert unresolved == {"libascendcl.so": [str(tmp_path / "a.so")]}
+    assert {c[0][0] for c in runner.calls} == {"ldd", "dpkg"}
+    runner = RecordingRunner({"ldd": (0, LDD), "dpkg": (1, "")})
+    with pytest.raises(image.ImageError, match="no Debian package owns it"):
+        image.library_packages([tmp_path], runner)
+
+
+def test_no_module_of_the_image_package_runs_a_command_by_itself() -> None:
+    import buildsys.image as pkg
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        assert "subprocess" not in path.read_text(), f"{path.name}: commands go through hostpgo.runner"
+        assert "os.replace(" not in path.read_text() or path.name == "layers.py", path.name
+
+
+def test_the_image_record_holds_each_layer_digest_and_the_manifest_digest(tmp_path: Path) -> None:
+    p = image.plan(_inputs(tmp_path))
+    out = Path(p.summary["prefix"])
+    out.mkdir(parents=True)
+    (out / "image-record.json").write_text(json.dumps({"schema": image.IMAGE_SCHEMA, "tag": "t"}))
+    oci_rec = {"manifest_digest": "sha256:m", "config_digest": "sha256:c",
+               "layers": [{"name": n, "digest": f"sha256:{n}", "diff_id": f"sha256:d{n}", "size": 1, "entries": 1,
+                           "comment": n} for n in image.LAYER_NAMES]}
+    results = {"image-assemble": StageResult("image-assemble", "k", True, 1.0, {"oci": oci_rec, "size_bytes": 9}),
+               "image-verify": StageResult("image-verify", "k", False, 2.0, {"workloads": [{"name": "decode-b1"}]})}
+    p.finish(Execution(p, results))
+    rec = json.loads((out / image.RECORD_NAME).read_text())
+    assert rec["oci"]["manifest_digest"] == "sha256:m" and rec["oci"]["config_digest"] == "sha256:c"
+    assert [layer["digest"] for layer in rec["oci"]["layers"]] == [f"sha256:{n}" for n in image.LAYER_NAMES]
+    assert rec["verify"] == [{"name": "decode-b1"}] and rec["stages"]["image-assemble"]["reused"] is True
+
+
+def test_labels_and_config_dates_are_fixed(tmp_path: Path) -> None:
+    inp = _inputs(tmp_path)
+    assert image.labels(inp)["org.opencontainers.image.created"] == "1980-01-01T00:00:00Z"
+    assert image.oci_arch("aarch64") == "arm64" and image.oci_arch("x86_64") == "amd64"
+    assert image.build_env()["SOURCE_DATE_EPOCH"] == REPRODUCIBLE_EPOCH
+    assert inspect.signature(image.prepare).parameters["scan_libraries"].default is True

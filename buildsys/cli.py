@@ -11,9 +11,12 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from . import bolt, cpython, engine, image, stages, toolchain
+from .pipeline import bolt
+from .targets import cpython
+from . import engine, image, toolchain
+from .core import stages
 from .errors import HostpgoError
-from .paths import WorkArea
+from .core.paths import WorkArea
 from hostpgo.runner import Runner
 
 

@@ -13,10 +13,14 @@ from typing import Sequence
 
 from rich.console import Console
 
-from . import allocator, cpython, flags, patches, profile as profmod, sources, stages, toolchain, training
+from . import allocator, toolchain
+from .targets import cpython
+from .toolchain import flags, profile as profmod
+from .pipeline import patches, sources, training
+from .core import stages
 from . import image as imagemod
 from .errors import HostpgoError, ToolchainError
-from .paths import WorkArea
+from .core.paths import WorkArea
 from hostpgo.runner import Runner
 
 BASELINE_PROFILE = "baseline"

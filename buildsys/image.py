@@ -37,14 +37,14 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from . import allocator as alloc_mod
-from . import manifest as manifest_mod
-from .cpython import last_json, runtime_requirements
+from .core import manifest as manifest_mod
+from .targets.cpython import last_json, runtime_requirements
 from .errors import HostpgoError
-from .paths import REPO_ROOT, REPRODUCIBLE_EPOCH, WorkArea
+from .core.paths import REPO_ROOT, REPRODUCIBLE_EPOCH, WorkArea
 from hostpgo.runner import Runner
-from .sources import sha256_of as _sha256
+from .pipeline.sources import sha256_of as _sha256
 from .toolchain import Host, detect_host
-from .stages import BuildPlan, Call, Execution, Stage, StageContext, digest
+from .core.stages import BuildPlan, Call, Execution, Stage, StageContext, digest
 
 IMAGE_SCHEMA = 1
 ROOT = "/opt/hostpgo"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import manifest
-from buildsys.paths import REPO_ROOT
+from buildsys.core import manifest
+from buildsys.core.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 WORK = Path(os.environ.get("HOSTPGO_HOME", REPO_ROOT / ".hostpgo")).resolve()

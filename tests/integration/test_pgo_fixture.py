@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import flags, profile, toolchain
+from buildsys.toolchain import flags, profile
+from buildsys import toolchain
 from hostpgo.runner import Runner
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "pgo_demo"

@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import allocator, cpython, engine, manifest, profile, sources, stages, training
+from buildsys import allocator, engine
+from buildsys.targets import cpython
+from buildsys.core import manifest, stages
+from buildsys.toolchain import profile
+from buildsys.pipeline import sources, training
 from buildsys.errors import ProfileError, ToolchainError
-from buildsys.paths import WorkArea
+from buildsys.core.paths import WorkArea
 from buildsys.toolchain import Host
 
 DEBIAN = Host("x86_64", "debian")

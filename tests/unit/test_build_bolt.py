@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import bolt, cli, cpython, engine, profile, sources, stages, training
+from buildsys.pipeline import bolt, sources, training
+from buildsys import cli, engine
+from buildsys.targets import cpython
+from buildsys.toolchain import profile
+from buildsys.core import stages
 from buildsys.errors import HostpgoError, ProfileError
-from buildsys.paths import WorkArea
+from buildsys.core.paths import WorkArea
 from buildsys.toolchain import Compiler, Host
 
 NO_LBR = bolt.Sampling(False, "probe: no branch stacks")

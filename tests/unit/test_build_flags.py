@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from buildsys import flags, profile, toolchain
+from buildsys.toolchain import flags, profile
+from buildsys import toolchain
 from buildsys.errors import ToolchainError
 from buildsys.toolchain import Compiler, Host, Toolchains
 

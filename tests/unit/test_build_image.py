@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import image, manifest
-from buildsys.paths import WorkArea
+from buildsys import image
+from buildsys.core import manifest
+from buildsys.core.paths import WorkArea
 from hostpgo.runner import Runner
 from buildsys.toolchain import Host
 

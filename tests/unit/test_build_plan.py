@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import cpython, engine, patches, profile, sources, stages, training
+from buildsys.targets import cpython
+from buildsys import engine
+from buildsys.pipeline import patches, sources, training
+from buildsys.toolchain import profile
+from buildsys.core import stages
 from buildsys.errors import CommandError, HostpgoError, TaskError
-from buildsys.paths import WorkArea
+from buildsys.core.paths import WorkArea
 from hostpgo.runner import Runner
 from buildsys.toolchain import Host
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import cli, profile
+from buildsys import cli
+from buildsys.toolchain import profile
 from buildsys.errors import ProfileError
-from buildsys.paths import PROFILES_DIR
+from buildsys.core.paths import PROFILES_DIR
 
 
 def write(d: Path, name: str, text: str) -> Path:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import patches, sources
+from buildsys.pipeline import patches, sources
 from buildsys.errors import PatchError, SourceError
-from buildsys.paths import WorkArea
+from buildsys.core.paths import WorkArea
 from hostpgo.runner import Runner
 
 GOOD = b"the pinned archive\n"

@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import cpython, engine, manifest, profile, sources, stages, training
+from buildsys.targets import cpython
+from buildsys import engine
+from buildsys.core import manifest, stages
+from buildsys.toolchain import profile
+from buildsys.pipeline import sources, training
 from buildsys.errors import HostpgoError, TaskError
-from buildsys.paths import REPO_ROOT, WorkArea
+from buildsys.core.paths import REPO_ROOT, WorkArea
 from buildsys.toolchain import Host
 
 

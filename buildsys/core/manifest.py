@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import HostpgoError
+from ..errors import HostpgoError
 
 if TYPE_CHECKING:
-    from .cpython import Inputs
-    from .stages import Execution
+    from ..targets.cpython import Inputs
+    from ..core.stages import Execution
 
 SCHEMA = "hostpgo-manifest/1"
 FILE_NAME = "hostpgo-manifest.json"

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from .errors import CommandError, HostpgoError
+from ..errors import CommandError, HostpgoError
 from hostpgo.runner import Runner, format_command
 
 CHANNELS = ("configure-arg", "configure-env", "CFLAGS_NODIST", "LDFLAGS_NODIST", "make-var", "env")

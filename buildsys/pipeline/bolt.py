@@ -28,12 +28,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .errors import HostpgoError
-from .flags import Flag
-from .profile import Profile
+from ..errors import HostpgoError
+from ..toolchain.flags import Flag
+from ..toolchain.profile import Profile
 from hostpgo.runner import format_command
-from .stages import Call, Cmd, Stage, StageContext, StageResult, digest
-from .toolchain import Compiler, Host
+from ..core.stages import Call, Cmd, Stage, StageContext, StageResult, digest
+from ..toolchain import Compiler, Host
 
 STAGES = ("bolt-instrument", "bolt-train", "bolt-merge", "bolt-apply")
 PREBOLT_SUFFIX = ".prebolt"

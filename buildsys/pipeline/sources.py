@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import HostpgoError, SourceError
-from .paths import WorkArea
+from ..errors import HostpgoError, SourceError
+from ..core.paths import WorkArea
 
 TABLE_PATH = Path(__file__).with_name("sources.toml")
 ORDER = ("user", "cache", "apt", "dnf", "url")

@@ -13,19 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import bolt as boltmod
-from . import allocator as alloc_mod
-from . import flags as flagmod
-from . import manifest, sources, training
-from .errors import HostpgoError
-from .flags import ResolvedFlags
-from .patches import Patch, apply_series
-from .paths import REPO_ROOT, WorkArea
-from .profile import Profile
+from ..pipeline import bolt as boltmod
+from .. import allocator as alloc_mod
+from ..toolchain import flags as flagmod
+from ..core import manifest
+from ..pipeline import sources, training
+from ..errors import HostpgoError
+from ..toolchain.flags import ResolvedFlags
+from ..pipeline.patches import Patch, apply_series
+from ..core.paths import REPO_ROOT, WorkArea
+from ..toolchain.profile import Profile
 from hostpgo.runner import format_command
-from .stages import BuildPlan, Call, ChannelFlag, Cmd, Stage, StageContext, digest
-from .toolchain import Compiler, Host
-from .training import TrainingTask, runtime_digest, tasks_digest
+from ..core.stages import BuildPlan, Call, ChannelFlag, Cmd, Stage, StageContext, digest
+from ..toolchain import Compiler, Host
+from ..pipeline.training import TrainingTask, runtime_digest, tasks_digest
 
 # Stages in order, with what each does (the pipeline prints them in this order).
 STAGE_ORDER = ("source", "runtime-deps", "configure-instrumented", "build-instrumented", "install-instrumented",

@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ToolchainError
+from ..errors import ToolchainError
 
 FAMILIES = ("bisheng", "clang", "gcc")
 LLVM_VERSION = 22

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import ProfileError
-from .paths import PROFILES_DIR
+from ..errors import ProfileError
+from ..core.paths import PROFILES_DIR
 
 TARGETS = ("cpython", "mindspore", "ray", "extension")
 ARCH_RE = re.compile(r"^(march|mcpu|mtune)=[A-Za-z0-9_.+-]+$")
@@ -161,7 +161,7 @@ class Bisheng:
 @dataclass(frozen=True)
 class Pgo:
     tasks: tuple[str, ...]
-    """Training task names, resolved in buildsys.training."""
+    """Training task names, resolved in buildsys.pipeline.training."""
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ class Bolt:
     instrument: tuple[str, ...]
     """Extra llvm-bolt options of the instrumenting run."""
     skip_functions: tuple[str, ...]
-    """Functions BOLT must not touch, with the LLVM version/arch they apply to (parsed in buildsys.bolt)."""
+    """Functions BOLT must not touch, with the LLVM version/arch they apply to (parsed in buildsys.pipeline.bolt)."""
     timeout: int
     """Seconds each llvm-bolt run may take."""
 

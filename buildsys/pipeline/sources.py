@@ -7,16 +7,16 @@ import os
 import re
 import shutil
 import tarfile
-import tomllib
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from hostpgo.fsutil import move_into_place
+
 from ..errors import HostpgoError, SourceError
 from ..core.paths import WorkArea
 
-TABLE_PATH = Path(__file__).with_name("sources.toml")
 ORDER = ("user", "cache", "apt", "dnf", "url")
 
 
@@ -51,33 +51,35 @@ class ResolvedSource:
     """How it was obtained: user, cache, apt, dnf or url."""
 
 
-def load_table(path: Path = TABLE_PATH) -> dict[tuple[str, str], PinnedSource]:
-    with path.open("rb") as f:
-        data = tomllib.load(f)
+PIN_KEYS = ("file", "sha256", "url", "topdir", "deb_source", "deb_file", "rpm_source")
+
+
+def load_table(target: str) -> dict[str, PinnedSource]:
+    """version -> pinned archive, from the `[sources."VERSION"]` tables of the target's data file."""
+    from ..targets import get
+    spec = get(target)
     table = {}
-    allowed = {"file", "sha256", "url", "topdir", "deb_source", "deb_file", "rpm_source"}
-    for target, versions in data.items():
-        for version, entry in versions.items():
-            unknown = set(entry) - allowed
-            if unknown:
-                raise SourceError(f"{path}: unknown key '{target}.{version}.{sorted(unknown)[0]}'; "
-                                  f"allowed: {', '.join(sorted(allowed))}")
-            table[(target, version)] = PinnedSource(target=target, version=version, **entry)
+    for version, entry in spec.sources.items():
+        unknown = set(entry) - set(PIN_KEYS)
+        if unknown:
+            raise SourceError(f"{spec.data_file}: unknown key 'sources.{version}.{sorted(unknown)[0]}'; "
+                              f"allowed: {', '.join(PIN_KEYS)}")
+        table[version] = PinnedSource(target=target, version=version, **entry)
     return table
 
 
 def pinned(target: str, version: str | None = None) -> PinnedSource:
-    table = load_table()
+    """The pinned archive of `target` at `version` (default: the newest pinned)."""
+    table = load_table(target)
     if version is None:
-        versions = sorted((v for t, v in table if t == target), key=lambda v: tuple(map(int, v.split("."))))
-        if not versions:
-            raise SourceError(f"no pinned source for target '{target}' in {TABLE_PATH}")
-        version = versions[-1]
+        if not table:
+            raise SourceError(f"no pinned source for target '{target}' (buildsys/targets/{target}.toml [sources])")
+        version = max(table, key=lambda v: tuple(map(int, v.split("."))))
     try:
-        return table[(target, version)]
+        return table[version]
     except KeyError:
-        known = ", ".join(f"{t} {v}" for t, v in table)
-        raise SourceError(f"no pinned source for {target} {version} in {TABLE_PATH}; pinned: {known}") from None
+        raise SourceError(f"no pinned source for {target} {version} (buildsys/targets/{target}.toml); pinned: "
+                          f"{', '.join(table) or 'none'}") from None
 
 
 def sha256_of(path: Path) -> str:
@@ -101,10 +103,9 @@ def _admit(candidate: Path, pin: PinnedSource, cache: Path, *, keep_candidate: b
     if digest != pin.sha256:
         tmp.unlink()
         raise SourceError(f"checksum mismatch for {candidate}: sha256 {digest}, pinned {pin.sha256} "
-                          f"({pin.target} {pin.version} in {TABLE_PATH}); the bad copy was deleted"
+                          f"({pin.target} {pin.version} in buildsys/targets/{pin.target}.toml); the bad copy was deleted"
                           + ("" if keep_candidate else " (it was a download)"))
-    os.replace(tmp, dest)
-    return dest
+    return move_into_place(tmp, dest)
 
 
 def from_user(pin: PinnedSource, source: Path) -> Path:

@@ -13,10 +13,8 @@ from typing import Sequence
 
 from rich.console import Console
 
-from . import allocator, toolchain
-from .targets import cpython
-from .toolchain import flags, profile as profmod
-from .pipeline import patches, sources, training
+from . import allocator, targets, toolchain
+from .toolchain import facts, flags, profile as profmod
 from .core import stages
 from . import image as imagemod
 from .errors import HostpgoError, ToolchainError
@@ -46,11 +44,14 @@ def hypothetical_compiler(family: str) -> toolchain.Compiler:
     return toolchain.Compiler(family, "clang", "clang++", "0", f"{family} (not installed)", tools)
 
 
-def prepare(profile_ref: str, *, overrides: Sequence[str] = (), jobs: int | None = None,
+def prepare(profile_ref: str, *, target: str = "cpython", overrides: Sequence[str] = (), jobs: int | None = None,
             user_source: Path | None = None, work: WorkArea | None = None,
             detected: toolchain.Toolchains | None = None, allow_missing_compiler: bool = False,
-            profile_data: Path | None = None) -> cpython.Inputs:
-    prof = profmod.load(profile_ref, target="cpython", overrides=overrides)
+            profile_data: Path | None = None):
+    """The inputs of one build of a registered target: the profile resolved for it, the compiler, the probed
+    host facts it needs, then the target's own `prepare` (which validates --source and --profile-data)."""
+    spec = targets.get(target)
+    prof = profmod.load(profile_ref, target=target, overrides=overrides)
     tcs = detected or toolchain.detect()
     try:
         comp, notes = flags.select_compiler(prof, tcs)
@@ -59,28 +60,21 @@ def prepare(profile_ref: str, *, overrides: Sequence[str] = (), jobs: int | None
             raise
         comp = hypothetical_compiler(prof.toolchain.family)
         notes = (f"no usable compiler: {e}",)
-    alloc = None
-    if prof.optimize.allocator != "glibc":
-        try:
-            alloc = allocator.find(prof.optimize.allocator, tcs.host)
-        except ToolchainError as e:
-            if not allow_missing_compiler:
-                raise
-            spec = allocator.table()[prof.optimize.allocator]
-            alloc = allocator.Allocator(spec.name, allocator.library_dirs(tcs.host)[0] / spec.sonames[0])
-            notes = (*notes, f"allocator not installed, planned as {alloc.library}: {e}")
-    pin = sources.pinned("cpython")
-    return cpython.Inputs(
-        profile=prof, compiler=comp, host=tcs.host, work=work or WorkArea.from_env(), pin=pin,
-        patches=patches.series("cpython", pin.version),
-        tasks=training.resolve(prof.pgo.tasks) if prof.optimize.pgo == "on" else (),
-        jobs=jobs or os.cpu_count() or 1, user_source=user_source, compiler_notes=notes,
-        profile_data=profile_data.resolve() if profile_data else None, allocator=alloc)
+    work = work or WorkArea.from_env()
+    probed = facts.host_facts(work.facts, work.logs / "host-facts.log") if prof.optimize.bolt else None
+    return spec.module().prepare(targets.Request(
+        spec=spec, profile=prof, compiler=comp, compiler_notes=tuple(notes), toolchains=tcs, work=work,
+        jobs=jobs or os.cpu_count() or 1, facts=probed, user_source=user_source,
+        profile_data=profile_data.resolve() if profile_data else None, allow_missing=allow_missing_compiler))
 
 
-def build(inp: cpython.Inputs, *, console: Console | None = None, live: bool = True) -> stages.Execution:
-    plan = cpython.plan(inp)
-    return stages.execute(plan, inp.work.stamps, inp.work.logs, console=console, live=live)
+def plan(inp) -> stages.BuildPlan:
+    """The plan of prepared inputs, by the recipe of the target they were prepared for (pure)."""
+    return targets.get(inp.TARGET).module().plan(inp)
+
+
+def build(inp, *, console: Console | None = None, live: bool = True) -> stages.Execution:
+    return stages.execute(plan(inp), inp.work.stamps, inp.work.logs, console=console, live=live)
 
 
 def ensure_toolchain(profile_refs: Sequence[str], console: Console) -> toolchain.Toolchains:

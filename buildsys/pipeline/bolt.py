@@ -21,19 +21,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from ..errors import HostpgoError
+from ..errors import HostpgoError, InputError
 from ..toolchain.flags import Flag
 from ..toolchain.profile import Profile
-from hostpgo.runner import format_command
+from hostpgo.runner import capture, format_command
 from ..core.stages import Call, Cmd, Stage, StageContext, StageResult, digest
 from ..toolchain import Compiler, Host
+from ..toolchain.facts import Probe
 
 STAGES = ("bolt-instrument", "bolt-train", "bolt-merge", "bolt-apply")
 PREBOLT_SUFFIX = ".prebolt"
@@ -41,7 +39,6 @@ BOLT_NOTE = ".note.bolt_info"
 """The section llvm-bolt adds to every file it writes (it refuses such a file as input)."""
 # readelf's Machine text -> the arch name used in skip rules and Host.machine.
 MACHINES = {"Advanced Micro Devices X86-64": "x86_64", "AArch64": "aarch64", "RISC-V": "riscv64"}
-PERF_PROBE = ("perf", "record", "-q", "-e", "cycles:u", "-j", "any,u", "-o", "{out}", "--", "true")
 PERF_RECORD = ("perf", "record", "-q", "-e", "cycles:u", "-j", "any,u", "-o", "{out}", "--")
 SKIP_COND_RE = re.compile(r"^llvm<(\d+)$")
 
@@ -93,30 +90,9 @@ def skipped_functions(rules: Sequence[str], llvm_major: int, machine: str) -> tu
 # ---------------------------------------------------------------------------------------------
 # How the profile is collected.
 
-@dataclass(frozen=True)
-class Sampling:
-    """Whether `perf record` can sample branch stacks here (LBR on x86, BRBE on aarch64)."""
-
-    branch_stacks: bool
-    detail: str
-    """What the probe ran and what it saw."""
-
-
-@lru_cache(maxsize=1)
-def probe_branch_sampling() -> Sampling:
-    """Ask perf, once per process: a one-instruction-long `perf record -j any,u` either works or says why not."""
-    if shutil.which("perf") is None:
-        return Sampling(False, "perf is not installed")
-    with tempfile.TemporaryDirectory(prefix="hostpgo-perf-probe-") as tmp:
-        argv = [a.format(out=f"{tmp}/probe.data") for a in PERF_PROBE]
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return Sampling(False, f"{format_command(argv)}: {e}")
-    said = " ".join((done.stderr or done.stdout).split())[:300]
-    if done.returncode == 0:
-        return Sampling(True, f"{format_command(argv)} succeeded")
-    return Sampling(False, f"{format_command(argv)} exited {done.returncode}: {said}")
+Sampling = Probe
+"""Whether `perf record` can sample branch stacks here (LBR on x86, BRBE on aarch64): probed once by
+buildsys.toolchain.facts and passed in; planning never probes."""
 
 
 def choose_method(requested: str, sampling: Sampling) -> tuple[str, str]:
@@ -124,12 +100,12 @@ def choose_method(requested: str, sampling: Sampling) -> tuple[str, str]:
     if requested == "instrument":
         return "instrument", "bolt.method = \"instrument\""
     if requested == "perf":
-        if not sampling.branch_stacks:
-            raise HostpgoError(f"bolt.method = \"perf\" needs branch-stack sampling (LBR on x86, BRBE on aarch64) "
+        if not sampling.available:
+            raise InputError(f"bolt.method = \"perf\" needs branch-stack sampling (LBR on x86, BRBE on aarch64) "
                                f"and this machine has none: {sampling.detail}; use method = \"instrument\" or "
                                "\"auto\"")
         return "perf", f"bolt.method = \"perf\"; {sampling.detail}"
-    if sampling.branch_stacks:
+    if sampling.available:
         return "perf", f"branch stacks can be sampled here ({sampling.detail}): perf record + perf2bolt"
     return "instrument", f"instrumentation: no LBR/BRBE here ({sampling.detail})"
 
@@ -279,7 +255,7 @@ def parse_readelf(text: str, path: str) -> ElfFacts:
         if m and m.group(1) not in head:
             head[m.group(1)] = m.group(2)
     if "Class" not in head:
-        raise HostpgoError(f"{path}: readelf printed no ELF header; not an ELF file?")
+        raise InputError(f"{path}: readelf printed no ELF header; not an ELF file?")
     sections = tuple(Section(m.group(1), m.group(2), int(m.group(3), 16))
                      for m in map(_SECTION_RE.match, text.splitlines()) if m)
     segments = tuple(Segment(m.group(1), m.group(2).replace(" ", ""))
@@ -291,26 +267,20 @@ def parse_readelf(text: str, path: str) -> ElfFacts:
 def check_input(path: Path) -> None:
     """A clear error naming the file for a missing or non-ELF input (before readelf gets it)."""
     if not path.exists():
-        raise HostpgoError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file")
     if not path.is_file():
-        raise HostpgoError(f"{path}: not a regular file")
+        raise InputError(f"{path}: not a regular file")
     with path.open("rb") as f:
         magic = f.read(4)
     if magic != b"\x7fELF":
-        raise HostpgoError(f"{path}: not an ELF file (starts with {magic!r}, not b'\\x7fELF')")
+        raise InputError(f"{path}: not an ELF file (starts with {magic!r}, not b'\\x7fELF')")
 
 
 def read_elf(path: Path, run: Callable[[list[str]], str] | None = None) -> ElfFacts:
-    """ElfFacts of `path`; `run` returns a command's stdout (a stage's runner.capture; default: subprocess)."""
+    """ElfFacts of `path`; `run` returns a command's stdout (a stage's runner.capture; default: the runner, unlogged)."""
     check_input(path)
     argv = [readelf_tool(), "-hlSW", str(path)]
-    if run is None:
-        done = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=120)
-        if done.returncode != 0:
-            raise HostpgoError(f"{path}: {format_command(argv)} failed: {done.stderr.strip()[:500]}")
-        text = done.stdout
-    else:
-        text = run(argv)
+    text = run(argv) if run is not None else capture(argv, timeout=120).stdout
     return parse_readelf(text, str(path))
 
 

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 from hostpgo.fsutil import move_into_place
 
-from ..errors import HostpgoError, SourceError
+from ..errors import HostpgoError, InputError, SourceError
 from ..core.paths import WorkArea
 
 ORDER = ("user", "cache", "apt", "dnf", "url")
@@ -118,6 +118,20 @@ def from_user(pin: PinnedSource, source: Path) -> Path:
     if not source.is_file():
         raise SourceError(f"--source {source}: no such file or directory")
     return source
+
+
+def check_user_source(pin: PinnedSource, source: Path) -> Path:
+    """--source checked when the inputs are prepared (so a dry run refuses it too): it must exist and its
+    archive must have the pinned sha256. InputError naming the flag and the file."""
+    try:
+        path = from_user(pin, source)
+    except SourceError as e:
+        raise InputError(str(e)) from None
+    got = sha256_of(path)
+    if got != pin.sha256:
+        raise InputError(f"--source {path}: sha256 {got}, pinned {pin.sha256} ({pin.target} {pin.version} in "
+                         f"buildsys/targets/{pin.target}.toml); not the pinned archive")
+    return path
 
 
 def apt_private_sources(system_files: Sequence[Path]) -> str:

@@ -5,8 +5,11 @@ what verify runs, which binary BOLT may touch); the module plans it. The CLI, th
 and the pipeline look targets up here, so adding one is adding `NAME.py` and `NAME.toml` in this
 directory. A module provides:
 
-    prepare(spec, profile_ref, **options) -> inputs   (facts gathered once; inputs validated)
-    plan(inputs) -> BuildPlan                         (pure: runs nothing)
+    prepare(request: Request) -> inputs   (the target's own facts; --source and --profile-data validated)
+    plan(inputs) -> BuildPlan             (pure: runs nothing)
+
+buildsys.engine makes the Request (profile resolved for the target, compiler selected, probed host facts)
+and calls them; `python -m buildsys build NAME` and `targets` list what is registered here.
 """
 
 from __future__ import annotations
@@ -88,6 +91,31 @@ def get(name: str, targets_dir: Path = TARGETS_DIR) -> TargetSpec:
 
 def every(targets_dir: Path = TARGETS_DIR) -> tuple[TargetSpec, ...]:
     return tuple(get(n, targets_dir) for n in names(targets_dir))
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the engine hands a target's `prepare`: the generic facts, gathered once."""
+
+    spec: TargetSpec
+    profile: Any
+    """The resolved buildsys.toolchain.profile.Profile (its [targets.NAME] tables applied)."""
+    compiler: Any
+    """The selected buildsys.toolchain.Compiler (a stand-in when planning without one)."""
+    compiler_notes: tuple[str, ...]
+    toolchains: Any
+    """Everything detected (buildsys.toolchain.Toolchains): host, compilers."""
+    work: Any
+    """The work area (buildsys.core.paths.WorkArea)."""
+    jobs: int
+    facts: Any = None
+    """Probed host facts (buildsys.toolchain.facts.HostFacts), gathered only when the profile needs them."""
+    user_source: Path | None = None
+    """--source: the pinned archive, or a directory holding it."""
+    profile_data: Path | None = None
+    """--profile-data: merged profile data to reuse instead of training."""
+    allow_missing: bool = False
+    """Planning only (show-profile, pipeline --dry-run): a missing tool becomes a note, not an error."""
 
 
 @dataclass(frozen=True)

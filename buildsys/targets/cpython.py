@@ -7,18 +7,20 @@ import json
 import os
 import shutil
 import sys
-import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 from ..pipeline import bolt as boltmod
 from .. import allocator as alloc_mod
 from ..toolchain import flags as flagmod
 from ..core import manifest
 from ..pipeline import sources, training
-from ..errors import HostpgoError
+from ..errors import HostpgoError, ToolchainError
+from . import Request
+from ..pipeline import patches
+from ..pipeline import pgo as pgomod
 from ..toolchain.flags import ResolvedFlags
 from ..pipeline.patches import Patch, apply_series
 from ..core.paths import REPO_ROOT, WorkArea
@@ -34,7 +36,6 @@ STAGE_ORDER = ("source", "runtime-deps", "configure-instrumented", "build-instru
 BOLT_STAGE_ORDER = (*STAGE_ORDER[:STAGE_ORDER.index("verify")], *boltmod.STAGES, *STAGE_ORDER[STAGE_ORDER.index("verify"):])
 """The order with optimize.bolt = true (instrumentation collection)."""
 PGO_TEST_ARGS = ("-m", "test", "--pgo", "--timeout=1200")
-PROFILE_DATA_SCHEMA = "hostpgo-profile-data/1"
 
 
 def runtime_requirements(pyproject: Path = REPO_ROOT / "pyproject.toml") -> tuple[str, ...]:
@@ -83,6 +84,8 @@ def _run_workload(argv: list[str], env: dict[str, str], cwd: str | None, timeout
 class Inputs:
     """Everything the planner needs; all of it can be made up in a unit test (no compiler required)."""
 
+    TARGET: ClassVar[str] = "cpython"
+
     profile: Profile
     compiler: Compiler
     host: Host
@@ -98,7 +101,46 @@ class Inputs:
     allocator: alloc_mod.Allocator | None = None
     """The allocator found on this host for optimize.allocator (None: glibc, nothing linked)."""
     bolt_sampling: boltmod.Sampling | None = None
-    """Whether perf can sample branch stacks here (BOLT profiles only); None: probed when planning."""
+    """Whether perf can sample branch stacks here (BOLT profiles only; probed once by buildsys.toolchain.facts
+    when the inputs are prepared; planning never probes)."""
+
+    def record(self) -> manifest.BuildRecord:
+        """What the manifest says about the inputs of this build."""
+        return manifest.BuildRecord(
+            target=self.TARGET, version=self.pin.version, profile=self.profile.to_dict(),
+            toolchain={**self.compiler.identity(), "host": {"machine": self.host.machine, "os": self.host.os_id,
+                                                            "kunpeng": self.host.kunpeng}},
+            source={"file": self.pin.file, "sha256": self.pin.sha256, "url": self.pin.url},
+            patches=[{"name": p.name, "sha256": p.sha256} for p in self.patches],
+            extra={"allocator": self.allocator.to_json() if self.allocator else {"name": "glibc", "library": ""}})
+
+
+def prepare(req: Request) -> Inputs:
+    """CPython's inputs: the pinned source, patches, training tasks and allocator; --source and --profile-data
+    are checked here, so a dry run refuses what the real run would."""
+    prof, tcs = req.profile, req.toolchains
+    notes = req.compiler_notes
+    alloc = None
+    if prof.optimize.allocator != "glibc":
+        try:
+            alloc = alloc_mod.find(prof.optimize.allocator, tcs.host)
+        except ToolchainError as e:
+            if not req.allow_missing:
+                raise
+            spec = alloc_mod.table()[prof.optimize.allocator]
+            alloc = alloc_mod.Allocator(spec.name, alloc_mod.library_dirs(tcs.host)[0] / spec.sonames[0])
+            notes = (*notes, f"allocator not installed, planned as {alloc.library}: {e}")
+    pin = sources.pinned(req.spec.name)
+    if req.user_source is not None:
+        sources.check_user_source(pin, req.user_source)
+    if req.profile_data is not None:
+        pgomod.check_profile_data(req.profile_data, req.compiler, flag="--profile-data")
+    return Inputs(
+        profile=prof, compiler=req.compiler, host=tcs.host, work=req.work, pin=pin,
+        patches=patches.series(req.spec.name, pin.version),
+        tasks=training.resolve(prof.pgo.tasks) if prof.optimize.pgo == "on" else (),
+        jobs=req.jobs, user_source=req.user_source, compiler_notes=notes, profile_data=req.profile_data,
+        allocator=alloc, bolt_sampling=req.facts.branch_sampling if req.facts is not None else None)
 
 
 def task_actions(tasks: Sequence[TrainingTask], *, base_python: str, prefix: str, venv_dir: Path,
@@ -177,7 +219,9 @@ def plan(inp: Inputs) -> BuildPlan:
     p, comp, host, work, pin = inp.profile, inp.compiler, inp.host, inp.work, inp.pin
     build_id = f"cpython-{pin.version}-{p.name}"
     pgo = p.optimize.pgo == "on"
-    llvm = comp.family != "gcc"
+    llvm = pgomod.is_llvm(comp)
+    minor = ".".join(pin.version.split(".")[:2])
+    where = pgomod.paths(work, build_id, "cpython")
     notes = list(inp.compiler_notes)
     stages: list[Stage] = []
     comp_id = comp.identity()
@@ -215,9 +259,8 @@ def plan(inp: Inputs) -> BuildPlan:
                      profdata: str) -> tuple[str, Path, dict[str, str], dict[str, str]]:
         """Append configure+build stages for a variant; return (build key, build dir, run env, make vars)."""
         build_dir = work.build / f"{build_id}-{variant}"
-        raw_dir = work.pgo / build_id / "raw"
         rf = flagmod.resolve(p, comp, host, variant, build_dir=str(build_dir),
-                             raw_pattern=str(raw_dir / "cpython-%p-%m.profraw"), raw_dir=str(raw_dir),
+                             raw_pattern=where.raw_pattern, raw_dir=str(where.raw_dir),
                              profdata=profdata,
                              allocator_flags=alloc_mod.link_flags(inp.allocator) if inp.allocator else ())
         # --- BOLT (optimize.bolt only): the optimized build keeps its relocations for BOLT.
@@ -238,10 +281,7 @@ def plan(inp: Inputs) -> BuildPlan:
         env["LDFLAGS_NODIST"] = " ".join(f.value for f in rf.ldflags)
         # Instrumented binaries also run during the build (setup.py, compileall): keep those runs'
         # profiles out of the training data.
-        run_env: dict[str, str] = {}
-        if variant == "instrumented":
-            run_env = ({"LLVM_PROFILE_FILE": str(build_dir / ".build-profraw" / "%m-%p.profraw")} if llvm
-                       else {"GCOV_PREFIX": str(build_dir / ".build-gcda")})
+        run_env = pgomod.build_time_env(comp, build_dir) if variant == "instrumented" else {}
         cfg_key = digest({"stage": "configure", "variant": variant, "prev": prev_key, "src": src_key,
                           "compiler": comp_id, "args": args, "env": env})
         stages.append(Stage(
@@ -309,7 +349,6 @@ def plan(inp: Inputs) -> BuildPlan:
     bolt_tasks = (inp.tasks or training.resolve(p.pgo.tasks)) if p.optimize.bolt else ()
     bolt_wants_runtime = any(t.kind == "workloads" for t in bolt_tasks)
     if wants_runtime or p.verify.workloads or bolt_wants_runtime:
-        minor = ".".join(pin.version.split(".")[:2])
         reqs = runtime_requirements()
         deps_key = digest({"stage": "runtime-deps", "requirements": reqs, "python": minor})
         deps_dir = work.deps / f"runtime-py{minor}-{deps_key[:12]}"
@@ -335,88 +374,35 @@ def plan(inp: Inputs) -> BuildPlan:
                                    f"CPython {minor} build",)))
     runtime_path = f"{deps_dir}{os.pathsep}{REPO_ROOT}" if deps_dir else ""
 
+    pgo_plan = None
     if pgo and reuse is not None:
         # Reuse: no instrumented build and no training; the given data is checked and recorded.
-        if not reuse.exists():
-            raise HostpgoError(f"--profile-data {reuse}: no such file or directory (give a .profdata file "
-                               f"kept under {work.profiles}, or a GCC .gcda tree)")
-        if llvm != reuse.is_file():
-            raise HostpgoError(f"--profile-data {reuse}: {comp.family} needs "
-                               f"{'an llvm-profdata file' if llvm else 'a directory of .gcda files'}")
-        sha = sources.sha256_of(reuse) if reuse.is_file() else manifest.tree_digest(reuse)
-        side = read_sidecar(reuse)
-        summary_tasks = list(side.get("training", [])) if side else []
-        key = digest({"stage": "profile-data", "sha256": sha, "prev": prev})
-
-        def check(ctx: StageContext) -> None:
-            have = sources.sha256_of(reuse) if reuse.is_file() else manifest.tree_digest(reuse)
-            if have != sha:
-                raise HostpgoError(f"--profile-data {reuse} changed while the build was planned")
-            was = (side or {}).get("compiler", {})
-            if was and (was.get("family"), str(was.get("version", "")).split(".")[0]) != \
-                    (comp.family, str(comp.version).split(".")[0]):
-                raise HostpgoError(f"--profile-data {reuse} was made by {was.get('family')} "
-                                   f"{was.get('version')} and this build uses {comp.family} {comp.version}: "
-                                   "profile formats differ between major versions; retrain, or build with "
-                                   "the compiler that made it")
-            ctx.info.update({"profile_data": str(reuse), "profile_data_sha256": sha, "reused": True,
-                             "sidecar": side})
-
-        stages.append(Stage("profile-data", f"reuse profile data {reuse}", key,
-                            (Call(f"check {reuse} (sha256 {sha[:12]}, compiler of its sidecar)", check),),
-                            requires=(reuse,)))
-        profdata_path = str(reuse.resolve())
-        prev = key
+        pgo_plan = pgomod.reuse_plan(data=reuse, comp=comp, prev_key=prev)
     elif pgo:
-        if not inp.tasks:
-            raise HostpgoError(f"profile '{p.name}' has optimize.pgo = \"on\" but pgo.tasks is empty "
-                               f"({p.files[0]}); name at least one training task")
-        bkey, ibuild, irun_env, imake_vars = build_stages("instrumented", "-instrumented", instr_prefix, prev, "")
-        ikey = install_stage("install-instrumented", ibuild, instr_prefix, bkey, irun_env, imake_vars)
-        raw_dir = work.pgo / build_id / "raw"
-        tdig = tasks_digest(inp.tasks)
-        train_key = digest({"stage": "train", "prev": ikey, "tasks": tdig, "deps": deps_key if wants_runtime else ""})
-        venv_dir = work.pgo / build_id / "venv"
-        train_actions: list[Cmd | Call] = [
-            Call(f"clear {raw_dir}", lambda ctx: (shutil.rmtree(raw_dir, ignore_errors=True),
-                                                  raw_dir.mkdir(parents=True))),
-        ]
-        train_env = {"LLVM_PROFILE_FILE": str(raw_dir / "cpython-%p-%m.profraw")} if llvm else {}
-        base_python = str(instr_prefix / "bin" / "python3")
-        pth = (venv_dir / "lib" / f"python{'.'.join(pin.version.split('.')[:2])}" / "site-packages" /
-               "hostpgo-runtime.pth") if wants_runtime else None
-        train_actions += task_actions(inp.tasks, base_python=base_python, prefix=str(instr_prefix), venv_dir=venv_dir,
-                                      env=train_env, runtime_env=runtime_env, pth=pth, pth_dirs=(deps_dir, REPO_ROOT))
-        for t in inp.tasks:
-            summary_tasks.append({"name": t.name, "version": t.version, "kind": t.kind, "digest": t.digest(),
-                                  **({"workloads": list(t.workloads), "steps": t.steps or "default",
-                                      "runtime_sources": runtime_digest()} if t.kind == "workloads" else {})})
-        stages.append(Stage("train", f"train on {', '.join(t.name for t in inp.tasks)}", train_key,
-                            tuple(train_actions), outputs=(raw_dir,),
-                            flags=tuple(ChannelFlag("env", k, v, "engine: one raw profile per process and binary")
-                                        for k, v in train_env.items()),
-                            notes=(f"training tasks digest {tdig[:12]}",)))
-        merge_key = digest({"stage": "merge", "prev": train_key,
-                            "tool": comp.tools.get("profdata") if llvm else comp.version_text})
-        # Kept in the profile store, named by build and key: later builds can reuse it (--profile-data).
-        stem = work.profiles / f"{build_id}-{merge_key[:12]}"
-        sidecar = {"schema": PROFILE_DATA_SCHEMA, "build_id": build_id, "profile": p.name,
-                   "compiler": comp.identity(), "training": summary_tasks, "training_digest": tdig,
-                   "source_sha256": pin.sha256}
-        if llvm:
-            profdata = stem.with_name(stem.name + ".profdata")
-            merge_actions = (Call(f"{comp.tools.get('profdata', 'llvm-profdata')} merge {raw_dir}/*.profraw "
-                                  f"-> {profdata} (via a temp file, then rename)",
-                                  _merge_llvm(comp, raw_dir, profdata, sidecar)),)
-        else:
-            profdata = stem.with_name(stem.name + ".gcda")
-            merge_actions = (Call(f"collect {raw_dir}/**/*.gcda (merged across processes by libgcov) "
-                                  f"-> {profdata} (copy to a temp dir, then rename)",
-                                  _merge_gcc(raw_dir, profdata, sidecar)),)
-        profdata_path = str(profdata)
-        stages.append(Stage("merge", "merge the per-process profiles", merge_key, merge_actions,
-                            outputs=(profdata, sidecar_path(profdata))))
-        prev = merge_key
+        def instrument(prev_key: str) -> tuple[list[Stage], str]:
+            before = len(stages)
+            bkey, ibuild, irun_env, imake_vars = build_stages("instrumented", "-instrumented", instr_prefix,
+                                                              prev_key, "")
+            ikey = install_stage("install-instrumented", ibuild, instr_prefix, bkey, irun_env, imake_vars)
+            made = stages[before:]
+            del stages[before:]
+            return made, ikey
+
+        def train(env: dict[str, str]) -> list[Cmd | Call]:
+            pth = (where.venv_dir / "lib" / f"python{minor}" / "site-packages" / "hostpgo-runtime.pth"
+                   if wants_runtime else None)
+            return task_actions(inp.tasks, base_python=str(instr_prefix / "bin" / "python3"),
+                                prefix=str(instr_prefix), venv_dir=where.venv_dir, env=env,
+                                runtime_env=runtime_env, pth=pth, pth_dirs=(deps_dir, REPO_ROOT))
+
+        pgo_plan = pgomod.plan(build_id=build_id, profile_name=p.name, comp=comp, work=work, where=where,
+                               prev_key=prev, tasks=inp.tasks, instrument=instrument, train=train,
+                               train_key={"deps": deps_key if wants_runtime else ""}, source_sha256=pin.sha256)
+    if pgo_plan is not None:
+        stages.extend(pgo_plan.stages)
+        summary_tasks = list(pgo_plan.training)
+        profdata_path = pgo_plan.profile_data
+        prev = pgo_plan.key
     variant = "optimized" if pgo else "plain"
     bkey, obuild, _, omake_vars = build_stages(variant, "", prefix, prev, profdata_path)
     vpython = str(obuild / "python")
@@ -425,7 +411,6 @@ def plan(inp: Inputs) -> BuildPlan:
     # verify stage below then checks the BOLTed binary and falls back to the PGO one (bolt.py).
     bolt_plan = None
     if p.optimize.bolt:
-        minor = ".".join(pin.version.split(".")[:2])
 
         def bolt_train(python: str, venv_dir: Path, env: dict[str, str], wrap) -> list[Cmd | Call]:
             pth = (venv_dir / "lib" / f"python{minor}" / "site-packages" / "hostpgo-runtime.pth"
@@ -490,71 +475,3 @@ def plan(inp: Inputs) -> BuildPlan:
         summary["bolt"] = bolt_plan.summary
     return BuildPlan(build_id=build_id, stages=tuple(stages), notes=tuple(notes), summary=summary,
                      finish=finish)
-
-
-def sidecar_path(data: Path) -> Path:
-    """The JSON record kept next to stored profile data: what made it and what it was trained on."""
-    return data.with_name(data.name + ".json")
-
-
-def read_sidecar(data: Path) -> dict | None:
-    side = sidecar_path(data)
-    if not side.is_file():
-        return None
-    try:
-        doc = json.loads(side.read_text())
-    except ValueError as e:
-        raise HostpgoError(f"{side}: not valid JSON ({e}); delete it or restore it from the profile store") from None
-    if doc.get("schema") != PROFILE_DATA_SCHEMA:
-        raise HostpgoError(f"{side}: schema {doc.get('schema')!r}, expected {PROFILE_DATA_SCHEMA!r}")
-    return doc
-
-
-def _write_sidecar(out: Path, sidecar: dict, info: dict) -> None:
-    doc = {**sidecar, "sha256": info["profile_data_sha256"], "path": str(out),
-           "raw_profiles": info.get("raw_profiles", info.get("gcda_files")),
-           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    side = sidecar_path(out)
-    tmp = side.with_name(side.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    os.replace(tmp, side)
-
-
-def _merge_llvm(comp: Compiler, raw_dir: Path, out: Path, sidecar: dict):
-    def fn(ctx: StageContext) -> None:
-        raws = sorted(raw_dir.glob("*.profraw"))
-        if not raws:
-            raise HostpgoError(f"training left no .profraw files in {raw_dir}: the instrumented interpreter "
-                               "wrote no profiles (was it built with -fprofile-instr-generate?)")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        listing = out.with_name(out.name + ".inputs")
-        listing.write_text("\n".join(str(r) for r in raws) + "\n")
-        tmp = out.with_name(out.name + ".tmp")
-        tool = comp.tools["profdata"]
-        ctx.runner.run([tool, "merge", f"--input-files={listing}", f"--output={tmp}"], timeout=1800)
-        lines: list[str] = []
-        ctx.runner.run([tool, "show", str(tmp)], collect=lines, timeout=600)
-        os.replace(tmp, out)
-        listing.unlink()
-        ctx.info.update({"raw_profiles": len(raws), "profile_data": str(out),
-                         "profile_data_sha256": sources.sha256_of(out),
-                         "summary": [ln.strip() for ln in lines if ":" in ln][:6]})
-        _write_sidecar(out, sidecar, ctx.info)
-    return fn
-
-
-def _merge_gcc(raw_dir: Path, out: Path, sidecar: dict):
-    def fn(ctx: StageContext) -> None:
-        files = sorted(raw_dir.rglob("*.gcda"))
-        if not files:
-            raise HostpgoError(f"training left no .gcda files in {raw_dir}: the instrumented interpreter "
-                               "wrote no profiles (was it built with -fprofile-generate?)")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(raw_dir, tmp)
-        os.replace(tmp, out)
-        h = manifest.tree_digest(out)
-        ctx.info.update({"gcda_files": len(files), "profile_data": str(out), "profile_data_sha256": h})
-        _write_sidecar(out, sidecar, ctx.info)
-    return fn

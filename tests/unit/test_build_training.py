@@ -12,8 +12,8 @@ from buildsys.targets import cpython
 from buildsys import engine
 from buildsys.core import manifest, stages
 from buildsys.toolchain import profile
-from buildsys.pipeline import sources, training
-from buildsys.errors import HostpgoError, TaskError
+from buildsys.pipeline import pgo, sources, training
+from buildsys.errors import HostpgoError, InputError, TaskError
 from buildsys.core.paths import REPO_ROOT, WorkArea
 from buildsys.toolchain import Host
 
@@ -145,11 +145,24 @@ def test_independent_stage_does_not_force_later_stages(tmp_path: Path) -> None:
     assert not shared.exists()
 
 
+def fake_tool(tmp_path: Path, rc: int, said: str = "") -> str:
+    """A stand-in llvm-profdata that prints `said` and exits `rc`."""
+    tool = tmp_path / f"fake-profdata-{rc}"
+    tool.write_text(f"#!/bin/sh\necho '{said}' >&2\nexit {rc}\n")
+    tool.chmod(0o755)
+    return str(tool)
+
+
+def with_profdata_tool(inp: cpython.Inputs, tool: str) -> cpython.Inputs:
+    comp = dataclasses.replace(inp.compiler, tools={**inp.compiler.tools, "profdata": tool})
+    return dataclasses.replace(inp, compiler=comp)
+
+
 def _store(tmp_path: Path, compiler: dict) -> Path:
     data = tmp_path / "profiles" / "cpython-3.11.2-workload-pgo-lto-abc.profdata"
     data.parent.mkdir(parents=True)
     data.write_bytes(b"profile bytes")
-    cpython._write_sidecar(data, {"schema": cpython.PROFILE_DATA_SCHEMA, "build_id": "cpython-3.11.2-workload-pgo-lto",
+    pgo._write_sidecar(data, {"schema": pgo.PROFILE_DATA_SCHEMA, "build_id": "cpython-3.11.2-workload-pgo-lto",
                                   "compiler": compiler, "training": [{"name": "runtime-workloads", "version": 1}]},
                            {"profile_data_sha256": sources.sha256_of(data), "raw_profiles": 7})
     return data
@@ -157,7 +170,7 @@ def _store(tmp_path: Path, compiler: dict) -> Path:
 
 def test_profile_data_reuse_skips_instrumenting_and_training(tmp_path: Path) -> None:
     data = _store(tmp_path, {"family": "clang", "version": "0"})
-    inp = inputs(tmp_path, "workload-pgo-lto", profile_data=data)
+    inp = with_profdata_tool(inputs(tmp_path, "workload-pgo-lto", profile_data=data), fake_tool(tmp_path, 0))
     plan = cpython.plan(inp)
     st = by_name(plan)
     assert list(st) == ["source", "runtime-deps", "profile-data", "configure", "build", "verify", "install"]
@@ -181,11 +194,12 @@ def test_profile_data_errors_name_the_flag(tmp_path: Path) -> None:
     data = _store(tmp_path, {"family": "clang", "version": "18.1.8"})
     with pytest.raises(HostpgoError, match="optimize.pgo = \"off\""):
         cpython.plan(inputs(tmp_path, "baseline", profile_data=data))
-    st = by_name(cpython.plan(inputs(tmp_path, "workload-pgo-lto", profile_data=data)))
+    st = by_name(cpython.plan(with_profdata_tool(inputs(tmp_path, "workload-pgo-lto", profile_data=data),
+                                                 fake_tool(tmp_path, 0))))
     with pytest.raises(HostpgoError, match="made by clang 18.1.8 and this build uses clang 0"):
         stages.execute(stages.BuildPlan("r", (st["profile-data"],), (), {}), tmp_path / "s", tmp_path / "l",
                        live=False)
-    side = cpython.sidecar_path(data)
+    side = pgo.sidecar_path(data)
     side.write_text("{broken")
     with pytest.raises(HostpgoError, match="not valid JSON"):
         cpython.plan(inputs(tmp_path, "workload-pgo-lto", profile_data=data))
@@ -212,3 +226,29 @@ def test_pipeline_measures_baseline_first_then_system_then_builds(tmp_path: Path
     assert "--guard-fast" in cmd  # pyperformance --fast: the guard in minutes, not most of an hour
     no_system = engine.measure_command([ex("baseline")], run_name="r", system=tmp_path / "absent", quick=True)
     assert "debian=" not in " ".join(no_system) and no_system[-1] == "--quick"
+
+
+def test_profile_data_is_validated_when_prepared(tmp_path: Path) -> None:
+    """Random bytes with no sidecar: llvm-profdata cannot read them, and the check says so before any build."""
+    junk = tmp_path / "random.profdata"
+    junk.write_bytes(bytes(range(256)) * 4)
+    clang = dataclasses.replace(engine.hypothetical_compiler("clang"),
+                                tools={"profdata": fake_tool(tmp_path, 1, "error: invalid profile data")})
+    with pytest.raises(InputError, match=r"--profile-data .*random.profdata: not profile data .* can read "
+                                         r"\(.*invalid profile data"):
+        pgo.check_profile_data(junk, clang)
+    pgo.check_profile_data(junk, dataclasses.replace(clang, tools={"profdata": fake_tool(tmp_path, 0)}))
+    with pytest.raises(InputError, match="needs an llvm-profdata file, not a directory"):
+        pgo.check_profile_data(tmp_path, clang)
+    gcc = engine.hypothetical_compiler("gcc")
+    tree = tmp_path / "gcda"
+    tree.mkdir()
+    with pytest.raises(InputError, match="no .gcda files below it"):
+        pgo.check_profile_data(tree, gcc)
+    (tree / "a.gcda").write_bytes(b"adcg" + bytes(12))
+    pgo.check_profile_data(tree, gcc)
+    (tree / "b.gcda").write_bytes(b"random bytes")
+    with pytest.raises(InputError, match="b.gcda is not a .gcda file"):
+        pgo.check_profile_data(tree, gcc)
+    with pytest.raises(InputError, match="gcc needs a directory of .gcda files"):
+        pgo.check_profile_data(junk, gcc)

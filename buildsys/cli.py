@@ -76,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--no-measure", action="store_true", help="build and verify only")
     pl.add_argument("--no-image", action="store_true", help="skip the optimized build's OCI image (needs root, "
                                                             "mmdebstrap, umoci)")
-    pl.add_argument("--image-settings", default="default", metavar="NAME|FILE",
+    pl.add_argument("--image-settings", default=engine.DEFAULT_IMAGE_SETTINGS, metavar="NAME|FILE",
                     help="host settings the image's entrypoint applies (default %(default)s)")
     pl.add_argument("--quick", action="store_true", help="shorter measurement (fewer rounds; noisier)")
     pl.add_argument("--out", default=None, help="measurement run name under .hostpgo/results (default: "
@@ -89,9 +89,10 @@ def parser() -> argparse.ArgumentParser:
                                       "with the runtime, host settings applied by the entrypoint; verified by chroot")
     im.add_argument("--build", default=engine.DEFAULT_OPTIMIZED_PROFILE,
                     help="the installed build's profile name (default %(default)s)")
-    im.add_argument("--host-settings", default="default", metavar="NAME|FILE",
+    im.add_argument("--host-settings", default=None, metavar="NAME|FILE",
                     help="host settings the entrypoint applies: a name from profiles/host/ or a .toml file "
-                         "(default %(default)s); every profiles/host/ file ships too, selectable at run time")
+                         "(default: the settings of the allocator the build links, `default` for glibc); every "
+                         "profiles/host/ file ships too, selectable at run time")
     im.add_argument("--tag", default=None, help="image reference (default hostpgo/<profile>:<settings>)")
     im.add_argument("--archive", type=Path, default=None,
                     help="also write a docker-archive tarball here (skopeo), for `docker load`/`podman load`")
@@ -230,7 +231,8 @@ def cmd_pipeline(args, console: Console) -> int:
 
 
 def cmd_image(args, console: Console) -> int:
-    inp = image.prepare(args.build, settings=args.host_settings, tag=args.tag, archive=args.archive)
+    settings = args.host_settings or engine.default_image_settings(args.build)
+    inp = image.prepare(args.build, settings=settings, tag=args.tag, archive=args.archive)
     plan = image.plan(inp)
     if args.dry_run:
         print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))

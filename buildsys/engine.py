@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -18,15 +16,29 @@ from .toolchain import facts, flags, profile as profmod
 from .core import stages
 from . import image as imagemod
 from .errors import HostpgoError, ToolchainError
-from .core.paths import WorkArea
-from hostpgo.runner import Runner
+from .core.paths import PROFILES_DIR, WorkArea
+from hostpgo.errors import CommandError
+from hostpgo.runner import Runner, format_command
 
 BASELINE_PROFILE = "baseline"
-DEFAULT_OPTIMIZED_PROFILE = "workload-pgo-lto"
-DEFAULT_COMPARE_PROFILES = ("generic-pgo-lto",)
-"""Built and measured beside the optimized default: the same build trained on CPython's own task."""
+PIPELINE_TARGET = "cpython"
+"""What the pipeline builds and measures: interpreters, side by side."""
+DEFAULT_OPTIMIZED_PROFILE = "workload-pgo-lto-tcmalloc"
+"""The best measured stack: workload PGO + LTO + tcmalloc linked (README, run final-20261129: 0.813 geometric
+mean of latency ratios vs the gcc baseline, against 0.866 for workload-pgo-lto)."""
+DEFAULT_COMPARE_PROFILES = ("generic-pgo-lto", "workload-pgo-lto")
+"""Built and measured beside the optimized default: the same build trained on CPython's own task, and the
+optimized one without the allocator (so the report shows the allocator's share)."""
+DEFAULT_IMAGE_SETTINGS = "tcmalloc"
+"""The image's host settings for the default build: the same allocator the build links (the image refuses
+settings whose allocator differs from the build's)."""
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
-"""Debian's own PGO+LTO build of the same 3.11.2 source: measured too where it exists."""
+"""Debian's own PGO+LTO build of the same 3.11.2 source: measured too where it exists, also with the
+optimized default's allocator preloaded (`@tcmalloc` host settings)."""
+SYSTEM_SETTINGS = "tcmalloc"
+"""Host settings of the second system-interpreter entry: the allocator of DEFAULT_OPTIMIZED_PROFILE."""
+MEASURE_TIMEOUT = 12 * 3600.0
+"""Seconds the measurement may take (valgrind counting on a machine without hardware counters is slow)."""
 PIPELINE_WORKLOADS = ("decode-b1", "decode-b8", "serve-mixed", "op-dispatch")
 # Counted under valgrind where there are no hardware counters: a runtime target costs minutes per
 # interpreter there (MindSpore's import dominates each run) and its threads' yield loops make whole-process
@@ -75,6 +87,16 @@ def plan(inp) -> stages.BuildPlan:
 
 def build(inp, *, console: Console | None = None, live: bool = True) -> stages.Execution:
     return stages.execute(plan(inp), inp.work.stamps, inp.work.logs, console=console, live=live)
+
+
+def default_image_settings(profile_ref: str) -> str:
+    """Host settings whose allocator is the one the build links: the allocator's own settings file
+    (profiles/host/NAME.toml), or `default` for glibc."""
+    try:
+        alloc = profmod.load(profile_ref, environ={}).optimize.allocator
+    except HostpgoError:
+        return "default"
+    return alloc if alloc != "glibc" and (PROFILES_DIR / "host" / f"{alloc}.toml").is_file() else "default"
 
 
 def ensure_toolchain(profile_refs: Sequence[str], console: Console) -> toolchain.Toolchains:
@@ -126,15 +148,18 @@ class PipelineResult:
 
 
 def measure_command(builds: Sequence[stages.Execution], *, run_name: str, quick: bool = False,
-                    system: Path | None = SYSTEM_PYTHON,
+                    system: Path | None = SYSTEM_PYTHON, system_settings: str | None = SYSTEM_SETTINGS,
                     workloads: Sequence[str] = PIPELINE_WORKLOADS,
                     counter_workloads: Sequence[str] = PIPELINE_COUNTER_WORKLOADS) -> list[str]:
-    """The `python -m perf bench` line that compares the builds (the first is the baseline) and the system python."""
+    """The `python -m perf bench` line that compares the builds (the first is the baseline) and the system python
+    (as it is, and with `system_settings` applied: the same allocator preloaded), in one interleaved run."""
     cmd = [sys.executable, "-m", "perf", "bench"]
     first, *rest = builds
     cmd += ["--interp", f"{first.plan.summary['profile']}={first.plan.summary['prefix']}/bin/python3"]
     if system is not None and system.exists():
         cmd += ["--interp", f"debian={system}"]
+        if system_settings:
+            cmd += ["--interp", f"debian+{system_settings}={system}@{system_settings}"]
     for ex in rest:
         cmd += ["--interp", f"{ex.plan.summary['profile']}={ex.plan.summary['prefix']}/bin/python3"]
     cmd += ["--workloads", ",".join(workloads), "--counter-workloads", ",".join(counter_workloads),
@@ -148,7 +173,7 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
              jobs: int | None = None, user_source: Path | None = None, console: Console | None = None,
              live: bool = True, measure: bool = True, quick: bool = False, run_name: str | None = None,
              system: Path | None = SYSTEM_PYTHON, image: bool = True,
-             image_settings: str = "default") -> PipelineResult:
+             image_settings: str = DEFAULT_IMAGE_SETTINGS) -> PipelineResult:
     """Build baseline, the comparison profiles and the optimized one; measure them side by side; then the
     optimized build's OCI image."""
     console = console or Console(stderr=True)
@@ -161,7 +186,7 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
             raise HostpgoError(f"{e} (or pass --no-image to build and measure without the image)") from None
     out = []
     for ref in refs:
-        inp = prepare(ref, jobs=jobs, user_source=user_source, detected=tcs)
+        inp = prepare(ref, target=PIPELINE_TARGET, jobs=jobs, user_source=user_source, detected=tcs)
         out.append(build(inp, console=console, live=live))
 
     def make_image() -> stages.Execution | None:
@@ -174,11 +199,15 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
         return PipelineResult(tuple(out), None, make_image())
     name = run_name or "pipeline-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     cmd = measure_command(out, run_name=name, quick=quick, system=system)
-    console.print("[bold]measure:[/] " + " ".join(shlex.quote(c) for c in cmd))
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        raise HostpgoError(f"measurement failed (exit {done.returncode}): {' '.join(shlex.quote(c) for c in cmd)}; "
-                           "the builds are installed and stamped, so rerunning the pipeline only measures again")
-    lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
-    report = Path(lines[-1]) if lines else None
+    log = WorkArea.from_env().logs / f"measure-{name}.log"
+    console.print(f"[bold]measure:[/] {format_command(cmd)}  (log {log})")
+    lines: list[str] = []
+    try:
+        Runner(log).run(cmd, timeout=MEASURE_TIMEOUT, collect=lines)
+    except CommandError as e:
+        raise CommandError(f"measurement failed: {e}\nthe builds are installed and stamped, so rerunning the "
+                           "pipeline only measures again", argv=e.argv, returncode=e.returncode,
+                           log_path=e.log_path) from None
+    # perf bench prints the report's path as its last line on stdout (its progress goes to stderr, merged here).
+    report = next((Path(ln.strip()) for ln in reversed(lines) if ln.strip() and Path(ln.strip()).exists()), None)
     return PipelineResult(tuple(out), report, make_image())

@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from ..errors import HostpgoError, InputError
 from ..toolchain.flags import Flag
 from ..toolchain.profile import Profile
+from hostpgo import fsutil
 from hostpgo.runner import capture, format_command
 from ..core.stages import Call, Cmd, Stage, StageContext, StageResult, digest
 from ..toolchain import Compiler, Host
@@ -346,7 +347,7 @@ def _copy(src: Path, dst: Path) -> None:
     """Copy by temp file + rename: `dst` is either the old file or the whole new one."""
     tmp = dst.with_name(dst.name + f".{os.getpid()}.tmp")
     shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
+    fsutil.move_into_place(tmp, dst)
 
 
 def _capture(ctx: StageContext) -> Callable[[list[str]], str]:
@@ -431,7 +432,7 @@ def _apply_and_swap(tgt: Target, out: Path) -> Callable[[StageContext], None]:
         if not facts.bolted:
             raise HostpgoError(f"{out} has no {BOLT_NOTE}: llvm-bolt did not write it")
         before, after = tgt.prebolt.stat().st_size, out.stat().st_size
-        os.replace(out, tgt.path)
+        fsutil.move_into_place(out, tgt.path)
         ctx.info["bolt"] = {"applied": True, "target": str(tgt.path), "prebolt": str(tgt.prebolt),
                             "gnu_stack": facts.gnu_stack, "bytes_before": before, "bytes_after": after}
     return fn
@@ -454,7 +455,7 @@ def _merge_fdata(tool: str, fdata_dir: Path, out: Path, timeout: float) -> Calla
             raise HostpgoError(f"no .fdata profiles in {fdata_dir} to merge")
         tmp = out.with_name(out.name + ".tmp")
         ctx.runner.run([tool, "-q", "-o", str(tmp), *files], timeout=timeout)
-        os.replace(tmp, out)
+        fsutil.move_into_place(tmp, out)
         ctx.info.update({"merged_profiles": len(files), "fdata": str(out), "bytes": out.stat().st_size})
     return fn
 

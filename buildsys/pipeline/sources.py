@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from hostpgo import fsutil
 from hostpgo.fsutil import move_into_place
 
 from ..errors import HostpgoError, InputError, SourceError
@@ -200,8 +201,8 @@ def from_apt(pin: PinnedSource, work: WorkArea, runner,
     root = work.apt
     for d in ("sources.list.d", "state/lists/partial", "cache/archives/partial", "download"):
         (root / d).mkdir(parents=True, exist_ok=True)
-    (root / "sources.list").write_text("")
-    (root / "sources.list.d" / "hostpgo-deb-src.sources").write_text(text)
+    fsutil.write_text(root / "sources.list", "")
+    fsutil.write_text(root / "sources.list.d" / "hostpgo-deb-src.sources", text)
     opts = apt_options(work)
     runner.run(["apt-get", *opts, "update"], timeout=900)
     download = root / "download"

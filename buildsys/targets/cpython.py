@@ -20,11 +20,12 @@ from ..pipeline import sources, training
 from ..errors import HostpgoError, ToolchainError
 from . import Request
 from ..pipeline import patches
+from ..systems import autotools
 from ..pipeline import pgo as pgomod
-from ..toolchain.flags import ResolvedFlags
 from ..pipeline.patches import Patch, apply_series
 from ..core.paths import REPO_ROOT, WorkArea
 from ..toolchain.profile import Profile
+from hostpgo import fsutil
 from hostpgo.runner import format_command
 from ..core.stages import BuildPlan, Call, ChannelFlag, Cmd, Stage, StageContext, digest
 from ..toolchain import Compiler, Host
@@ -162,7 +163,7 @@ def task_actions(tasks: Sequence[TrainingTask], *, base_python: str, prefix: str
                 if pth is not None:
                     text = "".join(f"{d}\n" for d in pth_dirs)
                     actions.append(Call(f"write {pth}: {' and '.join(str(d) for d in pth_dirs)}",
-                                        lambda ctx, pth=pth, text=text: pth.write_text(text)))
+                                        lambda ctx, pth=pth, text=text: fsutil.write_text(pth, text)))
                 made_venv = True
             if t.venv_install:
                 subst = dict(python=python, prefix=prefix, repo=str(REPO_ROOT), venv=str(venv_dir))
@@ -180,20 +181,6 @@ def task_actions(tasks: Sequence[TrainingTask], *, base_python: str, prefix: str
     return actions
 
 
-def channel_flags(rf: ResolvedFlags, configure_args: Sequence[str], extra_env: dict[str, str]) -> tuple[ChannelFlag, ...]:
-    """Every setting of a configure+build with the channel it travels through (one entry per flag)."""
-    out = [ChannelFlag("configure-arg", a.split("=", 1)[0], a,
-                       "engine: install prefix" if a.startswith("--prefix") else
-                       "optimize.shared" if a.endswith("-shared") else "flags.configure")
-           for a in configure_args]
-    out += [ChannelFlag("configure-env", k, v, "optimize.shared (rpath, as pyenv)" if k == "LDFLAGS"
-                        else "toolchain (detected)")
-            for k, v in sorted({**rf.tools, **extra_env}.items())]
-    out += [ChannelFlag("CFLAGS_NODIST", "CFLAGS_NODIST", f.value, f.why) for f in rf.cflags]
-    out += [ChannelFlag("LDFLAGS_NODIST", "LDFLAGS_NODIST", f.value, f.why) for f in rf.ldflags]
-    return tuple(out)
-
-
 def _publish_tree(staging_root: Path, prefix: Path):
     """Call body: move DESTDIR-staged `prefix` into place by rename (old one moved aside, then deleted)."""
     def fn(ctx: StageContext) -> None:
@@ -203,15 +190,8 @@ def _publish_tree(staging_root: Path, prefix: Path):
         py = staged / "bin" / "python"
         if not py.exists():
             py.symlink_to("python3")
-        old = prefix.with_name(prefix.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        if prefix.exists():
-            os.replace(prefix, old)
-        prefix.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, prefix)
+        fsutil.move_into_place(staged, prefix)
         shutil.rmtree(staging_root, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return fn
 
 
@@ -225,7 +205,6 @@ def plan(inp: Inputs) -> BuildPlan:
     notes = list(inp.compiler_notes)
     stages: list[Stage] = []
     comp_id = comp.identity()
-    make = ("make", f"-j{inp.jobs}")
 
     # 1. source: fetch + verify + unpack + patch, published by rename.
     src_key = digest({"stage": "source", "sha256": pin.sha256, "topdir": pin.topdir,
@@ -245,8 +224,7 @@ def plan(inp: Inputs) -> BuildPlan:
         tmp.mkdir(parents=True)
         top = sources.unpack(got.path, tmp, pin.topdir)
         apply_series(top, inp.patches, ctx.runner)
-        src_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, src_dir)
+        fsutil.move_into_place(tmp, src_dir)
 
     stages.append(Stage("source", f"fetch, verify, unpack and patch {pin.file}", src_key,
                         (Call(f"resolve {pin.file} (sha256 {pin.sha256[:12]}…) from --source, cache, apt-get "
@@ -271,14 +249,11 @@ def plan(inp: Inputs) -> BuildPlan:
         notes.extend(n for n in rf.notes if n not in notes)
         args = [f"--prefix={prefix}", "--enable-shared" if p.optimize.shared else "--disable-shared",
                 *p.flags.configure]
-        env = dict(rf.tools)
         extra_env: dict[str, str] = {}
         if p.optimize.shared:
             # Like pyenv: the installed interpreter finds its libpython without LD_LIBRARY_PATH.
             extra_env["LDFLAGS"] = f"-Wl,-rpath,{prefix}/lib"
-        env.update(extra_env)
-        env["CFLAGS_NODIST"] = " ".join(f.value for f in rf.cflags)
-        env["LDFLAGS_NODIST"] = " ".join(f.value for f in rf.ldflags)
+        env = autotools.configure_env(rf, extra_env)
         # Instrumented binaries also run during the build (setup.py, compileall): keep those runs'
         # profiles out of the training data.
         run_env = pgomod.build_time_env(comp, build_dir) if variant == "instrumented" else {}
@@ -287,8 +262,8 @@ def plan(inp: Inputs) -> BuildPlan:
         stages.append(Stage(
             f"configure{suffix}", f"configure ({variant})", cfg_key,
             (Call(f"mkdir {build_dir}", lambda ctx: build_dir.mkdir(parents=True, exist_ok=True)),
-             Cmd((str(tree / "configure"), *args), env=env, cwd=build_dir, timeout=1800)),
-            outputs=(build_dir,), flags=channel_flags(rf, args, extra_env), notes=rf.notes))
+             autotools.configure(tree, build_dir, args, env)),
+            outputs=(build_dir,), flags=autotools.channel_flags(rf, args, extra_env), notes=rf.notes))
         # CPython links _bootstrap_python and _freeze_module with PY_LDFLAGS_NOLTO, which reads only
         # the *make variable* LDFLAGS_NODIST, not what configure recorded. Those links get LTO bitcode
         # (or instrumented) objects too, so the link flags must also travel as the make variable.
@@ -299,7 +274,7 @@ def plan(inp: Inputs) -> BuildPlan:
                             or (variant == "instrumented" and not llvm))
         make_vars = ({"LDFLAGS_NODIST": env["LDFLAGS_NODIST"]} if needs_link_flags and env["LDFLAGS_NODIST"]
                      else {})
-        make_argv = (*make, *(f"{k}={v}" for k, v in make_vars.items()))
+        make_argv = autotools.make_argv(inp.jobs, make_vars)
         build_key = digest({"stage": "build", "prev": cfg_key, "make": make_argv, "env": run_env})
         stages.append(Stage(
             f"build{suffix}", f"build ({variant})", build_key,
@@ -322,8 +297,7 @@ def plan(inp: Inputs) -> BuildPlan:
         stages.append(Stage(
             name, f"install into {prefix} (staged, then renamed)", key,
             (Call(f"clear {staging}", clear),
-             Cmd(("make", "install", f"DESTDIR={staging}", *(f"{k}={v}" for k, v in make_vars.items())),
-                 env=run_env, cwd=build_dir, timeout=3600),
+             Cmd(autotools.install_argv(staging, make_vars), env=run_env, cwd=build_dir, timeout=3600),
              Call(f"rename {staging}{prefix} -> {prefix}; add bin/python -> python3",
                   _publish_tree(staging, prefix))),
             outputs=(prefix,), flags=(ChannelFlag("make-var", "DESTDIR", str(staging), "engine: staged install, published by rename"),)))
@@ -362,8 +336,7 @@ def plan(inp: Inputs) -> BuildPlan:
             tmp = work.tmp / f"deps-{deps_key[:12]}-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             ctx.runner.run([a.format(tmp=tmp) for a in pip], timeout=3600)
-            deps_dir.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, deps_dir)
+            fsutil.move_into_place(tmp, deps_dir)
             ctx.info.update({"dir": str(deps_dir), "origin": "pip", "requirements": list(reqs)})
 
         stages.append(Stage("runtime-deps", f"install the runtime's dependencies for Python {minor}", deps_key,

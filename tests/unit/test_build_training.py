@@ -215,11 +215,13 @@ def test_pipeline_measures_baseline_first_then_system_then_builds(tmp_path: Path
         return stages.Execution(plan, {})
     system = tmp_path / "python3.11"
     system.write_text("")
-    cmd = engine.measure_command([ex("baseline"), ex("generic-pgo-lto"), ex("workload-pgo-lto")],
-                                 run_name="pipeline-x", system=system)
+    cmd = engine.measure_command([ex("baseline"), ex("generic-pgo-lto"), ex("workload-pgo-lto"),
+                                  ex("workload-pgo-lto-tcmalloc")], run_name="pipeline-x", system=system)
     interps = [cmd[i + 1] for i, c in enumerate(cmd) if c == "--interp"]
-    assert interps == ["baseline=/i/baseline/bin/python3", f"debian={system}",
-                       "generic-pgo-lto=/i/generic-pgo-lto/bin/python3", "workload-pgo-lto=/i/workload-pgo-lto/bin/python3"]
+    # Debian's interpreter twice: as it is, and with the optimized default's allocator preloaded.
+    assert interps == ["baseline=/i/baseline/bin/python3", f"debian={system}", f"debian+tcmalloc={system}@tcmalloc",
+                       "generic-pgo-lto=/i/generic-pgo-lto/bin/python3", "workload-pgo-lto=/i/workload-pgo-lto/bin/python3",
+                       "workload-pgo-lto-tcmalloc=/i/workload-pgo-lto-tcmalloc/bin/python3"]
     assert cmd[cmd.index("--workloads") + 1] == "decode-b1,decode-b8,serve-mixed,op-dispatch"
     assert cmd[cmd.index("--counter-workloads") + 1] == "pure-python,pure-dispatch,decode-b1"
     assert cmd[cmd.index("--stages") + 1] == "latency,counters,attribute,guard"
@@ -252,3 +254,18 @@ def test_profile_data_is_validated_when_prepared(tmp_path: Path) -> None:
         pgo.check_profile_data(tree, gcc)
     with pytest.raises(InputError, match="gcc needs a directory of .gcda files"):
         pgo.check_profile_data(junk, gcc)
+
+
+def test_pipeline_default_is_the_best_measured_stack() -> None:
+    """workload PGO + LTO + tcmalloc; workload-pgo-lto stays compared (the allocator's share); the image's default
+    host settings carry the same allocator."""
+    assert engine.DEFAULT_OPTIMIZED_PROFILE == "workload-pgo-lto-tcmalloc"
+    assert profile.load(engine.DEFAULT_OPTIMIZED_PROFILE, environ={}).optimize.allocator == "tcmalloc"
+    assert "workload-pgo-lto" in engine.DEFAULT_COMPARE_PROFILES
+    assert engine.DEFAULT_IMAGE_SETTINGS == "tcmalloc" == engine.SYSTEM_SETTINGS
+    assert engine.default_image_settings(engine.DEFAULT_OPTIMIZED_PROFILE) == "tcmalloc"
+    assert engine.default_image_settings("workload-pgo-lto") == "default"
+    from buildsys import cli
+    args = cli.parser().parse_args(["pipeline"])
+    assert (args.optimized, args.compare, args.image_settings) == (
+        "workload-pgo-lto-tcmalloc", "generic-pgo-lto,workload-pgo-lto", "tcmalloc")

@@ -13,7 +13,7 @@ from ..core.stages import ChannelFlag
 from ..toolchain.flags import ResolvedFlags
 
 NAME = "bazel"
-CHANNELS = ("--copt", "--linkopt", "--action_env", "bazelrc")
+CHANNELS = ("--compilation_mode", "--copt", "--linkopt", "--action_env", "bazelrc")
 TOOLS = ("bazel",)
 BAZELRC = ".user.bazelrc"
 

@@ -384,6 +384,10 @@ def plan(inp: Inputs) -> BuildPlan:
     # verify stage below then checks the BOLTed binary and falls back to the PGO one (bolt.py).
     bolt_plan = None
     if p.optimize.bolt:
+        if inp.bolt_sampling is None:
+            raise HostpgoError(f"profile '{p.name}' sets optimize.bolt = true and the inputs carry no probed host "
+                               "facts (branch sampling); prepare them with buildsys.engine.prepare, which probes "
+                               "once and caches the result (planning never probes)")
 
         def bolt_train(python: str, venv_dir: Path, env: dict[str, str], wrap) -> list[Cmd | Call]:
             pth = (venv_dir / "lib" / f"python{minor}" / "site-packages" / "hostpgo-runtime.pth"
@@ -395,7 +399,7 @@ def plan(inp: Inputs) -> BuildPlan:
             profile=p, comp=comp, host=host, build_dir=obuild, version=pin.version,
             work_dir=work.pgo / build_id / "bolt", prev_key=bkey, train=bolt_train,
             train_key={"tasks": tasks_digest(bolt_tasks), "deps": deps_key if bolt_wants_runtime else ""},
-            sampling=inp.bolt_sampling or boltmod.probe_branch_sampling())
+            sampling=inp.bolt_sampling)
         stages.extend(bolt_plan.stages)
         notes.extend(bolt_plan.notes)
     # --- end BOLT

@@ -60,17 +60,19 @@ def tool_identity(perf: str | None) -> str:
     return f"{os.path.realpath(perf)} size={st.st_size} mtime={st.st_mtime_ns}; {uname}"
 
 
-def _run_probe(argv: list[str], runner: Runner) -> tuple[bool, str]:
+def _run_probe(argv: list[str], runner: Runner, shown: list[str] | None = None) -> tuple[bool, str]:
+    """Run one probe; the detail shows `shown` (argv without its temporary paths) so it stays stable."""
+    shown = shown or argv
     try:
         done = runner.capture(argv, timeout=60, check=False)
     except CommandError as exc:
-        return False, f"{format_command(argv)}: {str(exc).splitlines()[0]}"
+        return False, f"{format_command(shown)}: {str(exc).splitlines()[0]}"
     said = " ".join((done.stderr or done.stdout).split())[:300]
     if done.returncode != 0:
-        return False, f"{format_command(argv)} exited {done.returncode}: {said}"
+        return False, f"{format_command(shown)} exited {done.returncode}: {said}"
     if "<not supported>" in said or "<not counted>" in said:
-        return False, f"{format_command(argv)}: {said}"
-    return True, f"{format_command(argv)} succeeded"
+        return False, f"{format_command(shown)}: {said}"
+    return True, f"{format_command(shown)} succeeded"
 
 
 def probe(runner: Runner) -> tuple[Probe, Probe]:
@@ -79,7 +81,8 @@ def probe(runner: Runner) -> tuple[Probe, Probe]:
         none = Probe(False, "perf is not installed")
         return none, none
     with tempfile.TemporaryDirectory(prefix="hostpgo-perf-probe-") as tmp:
-        ok, detail = _run_probe([a.format(out=f"{tmp}/probe.data") for a in PERF_PROBE], runner)
+        ok, detail = _run_probe([a.format(out=f"{tmp}/probe.data") for a in PERF_PROBE], runner,
+                                [a.format(out="<tmp>/probe.data") for a in PERF_PROBE])
     sampling = Probe(ok, detail)
     counters = Probe(*_run_probe(list(COUNTER_PROBE), runner))
     return sampling, counters

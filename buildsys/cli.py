@@ -12,15 +12,15 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from .pipeline import bolt
-from . import engine, image, targets, toolchain
-from .toolchain import profile as profmod
-from .core import stages
-from .errors import HostpgoError, InputError
-from .core.paths import REPO_ROOT, WorkArea
 from hostpgo import fsutil
 from hostpgo.runner import Runner
 
+from . import engine, image, targets, toolchain
+from .core import stages
+from .core.paths import REPO_ROOT, WorkArea
+from .errors import HostpgoError, InputError
+from .pipeline import bolt
+from .toolchain import profile as profmod
 
 EXIT_CODES = """\
 exit codes:
@@ -49,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true")
     s = sub.add_parser("show-profile", help="print a profile's effective settings and per-stage flags")
     s.add_argument("profile", help="a name from profiles/ or a path to a .toml file")
+    s.add_argument("--target", default="cpython", choices=targets.names(),
+                   help="the target whose [targets.NAME] tables apply (default %(default)s)")
     s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     tg = sub.add_parser("targets", help="list the registered targets, their build system, and whether they can "
                                         "be built on this machine (and why not)")
@@ -156,7 +158,7 @@ def _print_profile(inp, console: Console) -> None:
 
 
 def cmd_show_profile(args, console: Console) -> int:
-    inp = engine.prepare(args.profile, overrides=args.set, allow_missing_compiler=True)
+    inp = engine.prepare(args.profile, target=args.target, overrides=args.set, allow_missing_compiler=True)
     _print_profile(inp, console)
     plan = engine.plan(inp)
     for n in plan.notes:

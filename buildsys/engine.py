@@ -11,14 +11,16 @@ from typing import Sequence
 
 from rich.console import Console
 
-from . import allocator, targets, toolchain
-from .toolchain import facts, flags, profile as profmod
-from .core import stages
-from . import image as imagemod
-from .errors import HostpgoError, ToolchainError
-from .core.paths import PROFILES_DIR, WorkArea
 from hostpgo.errors import CommandError
 from hostpgo.runner import Runner, format_command
+
+from . import allocator, targets, toolchain
+from . import image as imagemod
+from .core import stages
+from .core.paths import PROFILES_DIR, WorkArea
+from .errors import HostpgoError, ToolchainError
+from .toolchain import facts, flags
+from .toolchain import profile as profmod
 
 BASELINE_PROFILE = "baseline"
 PIPELINE_TARGET = "cpython"

@@ -36,15 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from hostpgo.runner import Runner
+
 from . import allocator as alloc_mod
 from .core import manifest as manifest_mod
-from .targets.cpython import last_json, runtime_requirements
-from .errors import HostpgoError
 from .core.paths import REPO_ROOT, REPRODUCIBLE_EPOCH, WorkArea
-from hostpgo.runner import Runner
-from .pipeline.sources import sha256_of as _sha256
-from .toolchain import Host, detect_host
 from .core.stages import BuildPlan, Call, Execution, Stage, StageContext, digest
+from .errors import HostpgoError
+from .pipeline.sources import sha256_of as _sha256
+from .targets.cpython import last_json, runtime_requirements
+from .toolchain import Host, detect_host
 
 IMAGE_SCHEMA = 1
 ROOT = "/opt/hostpgo"

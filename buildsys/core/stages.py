@@ -13,9 +13,10 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from ..errors import CommandError, HostpgoError
 from hostpgo import fsutil
 from hostpgo.runner import Runner, format_command
+
+from ..errors import CommandError, HostpgoError
 
 STAMP_VERSION = 1
 

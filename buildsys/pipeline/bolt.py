@@ -25,14 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from ..errors import HostpgoError, InputError
-from ..toolchain.flags import Flag
-from ..toolchain.profile import Profile
 from hostpgo import fsutil
 from hostpgo.runner import capture, format_command
+
 from ..core.stages import Call, Cmd, Stage, StageContext, StageResult, digest
+from ..errors import HostpgoError, InputError
 from ..toolchain import Compiler, Host
 from ..toolchain.facts import Probe
+from ..toolchain.flags import Flag
+from ..toolchain.profile import Profile
 
 STAGES = ("bolt-instrument", "bolt-train", "bolt-merge", "bolt-apply")
 PREBOLT_SUFFIX = ".prebolt"
@@ -155,13 +156,20 @@ class Target:
         return self.path.with_name(self.path.name + PREBOLT_SUFFIX)
 
 
-def target(build_dir: Path, shared: bool, version: str) -> Target:
+DEFAULT_BINARIES = {"static": "python", "shared": "libpython{minor}.so.1.0"}
+"""CPython's: the file BOLT rewrites below the build directory, by optimize.shared (a target's [bolt] data)."""
+
+
+def target(build_dir: Path, shared: bool, version: str, binaries: Mapping[str, str] | None = None) -> Target:
+    """The file BOLT rewrites: `binaries["shared"]` with optimize.shared, else `binaries["static"]` ({minor}:
+    the version's major.minor)."""
+    names = {**DEFAULT_BINARIES, **(binaries or {})}
+    minor = ".".join(version.split(".")[:2])
     if shared:
-        minor = ".".join(version.split(".")[:2])
-        return Target(build_dir / f"libpython{minor}.so.1.0", "libpython",
+        return Target(build_dir / names["shared"].format(minor=minor), "libpython",
                       "optimize.shared = true: the interpreter's code is in libpython, so libpython is what BOLT "
                       "rewrites (the python executable is a small stub)")
-    return Target(build_dir / "python", "interpreter",
+    return Target(build_dir / names["static"].format(minor=minor), "interpreter",
                   "static libpython: the whole interpreter is in the python executable")
 
 

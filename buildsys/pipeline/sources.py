@@ -15,8 +15,10 @@ from typing import Callable, Sequence
 from hostpgo import fsutil
 from hostpgo.fsutil import move_into_place
 
-from ..errors import HostpgoError, InputError, SourceError
 from ..core.paths import WorkArea
+from ..core.stages import Call, Stage, StageContext, digest
+from ..errors import HostpgoError, InputError, SourceError
+from .patches import Patch, apply_series
 
 ORDER = ("user", "cache", "apt", "dnf", "url")
 
@@ -271,6 +273,44 @@ def resolve(pin: PinnedSource, work: WorkArea, runner, *, user_source: Path | No
             failures.append(f"{origin}: {str(e).splitlines()[0]}")
     raise SourceError(f"could not obtain {pin.file} ({pin.target} {pin.version}):\n  " + "\n  ".join(failures)
                       + f"\nDownload it yourself and pass --source PATH (sha256 {pin.sha256})")
+
+
+@dataclass(frozen=True)
+class SourceStage:
+    """The `source` stage of a build and what it publishes."""
+
+    stage: Stage
+    key: str
+    tree: Path
+    """The unpacked, patched top directory (what configure runs in)."""
+
+
+def plan_stage(pin: PinnedSource, patch_series: Sequence[Patch], work: WorkArea, *,
+               user_source: Path | None = None) -> SourceStage:
+    """fetch + verify + unpack + patch, published by rename into work/src (pure: runs nothing now). The tree is
+    shared by every profile's build of the same archive and patch set."""
+    key = digest({"stage": "source", "sha256": pin.sha256, "topdir": pin.topdir,
+                  "patches": [(x.name, x.sha256) for x in patch_series]})
+    src_dir = work.src / f"{pin.target}-{pin.version}-{key[:12]}"
+
+    def run(ctx: StageContext) -> None:
+        if src_dir.is_dir():  # published by rename, so complete
+            ctx.info.update({"archive": str(work.sources / pin.file), "origin": "unpacked tree present",
+                             "sha256": pin.sha256})
+            return
+        got = resolve(pin, work, ctx.runner, user_source=user_source)
+        ctx.info.update({"archive": str(got.path), "origin": got.origin, "sha256": pin.sha256})
+        tmp = fsutil.scratch_dir(src_dir, "unpack")
+        top = unpack(got.path, tmp, pin.topdir)
+        apply_series(top, tuple(patch_series), ctx.runner)
+        fsutil.move_into_place(tmp, src_dir)
+
+    what = (f"resolve {pin.file} (sha256 {pin.sha256[:12]}…) from --source, cache, apt-get source {pin.deb_source}, "
+            f"dnf, {pin.url}; unpack; apply {len(patch_series)} patch(es) {[x.name for x in patch_series]}; "
+            f"rename into {src_dir}")
+    stage = Stage("source", f"fetch, verify, unpack and patch {pin.file}", key, (Call(what, run),),
+                  requires=(src_dir,))
+    return SourceStage(stage, key, src_dir / pin.topdir)
 
 
 def unpack(archive: Path, dest_parent: Path, topdir: str) -> Path:

@@ -42,8 +42,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import TaskError
 from ..core.paths import REPO_ROOT, TASKS_DIR
+from ..errors import TaskError
 
 KINDS = ("interpreter", "command", "workloads")
 _KEYS = {"version": int, "description": str, "kind": str, "argv": list, "venv": bool, "venv_install": list,

@@ -21,8 +21,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
 
-from ..errors import InputError
 from hostpgo.runner import which
+
+from ..errors import InputError
 
 TARGETS_DIR = Path(__file__).resolve().parent
 SYSTEMS = ("autotools", "cmake", "meson", "pep517", "bazel")

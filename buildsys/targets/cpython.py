@@ -12,31 +12,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
-from ..pipeline import bolt as boltmod
-from .. import allocator as alloc_mod
-from ..toolchain import flags as flagmod
-from ..core import manifest
-from ..pipeline import sources, training
-from ..errors import HostpgoError, ToolchainError
-from . import Request
-from ..pipeline import patches
-from ..systems import autotools
-from ..pipeline import pgo as pgomod
-from ..pipeline.patches import Patch, apply_series
-from ..core.paths import REPO_ROOT, WorkArea
-from ..toolchain.profile import Profile
 from hostpgo import fsutil
 from hostpgo.runner import format_command
+
+from .. import allocator as alloc_mod
+from .. import targets as targets_registry
+from ..core import manifest
+from ..core.paths import REPO_ROOT, WorkArea
 from ..core.stages import BuildPlan, Call, ChannelFlag, Cmd, Stage, StageContext, digest
-from ..toolchain import Compiler, Host
+from ..errors import HostpgoError, ToolchainError
+from ..pipeline import bolt as boltmod
+from ..pipeline import patches, sources, training
+from ..pipeline import pgo as pgomod
+from ..pipeline.patches import Patch
 from ..pipeline.training import TrainingTask, runtime_digest, tasks_digest
+from ..systems import autotools
+from ..toolchain import Compiler, Host
+from ..toolchain import flags as flagmod
+from ..toolchain.profile import Profile
+from . import Request
 
 # Stages in order, with what each does (the pipeline prints them in this order).
 STAGE_ORDER = ("source", "runtime-deps", "configure-instrumented", "build-instrumented", "install-instrumented",
                "train", "merge", "configure", "build", "verify", "install")
 BOLT_STAGE_ORDER = (*STAGE_ORDER[:STAGE_ORDER.index("verify")], *boltmod.STAGES, *STAGE_ORDER[STAGE_ORDER.index("verify"):])
 """The order with optimize.bolt = true (instrumentation collection)."""
-PGO_TEST_ARGS = ("-m", "test", "--pgo", "--timeout=1200")
+SPEC = targets_registry.get("cpython")
+"""This target's data (buildsys/targets/cpython.toml)."""
+PGO_TEST_ARGS = tuple(SPEC.verify["test_args"])
+"""What verify runs first: CPython's own `-m test --pgo` set (from the target data)."""
 
 
 def runtime_requirements(pyproject: Path = REPO_ROOT / "pyproject.toml") -> tuple[str, ...]:
@@ -206,32 +210,10 @@ def plan(inp: Inputs) -> BuildPlan:
     stages: list[Stage] = []
     comp_id = comp.identity()
 
-    # 1. source: fetch + verify + unpack + patch, published by rename.
-    src_key = digest({"stage": "source", "sha256": pin.sha256, "topdir": pin.topdir,
-                      "patches": [(x.name, x.sha256) for x in inp.patches]})
-    src_dir = work.src / f"cpython-{pin.version}-{src_key[:12]}"
-    tree = src_dir / pin.topdir
-
-    def do_source(ctx: StageContext) -> None:
-        if src_dir.is_dir():  # published by rename, so complete; shared by every profile's build
-            ctx.info.update({"archive": str(work.sources / pin.file), "origin": "unpacked tree present",
-                             "sha256": pin.sha256})
-            return
-        got = sources.resolve(pin, work, ctx.runner, user_source=inp.user_source)
-        ctx.info.update({"archive": str(got.path), "origin": got.origin, "sha256": pin.sha256})
-        tmp = work.tmp / f"src-{src_key[:12]}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        top = sources.unpack(got.path, tmp, pin.topdir)
-        apply_series(top, inp.patches, ctx.runner)
-        fsutil.move_into_place(tmp, src_dir)
-
-    stages.append(Stage("source", f"fetch, verify, unpack and patch {pin.file}", src_key,
-                        (Call(f"resolve {pin.file} (sha256 {pin.sha256[:12]}…) from --source, cache, apt-get "
-                              f"source {pin.deb_source}, dnf, {pin.url}; unpack; apply "
-                              f"{len(inp.patches)} patch(es) {[x.name for x in inp.patches]}; rename into "
-                              f"{src_dir}", do_source),),
-                        requires=(src_dir,)))
+    # 1. source: fetch + verify + unpack + patch, published by rename (shared by every profile's build).
+    source = sources.plan_stage(pin, inp.patches, work, user_source=inp.user_source)
+    stages.append(source.stage)
+    src_key, tree = source.key, source.tree
 
     def build_stages(variant: str, suffix: str, prefix: Path, prev_key: str,
                      profdata: str) -> tuple[str, Path, dict[str, str], dict[str, str]]:
@@ -397,6 +379,7 @@ def plan(inp: Inputs) -> BuildPlan:
 
         bolt_plan = boltmod.plan(
             profile=p, comp=comp, host=host, build_dir=obuild, version=pin.version,
+            tgt=boltmod.target(obuild, p.optimize.shared, pin.version, SPEC.bolt),
             work_dir=work.pgo / build_id / "bolt", prev_key=bkey, train=bolt_train,
             train_key={"tasks": tasks_digest(bolt_tasks), "deps": deps_key if bolt_wants_runtime else ""},
             sampling=inp.bolt_sampling)

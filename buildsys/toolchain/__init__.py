@@ -10,8 +10,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hostpgo.runner import capture
 from hostpgo.errors import CommandError
+from hostpgo.runner import capture
 
 from ..errors import ToolchainError
 

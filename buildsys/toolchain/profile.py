@@ -11,8 +11,8 @@ from typing import Any, Mapping, Sequence
 
 from hostpgo.layered import Key, Loader, schema_reference
 
-from ..errors import ProfileError
 from ..core.paths import PROFILES_DIR
+from ..errors import ProfileError
 
 ENV_VAR = "HOSTPGO_SET"
 """The environment variable whose shell words are `section.key=value` overrides (before --set)."""

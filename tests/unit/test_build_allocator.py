@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 
 from buildsys import allocator, engine
-from buildsys.targets import cpython
 from buildsys.core import manifest, stages
-from buildsys.toolchain import profile
-from buildsys.pipeline import sources, training
-from buildsys.errors import ProfileError, ToolchainError
 from buildsys.core.paths import WorkArea
-from buildsys.toolchain import Host
+from buildsys.errors import ProfileError, ToolchainError
+from buildsys.pipeline import sources, training
+from buildsys.targets import cpython
+from buildsys.toolchain import Host, profile
 
 DEBIAN = Host("x86_64", "debian")
 

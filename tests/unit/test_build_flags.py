@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from buildsys.toolchain import flags, profile
 from buildsys import toolchain
 from buildsys.errors import ToolchainError
-from buildsys.toolchain import Compiler, Host, Toolchains
+from buildsys.toolchain import Compiler, Host, Toolchains, flags, profile
 
 X86 = Host("x86_64", "debian")
 KUNPENG = Host("aarch64", "openEuler", kunpeng="tsv110")

@@ -10,8 +10,8 @@ import pytest
 from buildsys import image
 from buildsys.core import manifest
 from buildsys.core.paths import WorkArea
-from hostpgo.runner import Runner
 from buildsys.toolchain import Host
+from hostpgo.runner import Runner
 
 DEB822 = """Types: deb
 URIs: http://deb.debian.org/debian

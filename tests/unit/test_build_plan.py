@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.targets import cpython
 from buildsys import engine
-from buildsys.pipeline import patches, sources, training
-from buildsys.toolchain import profile
 from buildsys.core import stages
-from buildsys.errors import CommandError, HostpgoError, TaskError
 from buildsys.core.paths import WorkArea
+from buildsys.errors import CommandError, HostpgoError, TaskError
+from buildsys.pipeline import patches, sources, training
+from buildsys.targets import cpython
+from buildsys.toolchain import Host, profile
 from hostpgo.runner import Runner
-from buildsys.toolchain import Host
 
 
 def inputs(tmp_path: Path, name: str, family: str | None = None, **kw) -> cpython.Inputs:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from buildsys import cli
-from buildsys.toolchain import profile
-from buildsys.errors import ProfileError
 from buildsys.core.paths import PROFILES_DIR
+from buildsys.errors import ProfileError
+from buildsys.toolchain import profile
 
 
 def write(d: Path, name: str, text: str) -> Path:

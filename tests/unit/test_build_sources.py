@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.pipeline import patches, sources
-from buildsys.errors import InputError, PatchError, SourceError
 from buildsys.core.paths import WorkArea
+from buildsys.errors import InputError, PatchError, SourceError
+from buildsys.pipeline import patches, sources
 from hostpgo.runner import Runner
 
 GOOD = b"the pinned archive\n"

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.targets import cpython
 from buildsys import engine
 from buildsys.core import manifest, stages
-from buildsys.toolchain import profile
-from buildsys.pipeline import pgo, sources, training
-from buildsys.errors import HostpgoError, InputError, TaskError
 from buildsys.core.paths import REPO_ROOT, WorkArea
-from buildsys.toolchain import Host
+from buildsys.errors import HostpgoError, InputError, TaskError
+from buildsys.pipeline import pgo, sources, training
+from buildsys.targets import cpython
+from buildsys.toolchain import Host, profile
 
 
 def inputs(tmp_path: Path, name: str, **kw) -> cpython.Inputs:

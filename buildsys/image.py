@@ -44,7 +44,8 @@ from .core.paths import REPO_ROOT, REPRODUCIBLE_EPOCH, WorkArea
 from .core.stages import BuildPlan, Call, Execution, Stage, StageContext, digest
 from .errors import HostpgoError
 from .pipeline.sources import sha256_of as _sha256
-from .targets.cpython import last_json, runtime_requirements
+from .pipeline.training import last_json
+from .targets.cpython import runtime_requirements
 from .toolchain import Host, detect_host
 
 IMAGE_SCHEMA = 1

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Sequence
+from typing import ClassVar
 
 from hostpgo import fsutil
 from hostpgo.runner import format_command
@@ -51,38 +50,6 @@ def runtime_requirements(pyproject: Path = REPO_ROOT / "pyproject.toml") -> tupl
     except (OSError, KeyError, tomllib.TOMLDecodeError) as e:
         raise HostpgoError(f"{pyproject}: cannot read [project.optional-dependencies] runtime ({e}); the "
                            "runtime's dependencies are installed from that list") from None
-
-
-def last_json(lines: list[str]) -> dict | None:
-    """The last JSON object printed (indented, starting with a line `{`) in a command's output."""
-    starts = [i for i, ln in enumerate(lines) if ln.rstrip() == "{"]
-    for start in reversed(starts):
-        ends = [j for j in range(start, len(lines)) if lines[j].rstrip() == "}"]
-        if ends:
-            try:
-                return json.loads("\n".join(lines[start:ends[0] + 1]))
-            except ValueError:
-                continue
-    return None
-
-
-def _run_workload(argv: list[str], env: dict[str, str], cwd: str | None, timeout: float, where: str):
-    """Call body: run one runtime workload, keep its record (digest, golden match) in the stage info."""
-    def fn(ctx: StageContext) -> None:
-        lines: list[str] = []
-        rc = ctx.runner.run(argv, env=env, cwd=Path(cwd) if cwd else None, timeout=timeout, ok_codes=(0, 1),
-                            nice=True, collect=lines)
-        rec = last_json(lines) or {}
-        entry = {k: rec.get(k) for k in ("name", "version", "steps", "seed", "token_digest", "golden_digest",
-                                          "golden_match", "tokens", "dispatches_per_token")}
-        entry["exit_code"] = rc
-        ctx.info.setdefault("workloads", []).append(entry)
-        if rc != 0:
-            name = argv[argv.index("workload") + 1] if "workload" in argv else argv[-1]
-            raise HostpgoError(f"{where}: workload {name} did not reproduce its pinned token digest "
-                               f"(got {rec.get('token_digest')}, pinned {rec.get('golden_digest')}); "
-                               "an interpreter that changes results is not installed")
-    return fn
 
 
 @dataclass(frozen=True)
@@ -146,43 +113,6 @@ def prepare(req: Request) -> Inputs:
         tasks=training.resolve(prof.pgo.tasks) if prof.optimize.pgo == "on" else (),
         jobs=req.jobs, user_source=req.user_source, compiler_notes=notes, profile_data=req.profile_data,
         allocator=alloc, bolt_sampling=req.facts.branch_sampling if req.facts is not None else None)
-
-
-def task_actions(tasks: Sequence[TrainingTask], *, base_python: str, prefix: str, venv_dir: Path,
-                 env: dict[str, str], runtime_env: dict[str, str], pth: Path | None, pth_dirs: Sequence[object],
-                 wrap: Callable[[list[str]], list[str]] = list) -> list[Cmd | Call]:
-    """The actions that run training tasks on an interpreter: PGO training, and BOLT's on the same tasks.
-
-    Tasks with `venv = true` share one venv made from `base_python`; `pth` (when given) makes the runtime's
-    dependencies and this checkout importable there. `wrap` may prefix each task command (perf record).
-    """
-    actions: list[Cmd | Call] = []
-    made_venv = False
-    for t in tasks:
-        python = base_python
-        if t.venv:
-            python = str(venv_dir / "bin" / "python")
-            if not made_venv:
-                actions.append(Cmd((base_python, "-m", "venv", "--clear", str(venv_dir)), env=env, timeout=1800))
-                if pth is not None:
-                    text = "".join(f"{d}\n" for d in pth_dirs)
-                    actions.append(Call(f"write {pth}: {' and '.join(str(d) for d in pth_dirs)}",
-                                        lambda ctx, pth=pth, text=text: fsutil.write_text(pth, text)))
-                made_venv = True
-            if t.venv_install:
-                subst = dict(python=python, prefix=prefix, repo=str(REPO_ROOT), venv=str(venv_dir))
-                actions.append(Cmd((python, "-m", "pip", "install", *[a.format(**subst) for a in t.venv_install]),
-                                   env=env, timeout=3600))
-        for argv, tenv, cwd in t.commands(python=python, prefix=prefix, repo=str(REPO_ROOT), venv=str(venv_dir)):
-            argv = wrap(argv)
-            if t.kind == "workloads":
-                wenv = {**env, **runtime_env, **tenv}
-                actions.append(Call(f"{format_command(argv, wenv, Path(cwd))} (record kept)",
-                                    _run_workload(argv, wenv, cwd, t.timeout, f"training task {t.name}")))
-            else:
-                actions.append(Cmd(tuple(argv), env={**env, **tenv}, cwd=Path(cwd) if cwd else None,
-                                   timeout=t.timeout, ok_codes=t.ok_codes))
-    return actions
 
 
 def _publish_tree(staging_root: Path, prefix: Path):
@@ -346,7 +276,7 @@ def plan(inp: Inputs) -> BuildPlan:
         def train(env: dict[str, str]) -> list[Cmd | Call]:
             pth = (where.venv_dir / "lib" / f"python{minor}" / "site-packages" / "hostpgo-runtime.pth"
                    if wants_runtime else None)
-            return task_actions(inp.tasks, base_python=str(instr_prefix / "bin" / "python3"),
+            return training.task_actions(inp.tasks, base_python=str(instr_prefix / "bin" / "python3"),
                                 prefix=str(instr_prefix), venv_dir=where.venv_dir, env=env,
                                 runtime_env=runtime_env, pth=pth, pth_dirs=(deps_dir, REPO_ROOT))
 
@@ -374,7 +304,7 @@ def plan(inp: Inputs) -> BuildPlan:
         def bolt_train(python: str, venv_dir: Path, env: dict[str, str], wrap) -> list[Cmd | Call]:
             pth = (venv_dir / "lib" / f"python{minor}" / "site-packages" / "hostpgo-runtime.pth"
                    if bolt_wants_runtime else None)
-            return task_actions(bolt_tasks, base_python=python, prefix=str(obuild), venv_dir=venv_dir, env=env,
+            return training.task_actions(bolt_tasks, base_python=python, prefix=str(obuild), venv_dir=venv_dir, env=env,
                                 runtime_env=runtime_env, pth=pth, pth_dirs=(deps_dir, REPO_ROOT), wrap=wrap)
 
         bolt_plan = boltmod.plan(
@@ -403,7 +333,7 @@ def plan(inp: Inputs) -> BuildPlan:
     for name in p.verify.workloads:
         argv = [vpython, "-m", "runtime", "workload", name, "--json", "--check-golden"]
         verify_actions.append(Call(f"{format_command(argv, wenv, REPO_ROOT)} (must match the pinned digest)",
-                                   _run_workload(argv, wenv, str(REPO_ROOT), p.verify.timeout,
+                                   training.run_workload(argv, wenv, str(REPO_ROOT), p.verify.timeout,
                                                  f"verify of {build_id}")))
     if bolt_plan is not None:
         verify_actions = list(boltmod.verify_keeping_pgo(verify_actions, bolt_plan.target))

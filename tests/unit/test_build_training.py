@@ -110,8 +110,8 @@ def test_golden_mismatch_fails_the_stage_and_keeps_the_record(tmp_path: Path) ->
                     "  'golden_digest': 'abc' if match else 'def', 'golden_match': match}, indent=2))\n"
                     "sys.exit(0 if match else 1)\n")
     import sys
-    good = cpython._run_workload([sys.executable, str(fake), "good", "x", "good"], {}, None, 60, "verify of t")
-    bad = cpython._run_workload([sys.executable, str(fake), "bad", "x", "bad"], {}, None, 60, "verify of t")
+    good = training.run_workload([sys.executable, str(fake), "good", "x", "good"], {}, None, 60, "verify of t")
+    bad = training.run_workload([sys.executable, str(fake), "bad", "x", "bad"], {}, None, 60, "verify of t")
     ok = stages.Stage("verify", "v", "k", (stages.Call("good", good),))
     ex = stages.execute(stages.BuildPlan("t", (ok,), (), {}), tmp_path / "s", tmp_path / "l", live=False)
     assert ex.results["verify"].info["workloads"][0]["golden_match"] is True
@@ -123,8 +123,8 @@ def test_golden_mismatch_fails_the_stage_and_keeps_the_record(tmp_path: Path) ->
 
 def test_last_json_finds_the_record_among_log_lines() -> None:
     lines = ["noise {", "{", '  "a": 1', "}", "more", "{", '  "b": [', "    2", "  ]", "}", "tail"]
-    assert cpython.last_json(lines) == {"b": [2]}
-    assert cpython.last_json(["{", "not json", "}"]) is None and cpython.last_json([]) is None
+    assert training.last_json(lines) == {"b": [2]}
+    assert training.last_json(["{", "not json", "}"]) is None and training.last_json([]) is None
 
 
 def test_independent_stage_does_not_force_later_stages(tmp_path: Path) -> None:

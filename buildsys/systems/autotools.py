@@ -7,10 +7,11 @@ variable* LDFLAGS_NODIST, so link flags may travel as a make variable too.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from ..core.stages import ChannelFlag, Cmd
+from ..core.stages import Call, ChannelFlag, Cmd, Stage, StageContext, digest
 from ..toolchain.flags import ResolvedFlags
 
 NAME = "autotools"
@@ -52,3 +53,42 @@ def make_argv(jobs: int, make_vars: Mapping[str, str]) -> tuple[str, ...]:
 def install_argv(destdir: Path, make_vars: Mapping[str, str]) -> tuple[str, ...]:
     """A staged install (DESTDIR), published by rename afterwards."""
     return ("make", "install", f"DESTDIR={destdir}", *(f"{k}={v}" for k, v in make_vars.items()))
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps as stages (pure: computed now, run by the executor).
+
+def configure_stage(name: str, title: str, *, key_inputs: Mapping[str, Any], tree: Path, build_dir: Path,
+                    args: Sequence[str], rf: ResolvedFlags, extra_env: Mapping[str, str]) -> Stage:
+    """mkdir + configure in a fresh build directory; the key covers `key_inputs`, the arguments and the env."""
+    env = configure_env(rf, extra_env)
+    key = digest({"stage": "configure", **key_inputs, "args": list(args), "env": env})
+    return Stage(name, title, key,
+                 (Call(f"mkdir {build_dir}", lambda ctx: build_dir.mkdir(parents=True, exist_ok=True)),
+                  configure(tree, build_dir, args, env)),
+                 outputs=(build_dir,), flags=channel_flags(rf, args, extra_env), notes=rf.notes)
+
+
+def build_stage(name: str, title: str, *, prev_key: str, build_dir: Path, jobs: int,
+                make_vars: Mapping[str, str], make_vars_why: str, run_env: Mapping[str, str],
+                run_env_why: str) -> Stage:
+    """make -jN (with make variables) in the configured build directory."""
+    argv = make_argv(jobs, make_vars)
+    key = digest({"stage": "build", "prev": prev_key, "make": argv, "env": dict(run_env)})
+    return Stage(name, title, key, (Cmd(argv, env=dict(run_env), cwd=build_dir, timeout=4 * 3600),),
+                 flags=(*(ChannelFlag("make-var", k, v, make_vars_why) for k, v in make_vars.items()),
+                        *(ChannelFlag("env", k, v, run_env_why) for k, v in run_env.items())))
+
+
+def install_stage(name: str, *, prev_key: str, build_dir: Path, prefix: Path, staging: Path,
+                  run_env: Mapping[str, str], make_vars: Mapping[str, str],
+                  publish: Callable[[StageContext], None], publish_what: str) -> Stage:
+    """make install into a DESTDIR, then `publish` (a rename into `prefix`)."""
+    key = digest({"stage": "install", "prev": prev_key, "prefix": str(prefix),
+                  **({"make_vars": dict(make_vars)} if make_vars else {})})
+    return Stage(name, f"install into {prefix} (staged, then renamed)", key,
+                 (Call(f"clear {staging}", lambda ctx: shutil.rmtree(staging, ignore_errors=True)),
+                  Cmd(install_argv(staging, make_vars), env=dict(run_env), cwd=build_dir, timeout=3600),
+                  Call(publish_what, publish)),
+                 outputs=(prefix,),
+                 flags=(ChannelFlag("make-var", "DESTDIR", str(staging), "engine: staged install, published by rename"),))

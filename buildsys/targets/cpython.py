@@ -165,17 +165,13 @@ def plan(inp: Inputs) -> BuildPlan:
         if p.optimize.shared:
             # Like pyenv: the installed interpreter finds its libpython without LD_LIBRARY_PATH.
             extra_env["LDFLAGS"] = f"-Wl,-rpath,{prefix}/lib"
-        env = autotools.configure_env(rf, extra_env)
         # Instrumented binaries also run during the build (setup.py, compileall): keep those runs'
         # profiles out of the training data.
         run_env = pgomod.build_time_env(comp, build_dir) if variant == "instrumented" else {}
-        cfg_key = digest({"stage": "configure", "variant": variant, "prev": prev_key, "src": src_key,
-                          "compiler": comp_id, "args": args, "env": env})
-        stages.append(Stage(
-            f"configure{suffix}", f"configure ({variant})", cfg_key,
-            (Call(f"mkdir {build_dir}", lambda ctx: build_dir.mkdir(parents=True, exist_ok=True)),
-             autotools.configure(tree, build_dir, args, env)),
-            outputs=(build_dir,), flags=autotools.channel_flags(rf, args, extra_env), notes=rf.notes))
+        cfg = autotools.configure_stage(
+            f"configure{suffix}", f"configure ({variant})", tree=tree, build_dir=build_dir, args=args, rf=rf,
+            extra_env=extra_env, key_inputs={"variant": variant, "prev": prev_key, "src": src_key, "compiler": comp_id})
+        stages.append(cfg)
         # CPython links _bootstrap_python and _freeze_module with PY_LDFLAGS_NOLTO, which reads only
         # the *make variable* LDFLAGS_NODIST, not what configure recorded. Those links get LTO bitcode
         # (or instrumented) objects too, so the link flags must also travel as the make variable.
@@ -184,36 +180,24 @@ def plan(inp: Inputs) -> BuildPlan:
         # the profile runtime (those two helper binaries then just write no profile).
         needs_link_flags = ((p.optimize.lto != "off" and variant != "instrumented")
                             or (variant == "instrumented" and not llvm))
-        make_vars = ({"LDFLAGS_NODIST": env["LDFLAGS_NODIST"]} if needs_link_flags and env["LDFLAGS_NODIST"]
-                     else {})
-        make_argv = autotools.make_argv(inp.jobs, make_vars)
-        build_key = digest({"stage": "build", "prev": cfg_key, "make": make_argv, "env": run_env})
-        stages.append(Stage(
-            f"build{suffix}", f"build ({variant})", build_key,
-            (Cmd(make_argv, env=run_env, cwd=build_dir, timeout=4 * 3600),),
-            flags=(*(ChannelFlag("make-var", k, v, "engine: also reaches CPython's NOLTO links "
-                                 "(_bootstrap_python, _freeze_module)") for k, v in make_vars.items()),
-                   *(ChannelFlag("env", k, v, "engine: keep build-time runs out of the training profile")
-                     for k, v in run_env.items()))))
-        return build_key, build_dir, run_env, make_vars
+        link = " ".join(f.value for f in rf.ldflags)
+        make_vars = {"LDFLAGS_NODIST": link} if needs_link_flags and link else {}
+        build = autotools.build_stage(
+            f"build{suffix}", f"build ({variant})", prev_key=cfg.key, build_dir=build_dir, jobs=inp.jobs,
+            make_vars=make_vars, make_vars_why="engine: also reaches CPython's NOLTO links (_bootstrap_python, "
+            "_freeze_module)", run_env=run_env, run_env_why="engine: keep build-time runs out of the training profile")
+        stages.append(build)
+        return build.key, build_dir, run_env, make_vars
 
     def install_stage(name: str, build_dir: Path, prefix: Path, prev_key: str, run_env: dict[str, str],
                       make_vars: dict[str, str]) -> str:
         staging = work.tmp / f"destdir-{build_id}-{name}"
-        key = digest({"stage": "install", "prev": prev_key, "prefix": str(prefix),
-                      **({"make_vars": make_vars} if make_vars else {})})
-
-        def clear(ctx: StageContext) -> None:
-            shutil.rmtree(staging, ignore_errors=True)
-
-        stages.append(Stage(
-            name, f"install into {prefix} (staged, then renamed)", key,
-            (Call(f"clear {staging}", clear),
-             Cmd(autotools.install_argv(staging, make_vars), env=run_env, cwd=build_dir, timeout=3600),
-             Call(f"rename {staging}{prefix} -> {prefix}; add bin/python -> python3",
-                  _publish_tree(staging, prefix))),
-            outputs=(prefix,), flags=(ChannelFlag("make-var", "DESTDIR", str(staging), "engine: staged install, published by rename"),)))
-        return key
+        stage = autotools.install_stage(
+            name, prev_key=prev_key, build_dir=build_dir, prefix=prefix, staging=staging, run_env=run_env,
+            make_vars=make_vars, publish=_publish_tree(staging, prefix),
+            publish_what=f"rename {staging}{prefix} -> {prefix}; add bin/python -> python3")
+        stages.append(stage)
+        return stage.key
 
     prefix = work.install / build_id
     instr_prefix = work.install / f"{build_id}-instrumented"

@@ -213,8 +213,8 @@ def cmd_pipeline(args, console: Console) -> int:
     if args.dry_run:
         tcs = toolchain.detect()
         for ref in dict.fromkeys((engine.BASELINE_PROFILE, *compare, args.optimized)):
-            inp = engine.prepare(ref, jobs=args.jobs, user_source=args.source, detected=tcs,
-                                 allow_missing_compiler=True)
+            inp = engine.prepare(ref, target=engine.PIPELINE_TARGET, jobs=args.jobs, user_source=args.source,
+                                 detected=tcs, allow_missing_compiler=True)
             plan = engine.plan(inp)
             print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))
             print()
@@ -286,6 +286,7 @@ def cmd_targets(args, console: Console) -> int:
         print(json.dumps([{"target": s.name, "system": s.system, "buildable": a.ok, "why": a.why,
                            "versions": list(s.sources), "description": s.description} for s, a in rows], indent=2))
         return 0
+    print(f"{'target':<12} {'system':<10} {'here':<4} {'versions':<12} why")
     for spec, avail in rows:
         versions = ", ".join(spec.sources) or "--source DIR"
         print(f"{spec.name:<12} {spec.system:<10} {'yes' if avail.ok else 'no ':<4} {versions:<12} {avail.why}")

@@ -19,11 +19,18 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from hostpgo.runner import which
 
 from ..errors import InputError
+from ..systems import get as system
+
+if TYPE_CHECKING:
+    from ..core.paths import WorkArea
+    from ..toolchain import Compiler, Toolchains
+    from ..toolchain.facts import HostFacts
+    from ..toolchain.profile import Profile
 
 TARGETS_DIR = Path(__file__).resolve().parent
 SYSTEMS = ("autotools", "cmake", "meson", "pep517", "bazel")
@@ -99,18 +106,17 @@ class Request:
     """What the engine hands a target's `prepare`: the generic facts, gathered once."""
 
     spec: TargetSpec
-    profile: Any
-    """The resolved buildsys.toolchain.profile.Profile (its [targets.NAME] tables applied)."""
-    compiler: Any
-    """The selected buildsys.toolchain.Compiler (a stand-in when planning without one)."""
+    profile: Profile
+    """The resolved profile (its [targets.NAME] tables applied)."""
+    compiler: Compiler
+    """The selected compiler (a stand-in when planning without one)."""
     compiler_notes: tuple[str, ...]
-    toolchains: Any
-    """Everything detected (buildsys.toolchain.Toolchains): host, compilers."""
-    work: Any
-    """The work area (buildsys.core.paths.WorkArea)."""
+    toolchains: Toolchains
+    """Everything detected: host, compilers."""
+    work: WorkArea
     jobs: int
-    facts: Any = None
-    """Probed host facts (buildsys.toolchain.facts.HostFacts), gathered only when the profile needs them."""
+    facts: HostFacts | None = None
+    """Probed host facts, gathered only when the profile needs them (BOLT: branch sampling)."""
     user_source: Path | None = None
     """--source: the pinned archive, or a directory holding it."""
     profile_data: Path | None = None
@@ -127,9 +133,8 @@ class Availability:
     why: str
 
 
-def availability(spec: TargetSpec, toolchains) -> Availability:
+def availability(spec: TargetSpec, toolchains: Toolchains) -> Availability:
     """Buildable here: a compiler, the target's tools and its build system's tools are present (no probe runs)."""
-    from ..systems import get as system
     missing = [t for t in (*spec.tools, *system(spec.system).TOOLS) if which(t) is None]
     problems = []
     if not toolchains.compilers:

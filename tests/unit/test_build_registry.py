@@ -119,3 +119,10 @@ def test_exit_codes_follow_the_error_family(tmp_path: Path, capsys: pytest.Captu
     assert cli.main(["show-profile", "no-such-profile"]) == 2
     assert cli.main(["build", "cpython", "--profile", "baseline", "--dry-run", "--jobs", "0"]) == 2
     assert cli.main(["bolt-check", str(tmp_path / "absent")]) == 2
+
+
+def test_a_failed_tool_keeps_exit_code_4_through_the_executor(tmp_path: Path) -> None:
+    plan = stages.BuildPlan("t", (stages.Stage("s", "fails", "k", (stages.Cmd(("false",), nice=False),)),), (), {})
+    with pytest.raises(cli.HostpgoError) as e:
+        stages.execute(plan, tmp_path / "stamps", tmp_path / "logs", live=False)
+    assert e.value.exit_code == 4 and "stage 's' of t failed" in str(e.value)

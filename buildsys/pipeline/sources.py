@@ -1,4 +1,5 @@
-"""Pinned, verified sources: the table in sources.toml and the order in which an archive is found."""
+"""Pinned, verified sources: the [sources] tables of each target's data (targets/NAME.toml), the order in which an
+archive is found, and the `source` stage (fetch, verify, unpack, patch, publish) every target plans with."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Toolchain detection: Bisheng, upstream clang, GCC, their companion tools, and the host's CPU tuning."""
+"""Toolchain detection: Bisheng, upstream clang, GCC, their companion tools, and the host's CPU tuning (the
+package also holds the flag table per family, `flags`, the profile model, `profile`, and probed host `facts`)."""
 
 from __future__ import annotations
 

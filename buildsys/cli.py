@@ -1,5 +1,6 @@
 """Command line of the build engine: the only place errors become exit codes."""
 
+
 from __future__ import annotations
 
 import argparse
@@ -11,10 +12,25 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from . import bolt, cpython, engine, image, stages, toolchain
-from .errors import HostpgoError
-from .paths import WorkArea
+from hostpgo import fsutil
 from hostpgo.runner import Runner
+
+from . import engine, image, targets, toolchain
+from .core import stages
+from .core.paths import REPO_ROOT, WorkArea
+from .errors import HostpgoError, InputError
+from .pipeline import bolt
+from .toolchain import profile as profmod
+
+EXIT_CODES = """\
+exit codes:
+  0  success
+  1  an error of another kind (a stage failed for a reason other than a tool's exit, a bad download, ...)
+  2  bad input: an unknown target, profile or key, a bad --set or HOSTPGO_SET item, a --source or
+     --profile-data file that does not exist or does not check out
+  4  an external tool failed, timed out or was not found (the message names the command and its log)
+  130 interrupted
+  bolt-check also exits 1 when a file cannot be BOLT-optimized as it is"""
 
 
 def _common_build_args(p: argparse.ArgumentParser) -> None:
@@ -25,16 +41,26 @@ def _common_build_args(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m buildsys", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m buildsys", description=__doc__, epilog=EXIT_CODES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("toolchain", help="detect compilers, companion tools and CPU tuning")
     t.add_argument("--install", action="store_true", help="install LLVM 22 and CPython build deps (root, Debian)")
     t.add_argument("--json", action="store_true")
     s = sub.add_parser("show-profile", help="print a profile's effective settings and per-stage flags")
     s.add_argument("profile", help="a name from profiles/ or a path to a .toml file")
+    s.add_argument("--target", default="cpython", choices=targets.names(),
+                   help="the target whose [targets.NAME] tables apply (default %(default)s)")
     s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    tg = sub.add_parser("targets", help="list the registered targets, their build system, and whether they can "
+                                        "be built on this machine (and why not)")
+    tg.add_argument("--json", action="store_true")
+    dc = sub.add_parser("docs", help="render docs/profiles.md from the profile schema")
+    mode = dc.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--check", action="store_true", help="exit 1 when docs/profiles.md is stale")
+    mode.add_argument("--write", action="store_true", help="write docs/profiles.md")
     b = sub.add_parser("build", help="build a target with a profile")
-    b.add_argument("target", choices=["cpython"])
+    b.add_argument("target", choices=targets.names(), help="a registered target (see `targets`)")
     b.add_argument("--profile", required=True, help="a name from profiles/ or a path to a .toml file")
     b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one profile key (after HOSTPGO_SET from the environment)")
@@ -52,7 +78,7 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--no-measure", action="store_true", help="build and verify only")
     pl.add_argument("--no-image", action="store_true", help="skip the optimized build's OCI image (needs root, "
                                                             "mmdebstrap, umoci)")
-    pl.add_argument("--image-settings", default="default", metavar="NAME|FILE",
+    pl.add_argument("--image-settings", default=engine.DEFAULT_IMAGE_SETTINGS, metavar="NAME|FILE",
                     help="host settings the image's entrypoint applies (default %(default)s)")
     pl.add_argument("--quick", action="store_true", help="shorter measurement (fewer rounds; noisier)")
     pl.add_argument("--out", default=None, help="measurement run name under .hostpgo/results (default: "
@@ -65,9 +91,10 @@ def parser() -> argparse.ArgumentParser:
                                       "with the runtime, host settings applied by the entrypoint; verified by chroot")
     im.add_argument("--build", default=engine.DEFAULT_OPTIMIZED_PROFILE,
                     help="the installed build's profile name (default %(default)s)")
-    im.add_argument("--host-settings", default="default", metavar="NAME|FILE",
+    im.add_argument("--host-settings", default=None, metavar="NAME|FILE",
                     help="host settings the entrypoint applies: a name from profiles/host/ or a .toml file "
-                         "(default %(default)s); every profiles/host/ file ships too, selectable at run time")
+                         "(default: the settings of the allocator the build links, `default` for glibc); every "
+                         "profiles/host/ file ships too, selectable at run time")
     im.add_argument("--tag", default=None, help="image reference (default hostpgo/<profile>:<settings>)")
     im.add_argument("--archive", type=Path, default=None,
                     help="also write a docker-archive tarball here (skopeo), for `docker load`/`podman load`")
@@ -116,7 +143,7 @@ def cmd_toolchain(args, console: Console) -> int:
     return 0
 
 
-def _print_profile(inp: cpython.Inputs, console: Console) -> None:
+def _print_profile(inp, console: Console) -> None:
     p = inp.profile
     print(f"profile {p.name} (target {p.target})")
     print("  files: " + " <- ".join(p.files))
@@ -131,9 +158,9 @@ def _print_profile(inp: cpython.Inputs, console: Console) -> None:
 
 
 def cmd_show_profile(args, console: Console) -> int:
-    inp = engine.prepare(args.profile, overrides=args.set, allow_missing_compiler=True)
+    inp = engine.prepare(args.profile, target=args.target, overrides=args.set, allow_missing_compiler=True)
     _print_profile(inp, console)
-    plan = cpython.plan(inp)
+    plan = engine.plan(inp)
     for n in plan.notes:
         print(f"  note: {n}")
     print("\nper-stage settings (channel, name = value   # where it comes from):")
@@ -148,14 +175,14 @@ def cmd_show_profile(args, console: Console) -> int:
 
 def _check_jobs(args) -> None:
     if args.jobs is not None and args.jobs < 1:
-        raise HostpgoError(f"--jobs {args.jobs}: must be at least 1 (parallel make jobs)")
+        raise InputError(f"--jobs {args.jobs}: must be at least 1 (parallel make jobs)")
 
 
 def cmd_build(args, console: Console) -> int:
     _check_jobs(args)
-    inp = engine.prepare(args.profile, overrides=args.set, jobs=args.jobs, user_source=args.source,
-                         profile_data=args.profile_data)
-    plan = cpython.plan(inp)
+    inp = engine.prepare(args.profile, target=args.target, overrides=args.set, jobs=args.jobs,
+                         user_source=args.source, profile_data=args.profile_data)
+    plan = engine.plan(inp)
     if args.dry_run:
         print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))
         return 0
@@ -186,9 +213,9 @@ def cmd_pipeline(args, console: Console) -> int:
     if args.dry_run:
         tcs = toolchain.detect()
         for ref in dict.fromkeys((engine.BASELINE_PROFILE, *compare, args.optimized)):
-            inp = engine.prepare(ref, jobs=args.jobs, user_source=args.source, detected=tcs,
-                                 allow_missing_compiler=True)
-            plan = cpython.plan(inp)
+            inp = engine.prepare(ref, target=engine.PIPELINE_TARGET, jobs=args.jobs, user_source=args.source,
+                                 detected=tcs, allow_missing_compiler=True)
+            plan = engine.plan(inp)
             print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))
             print()
         return 0
@@ -206,7 +233,8 @@ def cmd_pipeline(args, console: Console) -> int:
 
 
 def cmd_image(args, console: Console) -> int:
-    inp = image.prepare(args.build, settings=args.host_settings, tag=args.tag, archive=args.archive,
+    settings = args.host_settings or engine.default_image_settings(args.build)
+    inp = image.prepare(args.build, settings=settings, tag=args.tag, archive=args.archive,
                         scan_libraries=not args.dry_run)
     plan = image.plan(inp)
     if args.dry_run:
@@ -256,7 +284,40 @@ def cmd_bolt_check(args, console: Console) -> int:
     return 0 if all(v.ok for v in verdicts) else 1
 
 
-COMMANDS = {"toolchain": cmd_toolchain, "show-profile": cmd_show_profile, "build": cmd_build,
+def cmd_targets(args, console: Console) -> int:
+    """Every registered target with its build system and whether it can be built here (no probe runs)."""
+    tcs = toolchain.detect()
+    rows = [(spec, targets.availability(spec, tcs)) for spec in targets.every()]
+    if args.json:
+        print(json.dumps([{"target": s.name, "system": s.system, "buildable": a.ok, "why": a.why,
+                           "versions": list(s.sources), "description": s.description} for s, a in rows], indent=2))
+        return 0
+    print(f"{'target':<12} {'system':<10} {'here':<4} {'versions':<12} why")
+    for spec, avail in rows:
+        versions = ", ".join(spec.sources) or "--source DIR"
+        print(f"{spec.name:<12} {spec.system:<10} {'yes' if avail.ok else 'no ':<4} {versions:<12} {avail.why}")
+    return 0
+
+
+PROFILES_DOC = REPO_ROOT / "docs" / "profiles.md"
+
+
+def cmd_docs(args, console: Console) -> int:
+    """docs/profiles.md from the profile schema: --write renders it, --check exits 1 when it is stale."""
+    text = profmod.reference()
+    if args.write:
+        fsutil.write_text(PROFILES_DOC, text)
+        print(f"wrote {PROFILES_DOC}")
+        return 0
+    have = PROFILES_DOC.read_text() if PROFILES_DOC.is_file() else ""
+    if have != text:
+        print(f"{PROFILES_DOC} is stale: run `python -m buildsys docs --write`", file=sys.stderr)
+        return 1
+    print(f"{PROFILES_DOC} is up to date")
+    return 0
+
+
+COMMANDS = {"targets": cmd_targets, "docs": cmd_docs, "toolchain": cmd_toolchain, "show-profile": cmd_show_profile, "build": cmd_build,
             "pipeline": cmd_pipeline, "image": cmd_image, "bolt-check": cmd_bolt_check}
 
 
@@ -267,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args, console)
     except HostpgoError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted; stages that did not finish left no stamp and will run again", file=sys.stderr)
         return 130

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -14,19 +12,36 @@ from typing import Sequence
 from rich.console import Console
 
 from hostenv import allocators as allocator
+from hostpgo.errors import CommandError
+from hostpgo.runner import Runner, format_command
 
-from . import cpython, flags, patches, profile as profmod, sources, stages, toolchain, training
+from . import targets, toolchain
 from . import image as imagemod
+from .core import stages
+from .core.paths import PROFILES_DIR, WorkArea
 from .errors import HostpgoError, ToolchainError
-from .paths import WorkArea
-from hostpgo.runner import Runner
+from .toolchain import facts, flags
+from .toolchain import profile as profmod
 
 BASELINE_PROFILE = "baseline"
-DEFAULT_OPTIMIZED_PROFILE = "workload-pgo-lto"
-DEFAULT_COMPARE_PROFILES = ("generic-pgo-lto",)
-"""Built and measured beside the optimized default: the same build trained on CPython's own task."""
+PIPELINE_TARGET = "cpython"
+"""What the pipeline builds and measures: interpreters, side by side."""
+DEFAULT_OPTIMIZED_PROFILE = "workload-pgo-lto-tcmalloc"
+"""The best measured stack: workload PGO + LTO + tcmalloc linked (README, run final-20261129: 0.813 geometric
+mean of latency ratios vs the gcc baseline, against 0.866 for workload-pgo-lto)."""
+DEFAULT_COMPARE_PROFILES = ("generic-pgo-lto", "workload-pgo-lto")
+"""Built and measured beside the optimized default: the same build trained on CPython's own task, and the
+optimized one without the allocator (so the report shows the allocator's share)."""
+DEFAULT_IMAGE_SETTINGS = "tcmalloc"
+"""The image's host settings for the default build: the same allocator the build links (the image refuses
+settings whose allocator differs from the build's)."""
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
-"""Debian's own PGO+LTO build of the same 3.11.2 source: measured too where it exists."""
+"""Debian's own PGO+LTO build of the same 3.11.2 source: measured too where it exists, also with the
+optimized default's allocator preloaded (`@tcmalloc` host settings)."""
+SYSTEM_SETTINGS = "tcmalloc"
+"""Host settings of the second system-interpreter entry: the allocator of DEFAULT_OPTIMIZED_PROFILE."""
+MEASURE_TIMEOUT = 12 * 3600.0
+"""Seconds the measurement may take (valgrind counting on a machine without hardware counters is slow)."""
 PIPELINE_WORKLOADS = ("decode-b1", "decode-b8", "serve-mixed", "op-dispatch")
 # Counted under valgrind where there are no hardware counters: a runtime target costs minutes per
 # interpreter there (MindSpore's import dominates each run) and its threads' yield loops make whole-process
@@ -44,11 +59,14 @@ def hypothetical_compiler(family: str) -> toolchain.Compiler:
     return toolchain.Compiler(family, "clang", "clang++", "0", f"{family} (not installed)", tools)
 
 
-def prepare(profile_ref: str, *, overrides: Sequence[str] = (), jobs: int | None = None,
+def prepare(profile_ref: str, *, target: str = "cpython", overrides: Sequence[str] = (), jobs: int | None = None,
             user_source: Path | None = None, work: WorkArea | None = None,
             detected: toolchain.Toolchains | None = None, allow_missing_compiler: bool = False,
-            profile_data: Path | None = None) -> cpython.Inputs:
-    prof = profmod.load(profile_ref, target="cpython", overrides=overrides)
+            profile_data: Path | None = None):
+    """The inputs of one build of a registered target: the profile resolved for it, the compiler, the probed
+    host facts it needs, then the target's own `prepare` (which validates --source and --profile-data)."""
+    spec = targets.get(target)
+    prof = profmod.load(profile_ref, target=target, overrides=overrides)
     tcs = detected or toolchain.detect()
     try:
         comp, notes = flags.select_compiler(prof, tcs)
@@ -57,28 +75,31 @@ def prepare(profile_ref: str, *, overrides: Sequence[str] = (), jobs: int | None
             raise
         comp = hypothetical_compiler(prof.toolchain.family)
         notes = (f"no usable compiler: {e}",)
-    alloc = None
-    if prof.optimize.allocator != "glibc":
-        try:
-            alloc = allocator.find(prof.optimize.allocator, tcs.host, key="optimize.allocator")
-        except allocator.AllocatorNotFound as e:
-            if not allow_missing_compiler:
-                raise
-            spec = allocator.table()[prof.optimize.allocator]
-            alloc = allocator.Allocator(spec.name, allocator.library_dirs(tcs.host)[0] / spec.sonames[0])
-            notes = (*notes, f"allocator not installed, planned as {alloc.library}: {e}")
-    pin = sources.pinned("cpython")
-    return cpython.Inputs(
-        profile=prof, compiler=comp, host=tcs.host, work=work or WorkArea.from_env(), pin=pin,
-        patches=patches.series("cpython", pin.version),
-        tasks=training.resolve(prof.pgo.tasks) if prof.optimize.pgo == "on" else (),
-        jobs=jobs or os.cpu_count() or 1, user_source=user_source, compiler_notes=notes,
-        profile_data=profile_data.resolve() if profile_data else None, allocator=alloc)
+    work = work or WorkArea.from_env()
+    probed = facts.host_facts(work.facts, work.logs / "host-facts.log") if prof.optimize.bolt else None
+    return spec.module().prepare(targets.Request(
+        spec=spec, profile=prof, compiler=comp, compiler_notes=tuple(notes), toolchains=tcs, work=work,
+        jobs=jobs or os.cpu_count() or 1, facts=probed, user_source=user_source,
+        profile_data=profile_data.resolve() if profile_data else None, allow_missing=allow_missing_compiler))
 
 
-def build(inp: cpython.Inputs, *, console: Console | None = None, live: bool = True) -> stages.Execution:
-    plan = cpython.plan(inp)
-    return stages.execute(plan, inp.work.stamps, inp.work.logs, console=console, live=live)
+def plan(inp) -> stages.BuildPlan:
+    """The plan of prepared inputs, by the recipe of the target they were prepared for (pure)."""
+    return targets.get(inp.TARGET).module().plan(inp)
+
+
+def build(inp, *, console: Console | None = None, live: bool = True) -> stages.Execution:
+    return stages.execute(plan(inp), inp.work.stamps, inp.work.logs, console=console, live=live)
+
+
+def default_image_settings(profile_ref: str) -> str:
+    """Host settings whose allocator is the one the build links: the allocator's own settings file
+    (profiles/host/NAME.toml), or `default` for glibc."""
+    try:
+        alloc = profmod.load(profile_ref, environ={}).optimize.allocator
+    except HostpgoError:
+        return "default"
+    return alloc if alloc != "glibc" and (PROFILES_DIR / "host" / f"{alloc}.toml").is_file() else "default"
 
 
 def ensure_toolchain(profile_refs: Sequence[str], console: Console) -> toolchain.Toolchains:
@@ -130,15 +151,18 @@ class PipelineResult:
 
 
 def measure_command(builds: Sequence[stages.Execution], *, run_name: str, quick: bool = False,
-                    system: Path | None = SYSTEM_PYTHON,
+                    system: Path | None = SYSTEM_PYTHON, system_settings: str | None = SYSTEM_SETTINGS,
                     workloads: Sequence[str] = PIPELINE_WORKLOADS,
                     counter_workloads: Sequence[str] = PIPELINE_COUNTER_WORKLOADS) -> list[str]:
-    """The `python -m perf bench` line that compares the builds (the first is the baseline) and the system python."""
+    """The `python -m perf bench` line that compares the builds (the first is the baseline) and the system python
+    (as it is, and with `system_settings` applied: the same allocator preloaded), in one interleaved run."""
     cmd = [sys.executable, "-m", "perf", "bench"]
     first, *rest = builds
     cmd += ["--interp", f"{first.plan.summary['profile']}={first.plan.summary['prefix']}/bin/python3"]
     if system is not None and system.exists():
         cmd += ["--interp", f"debian={system}"]
+        if system_settings:
+            cmd += ["--interp", f"debian+{system_settings}={system}@{system_settings}"]
     for ex in rest:
         cmd += ["--interp", f"{ex.plan.summary['profile']}={ex.plan.summary['prefix']}/bin/python3"]
     cmd += ["--workloads", ",".join(workloads), "--counter-workloads", ",".join(counter_workloads),
@@ -152,7 +176,7 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
              jobs: int | None = None, user_source: Path | None = None, console: Console | None = None,
              live: bool = True, measure: bool = True, quick: bool = False, run_name: str | None = None,
              system: Path | None = SYSTEM_PYTHON, image: bool = True,
-             image_settings: str = "default") -> PipelineResult:
+             image_settings: str = DEFAULT_IMAGE_SETTINGS) -> PipelineResult:
     """Build baseline, the comparison profiles and the optimized one; measure them side by side; then the
     optimized build's OCI image."""
     console = console or Console(stderr=True)
@@ -165,7 +189,7 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
             raise HostpgoError(f"{e} (or pass --no-image to build and measure without the image)") from None
     out = []
     for ref in refs:
-        inp = prepare(ref, jobs=jobs, user_source=user_source, detected=tcs)
+        inp = prepare(ref, target=PIPELINE_TARGET, jobs=jobs, user_source=user_source, detected=tcs)
         out.append(build(inp, console=console, live=live))
 
     def make_image() -> stages.Execution | None:
@@ -178,11 +202,15 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
         return PipelineResult(tuple(out), None, make_image())
     name = run_name or "pipeline-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     cmd = measure_command(out, run_name=name, quick=quick, system=system)
-    console.print("[bold]measure:[/] " + " ".join(shlex.quote(c) for c in cmd))
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        raise HostpgoError(f"measurement failed (exit {done.returncode}): {' '.join(shlex.quote(c) for c in cmd)}; "
-                           "the builds are installed and stamped, so rerunning the pipeline only measures again")
-    lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
-    report = Path(lines[-1]) if lines else None
+    log = WorkArea.from_env().logs / f"measure-{name}.log"
+    console.print(f"[bold]measure:[/] {format_command(cmd)}  (log {log})")
+    lines: list[str] = []
+    try:
+        Runner(log).run(cmd, timeout=MEASURE_TIMEOUT, collect=lines)
+    except CommandError as e:
+        raise CommandError(f"measurement failed: {e}\nthe builds are installed and stamped, so rerunning the "
+                           "pipeline only measures again", argv=e.argv, returncode=e.returncode,
+                           log_path=e.log_path) from None
+    # perf bench prints the report's path as its last line on stdout (its progress goes to stderr, merged here).
+    report = next((Path(ln.strip()) for ln in reversed(lines) if ln.strip() and Path(ln.strip()).exists()), None)
     return PipelineResult(tuple(out), report, make_image())

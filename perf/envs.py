@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from buildsys.paths import REPRODUCIBLE_EPOCH  # the image builds the same wheel with the same epoch
+from buildsys.core.paths import REPRODUCIBLE_EPOCH  # the image builds the same wheel with the same epoch
 
 from hostpgo import runner
 

@@ -15,10 +15,10 @@ from hostenv import allocators as alloc_mod
 from hostenv import settings as hostenv_settings
 from hostpgo.runner import Runner, which
 
-from .. import manifest as manifest_mod
-from ..cpython import runtime_requirements
+from ..core import manifest as manifest_mod
+from ..targets.cpython import runtime_requirements
 from ..errors import HostpgoError
-from ..paths import REPO_ROOT, WorkArea
+from ..core.paths import REPO_ROOT, WorkArea
 from ..toolchain import Host, detect_host
 from .base import UNRESOLVED_PACKAGES, apt_sources, library_packages
 from .model import IMAGE_TOOLS, AptSource, ImageError, ImageInputs

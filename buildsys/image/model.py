@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import manifest as manifest_mod
+from ..core import manifest as manifest_mod
 from ..errors import HostpgoError
-from ..paths import REPRODUCIBLE_EPOCH, WorkArea
-from ..sources import sha256_of
+from ..core.paths import REPRODUCIBLE_EPOCH, WorkArea
+from ..pipeline.sources import sha256_of
 
 IMAGE_SCHEMA = 2
 """Version of hostpgo-image.json (2: real layers, each layer's digest and the manifest digest recorded)."""

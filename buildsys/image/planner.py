@@ -14,10 +14,10 @@ from typing import Any
 from hostpgo.fsutil import move_into_place, write_json
 from hostpgo.runner import Runner, format_command
 
-from .. import manifest as manifest_mod
-from ..paths import REPO_ROOT, REPRODUCIBLE_EPOCH
-from ..sources import sha256_of
-from ..stages import BuildPlan, Call, Execution, Stage, StageContext, digest
+from ..core import manifest as manifest_mod
+from ..core.paths import REPO_ROOT, REPRODUCIBLE_EPOCH
+from ..pipeline.sources import sha256_of
+from ..core.stages import BuildPlan, Call, Execution, Stage, StageContext, digest
 from . import oci
 from .assemble import LayerStep, assemble_layout
 from .base import base_command, base_suite

@@ -11,7 +11,7 @@ from typing import Any
 
 from hostpgo.runner import Runner
 
-from ..cpython import last_json
+from ..pipeline.training import last_json
 from . import oci
 from .model import DEFAULT_CMD, ROOT, ImageError
 from .rootfs import chroot_argv, mounted

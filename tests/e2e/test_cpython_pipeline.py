@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import manifest
-from buildsys.paths import REPO_ROOT
+from buildsys.core import manifest
+from buildsys.core.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 WORK = Path(os.environ.get("HOSTPGO_HOME", REPO_ROOT / ".hostpgo")).resolve()
@@ -110,3 +110,24 @@ def test_profile_data_reuse_plans_no_training() -> None:
     assert done.returncode == 0, done.stderr
     assert "profile-data: reuse profile data" in done.stdout and "train:" not in done.stdout
     assert f"-fprofile-instr-use={data}" in done.stdout
+
+
+def test_default_optimized_build_links_its_allocator() -> None:
+    """The pipeline's default optimized stack (workload PGO + LTO + tcmalloc): the manifest names the allocator
+    and the installed interpreter has it mapped."""
+    from buildsys import engine
+    doc = build(engine.DEFAULT_OPTIMIZED_PROFILE)
+    assert doc["profile"]["optimize"]["allocator"] == "tcmalloc" and doc["allocator"]["name"] == "tcmalloc"
+    prefix = Path(doc["prefix"])
+    maps = run_python(prefix, "print(open('/proc/self/maps').read())")
+    assert "tcmalloc" in maps
+
+
+def test_dry_run_refuses_what_the_build_would(tmp_path: Path) -> None:
+    junk = tmp_path / "random.profdata"
+    junk.write_bytes(os.urandom(4096))
+    for extra in (["--source", str(tmp_path / "absent.tgz")], ["--profile-data", str(junk)]):
+        done = subprocess.run([sys.executable, "-m", "buildsys", "build", "cpython", "--profile", "workload-pgo-lto",
+                               "--dry-run", *extra], cwd=REPO_ROOT, capture_output=True, text=True,
+                              env={**os.environ, "HOSTPGO_HOME": str(WORK)})
+        assert done.returncode == 2 and extra[0] in done.stderr and extra[1] in done.stderr, done.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.paths import REPO_ROOT
+from buildsys.core.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 WORK = Path(os.environ.get("HOSTPGO_HOME", REPO_ROOT / ".hostpgo")).resolve()

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import bolt, profile, stages, toolchain
+from buildsys import toolchain
+from buildsys.core import stages
+from buildsys.pipeline import bolt
+from buildsys.toolchain import profile
 from hostpgo.runner import Runner
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "pgo_demo"

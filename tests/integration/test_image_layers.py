@@ -17,7 +17,7 @@ import pytest
 
 from buildsys import image
 from buildsys.image import layers, oci
-from buildsys.paths import REPRODUCIBLE_EPOCH
+from buildsys.core.paths import REPRODUCIBLE_EPOCH
 from hostpgo.fsutil import write_json
 from hostpgo.runner import Runner
 
@@ -258,10 +258,10 @@ def test_a_pyc_whose_source_is_an_absolute_symlink_is_clamped_by_the_target_insi
 def test_the_assemble_stage_publishes_the_layout_and_records_its_digests(tmp_path: Path, monkeypatch) -> None:
     """The plan's own image-assemble and finish, with the two chroot steps (venv, runtime) replaced by tiny trees:
     the layout is published under the keyed directory and hostpgo-image.json holds the digests umoci would read."""
-    from buildsys import manifest as manifest_mod
+    from buildsys.core import manifest as manifest_mod
     from buildsys.image import planner as plan_mod
-    from buildsys.paths import WorkArea
-    from buildsys.stages import Execution, StageContext, StageResult
+    from buildsys.core.paths import WorkArea
+    from buildsys.core.stages import Execution, StageContext, StageResult
 
     prefix = _fake_prefix(tmp_path / "install" / "cpython-3.11.2-workload-pgo-lto", time.time())
     (prefix / manifest_mod.FILE_NAME).write_text('{"version": "3.11.2"}\n')

@@ -10,10 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import cpython, engine, manifest, profile, sources, stages, training
+from buildsys import engine
+from buildsys.core import manifest, stages
+from buildsys.core.paths import WorkArea
 from buildsys.errors import ProfileError
-from buildsys.paths import WorkArea
+from buildsys.pipeline import sources, training
+from buildsys.targets import cpython
 from buildsys.toolchain import Host
+from buildsys.toolchain import profile
 from hostenv import allocators as allocator
 
 DEBIAN = Host("x86_64", "debian")

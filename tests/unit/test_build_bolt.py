@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import bolt, cli, cpython, engine, profile, sources, stages, training
+from buildsys import cli, engine
+from buildsys.core import stages
+from buildsys.core.paths import WorkArea
 from buildsys.errors import HostpgoError, ProfileError
-from buildsys.paths import WorkArea
-from buildsys.toolchain import Compiler, Host
+from buildsys.pipeline import bolt, sources, training
+from buildsys.targets import cpython
+from buildsys.toolchain import Compiler, Host, profile
 
 NO_LBR = bolt.Sampling(False, "probe: no branch stacks")
 LBR = bolt.Sampling(True, "probe: branch stacks work")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from buildsys import flags, profile, toolchain
+from buildsys import toolchain
 from buildsys.errors import ToolchainError
-from buildsys.toolchain import Compiler, Host, Toolchains
+from buildsys.toolchain import Compiler, Host, Toolchains, flags, profile
 
 X86 = Host("x86_64", "debian")
 KUNPENG = Host("aarch64", "openEuler", kunpeng="tsv110")

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import image, manifest
-from buildsys.paths import REPRODUCIBLE_EPOCH, WorkArea
-from buildsys.stages import Execution, StageContext, StageResult
+from buildsys import image
+from buildsys.core import manifest
+from buildsys.core.paths import REPRODUCIBLE_EPOCH, WorkArea
+from buildsys.core.stages import Execution, StageContext, StageResult
 from buildsys.toolchain import Host
 from hostpgo.runner import Runner, format_command
 

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import cpython, engine, patches, profile, sources, stages, training
+from buildsys import engine
+from buildsys.core import stages
+from buildsys.core.paths import WorkArea
 from buildsys.errors import CommandError, HostpgoError, TaskError
-from buildsys.paths import WorkArea
+from buildsys.pipeline import patches, sources, training
+from buildsys.targets import cpython
+from buildsys.toolchain import Host, profile
 from hostpgo.runner import Runner
-from buildsys.toolchain import Host
 
 
 def inputs(tmp_path: Path, name: str, family: str | None = None, **kw) -> cpython.Inputs:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import cli, profile
+from buildsys import cli
+from buildsys.core.paths import PROFILES_DIR
 from buildsys.errors import ProfileError
-from buildsys.paths import PROFILES_DIR
+from buildsys.toolchain import profile
 
 
 def write(d: Path, name: str, text: str) -> Path:
@@ -45,8 +46,9 @@ def test_profile_by_path_and_relative_extends(tmp_path: Path) -> None:
 def test_per_target_override_applies_only_to_that_target(tmp_path: Path) -> None:
     f = write(tmp_path, "t", '[optimize]\nlto = "thin"\n[targets.ray.optimize]\nlto = "off"\n'
                              '[targets.cpython.flags]\ncflags = ["-fno-plt"]\n')
-    cp = profile.load(str(f), target="cpython", environ={})
-    ray = profile.load(str(f), target="ray", environ={})
+    names = ("cpython", "ray")  # a second target as the next issues will register it
+    cp = profile.load(str(f), target="cpython", environ={}, target_names=names)
+    ray = profile.load(str(f), target="ray", environ={}, target_names=names)
     assert cp.optimize.lto == "thin" and cp.flags.cflags == ("-fno-plt",)
     assert ray.optimize.lto == "off" and ray.flags.cflags == ()
 
@@ -84,7 +86,7 @@ def test_bad_value_names_allowed_values(tmp_path: Path) -> None:
     ('[optimize]\nbolt = "yes"\n', "key 'optimize.bolt' must be bool"),
     ('[bolt]\nrelocs = true\n', "unknown key 'bolt.relocs'; allowed keys in [bolt]: method, apply"),
     ('[bolt]\nskip_functions = ["f@llvm>21"]\n', "key 'bolt.skip_functions' has value ['f@llvm>21']"),
-    ('extends = "nope"\n', "key 'extends' names unknown profile 'nope'"),
+    ('extends = "nope"\n', "key 'extends': unknown profile 'nope'"),
     ('[toolchain\n', "not valid TOML"),
 ])
 def test_validation_errors(tmp_path: Path, text: str, fragment: str) -> None:
@@ -104,7 +106,7 @@ def test_extends_cycle(tmp_path: Path) -> None:
 def test_bad_override_syntax() -> None:
     with pytest.raises(ProfileError, match="section.key=value"):
         profile.load("baseline", overrides=["lto"], environ={})
-    with pytest.raises(ProfileError, match="command line --set: key 'optimize.lto' has value 'x'"):
+    with pytest.raises(ProfileError, match="command line --set optimize.lto=x: key 'optimize.lto' has value 'x'"):
         profile.load("baseline", overrides=["optimize.lto=x"], environ={})
 
 
@@ -118,3 +120,19 @@ def test_cli_turns_profile_error_into_exit_code(tmp_path: Path, capsys) -> None:
     assert cli.main(["show-profile", str(f)]) == 2
     err = capsys.readouterr().err
     assert "optimize.lto" in err and "'off', 'thin', 'full'" in err
+
+
+def test_target_scopes_come_from_the_registry(tmp_path: Path) -> None:
+    from buildsys import targets
+    assert "cpython" in targets.names()
+    f = write(tmp_path, "t", '[targets.ray.optimize]\nlto = "off"\n')
+    with pytest.raises(ProfileError, match=r"unknown key 'targets.ray'; allowed targets: cpython"):
+        profile.load(str(f), environ={})
+
+
+def test_env_overrides_are_shell_words_and_errors_name_the_variable() -> None:
+    p = profile.load("baseline", environ={"HOSTPGO_SET": "'flags.cflags=[\"-g\", \"-fno-plt\"]'"})
+    assert p.flags.cflags == ("-g", "-fno-plt")
+    with pytest.raises(ProfileError, match=r"environment variable HOSTPGO_SET \('optimize.lto=fat'\): "
+                                           r"key 'optimize.lto' has value 'fat'"):
+        profile.load("baseline", environ={"HOSTPGO_SET": "optimize.lto=fat"})

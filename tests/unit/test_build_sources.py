@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import patches, sources
-from buildsys.errors import PatchError, SourceError
-from buildsys.paths import WorkArea
+from buildsys.core.paths import WorkArea
+from buildsys.errors import InputError, PatchError, SourceError
+from buildsys.pipeline import patches, sources
 from hostpgo.runner import Runner
 
 GOOD = b"the pinned archive\n"
@@ -182,3 +182,18 @@ def test_patch_names_must_be_numbered(tmp_path: Path) -> None:
     (d / "fix.patch").write_text("")
     with pytest.raises(PatchError, match="NNNN-<what>.patch"):
         patches.series("demo", "1.0", tmp_path / "patches")
+
+
+def test_user_source_is_checked_when_prepared(tmp_path: Path) -> None:
+    """--source that does not exist, or whose checksum is wrong: InputError (exit 2) naming the flag and file."""
+    pin = sources.pinned("cpython", "3.11.2")
+    with pytest.raises(InputError, match=r"--source .*absent.tgz: no such file or directory") as e:
+        sources.check_user_source(pin, tmp_path / "absent.tgz")
+    assert e.value.exit_code == 2
+    wrong = tmp_path / "Python-3.11.2.tgz"
+    wrong.write_bytes(b"not the release")
+    with pytest.raises(InputError, match=rf"--source {wrong}: sha256 [0-9a-f]{{64}}, pinned {pin.sha256}"):
+        sources.check_user_source(pin, wrong)
+    with pytest.raises(InputError, match=rf"--source {wrong}: sha256"):
+        sources.check_user_source(pin, tmp_path)  # a directory holding a wrong copy
+    assert wrong.read_bytes() == b"not the release"  # the user's file is left alone

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import manifest, toolchain
+from buildsys import toolchain
+from buildsys.core import manifest
 from buildsys.errors import HostpgoError
 
 

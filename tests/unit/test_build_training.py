@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import cpython, engine, manifest, profile, sources, stages, training
-from buildsys.errors import HostpgoError, TaskError
-from buildsys.paths import REPO_ROOT, WorkArea
-from buildsys.toolchain import Host
+from buildsys import engine
+from buildsys.core import manifest, stages
+from buildsys.core.paths import REPO_ROOT, WorkArea
+from buildsys.errors import HostpgoError, InputError, TaskError
+from buildsys.pipeline import pgo, sources, training
+from buildsys.targets import cpython
+from buildsys.toolchain import Host, profile
 
 
 def inputs(tmp_path: Path, name: str, **kw) -> cpython.Inputs:
@@ -107,8 +110,8 @@ def test_golden_mismatch_fails_the_stage_and_keeps_the_record(tmp_path: Path) ->
                     "  'golden_digest': 'abc' if match else 'def', 'golden_match': match}, indent=2))\n"
                     "sys.exit(0 if match else 1)\n")
     import sys
-    good = cpython._run_workload([sys.executable, str(fake), "good", "x", "good"], {}, None, 60, "verify of t")
-    bad = cpython._run_workload([sys.executable, str(fake), "bad", "x", "bad"], {}, None, 60, "verify of t")
+    good = training.run_workload([sys.executable, str(fake), "good", "x", "good"], {}, None, 60, "verify of t")
+    bad = training.run_workload([sys.executable, str(fake), "bad", "x", "bad"], {}, None, 60, "verify of t")
     ok = stages.Stage("verify", "v", "k", (stages.Call("good", good),))
     ex = stages.execute(stages.BuildPlan("t", (ok,), (), {}), tmp_path / "s", tmp_path / "l", live=False)
     assert ex.results["verify"].info["workloads"][0]["golden_match"] is True
@@ -120,8 +123,8 @@ def test_golden_mismatch_fails_the_stage_and_keeps_the_record(tmp_path: Path) ->
 
 def test_last_json_finds_the_record_among_log_lines() -> None:
     lines = ["noise {", "{", '  "a": 1', "}", "more", "{", '  "b": [', "    2", "  ]", "}", "tail"]
-    assert cpython.last_json(lines) == {"b": [2]}
-    assert cpython.last_json(["{", "not json", "}"]) is None and cpython.last_json([]) is None
+    assert training.last_json(lines) == {"b": [2]}
+    assert training.last_json(["{", "not json", "}"]) is None and training.last_json([]) is None
 
 
 def test_independent_stage_does_not_force_later_stages(tmp_path: Path) -> None:
@@ -141,11 +144,24 @@ def test_independent_stage_does_not_force_later_stages(tmp_path: Path) -> None:
     assert not shared.exists()
 
 
+def fake_tool(tmp_path: Path, rc: int, said: str = "") -> str:
+    """A stand-in llvm-profdata that prints `said` and exits `rc`."""
+    tool = tmp_path / f"fake-profdata-{rc}"
+    tool.write_text(f"#!/bin/sh\necho '{said}' >&2\nexit {rc}\n")
+    tool.chmod(0o755)
+    return str(tool)
+
+
+def with_profdata_tool(inp: cpython.Inputs, tool: str) -> cpython.Inputs:
+    comp = dataclasses.replace(inp.compiler, tools={**inp.compiler.tools, "profdata": tool})
+    return dataclasses.replace(inp, compiler=comp)
+
+
 def _store(tmp_path: Path, compiler: dict) -> Path:
     data = tmp_path / "profiles" / "cpython-3.11.2-workload-pgo-lto-abc.profdata"
     data.parent.mkdir(parents=True)
     data.write_bytes(b"profile bytes")
-    cpython._write_sidecar(data, {"schema": cpython.PROFILE_DATA_SCHEMA, "build_id": "cpython-3.11.2-workload-pgo-lto",
+    pgo._write_sidecar(data, {"schema": pgo.PROFILE_DATA_SCHEMA, "build_id": "cpython-3.11.2-workload-pgo-lto",
                                   "compiler": compiler, "training": [{"name": "runtime-workloads", "version": 1}]},
                            {"profile_data_sha256": sources.sha256_of(data), "raw_profiles": 7})
     return data
@@ -153,7 +169,7 @@ def _store(tmp_path: Path, compiler: dict) -> Path:
 
 def test_profile_data_reuse_skips_instrumenting_and_training(tmp_path: Path) -> None:
     data = _store(tmp_path, {"family": "clang", "version": "0"})
-    inp = inputs(tmp_path, "workload-pgo-lto", profile_data=data)
+    inp = with_profdata_tool(inputs(tmp_path, "workload-pgo-lto", profile_data=data), fake_tool(tmp_path, 0))
     plan = cpython.plan(inp)
     st = by_name(plan)
     assert list(st) == ["source", "runtime-deps", "profile-data", "configure", "build", "verify", "install"]
@@ -177,11 +193,12 @@ def test_profile_data_errors_name_the_flag(tmp_path: Path) -> None:
     data = _store(tmp_path, {"family": "clang", "version": "18.1.8"})
     with pytest.raises(HostpgoError, match="optimize.pgo = \"off\""):
         cpython.plan(inputs(tmp_path, "baseline", profile_data=data))
-    st = by_name(cpython.plan(inputs(tmp_path, "workload-pgo-lto", profile_data=data)))
+    st = by_name(cpython.plan(with_profdata_tool(inputs(tmp_path, "workload-pgo-lto", profile_data=data),
+                                                 fake_tool(tmp_path, 0))))
     with pytest.raises(HostpgoError, match="made by clang 18.1.8 and this build uses clang 0"):
         stages.execute(stages.BuildPlan("r", (st["profile-data"],), (), {}), tmp_path / "s", tmp_path / "l",
                        live=False)
-    side = cpython.sidecar_path(data)
+    side = pgo.sidecar_path(data)
     side.write_text("{broken")
     with pytest.raises(HostpgoError, match="not valid JSON"):
         cpython.plan(inputs(tmp_path, "workload-pgo-lto", profile_data=data))
@@ -197,14 +214,57 @@ def test_pipeline_measures_baseline_first_then_system_then_builds(tmp_path: Path
         return stages.Execution(plan, {})
     system = tmp_path / "python3.11"
     system.write_text("")
-    cmd = engine.measure_command([ex("baseline"), ex("generic-pgo-lto"), ex("workload-pgo-lto")],
-                                 run_name="pipeline-x", system=system)
+    cmd = engine.measure_command([ex("baseline"), ex("generic-pgo-lto"), ex("workload-pgo-lto"),
+                                  ex("workload-pgo-lto-tcmalloc")], run_name="pipeline-x", system=system)
     interps = [cmd[i + 1] for i, c in enumerate(cmd) if c == "--interp"]
-    assert interps == ["baseline=/i/baseline/bin/python3", f"debian={system}",
-                       "generic-pgo-lto=/i/generic-pgo-lto/bin/python3", "workload-pgo-lto=/i/workload-pgo-lto/bin/python3"]
+    # Debian's interpreter twice: as it is, and with the optimized default's allocator preloaded.
+    assert interps == ["baseline=/i/baseline/bin/python3", f"debian={system}", f"debian+tcmalloc={system}@tcmalloc",
+                       "generic-pgo-lto=/i/generic-pgo-lto/bin/python3", "workload-pgo-lto=/i/workload-pgo-lto/bin/python3",
+                       "workload-pgo-lto-tcmalloc=/i/workload-pgo-lto-tcmalloc/bin/python3"]
     assert cmd[cmd.index("--workloads") + 1] == "decode-b1,decode-b8,serve-mixed,op-dispatch"
     assert cmd[cmd.index("--counter-workloads") + 1] == "pure-python,pure-dispatch,decode-b1"
     assert cmd[cmd.index("--stages") + 1] == "latency,counters,attribute,guard"
     assert "--guard-fast" in cmd  # pyperformance --fast: the guard in minutes, not most of an hour
     no_system = engine.measure_command([ex("baseline")], run_name="r", system=tmp_path / "absent", quick=True)
     assert "debian=" not in " ".join(no_system) and no_system[-1] == "--quick"
+
+
+def test_profile_data_is_validated_when_prepared(tmp_path: Path) -> None:
+    """Random bytes with no sidecar: llvm-profdata cannot read them, and the check says so before any build."""
+    junk = tmp_path / "random.profdata"
+    junk.write_bytes(bytes(range(256)) * 4)
+    clang = dataclasses.replace(engine.hypothetical_compiler("clang"),
+                                tools={"profdata": fake_tool(tmp_path, 1, "error: invalid profile data")})
+    with pytest.raises(InputError, match=r"--profile-data .*random.profdata: not profile data .* can read "
+                                         r"\(.*invalid profile data"):
+        pgo.check_profile_data(junk, clang)
+    pgo.check_profile_data(junk, dataclasses.replace(clang, tools={"profdata": fake_tool(tmp_path, 0)}))
+    with pytest.raises(InputError, match="needs an llvm-profdata file, not a directory"):
+        pgo.check_profile_data(tmp_path, clang)
+    gcc = engine.hypothetical_compiler("gcc")
+    tree = tmp_path / "gcda"
+    tree.mkdir()
+    with pytest.raises(InputError, match="no .gcda files below it"):
+        pgo.check_profile_data(tree, gcc)
+    (tree / "a.gcda").write_bytes(b"adcg" + bytes(12))
+    pgo.check_profile_data(tree, gcc)
+    (tree / "b.gcda").write_bytes(b"random bytes")
+    with pytest.raises(InputError, match="b.gcda is not a .gcda file"):
+        pgo.check_profile_data(tree, gcc)
+    with pytest.raises(InputError, match="gcc needs a directory of .gcda files"):
+        pgo.check_profile_data(junk, gcc)
+
+
+def test_pipeline_default_is_the_best_measured_stack() -> None:
+    """workload PGO + LTO + tcmalloc; workload-pgo-lto stays compared (the allocator's share); the image's default
+    host settings carry the same allocator."""
+    assert engine.DEFAULT_OPTIMIZED_PROFILE == "workload-pgo-lto-tcmalloc"
+    assert profile.load(engine.DEFAULT_OPTIMIZED_PROFILE, environ={}).optimize.allocator == "tcmalloc"
+    assert "workload-pgo-lto" in engine.DEFAULT_COMPARE_PROFILES
+    assert engine.DEFAULT_IMAGE_SETTINGS == "tcmalloc" == engine.SYSTEM_SETTINGS
+    assert engine.default_image_settings(engine.DEFAULT_OPTIMIZED_PROFILE) == "tcmalloc"
+    assert engine.default_image_settings("workload-pgo-lto") == "default"
+    from buildsys import cli
+    args = cli.parser().parse_args(["pipeline"])
+    assert (args.optimized, args.compare, args.image_settings) == (
+        "workload-pgo-lto-tcmalloc", "generic-pgo-lto,workload-pgo-lto", "tcmalloc")

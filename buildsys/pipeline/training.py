@@ -40,10 +40,14 @@ import re
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
-from .errors import TaskError
-from .paths import REPO_ROOT, TASKS_DIR
+from hostpgo import fsutil
+from hostpgo.runner import format_command
+
+from ..core.paths import REPO_ROOT, TASKS_DIR
+from ..core.stages import Call, Cmd, StageContext
+from ..errors import HostpgoError, TaskError
 
 KINDS = ("interpreter", "command", "workloads")
 _KEYS = {"version": int, "description": str, "kind": str, "argv": list, "venv": bool, "venv_install": list,
@@ -174,3 +178,75 @@ def resolve(names: tuple[str, ...], tasks_dir: Path = TASKS_DIR) -> tuple[Traini
 
 def tasks_digest(tasks: tuple[TrainingTask, ...]) -> str:
     return hashlib.sha256("".join(f"{t.name}:{t.digest()}" for t in tasks).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Running tasks: the actions of a training stage (PGO's train, BOLT's bolt-train).
+
+def last_json(lines: list[str]) -> dict | None:
+    """The last JSON object printed (indented, starting with a line `{`) in a command's output."""
+    starts = [i for i, ln in enumerate(lines) if ln.rstrip() == "{"]
+    for start in reversed(starts):
+        ends = [j for j in range(start, len(lines)) if lines[j].rstrip() == "}"]
+        if ends:
+            try:
+                return json.loads("\n".join(lines[start:ends[0] + 1]))
+            except ValueError:
+                continue
+    return None
+
+
+def run_workload(argv: list[str], env: dict[str, str], cwd: str | None, timeout: float, where: str):
+    """Call body: run one runtime workload, keep its record (digest, golden match) in the stage info."""
+    def fn(ctx: StageContext) -> None:
+        lines: list[str] = []
+        rc = ctx.runner.run(argv, env=env, cwd=Path(cwd) if cwd else None, timeout=timeout, ok_codes=(0, 1),
+                            nice=True, collect=lines)
+        rec = last_json(lines) or {}
+        entry = {k: rec.get(k) for k in ("name", "version", "steps", "seed", "token_digest", "golden_digest",
+                                          "golden_match", "tokens", "dispatches_per_token")}
+        entry["exit_code"] = rc
+        ctx.info.setdefault("workloads", []).append(entry)
+        if rc != 0:
+            name = argv[argv.index("workload") + 1] if "workload" in argv else argv[-1]
+            raise HostpgoError(f"{where}: workload {name} did not reproduce its pinned token digest "
+                               f"(got {rec.get('token_digest')}, pinned {rec.get('golden_digest')}); "
+                               "an interpreter that changes results is not installed")
+    return fn
+
+
+def task_actions(tasks: Sequence[TrainingTask], *, base_python: str, prefix: str, venv_dir: Path,
+                 env: dict[str, str], runtime_env: dict[str, str], pth: Path | None, pth_dirs: Sequence[object],
+                 wrap: Callable[[list[str]], list[str]] = list) -> list[Cmd | Call]:
+    """The actions that run training tasks on an interpreter: PGO training, and BOLT's on the same tasks.
+
+    Tasks with `venv = true` share one venv made from `base_python`; `pth` (when given) makes the runtime's
+    dependencies and this checkout importable there. `wrap` may prefix each task command (perf record).
+    """
+    actions: list[Cmd | Call] = []
+    made_venv = False
+    for t in tasks:
+        python = base_python
+        if t.venv:
+            python = str(venv_dir / "bin" / "python")
+            if not made_venv:
+                actions.append(Cmd((base_python, "-m", "venv", "--clear", str(venv_dir)), env=env, timeout=1800))
+                if pth is not None:
+                    text = "".join(f"{d}\n" for d in pth_dirs)
+                    actions.append(Call(f"write {pth}: {' and '.join(str(d) for d in pth_dirs)}",
+                                        lambda ctx, pth=pth, text=text: fsutil.write_text(pth, text)))
+                made_venv = True
+            if t.venv_install:
+                subst = dict(python=python, prefix=prefix, repo=str(REPO_ROOT), venv=str(venv_dir))
+                actions.append(Cmd((python, "-m", "pip", "install", *[a.format(**subst) for a in t.venv_install]),
+                                   env=env, timeout=3600))
+        for argv, tenv, cwd in t.commands(python=python, prefix=prefix, repo=str(REPO_ROOT), venv=str(venv_dir)):
+            argv = wrap(argv)
+            if t.kind == "workloads":
+                wenv = {**env, **runtime_env, **tenv}
+                actions.append(Call(f"{format_command(argv, wenv, Path(cwd))} (record kept)",
+                                    run_workload(argv, wenv, cwd, t.timeout, f"training task {t.name}")))
+            else:
+                actions.append(Cmd(tuple(argv), env={**env, **tenv}, cwd=Path(cwd) if cwd else None,
+                                   timeout=t.timeout, ok_codes=t.ok_codes))
+    return actions

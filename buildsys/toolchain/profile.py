@@ -1,34 +1,24 @@
-"""Build profiles: TOML files in profiles/ resolved (defaults -> extends -> target -> env -> CLI) into frozen data."""
+"""Build profiles: TOML files in profiles/ resolved through the one layered loader (hostpgo.layered: defaults ->
+extends chain -> [targets.NAME] -> HOSTPGO_SET -> --set) into one frozen Profile."""
 
 from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from hostenv import allocators
+from hostpgo.layered import Key, Loader, schema_reference
 
-from .errors import ProfileError
-from .paths import PROFILES_DIR
+from ..core.paths import PROFILES_DIR
+from ..errors import ProfileError
 
-TARGETS = ("cpython", "mindspore", "ray", "extension")
+ENV_VAR = "HOSTPGO_SET"
+"""The environment variable whose shell words are `section.key=value` overrides (before --set)."""
 ARCH_RE = re.compile(r"^(march|mcpu|mtune)=[A-Za-z0-9_.+-]+$")
 SKIP_RE = re.compile(r"^[A-Za-z_.$][A-Za-z0-9_.$/]*(@(llvm<\d+|x86_64|aarch64)(,(llvm<\d+|x86_64|aarch64))*)?$")
-
-
-@dataclass(frozen=True)
-class Key:
-    """One allowed key: its type, allowed values (if a closed set), default, and what it means."""
-
-    kind: type | tuple[type, ...]
-    default: Any
-    doc: str
-    allowed: tuple[Any, ...] | None = None
-    check: Callable[[Any], bool] | None = None
-    check_doc: str = ""
 
 
 # The schema: section -> key -> Key. Anything not here is an error naming file and key.
@@ -109,9 +99,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        check_doc="an integer > 0"),
     },
 }
-TOP_KEYS = {"description": str, "extends": str, "targets": dict}
-
-
 @dataclass(frozen=True)
 class ToolchainSpec:
     family: str
@@ -163,7 +150,7 @@ class Bisheng:
 @dataclass(frozen=True)
 class Pgo:
     tasks: tuple[str, ...]
-    """Training task names, resolved in buildsys.training."""
+    """Training task names, resolved in buildsys.pipeline.training."""
 
 
 @dataclass(frozen=True)
@@ -185,7 +172,7 @@ class Bolt:
     instrument: tuple[str, ...]
     """Extra llvm-bolt options of the instrumenting run."""
     skip_functions: tuple[str, ...]
-    """Functions BOLT must not touch, with the LLVM version/arch they apply to (parsed in buildsys.bolt)."""
+    """Functions BOLT must not touch, with the LLVM version/arch they apply to (parsed in buildsys.pipeline.bolt)."""
     timeout: int
     """Seconds each llvm-bolt run may take."""
 
@@ -215,6 +202,10 @@ class Profile:
         return asdict(self)
 
 
+def available(profiles_dir: Path = PROFILES_DIR) -> list[str]:
+    return sorted(p.stem for p in profiles_dir.glob("*.toml"))
+
+
 def profile_path(name_or_path: str, profiles_dir: Path = PROFILES_DIR) -> Path:
     """A profile name from profiles/ or a path to a TOML file."""
     p = Path(name_or_path)
@@ -230,164 +221,81 @@ def profile_path(name_or_path: str, profiles_dir: Path = PROFILES_DIR) -> Path:
     return cand
 
 
-def available(profiles_dir: Path = PROFILES_DIR) -> list[str]:
-    return sorted(p.stem for p in profiles_dir.glob("*.toml"))
+def _finder(profiles_dir: Path):
+    """`find` for the loader: a name or path from the command line, or an `extends` value of a file."""
+    def find(ref: str, relative_to: Path | None) -> Path:
+        if relative_to is None:
+            return profile_path(ref, profiles_dir)
+        if ref.endswith(".toml") or "/" in ref:
+            path = (relative_to / ref).resolve()
+            if not path.is_file():
+                raise ProfileError(f"names {ref!r}, which does not exist at {path}")
+            return path
+        for cand in (profiles_dir / f"{ref}.toml", relative_to / f"{ref}.toml"):
+            if cand.is_file():
+                return cand
+        raise ProfileError(f"unknown profile {ref!r}; known: {', '.join(available(profiles_dir))}")
+    return find
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ProfileError(f"{path}: not valid TOML: {e}") from None
-
-
-def _check_value(where: str, dotted: str, key: Key, value: Any) -> Any:
-    kind = key.kind
-    if kind is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ProfileError(f"{where}: key '{dotted}' must be a list of strings, got {value!r}")
-        if key.check is not None and not key.check(value):
-            raise ProfileError(f"{where}: key '{dotted}' has value {value!r}; each entry must be {key.check_doc}")
-        return value
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise ProfileError(f"{where}: key '{dotted}' must be {kind.__name__}, got {value!r}"
-                           + (f"; allowed values: {_fmt_allowed(key.allowed)}" if key.allowed else ""))
-    if key.allowed is not None and value not in key.allowed:
-        raise ProfileError(f"{where}: key '{dotted}' has value {_fmt(value)}; allowed values: "
-                           f"{_fmt_allowed(key.allowed)}")
-    if key.check is not None and not key.check(value):
-        raise ProfileError(f"{where}: key '{dotted}' has value {_fmt(value)}; allowed values: {key.check_doc}")
-    return value
-
-
-def _fmt(v: Any) -> str:
-    return "true" if v is True else "false" if v is False else repr(v) if isinstance(v, str) else str(v)
-
-
-def _fmt_allowed(allowed: Sequence[Any] | None) -> str:
-    return ", ".join(_fmt(a) for a in allowed or ())
-
-
-def validate_tables(where: str, data: Mapping[str, Any], *, top: bool = True) -> None:
-    """Reject unknown sections/keys and bad values, naming `where` (the file), the key and what is allowed."""
-    for sect, body in data.items():
-        if top and sect in TOP_KEYS:
-            if not isinstance(body, TOP_KEYS[sect]):
-                raise ProfileError(f"{where}: key '{sect}' must be a {TOP_KEYS[sect].__name__}")
-            continue
-        if sect not in SCHEMA:
-            allowed = sorted(SCHEMA) + (sorted(TOP_KEYS) if top else [])
-            raise ProfileError(f"{where}: unknown key '{sect}'; allowed: {', '.join(allowed)}")
-        if not isinstance(body, dict):
-            raise ProfileError(f"{where}: '{sect}' must be a table ([{sect}])")
-        for key, value in body.items():
-            if key not in SCHEMA[sect]:
-                raise ProfileError(f"{where}: unknown key '{sect}.{key}'; allowed keys in [{sect}]: "
-                                   f"{', '.join(SCHEMA[sect])}")
-            _check_value(where, f"{sect}.{key}", SCHEMA[sect][key], value)
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
-    for sect, body in over.items():
-        if isinstance(body, dict):
-            out.setdefault(sect, {})
-            out[sect] = {**out[sect], **body}
-        else:
-            out[sect] = body
-    return out
-
-
-def _chain(path: Path, profiles_dir: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
-    """The file and its `extends` ancestors, base first."""
-    if path in seen:
-        cycle = " -> ".join(str(p) for p in (*seen, path))
-        raise ProfileError(f"{path}: 'extends' forms a cycle: {cycle}")
-    data = _read(path)
-    validate_tables(str(path), data)
-    for tgt, body in data.get("targets", {}).items():
-        if tgt not in TARGETS:
-            raise ProfileError(f"{path}: unknown key 'targets.{tgt}'; allowed targets: {', '.join(TARGETS)}")
-        if not isinstance(body, dict):
-            raise ProfileError(f"{path}: 'targets.{tgt}' must be a table")
-        validate_tables(f"{path} [targets.{tgt}]", body, top=False)
-    parent = data.get("extends")
-    if parent is None:
-        return [(path, data)]
-    if parent.endswith(".toml") or "/" in parent:
-        parent_path = (path.parent / parent).resolve()
-        if not parent_path.is_file():
-            raise ProfileError(f"{path}: key 'extends' names {parent!r}, which does not exist at {parent_path}")
-    else:
-        parent_path = profiles_dir / f"{parent}.toml"
-        if not parent_path.is_file():
-            parent_path = path.parent / f"{parent}.toml"
-        if not parent_path.is_file():
-            raise ProfileError(f"{path}: key 'extends' names unknown profile {parent!r}; known: "
-                               f"{', '.join(available(profiles_dir))}")
-    return _chain(parent_path.resolve(), profiles_dir, (*seen, path)) + [(path, data)]
-
-
-def parse_override(text: str, where: str) -> tuple[str, str, Any]:
-    """`section.key=value` (value as a TOML value, else a plain string) -> (section, key, value)."""
-    if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ProfileError(f"{where}: override {text!r} must look like section.key=value "
-                           "(e.g. optimize.lto=thin)")
-    dotted, raw = text.split("=", 1)
-    sect, key = dotted.strip().split(".", 1)
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    validate_tables(where, {sect: {key: value}}, top=False)
-    return sect, key, value
-
-
-def defaults() -> dict[str, dict[str, Any]]:
-    return {sect: {k: (list(key.default) if isinstance(key.default, list) else key.default)
-                   for k, key in keys.items()} for sect, keys in SCHEMA.items()}
+def loader(profiles_dir: Path = PROFILES_DIR, target_names: Sequence[str] | None = None) -> Loader:
+    """The layered loader of build profiles; `[targets.NAME]` scopes take the registry's target names."""
+    if target_names is None:
+        from ..targets import names
+        target_names = names()
+    return Loader(SCHEMA, what="build profile", find=_finder(profiles_dir), error=ProfileError,
+                  scopes={"targets": tuple(target_names)})
 
 
 def load(name_or_path: str, *, target: str = "cpython", overrides: Sequence[str] = (),
-         environ: Mapping[str, str] | None = None, profiles_dir: Path = PROFILES_DIR) -> Profile:
+         environ: Mapping[str, str] | None = None, profiles_dir: Path = PROFILES_DIR,
+         target_names: Sequence[str] | None = None) -> Profile:
     """Resolve a profile: defaults -> extends chain -> [targets.TARGET] -> HOSTPGO_SET -> --set."""
-    if target not in TARGETS:
-        raise ProfileError(f"unknown target '{target}'; allowed: {', '.join(TARGETS)}")
-    path = profile_path(name_or_path, profiles_dir)
-    chain = _chain(path, profiles_dir)
-    merged: dict[str, Any] = defaults()
-    description = ""
-    for _p, data in chain:
-        merged = _merge(merged, {k: v for k, v in data.items() if k in SCHEMA})
-        description = data.get("description", description)
-    for _p, data in chain:
-        merged = _merge(merged, data.get("targets", {}).get(target, {}))
-    env = os.environ if environ is None else environ
-    applied: list[str] = []
-    for text in env.get("HOSTPGO_SET", "").split():
-        sect, key, value = parse_override(text, "environment variable HOSTPGO_SET")
-        merged[sect][key] = value
-        applied.append(f"env:{text}")
-    for text in overrides:
-        sect, key, value = parse_override(text, "command line --set")
-        merged[sect][key] = value
-        applied.append(f"cli:{text}")
-    o = merged["optimize"]
-    f = merged["flags"]
+    ld = loader(profiles_dir, target_names)
+    if target not in ld.scopes["targets"]:
+        raise ProfileError(f"unknown target '{target}'; targets: {', '.join(ld.scopes['targets'])}")
+    got = ld.resolve(name_or_path, environ=os.environ if environ is None else environ, env_var=ENV_VAR,
+                     sets=overrides, set_flag="--set", scope=("targets", target))
+    v = got.values
+    f = v["flags"]
     return Profile(
-        name=path.stem, target=target, description=description,
-        files=tuple(str(p) for p, _ in reversed(chain)),
-        toolchain=ToolchainSpec(**merged["toolchain"]),
-        optimize=Optimize(**o),
-        flags=ExtraFlags(cflags=tuple(f["cflags"]), ldflags=tuple(f["ldflags"]),
-                         configure=tuple(f["configure"])),
-        bisheng=Bisheng(options=tuple(merged["bisheng"]["options"])),
-        pgo=Pgo(tasks=tuple(merged["pgo"]["tasks"])),
-        verify=Verify(tests=tuple(merged["verify"]["tests"]), timeout=merged["verify"]["timeout"],
-                      workloads=tuple(merged["verify"]["workloads"])),
-        bolt=Bolt(method=merged["bolt"]["method"], apply=tuple(merged["bolt"]["apply"]),
-                  instrument=tuple(merged["bolt"]["instrument"]),
-                  skip_functions=tuple(merged["bolt"]["skip_functions"]), timeout=merged["bolt"]["timeout"]),
-        overrides=tuple(applied),
+        name=got.files[0].stem, target=target, description=got.description,
+        files=tuple(str(p) for p in got.files),
+        toolchain=ToolchainSpec(**v["toolchain"]),
+        optimize=Optimize(**v["optimize"]),
+        flags=ExtraFlags(cflags=tuple(f["cflags"]), ldflags=tuple(f["ldflags"]), configure=tuple(f["configure"])),
+        bisheng=Bisheng(options=tuple(v["bisheng"]["options"])),
+        pgo=Pgo(tasks=tuple(v["pgo"]["tasks"])),
+        verify=Verify(tests=tuple(v["verify"]["tests"]), timeout=v["verify"]["timeout"],
+                      workloads=tuple(v["verify"]["workloads"])),
+        bolt=Bolt(method=v["bolt"]["method"], apply=tuple(v["bolt"]["apply"]),
+                  instrument=tuple(v["bolt"]["instrument"]),
+                  skip_functions=tuple(v["bolt"]["skip_functions"]), timeout=v["bolt"]["timeout"]),
+        overrides=tuple(o.tag for o in got.overrides),
     )
+
+
+DOCS_TITLE = "Build profiles"
+DOCS_INTRO = """\
+Generated from the schema in `buildsys/toolchain/profile.py` by `python -m buildsys docs --write`; do not
+edit by hand (`python -m buildsys docs --check` and a unit test fail when this page is stale).
+
+A build profile is a TOML file in `profiles/` (or any path). It is resolved once, in this order, each
+layer overriding the one before: the defaults below -> the `extends` chain (base first) -> the file
+itself -> its `[targets.NAME]` tables for the target being built (NAME from `python -m buildsys targets`)
+-> the `HOSTPGO_SET` environment variable (shell words, each `section.key=value`) -> each
+`--set section.key=value` on the command line. Unknown sections and keys are errors naming the file,
+the variable or the flag they came from. `python -m buildsys show-profile NAME` prints the result with
+the channel every flag travels through.
+
+Top-level keys: `description` (text), `extends` (a profile name from `profiles/`, or a path relative to
+the file), `targets` (per-target tables, e.g. `[targets.cpython.optimize]`).
+
+Merged PGO profile data goes to the profile store, `.hostpgo/profiles/<build id>-<key>.profdata` (a
+`.gcda` tree for GCC) with a JSON sidecar; raw per-process profiles and training venvs are kept in
+`.hostpgo/pgo/<build id>/`. `build --profile-data FILE` reuses stored data instead of training."""
+
+
+def reference() -> str:
+    """docs/profiles.md: the profile schema as Markdown."""
+    return schema_reference(SCHEMA, title=DOCS_TITLE, intro=DOCS_INTRO) + "\n"

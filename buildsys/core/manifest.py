@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import HostpgoError
+from hostpgo import fsutil
+
+from ..errors import HostpgoError
 
 if TYPE_CHECKING:
-    from .cpython import Inputs
     from .stages import Execution
 
 SCHEMA = "hostpgo-manifest/1"
@@ -46,7 +47,27 @@ def validate(doc: dict[str, Any]) -> None:
             raise HostpgoError(f"manifest stage '{name}' lacks seconds/skipped/key")
 
 
-def build(execution: "Execution", inp: "Inputs", prefix: Path, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BuildRecord:
+    """What a target's inputs say about a build, for its manifest (every target makes one; see
+    buildsys/targets/)."""
+
+    target: str
+    version: str
+    profile: dict[str, Any]
+    """The resolved profile (Profile.to_dict())."""
+    toolchain: dict[str, Any]
+    """Compiler identity and the host."""
+    source: dict[str, Any]
+    """file, sha256, url of the pinned archive (or the tree a user pointed at)."""
+    patches: list[dict[str, str]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Target-specific top-level fields (CPython: `allocator`)."""
+
+
+def build(execution: "Execution", inp: Any, prefix: Path, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest of one install prefix: `inp.record()` (the target's inputs) plus what the stages did."""
+    rec: BuildRecord = inp.record()
     plan = execution.plan
     res = execution.results
     instrumented = prefix.name.endswith("-instrumented")
@@ -68,15 +89,13 @@ def build(execution: "Execution", inp: "Inputs", prefix: Path, tasks: list[dict[
     return {
         "schema": SCHEMA,
         "build_id": plan.build_id + ("-instrumented" if instrumented else ""),
-        "target": "cpython",
-        "version": inp.pin.version,
+        "target": rec.target,
+        "version": rec.version,
         "prefix": str(prefix),
-        "profile": inp.profile.to_dict(),
-        "toolchain": {**inp.compiler.identity(), "host": {"machine": inp.host.machine, "os": inp.host.os_id,
-                                                         "kunpeng": inp.host.kunpeng}},
-        "source": {"file": inp.pin.file, "sha256": inp.pin.sha256, "url": inp.pin.url,
-                   "origin": src.info.get("origin") if src else None},
-        "patches": [{"name": p.name, "sha256": p.sha256} for p in inp.patches],
+        "profile": rec.profile,
+        "toolchain": rec.toolchain,
+        "source": {**rec.source, "origin": src.info.get("origin") if src else None},
+        "patches": rec.patches,
         "flags": {s.name: [{"channel": f.channel, "name": f.name, "value": f.value, "why": f.why}
                             for f in s.flags]
                   for s in plan.stages if s.name in stage_names and s.flags},
@@ -84,7 +103,7 @@ def build(execution: "Execution", inp: "Inputs", prefix: Path, tasks: list[dict[
         "training": [] if instrumented else tasks,
         "profile_data": profile_data,
         "workload_runs": checks,
-        "allocator": inp.allocator.to_json() if inp.allocator else {"name": "glibc", "library": ""},
+        **rec.extra,
         "stages": {n: {"seconds": round(res[n].seconds, 1), "skipped": res[n].skipped, "key": res[n].key,
                        **{k: res[n].info[k] for k in ("nonzero_exits", "retried") if res[n].info.get(k)}}
                    for n in stage_names if n in res},
@@ -94,11 +113,7 @@ def build(execution: "Execution", inp: "Inputs", prefix: Path, tasks: list[dict[
 
 def write(prefix: Path, doc: dict[str, Any]) -> Path:
     validate(doc)
-    path = prefix / FILE_NAME
-    tmp = prefix / f".{FILE_NAME}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return fsutil.write_json(prefix / FILE_NAME, doc)
 
 
 def read(prefix: Path) -> dict[str, Any]:
@@ -111,7 +126,7 @@ def read(prefix: Path) -> dict[str, Any]:
     return doc
 
 
-def write_for_execution(execution: "Execution", inp: "Inputs", prefixes: list[Path],
+def write_for_execution(execution: "Execution", inp: Any, prefixes: list[Path],
                         tasks: list[dict[str, Any]]) -> None:
     for prefix in prefixes:
         if prefix.is_dir():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import ToolchainError
-from .profile import Profile
-from .toolchain import Compiler, Host, Toolchains, install_hint
+from ..errors import ToolchainError
+from ..toolchain import Compiler, Host, Toolchains, install_hint
+from ..toolchain.profile import Profile
 
 # One table: feature -> family -> (compile flags, link flags). `bisheng` uses the `clang` row.
 # Placeholders: {raw_pattern} per-process raw profile path (clang %m/%p), {raw_dir} gcda directory,

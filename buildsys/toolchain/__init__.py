@@ -1,4 +1,5 @@
-"""Toolchain detection: Bisheng, upstream clang, GCC, their companion tools, and the host's CPU tuning."""
+"""Toolchain detection: Bisheng, upstream clang, GCC, their companion tools, and the host's CPU tuning (the
+package also holds the flag table per family, `flags`, the profile model, `profile`, and probed host `facts`)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ToolchainError
+from hostpgo.errors import CommandError
+from hostpgo.runner import capture
+
+from ..errors import ToolchainError
 
 FAMILIES = ("bisheng", "clang", "gcc")
 LLVM_VERSION = 22
@@ -198,8 +201,8 @@ def describe_compiler(cc: str, path_env: str | None = None) -> Compiler | None:
     if not cc_path:
         return None
     try:
-        out = subprocess.run([cc_path, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
+        out = capture([cc_path, "--version"], timeout=30, check=False).stdout
+    except CommandError:  # not executable, or it hung
         return None
     if not out:
         return None
@@ -240,8 +243,8 @@ def missing_packages(host: Host) -> list[str]:
     if not host.is_debian_like or not shutil.which("dpkg-query"):
         return []
     wanted = [*LLVM_PACKAGES, *CPYTHON_BUILD_DEPS, *IMAGE_PACKAGES]
-    done = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", *wanted],
-                          capture_output=True, text=True)
+    done = capture(["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", *wanted], timeout=60,
+                          check=False)
     installed = {ln.split()[0].split(":")[0] for ln in done.stdout.splitlines()
                  if len(ln.split()) > 1 and ln.split()[1].startswith("ii")}
     return [p for p in wanted if p not in installed]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -14,10 +13,11 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from .errors import CommandError, HostpgoError
+from hostpgo import fsutil
 from hostpgo.runner import Runner, format_command
 
-CHANNELS = ("configure-arg", "configure-env", "CFLAGS_NODIST", "LDFLAGS_NODIST", "make-var", "env")
+from ..errors import CommandError, HostpgoError
+
 STAMP_VERSION = 1
 
 
@@ -31,7 +31,8 @@ class ChannelFlag:
     """A setting and the channel through which it reaches the build."""
 
     channel: str
-    """One of CHANNELS."""
+    """One of its build system's CHANNELS (buildsys/systems/), e.g. autotools' CFLAGS_NODIST, cmake's
+    cache-entry, bazel's --copt; `env` for the environment of a run."""
     name: str
     """Variable or option name (CFLAGS_NODIST, CC, --enable-shared, LLVM_PROFILE_FILE, ...)."""
     value: str
@@ -148,13 +149,9 @@ class Stamps:
         return data
 
     def write(self, stage: Stage, seconds: float, info: dict[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        p = self.path(stage.name)
-        tmp = p.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"version": STAMP_VERSION, "key": stage.key, "seconds": round(seconds, 2),
-                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                   "info": info}, indent=2, default=str))
-        os.replace(tmp, p)
+        fsutil.write_json(self.path(stage.name), {
+            "version": STAMP_VERSION, "key": stage.key, "seconds": round(seconds, 2),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "info": info})
 
     def remove(self, stage: Stage) -> None:
         self.path(stage.name).unlink(missing_ok=True)
@@ -237,7 +234,9 @@ def execute(plan: BuildPlan, stamps_root: Path, logs_root: Path, *, console: Con
             except HostpgoError as e:
                 progress.update(task, description=f"[red]{plan.build_id}: {stage.title} FAILED", last="")
                 progress.stop_task(task)
-                raise HostpgoError(f"stage '{stage.name}' of {plan.build_id} failed (log: {log_path}):\n{e}") from e
+                failed = HostpgoError(f"stage '{stage.name}' of {plan.build_id} failed (log: {log_path}):\n{e}")
+                failed.exit_code = e.exit_code  # a failed tool stays exit 4, bad input exit 2
+                raise failed from e
             seconds = time.monotonic() - start
             stamps.write(stage, seconds, ctx.info)
             progress.update(task, description=f"[green]{plan.build_id}: {stage.title} done", last="")

@@ -1,4 +1,5 @@
-"""Pinned, verified sources: the table in sources.toml and the order in which an archive is found."""
+"""Pinned, verified sources: the [sources] tables of each target's data (targets/NAME.toml), the order in which an
+archive is found, and the `source` stage (fetch, verify, unpack, patch, publish) every target plans with."""
 
 from __future__ import annotations
 
@@ -7,16 +8,19 @@ import os
 import re
 import shutil
 import tarfile
-import tomllib
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import HostpgoError, SourceError
-from .paths import WorkArea
+from hostpgo import fsutil
+from hostpgo.fsutil import move_into_place
 
-TABLE_PATH = Path(__file__).with_name("sources.toml")
+from ..core.paths import WorkArea
+from ..core.stages import Call, Stage, StageContext, digest
+from ..errors import HostpgoError, InputError, SourceError
+from .patches import Patch, apply_series
+
 ORDER = ("user", "cache", "apt", "dnf", "url")
 
 
@@ -51,33 +55,35 @@ class ResolvedSource:
     """How it was obtained: user, cache, apt, dnf or url."""
 
 
-def load_table(path: Path = TABLE_PATH) -> dict[tuple[str, str], PinnedSource]:
-    with path.open("rb") as f:
-        data = tomllib.load(f)
+PIN_KEYS = ("file", "sha256", "url", "topdir", "deb_source", "deb_file", "rpm_source")
+
+
+def load_table(target: str) -> dict[str, PinnedSource]:
+    """version -> pinned archive, from the `[sources."VERSION"]` tables of the target's data file."""
+    from ..targets import get
+    spec = get(target)
     table = {}
-    allowed = {"file", "sha256", "url", "topdir", "deb_source", "deb_file", "rpm_source"}
-    for target, versions in data.items():
-        for version, entry in versions.items():
-            unknown = set(entry) - allowed
-            if unknown:
-                raise SourceError(f"{path}: unknown key '{target}.{version}.{sorted(unknown)[0]}'; "
-                                  f"allowed: {', '.join(sorted(allowed))}")
-            table[(target, version)] = PinnedSource(target=target, version=version, **entry)
+    for version, entry in spec.sources.items():
+        unknown = set(entry) - set(PIN_KEYS)
+        if unknown:
+            raise SourceError(f"{spec.data_file}: unknown key 'sources.{version}.{sorted(unknown)[0]}'; "
+                              f"allowed: {', '.join(PIN_KEYS)}")
+        table[version] = PinnedSource(target=target, version=version, **entry)
     return table
 
 
 def pinned(target: str, version: str | None = None) -> PinnedSource:
-    table = load_table()
+    """The pinned archive of `target` at `version` (default: the newest pinned)."""
+    table = load_table(target)
     if version is None:
-        versions = sorted((v for t, v in table if t == target), key=lambda v: tuple(map(int, v.split("."))))
-        if not versions:
-            raise SourceError(f"no pinned source for target '{target}' in {TABLE_PATH}")
-        version = versions[-1]
+        if not table:
+            raise SourceError(f"no pinned source for target '{target}' (buildsys/targets/{target}.toml [sources])")
+        version = max(table, key=lambda v: tuple(map(int, v.split("."))))
     try:
-        return table[(target, version)]
+        return table[version]
     except KeyError:
-        known = ", ".join(f"{t} {v}" for t, v in table)
-        raise SourceError(f"no pinned source for {target} {version} in {TABLE_PATH}; pinned: {known}") from None
+        raise SourceError(f"no pinned source for {target} {version} (buildsys/targets/{target}.toml); pinned: "
+                          f"{', '.join(table) or 'none'}") from None
 
 
 def sha256_of(path: Path) -> str:
@@ -101,10 +107,9 @@ def _admit(candidate: Path, pin: PinnedSource, cache: Path, *, keep_candidate: b
     if digest != pin.sha256:
         tmp.unlink()
         raise SourceError(f"checksum mismatch for {candidate}: sha256 {digest}, pinned {pin.sha256} "
-                          f"({pin.target} {pin.version} in {TABLE_PATH}); the bad copy was deleted"
+                          f"({pin.target} {pin.version} in buildsys/targets/{pin.target}.toml); the bad copy was deleted"
                           + ("" if keep_candidate else " (it was a download)"))
-    os.replace(tmp, dest)
-    return dest
+    return move_into_place(tmp, dest)
 
 
 def from_user(pin: PinnedSource, source: Path) -> Path:
@@ -117,6 +122,20 @@ def from_user(pin: PinnedSource, source: Path) -> Path:
     if not source.is_file():
         raise SourceError(f"--source {source}: no such file or directory")
     return source
+
+
+def check_user_source(pin: PinnedSource, source: Path) -> Path:
+    """--source checked when the inputs are prepared (so a dry run refuses it too): it must exist and its
+    archive must have the pinned sha256. InputError naming the flag and the file."""
+    try:
+        path = from_user(pin, source)
+    except SourceError as e:
+        raise InputError(str(e)) from None
+    got = sha256_of(path)
+    if got != pin.sha256:
+        raise InputError(f"--source {path}: sha256 {got}, pinned {pin.sha256} ({pin.target} {pin.version} in "
+                         f"buildsys/targets/{pin.target}.toml); not the pinned archive")
+    return path
 
 
 def apt_private_sources(system_files: Sequence[Path]) -> str:
@@ -185,8 +204,8 @@ def from_apt(pin: PinnedSource, work: WorkArea, runner,
     root = work.apt
     for d in ("sources.list.d", "state/lists/partial", "cache/archives/partial", "download"):
         (root / d).mkdir(parents=True, exist_ok=True)
-    (root / "sources.list").write_text("")
-    (root / "sources.list.d" / "hostpgo-deb-src.sources").write_text(text)
+    fsutil.write_text(root / "sources.list", "")
+    fsutil.write_text(root / "sources.list.d" / "hostpgo-deb-src.sources", text)
     opts = apt_options(work)
     runner.run(["apt-get", *opts, "update"], timeout=900)
     download = root / "download"
@@ -255,6 +274,44 @@ def resolve(pin: PinnedSource, work: WorkArea, runner, *, user_source: Path | No
             failures.append(f"{origin}: {str(e).splitlines()[0]}")
     raise SourceError(f"could not obtain {pin.file} ({pin.target} {pin.version}):\n  " + "\n  ".join(failures)
                       + f"\nDownload it yourself and pass --source PATH (sha256 {pin.sha256})")
+
+
+@dataclass(frozen=True)
+class SourceStage:
+    """The `source` stage of a build and what it publishes."""
+
+    stage: Stage
+    key: str
+    tree: Path
+    """The unpacked, patched top directory (what configure runs in)."""
+
+
+def plan_stage(pin: PinnedSource, patch_series: Sequence[Patch], work: WorkArea, *,
+               user_source: Path | None = None) -> SourceStage:
+    """fetch + verify + unpack + patch, published by rename into work/src (pure: runs nothing now). The tree is
+    shared by every profile's build of the same archive and patch set."""
+    key = digest({"stage": "source", "sha256": pin.sha256, "topdir": pin.topdir,
+                  "patches": [(x.name, x.sha256) for x in patch_series]})
+    src_dir = work.src / f"{pin.target}-{pin.version}-{key[:12]}"
+
+    def run(ctx: StageContext) -> None:
+        if src_dir.is_dir():  # published by rename, so complete
+            ctx.info.update({"archive": str(work.sources / pin.file), "origin": "unpacked tree present",
+                             "sha256": pin.sha256})
+            return
+        got = resolve(pin, work, ctx.runner, user_source=user_source)
+        ctx.info.update({"archive": str(got.path), "origin": got.origin, "sha256": pin.sha256})
+        tmp = fsutil.scratch_dir(src_dir, "unpack")
+        top = unpack(got.path, tmp, pin.topdir)
+        apply_series(top, tuple(patch_series), ctx.runner)
+        fsutil.move_into_place(tmp, src_dir)
+
+    what = (f"resolve {pin.file} (sha256 {pin.sha256[:12]}…) from --source, cache, apt-get source {pin.deb_source}, "
+            f"dnf, {pin.url}; unpack; apply {len(patch_series)} patch(es) {[x.name for x in patch_series]}; "
+            f"rename into {src_dir}")
+    stage = Stage("source", f"fetch, verify, unpack and patch {pin.file}", key, (Call(what, run),),
+                  requires=(src_dir,))
+    return SourceStage(stage, key, src_dir / pin.topdir)
 
 
 def unpack(archive: Path, dest_parent: Path, topdir: str) -> Path:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILES_DIR = REPO_ROOT / "profiles"
 TASKS_DIR = PROFILES_DIR / "tasks"
 PATCHES_DIR = REPO_ROOT / "patches"
@@ -50,13 +50,19 @@ class WorkArea:
 
     @property
     def pgo(self) -> Path:
-        """Raw profiles, merged profile data and training venvs."""
+        """Per build: raw per-process profiles, training venvs and BOLT's work files (merged PGO profile data
+        goes to the profile store, `profiles`)."""
         return self.root / "pgo"
 
     @property
     def profiles(self) -> Path:
         """The profile store: merged profile data named `<build id>-<key>.profdata`, each with a JSON sidecar."""
         return self.root / "profiles"
+
+    @property
+    def facts(self) -> Path:
+        """Probed host facts (branch sampling, hardware counters), keyed by the probing tool's identity."""
+        return self.root / "facts"
 
     @property
     def deps(self) -> Path:

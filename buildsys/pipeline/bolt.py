@@ -21,19 +21,19 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .errors import HostpgoError
-from .flags import Flag
-from .profile import Profile
-from hostpgo.runner import format_command
-from .stages import Call, Cmd, Stage, StageContext, StageResult, digest
-from .toolchain import Compiler, Host
+from hostpgo import fsutil
+from hostpgo.runner import capture, format_command
+
+from ..core.stages import Call, Cmd, Stage, StageContext, StageResult, digest
+from ..errors import HostpgoError, InputError
+from ..toolchain import Compiler, Host
+from ..toolchain.facts import Probe
+from ..toolchain.flags import Flag
+from ..toolchain.profile import Profile
 
 STAGES = ("bolt-instrument", "bolt-train", "bolt-merge", "bolt-apply")
 PREBOLT_SUFFIX = ".prebolt"
@@ -41,7 +41,6 @@ BOLT_NOTE = ".note.bolt_info"
 """The section llvm-bolt adds to every file it writes (it refuses such a file as input)."""
 # readelf's Machine text -> the arch name used in skip rules and Host.machine.
 MACHINES = {"Advanced Micro Devices X86-64": "x86_64", "AArch64": "aarch64", "RISC-V": "riscv64"}
-PERF_PROBE = ("perf", "record", "-q", "-e", "cycles:u", "-j", "any,u", "-o", "{out}", "--", "true")
 PERF_RECORD = ("perf", "record", "-q", "-e", "cycles:u", "-j", "any,u", "-o", "{out}", "--")
 SKIP_COND_RE = re.compile(r"^llvm<(\d+)$")
 
@@ -93,30 +92,9 @@ def skipped_functions(rules: Sequence[str], llvm_major: int, machine: str) -> tu
 # ---------------------------------------------------------------------------------------------
 # How the profile is collected.
 
-@dataclass(frozen=True)
-class Sampling:
-    """Whether `perf record` can sample branch stacks here (LBR on x86, BRBE on aarch64)."""
-
-    branch_stacks: bool
-    detail: str
-    """What the probe ran and what it saw."""
-
-
-@lru_cache(maxsize=1)
-def probe_branch_sampling() -> Sampling:
-    """Ask perf, once per process: a one-instruction-long `perf record -j any,u` either works or says why not."""
-    if shutil.which("perf") is None:
-        return Sampling(False, "perf is not installed")
-    with tempfile.TemporaryDirectory(prefix="hostpgo-perf-probe-") as tmp:
-        argv = [a.format(out=f"{tmp}/probe.data") for a in PERF_PROBE]
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return Sampling(False, f"{format_command(argv)}: {e}")
-    said = " ".join((done.stderr or done.stdout).split())[:300]
-    if done.returncode == 0:
-        return Sampling(True, f"{format_command(argv)} succeeded")
-    return Sampling(False, f"{format_command(argv)} exited {done.returncode}: {said}")
+Sampling = Probe
+"""Whether `perf record` can sample branch stacks here (LBR on x86, BRBE on aarch64): probed once by
+buildsys.toolchain.facts and passed in; planning never probes."""
 
 
 def choose_method(requested: str, sampling: Sampling) -> tuple[str, str]:
@@ -124,12 +102,12 @@ def choose_method(requested: str, sampling: Sampling) -> tuple[str, str]:
     if requested == "instrument":
         return "instrument", "bolt.method = \"instrument\""
     if requested == "perf":
-        if not sampling.branch_stacks:
-            raise HostpgoError(f"bolt.method = \"perf\" needs branch-stack sampling (LBR on x86, BRBE on aarch64) "
+        if not sampling.available:
+            raise InputError(f"bolt.method = \"perf\" needs branch-stack sampling (LBR on x86, BRBE on aarch64) "
                                f"and this machine has none: {sampling.detail}; use method = \"instrument\" or "
                                "\"auto\"")
         return "perf", f"bolt.method = \"perf\"; {sampling.detail}"
-    if sampling.branch_stacks:
+    if sampling.available:
         return "perf", f"branch stacks can be sampled here ({sampling.detail}): perf record + perf2bolt"
     return "instrument", f"instrumentation: no LBR/BRBE here ({sampling.detail})"
 
@@ -178,13 +156,20 @@ class Target:
         return self.path.with_name(self.path.name + PREBOLT_SUFFIX)
 
 
-def target(build_dir: Path, shared: bool, version: str) -> Target:
+DEFAULT_BINARIES = {"static": "python", "shared": "libpython{minor}.so.1.0"}
+"""CPython's: the file BOLT rewrites below the build directory, by optimize.shared (a target's [bolt] data)."""
+
+
+def target(build_dir: Path, shared: bool, version: str, binaries: Mapping[str, str] | None = None) -> Target:
+    """The file BOLT rewrites: `binaries["shared"]` with optimize.shared, else `binaries["static"]` ({minor}:
+    the version's major.minor)."""
+    names = {**DEFAULT_BINARIES, **(binaries or {})}
+    minor = ".".join(version.split(".")[:2])
     if shared:
-        minor = ".".join(version.split(".")[:2])
-        return Target(build_dir / f"libpython{minor}.so.1.0", "libpython",
+        return Target(build_dir / names["shared"].format(minor=minor), "libpython",
                       "optimize.shared = true: the interpreter's code is in libpython, so libpython is what BOLT "
                       "rewrites (the python executable is a small stub)")
-    return Target(build_dir / "python", "interpreter",
+    return Target(build_dir / names["static"].format(minor=minor), "interpreter",
                   "static libpython: the whole interpreter is in the python executable")
 
 
@@ -279,7 +264,7 @@ def parse_readelf(text: str, path: str) -> ElfFacts:
         if m and m.group(1) not in head:
             head[m.group(1)] = m.group(2)
     if "Class" not in head:
-        raise HostpgoError(f"{path}: readelf printed no ELF header; not an ELF file?")
+        raise InputError(f"{path}: readelf printed no ELF header; not an ELF file?")
     sections = tuple(Section(m.group(1), m.group(2), int(m.group(3), 16))
                      for m in map(_SECTION_RE.match, text.splitlines()) if m)
     segments = tuple(Segment(m.group(1), m.group(2).replace(" ", ""))
@@ -291,26 +276,20 @@ def parse_readelf(text: str, path: str) -> ElfFacts:
 def check_input(path: Path) -> None:
     """A clear error naming the file for a missing or non-ELF input (before readelf gets it)."""
     if not path.exists():
-        raise HostpgoError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file")
     if not path.is_file():
-        raise HostpgoError(f"{path}: not a regular file")
+        raise InputError(f"{path}: not a regular file")
     with path.open("rb") as f:
         magic = f.read(4)
     if magic != b"\x7fELF":
-        raise HostpgoError(f"{path}: not an ELF file (starts with {magic!r}, not b'\\x7fELF')")
+        raise InputError(f"{path}: not an ELF file (starts with {magic!r}, not b'\\x7fELF')")
 
 
 def read_elf(path: Path, run: Callable[[list[str]], str] | None = None) -> ElfFacts:
-    """ElfFacts of `path`; `run` returns a command's stdout (a stage's runner.capture; default: subprocess)."""
+    """ElfFacts of `path`; `run` returns a command's stdout (a stage's runner.capture; default: the runner, unlogged)."""
     check_input(path)
     argv = [readelf_tool(), "-hlSW", str(path)]
-    if run is None:
-        done = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=120)
-        if done.returncode != 0:
-            raise HostpgoError(f"{path}: {format_command(argv)} failed: {done.stderr.strip()[:500]}")
-        text = done.stdout
-    else:
-        text = run(argv)
+    text = run(argv) if run is not None else capture(argv, timeout=120).stdout
     return parse_readelf(text, str(path))
 
 
@@ -376,7 +355,7 @@ def _copy(src: Path, dst: Path) -> None:
     """Copy by temp file + rename: `dst` is either the old file or the whole new one."""
     tmp = dst.with_name(dst.name + f".{os.getpid()}.tmp")
     shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
+    fsutil.move_into_place(tmp, dst)
 
 
 def _capture(ctx: StageContext) -> Callable[[list[str]], str]:
@@ -461,7 +440,7 @@ def _apply_and_swap(tgt: Target, out: Path) -> Callable[[StageContext], None]:
         if not facts.bolted:
             raise HostpgoError(f"{out} has no {BOLT_NOTE}: llvm-bolt did not write it")
         before, after = tgt.prebolt.stat().st_size, out.stat().st_size
-        os.replace(out, tgt.path)
+        fsutil.move_into_place(out, tgt.path)
         ctx.info["bolt"] = {"applied": True, "target": str(tgt.path), "prebolt": str(tgt.prebolt),
                             "gnu_stack": facts.gnu_stack, "bytes_before": before, "bytes_after": after}
     return fn
@@ -484,7 +463,7 @@ def _merge_fdata(tool: str, fdata_dir: Path, out: Path, timeout: float) -> Calla
             raise HostpgoError(f"no .fdata profiles in {fdata_dir} to merge")
         tmp = out.with_name(out.name + ".tmp")
         ctx.runner.run([tool, "-q", "-o", str(tmp), *files], timeout=timeout)
-        os.replace(tmp, out)
+        fsutil.move_into_place(tmp, out)
         ctx.info.update({"merged_profiles": len(files), "fdata": str(out), "bytes": out.stat().st_size})
     return fn
 

@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PatchError
-from .paths import PATCHES_DIR
+from ..core.paths import PATCHES_DIR
+from ..errors import PatchError
 
 PATCH_NAME = re.compile(r"^\d{4}-[A-Za-z0-9._-]+\.patch$")
 

@@ -1,0 +1,1 @@
+"""Planners every target reuses: sources + patches, PGO (instrument -> train -> merge -> use), BOLT, training tasks."""

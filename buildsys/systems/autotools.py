@@ -1,0 +1,94 @@
+"""Autotools (./configure && make): the channels CPython's build uses and the commands of each step (pure).
+
+CPython reads PGO/LTO flags from CFLAGS_NODIST/LDFLAGS_NODIST (kept out of the flags extension modules
+inherit through sysconfig), so they go there rather than into CFLAGS; its NOLTO links read the *make
+variable* LDFLAGS_NODIST, so link flags may travel as a make variable too.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..core.stages import Call, ChannelFlag, Cmd, Stage, StageContext, digest
+from ..toolchain.flags import ResolvedFlags
+
+NAME = "autotools"
+CHANNELS = ("configure-arg", "configure-env", "CFLAGS_NODIST", "LDFLAGS_NODIST", "make-var", "env")
+TOOLS = ("make",)
+
+
+def channel_flags(rf: ResolvedFlags, configure_args: Sequence[str], extra_env: Mapping[str, str]) -> tuple[ChannelFlag, ...]:
+    """Every setting of a configure+build with the channel it travels through (one entry per flag)."""
+    out = [ChannelFlag("configure-arg", a.split("=", 1)[0], a,
+                       "engine: install prefix" if a.startswith("--prefix") else
+                       "optimize.shared" if a.endswith("-shared") else "flags.configure")
+           for a in configure_args]
+    out += [ChannelFlag("configure-env", k, v, "optimize.shared (rpath, as pyenv)" if k == "LDFLAGS"
+                        else "toolchain (detected)")
+            for k, v in sorted({**rf.tools, **extra_env}.items())]
+    out += [ChannelFlag("CFLAGS_NODIST", "CFLAGS_NODIST", f.value, f.why) for f in rf.cflags]
+    out += [ChannelFlag("LDFLAGS_NODIST", "LDFLAGS_NODIST", f.value, f.why) for f in rf.ldflags]
+    return tuple(out)
+
+
+def configure_env(rf: ResolvedFlags, extra_env: Mapping[str, str]) -> dict[str, str]:
+    """configure's environment: the tool variables, extra variables, and the *_NODIST flag variables."""
+    env = {**rf.tools, **extra_env}
+    env["CFLAGS_NODIST"] = " ".join(f.value for f in rf.cflags)
+    env["LDFLAGS_NODIST"] = " ".join(f.value for f in rf.ldflags)
+    return env
+
+
+def configure(tree: Path, build_dir: Path, args: Sequence[str], env: Mapping[str, str]) -> Cmd:
+    """An out-of-tree configure run."""
+    return Cmd((str(tree / "configure"), *args), env=dict(env), cwd=build_dir, timeout=1800)
+
+
+def make_argv(jobs: int, make_vars: Mapping[str, str]) -> tuple[str, ...]:
+    return ("make", f"-j{jobs}", *(f"{k}={v}" for k, v in make_vars.items()))
+
+
+def install_argv(destdir: Path, make_vars: Mapping[str, str]) -> tuple[str, ...]:
+    """A staged install (DESTDIR), published by rename afterwards."""
+    return ("make", "install", f"DESTDIR={destdir}", *(f"{k}={v}" for k, v in make_vars.items()))
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps as stages (pure: computed now, run by the executor).
+
+def configure_stage(name: str, title: str, *, key_inputs: Mapping[str, Any], tree: Path, build_dir: Path,
+                    args: Sequence[str], rf: ResolvedFlags, extra_env: Mapping[str, str]) -> Stage:
+    """mkdir + configure in a fresh build directory; the key covers `key_inputs`, the arguments and the env."""
+    env = configure_env(rf, extra_env)
+    key = digest({"stage": "configure", **key_inputs, "args": list(args), "env": env})
+    return Stage(name, title, key,
+                 (Call(f"mkdir {build_dir}", lambda ctx: build_dir.mkdir(parents=True, exist_ok=True)),
+                  configure(tree, build_dir, args, env)),
+                 outputs=(build_dir,), flags=channel_flags(rf, args, extra_env), notes=rf.notes)
+
+
+def build_stage(name: str, title: str, *, prev_key: str, build_dir: Path, jobs: int,
+                make_vars: Mapping[str, str], make_vars_why: str, run_env: Mapping[str, str],
+                run_env_why: str) -> Stage:
+    """make -jN (with make variables) in the configured build directory."""
+    argv = make_argv(jobs, make_vars)
+    key = digest({"stage": "build", "prev": prev_key, "make": argv, "env": dict(run_env)})
+    return Stage(name, title, key, (Cmd(argv, env=dict(run_env), cwd=build_dir, timeout=4 * 3600),),
+                 flags=(*(ChannelFlag("make-var", k, v, make_vars_why) for k, v in make_vars.items()),
+                        *(ChannelFlag("env", k, v, run_env_why) for k, v in run_env.items())))
+
+
+def install_stage(name: str, *, prev_key: str, build_dir: Path, prefix: Path, staging: Path,
+                  run_env: Mapping[str, str], make_vars: Mapping[str, str],
+                  publish: Callable[[StageContext], None], publish_what: str) -> Stage:
+    """make install into a DESTDIR, then `publish` (a rename into `prefix`)."""
+    key = digest({"stage": "install", "prev": prev_key, "prefix": str(prefix),
+                  **({"make_vars": dict(make_vars)} if make_vars else {})})
+    return Stage(name, f"install into {prefix} (staged, then renamed)", key,
+                 (Call(f"clear {staging}", lambda ctx: shutil.rmtree(staging, ignore_errors=True)),
+                  Cmd(install_argv(staging, make_vars), env=dict(run_env), cwd=build_dir, timeout=3600),
+                  Call(publish_what, publish)),
+                 outputs=(prefix,),
+                 flags=(ChannelFlag("make-var", "DESTDIR", str(staging), "engine: staged install, published by rename"),))

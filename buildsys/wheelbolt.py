@@ -905,7 +905,7 @@ def prepare(args: argparse.Namespace, runner: Runner, work: WorkArea) -> Inputs:
     if pkg.get("workloads", args.call is None):
         checks += [Check(f"{w} golden digest", ("-m", "runtime", "workload", w, "--json", "--check-golden"))
                    for w in prof.verify.workloads]
-    python = args.interp
+    python = os.path.abspath(args.interp)  # a venv's python stays itself (no symlink resolution)
     installed = probe_installed(python, args.package, runner)
     libraries = gather_libraries(installed, patterns, runner)
     tools = Tools(llvm_bolt=find_tool("llvm-bolt") or "llvm-bolt", perf2bolt=find_tool("perf2bolt") or "perf2bolt",

@@ -92,13 +92,13 @@ def parse(text: str, where: str = "callgrind output", event: str = "Ir") -> tupl
         if head.isdigit() or head in "+-*":
             if positions is None or events is None:
                 raise CallgrindError(f"{where}:{lineno}: a cost line before the `positions:`/`events:` header")
+            fields = line.split()
+            npos = len(positions)
+            for i in range(min(npos, len(fields))):  # a call's cost line moves the position too
+                last[i] = _position(fields[i], last[i], f"{where}:{lineno}")
             if skip:
                 skip = False
                 continue
-            fields = line.split()
-            npos = len(positions)
-            for i in range(min(npos, len(fields))):
-                last[i] = _position(fields[i], last[i], f"{where}:{lineno}")
             values = fields[npos:]
             count = int(values[column]) if column < len(values) else 0
             if count:

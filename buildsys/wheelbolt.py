@@ -462,7 +462,8 @@ def plan(inp: Inputs) -> BuildPlan:
         actions.append(Cmd(argv, env={**env, **dict(run.env)}, cwd=inp.repo, timeout=t))
     ckey = digest({"stage": "wheelbolt-collect", "libraries": libs, "collector": inp.collector,
                    "runs": [asdict(r) for r in inp.training], "argv": [a.argv for a in actions if isinstance(a, Cmd)],
-                   "training": inp.training_digest, "tools": inp.tools.versions, "env": env,
+                   "training": inp.training_digest, "env": env,
+                   "tools": [v for v in inp.tools.versions if v[0] in ("valgrind", "perf")],
                    "driver": hashlib.sha256(DRIVER.read_bytes()).hexdigest()})
     stages.append(Stage("wheelbolt-collect", f"profile {len(inp.training)} training run(s) ({inp.collector})", ckey,
                         (Call(f"mkdir {collect_dir}", lambda ctx: collect_dir.mkdir(parents=True)), *actions),
@@ -518,7 +519,8 @@ def plan(inp: Inputs) -> BuildPlan:
         Call(f"env PYTHONPATH={site} {inp.python} {DRIVER} loaded {inp.import_name}: the rewritten libraries "
              f"loaded are the ones in {site}", _loaded_from_site(inp, site, vfy_env)),
         *(Cmd((inp.python, *c.argv), env={**vfy_env, **dict(c.env)}, cwd=inp.repo, timeout=t) for c in inp.checks),
-        Call(f"remove {site} (the record stays in {verify_dir}/verified.json)", _verified(inp, verify_dir, site)),
+        Call(f"the installed libraries still have their input sha256; remove {site} (the record stays in "
+             f"{verify_dir}/verified.json)", _verified(inp, verify_dir, site)),
     ]
     ykey = digest({"stage": "wheelbolt-verify", "prev": pkey, "checks": [asdict(c) for c in inp.checks],
                    "import": inp.import_name, "training": inp.training_digest})
@@ -758,6 +760,9 @@ def _loaded_from_site(inp: Inputs, site: Path, env: Mapping[str, str]):
 
 def _verified(inp: Inputs, verify_dir: Path, site: Path):
     def fn(ctx: StageContext) -> None:
+        changed = [str(lib.path) for lib in inp.libraries if _sha256(lib.path) != lib.sha256]
+        if changed:
+            raise HostpgoError(f"installed libraries changed during the run: {', '.join(changed)}")
         fsutil.write_json(verify_dir / "verified.json", {"checks": [c.what for c in inp.checks],
                                                          "loaded": ctx.info.get("loaded", {}),
                                                          "record_members": ctx.info.get("record_checked")})

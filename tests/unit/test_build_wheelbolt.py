@@ -341,3 +341,18 @@ def test_bolt_check_names_the_non_relocation_route_for_a_stripped_library() -> N
     assert any("python -m buildsys.wheelbolt" in n for n in v.notes)
     bolted = dataclasses.replace(facts, sections=(*facts.sections, bolt.Section(bolt.BOLT_NOTE, "NOTE", 10)))
     assert bolt.assess(bolted).route == "none"
+
+
+def test_driver_reads_load_bases_from_proc_maps() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("wheelbolt_driver", wheelbolt.DRIVER)
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    maps = ("7f10a0000000-7f10a0001000 r--p 00000000 fd:00 12 /site/hotpkg/libhot.so\n"
+            "7f10a0001000-7f10a0002000 r-xp 00001000 fd:00 12 /site/hotpkg/libhot.so\n"
+            "7f10b0000000-7f10b0021000 rw-p 00000000 00:00 0 [heap]\n"
+            "7f10c0000000-7f10c0001000 r--p 00000000 fd:00 13 /usr/lib/python3.11/os.py\n"
+            "7f10d0000000-7f10d0001000 r-xp 00000000 fd:00 14 /usr/lib/libffi.so.8.1.2\n")
+    assert driver.mapped_objects(maps) == {"/site/hotpkg/libhot.so": 0x7F10A0000000,
+                                           "/usr/lib/libffi.so.8.1.2": 0x7F10D0000000}

@@ -82,6 +82,9 @@ PERF_RECORD = ("perf", "record", "-q", "-e", "cycles:u", "-j", "any,u")
 INSTALLER_FILES = ("INSTALLER", "REQUESTED", "direct_url.json", "RECORD")
 """dist-info files an installer writes (or a wheel regenerates): not copied into the new wheel."""
 OVERWRITTEN_RE = re.compile(r"BOLT: (\d+) out of (\d+) functions were overwritten")
+TOP_OBJECTS = 15
+"""How many of the measured window's busiest objects the convert stage records (is a hot library missing
+from the package's list?)."""
 ZIP_TIME = time.gmtime(int(REPRODUCIBLE_EPOCH))[:6]
 
 # ---------------------------------------------------------------------------------------------
@@ -245,11 +248,17 @@ class Check:
 
 @dataclass(frozen=True)
 class Tools:
+    """The executables the stages run."""
+
     llvm_bolt: str
     perf2bolt: str
+    """Also converts the pre-aggregated text (--pa)."""
     merge_fdata: str
+    """Only the perf collector merges (one recording per training run)."""
     valgrind: str | None
+    """None where valgrind is not installed (then only the perf collector is possible)."""
     versions: tuple[tuple[str, str], ...] = ()
+    """(tool, its --version text), for the stage keys and the manifest."""
 
 
 @dataclass(frozen=True)
@@ -591,8 +600,12 @@ def _convert(inp: Inputs, collect_dir: Path, fdata_dir: Path):
                 rec.update({"addresses": len(counts), "bias": mapping.bias, "dropped_outside_text": mapping.outside,
                             "preagg_sha256": _sha256(pre), "fdata_sha256": _sha256(out)})
             per_lib[lib.name] = rec
+        top = sorted(prof.counts, key=prof.total, reverse=True)[:TOP_OBJECTS]
         ctx.info.update({"libraries": per_lib, "window_instructions": total, "event": prof.event,
-                         "commands": list(prof.commands)})
+                         "commands": list(prof.commands),
+                         "top_objects": [{"object": o, "instructions": prof.total(o),
+                                          "share_of_window": round(prof.total(o) / total, 4) if total else 0.0}
+                                         for o in top]})
         if not any(r.get("instructions") for r in per_lib.values()):
             raise HostpgoError("none of the libraries ran an instruction in the measured window: "
                                f"{', '.join(lib.name for lib in inp.libraries)}")
@@ -968,10 +981,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{lib['name']}: " + (f"{lib['functions_overwritten']} of {lib['functions_total']} functions "
                                         f"rewritten in {lib['apply_seconds']}s" if lib["rewritten"] else
                                         f"left as shipped ({lib['why']})"))
+        conv = ex.results["wheelbolt-convert"].info
+        listed = {str(lib.path) for lib in inp.libraries}
+        for o in conv.get("top_objects", []):
+            mark = "" if o["object"] in listed else "  (not rewritten)"
+            print(f"  window share {o['share_of_window']:7.2%}  {o['object']}{mark}")
         print(f"wheel: {doc['output']['wheel']}  (sha256 {doc['output']['sha256']})")
         print(f"verified: {', '.join(doc['verified'] or [])}")
         print(f"manifest: {inp.work_dir / MANIFEST_NAME}")
-        del ex
         return 0
     except HostpgoError as e:
         print(f"error: {e}", file=sys.stderr)

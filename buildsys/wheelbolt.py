@@ -659,6 +659,8 @@ def _pack(inp: Inputs, dist_dir: Path):
         by_name = {lib.name: lib for lib in inp.libraries}
         dest = dist_dir / name
         dist_dir.mkdir(parents=True, exist_ok=True)
+        recorded = {e.path: e.sha256 for e in inp.installed.record if e.sha256}
+        differ: list[str] = []
         scratch = fsutil.scratch_dir(dest)
         try:
             tmp = scratch / name
@@ -667,17 +669,28 @@ def _pack(inp: Inputs, dist_dir: Path):
                 for arc, rel in sorted(members, key=lambda m: (".dist-info/" in m[0], m[0])):
                     src = _lib_out(inp, by_name[rel]) if rel in rewritten else inp.installed.location / rel
                     if arc.endswith(".dist-info/METADATA"):
-                        data = rewrite_metadata(src.read_text(encoding="utf-8"), version).encode()
+                        raw = src.read_bytes()
+                        if rel in recorded and hashlib.sha256(raw).hexdigest() != recorded[rel]:
+                            differ.append(rel)
+                        data = rewrite_metadata(raw.decode("utf-8"), version).encode()
                         _write_member(z, arc, data, 0o644)
                         record_rows.append(f"{arc},{b64_sha256(data)},{len(data)}")
                         continue
                     h, size = _write_file_member(z, arc, src)
+                    if rel not in rewritten and rel in recorded and h != recorded[rel]:
+                        differ.append(rel)
                     record_rows.append(f"{arc},{b64_sha256(h)},{size}")
                 record_name = next(a for a, _ in members if a.endswith(".dist-info/METADATA")).rsplit("/", 1)[0] \
                     + "/RECORD"
                 record_rows.append(f"{record_name},,")
                 _write_member(z, record_name, ("\n".join(record_rows) + "\n").encode(), 0o644)
+            if differ:
+                raise HostpgoError(f"{len(differ)} installed file(s) differ from {inp.installed.dist_info}/RECORD, so "
+                                   f"the installed tree is not the wheel as shipped: {', '.join(differ[:5])}"
+                                   f"{' ...' if len(differ) > 5 else ''}; reinstall it")
             fsutil.move_into_place(tmp, dest)
+        except OSError as e:  # a file RECORD lists is missing or unreadable
+            raise HostpgoError(f"packing {dest.name}: {e}") from e
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         ctx.info.update({"wheel": str(dest), "version": version, "sha256": _sha256(dest), "members": len(members) + 1,

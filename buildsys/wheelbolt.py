@@ -17,12 +17,17 @@ Stages (a BuildPlan executed by buildsys.stages.execute, each stamped by its inp
                        stripped library without .rela.text allows (block reordering and splitting; no
                        function reordering, ICF, --relocs, instrumentation or hugify)
     wheelbolt-pack     a copy of the installed wheel with the rewritten libraries: version
-                       `<version>+bolt.<digest8>`, RECORD with sha256 (urlsafe base64) and sizes
+                       `<version>+bolt.<digest8>` (digest8: sha256 over the rewritten libraries' names and
+                       output sha256), RECORD with sha256 (urlsafe base64) and sizes; every other file is
+                       checked against the installed RECORD (a changed install is refused)
     wheelbolt-verify   the new wheel installed with pip into a scratch directory put first on PYTHONPATH:
                        the package imports, the rewritten libraries are the ones loaded, every runtime
                        workload reproduces its golden token digest
 
-The installed distribution is never written to. Every output directory gets `hostpgo-wheelbolt.json`
+`--interp` is the interpreter of the environment the wheel is installed in (a venv's python, not
+resolved through its symlink): training and verification run there, so they see the package's own
+dependencies; no further venv is made (a fresh one would not have the wheel). The installed
+distribution is never written to. Every output directory gets `hostpgo-wheelbolt.json`
 (schema hostpgo-wheelbolt/1): each library's input and output sha256, functions BOLT rewrote, the
 profile and profile data digests, the collector and why.
 
@@ -100,8 +105,8 @@ STOCK_SCHEMA: dict[str, dict[str, Key]] = {
         "collector": Key(str, "auto", "how the profile is collected: callgrind (exact instruction counts, no "
                          "hardware needed), perf (perf record -j any,u: needs LBR or BRBE), auto (perf where a probe "
                          "shows branch sampling works, else callgrind)", allowed=("auto", "callgrind", "perf")),
-        "steps": Key(int, 24, "engine steps of each training workload in the measured window (callgrind runs "
-                     "the workload about 50x slower)", check=lambda v: v > 0, check_doc="an integer > 0"),
+        "steps": Key(int, 24, "engine steps of each training workload in the measured window (callgrind "
+                     "instruments every instruction in it, so keep it short on a shared machine)", check=lambda v: v > 0, check_doc="an integer > 0"),
         "timeout": Key(int, 7200, "seconds each collection run and each llvm-bolt run may take",
                        check=lambda v: v > 0, check_doc="an integer > 0"),
     },

@@ -106,7 +106,8 @@ STOCK_SCHEMA: dict[str, dict[str, Key]] = {
                          "hardware needed), perf (perf record -j any,u: needs LBR or BRBE), auto (perf where a probe "
                          "shows branch sampling works, else callgrind)", allowed=("auto", "callgrind", "perf")),
         "steps": Key(int, 24, "engine steps of each training workload in the measured window (callgrind "
-                     "instruments every instruction in it, so keep it short on a shared machine)", check=lambda v: v > 0, check_doc="an integer > 0"),
+                     "instruments every instruction in it, so keep it short on a shared machine)",
+                     check=lambda v: v > 0, check_doc="an integer > 0"),
         "timeout": Key(int, 7200, "seconds each collection run and each llvm-bolt run may take",
                        check=lambda v: v > 0, check_doc="an integer > 0"),
     },
@@ -548,7 +549,8 @@ def plan(inp: Inputs) -> BuildPlan:
                "training": [" ".join(r.driver_args) for r in inp.training],
                "libraries": [lib.name for lib in inp.libraries], "apply": list(st.apply),
                "bolt_stock_origins": dict(st.origins), "work_dir": str(w)}
-    notes = tuple(f"{lib.name}: {'stripped (--allow-stripped; functions from .eh_frame)' if lib.stripped else 'symbols'}"
+    notes = tuple(f"{lib.name}: "
+                  f"{'stripped (--allow-stripped; functions from .eh_frame)' if lib.stripped else 'symbols'}"
                   f", {'has' if lib.code_relocations else 'no'} .rela.text" for lib in inp.libraries)
     return BuildPlan(build_id, tuple(stages), notes, summary, finish=lambda ex: write_manifest(ex, inp))
 
@@ -961,7 +963,8 @@ def prepare(args: argparse.Namespace, runner: Runner, work: WorkArea) -> Inputs:
                   training=tuple(runs), checks=tuple(checks), import_name=import_name, stock=stock,
                   collector=collector, collector_why=why, tools=tools, work_dir=work.root / "wheelbolt" / build,
                   stamps=work.stamps, logs=work.logs, profile_name=prof.name,
-                  profile_digest=digest({"files": files_digest, "stock": asdict(stock), "runs": [asdict(r) for r in runs]}),
+                  profile_digest=digest({"files": files_digest, "stock": asdict(stock),
+                                         "runs": [asdict(r) for r in runs]}),
                   training_digest=training_digest)
 
 

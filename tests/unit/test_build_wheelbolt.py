@@ -223,7 +223,8 @@ def test_versions_and_file_names() -> None:
     assert wheelbolt.local_version("2.10.0+cpu", "1b371d14") == "2.10.0+cpu.bolt.1b371d14"
     assert wheelbolt.wheel_file_name("mindspore", "2.10.0+bolt.1b371d14", ["py3-none-any"]) \
         == "mindspore-2.10.0+bolt.1b371d14-py3-none-any.whl"
-    assert wheelbolt.wheel_file_name("my-pkg", "1.0", ["py2-none-any", "py3-none-any"]) == "my_pkg-1.0-py2.py3-none-any.whl"
+    assert wheelbolt.wheel_file_name("my-pkg", "1.0", ["py2-none-any", "py3-none-any"]) \
+        == "my_pkg-1.0-py2.py3-none-any.whl"
     with pytest.raises(InputError, match="no Tag"):
         wheelbolt.wheel_file_name("x", "1", [])
 

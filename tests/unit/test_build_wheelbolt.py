@@ -189,7 +189,8 @@ def test_stock_schema_is_a_dict_for_the_profile_schema() -> None:
 
 def test_package_lists_are_data() -> None:
     ms = wheelbolt.package_settings("mindspore")
-    assert len(ms["libraries"]) == 12 and "mindspore/lib/plugin/libmindspore_ops_cpu.so" in ms["libraries"]
+    assert len(ms["libraries"]) == 14 and "mindspore/lib/plugin/libmindspore_ops_cpu.so" in ms["libraries"]
+    assert ms["libraries"][-2:] == ["mindspore/lib/libdnnl.so.3", "mindspore/lib/libmindspore_backend_common.so"]
     assert wheelbolt.package_settings("ray")["libraries"] == ["ray/_raylet.so"]
     with pytest.raises(InputError, match="no \\[packages.torch\\]"):
         wheelbolt.package_settings("torch")

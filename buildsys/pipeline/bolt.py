@@ -313,6 +313,16 @@ class Verdict:
     needs: tuple[str, ...]
     """What would be needed instead."""
     notes: tuple[str, ...] = ()
+    route: str = "relocation"
+    """relocation (the full option set), non-relocation (stripped or without .rela.text: block reordering and
+    splitting in place, `python -m buildsys.wheelbolt`) or none (llvm-bolt cannot take the file)."""
+
+
+NON_RELOCATION_ROUTE = ("non-relocation route for a library as shipped: `python -m buildsys.wheelbolt` (bolt-wheel) "
+                        "runs llvm-bolt --allow-stripped with [bolt.stock] apply = -reorder-blocks=ext-tsp "
+                        "-split-functions -split-all-cold (functions from .eh_frame; -reorder-functions, -icf, "
+                        "--relocs, -instrument refused there), on a profile of exact counts (callgrind) or of "
+                        "branch stacks (LBR/BRBE), never timer samples")
 
 
 def assess(facts: ElfFacts) -> Verdict:
@@ -345,7 +355,12 @@ def assess(facts: ElfFacts) -> Verdict:
         notes.append(f"code relocations present: {', '.join(relocs[:4])}{' ...' if len(relocs) > 4 else ''}")
     if facts.type in ("EXEC", "DYN"):
         notes.append(f"{facts.kind}, {facts.elf_class} {facts.machine}")
-    return Verdict(not reasons, facts, tuple(reasons), tuple(dict.fromkeys(needs)), tuple(notes))
+    blocking = (facts.arch is None or facts.elf_class != "ELF64" or facts.type not in ("EXEC", "DYN")
+                or facts.bolted or facts.section(".text") is None)
+    route = "none" if blocking else "relocation" if not reasons else "non-relocation"
+    if route == "non-relocation":
+        notes.append(NON_RELOCATION_ROUTE)
+    return Verdict(not reasons, facts, tuple(reasons), tuple(dict.fromkeys(needs)), tuple(notes), route)
 
 
 # ---------------------------------------------------------------------------------------------

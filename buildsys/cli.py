@@ -19,7 +19,7 @@ from . import engine, image, targets, toolchain
 from .core import stages
 from .core.paths import REPO_ROOT, WorkArea
 from .errors import HostpgoError, InputError
-from .pipeline import bolt
+from .pipeline import bolt, wheelbolt
 from .toolchain import profile as profmod
 
 EXIT_CODES = """\
@@ -99,6 +99,9 @@ def parser() -> argparse.ArgumentParser:
     im.add_argument("--archive", type=Path, default=None,
                     help="also write a docker-archive tarball here (skopeo), for `docker load`/`podman load`")
     im.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
+    bw = sub.add_parser("bolt-wheel", help="BOLT an installed wheel's native libraries (as shipped: stripped, "
+                                           "non-relocation mode) from exact-count profiles into a new wheel")
+    wheelbolt.add_arguments(bw)
     bc = sub.add_parser("bolt-check", help="tell whether ELF files can be BOLT-optimized (exit 0: yes, 1: no, "
                                             "2: bad input)")
     bc.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -267,7 +270,7 @@ def cmd_bolt_check(args, console: Console) -> int:
     """0: every file can be BOLT-optimized; 1: at least one cannot (reasons printed); 2: bad input."""
     verdicts = [bolt.assess(bolt.read_elf(f)) for f in args.files]
     if args.json:
-        print(json.dumps([{"file": v.facts.path, "ok": v.ok, "kind": v.facts.kind, "machine": v.facts.machine,
+        print(json.dumps([{"file": v.facts.path, "ok": v.ok, "route": v.route, "kind": v.facts.kind, "machine": v.facts.machine,
                            "symbols": v.facts.symbols, "code_relocations": list(v.facts.code_relocations),
                            "bolted": v.facts.bolted, "reasons": list(v.reasons), "needs": list(v.needs)}
                           for v in verdicts], indent=2))
@@ -318,7 +321,8 @@ def cmd_docs(args, console: Console) -> int:
 
 
 COMMANDS = {"targets": cmd_targets, "docs": cmd_docs, "toolchain": cmd_toolchain, "show-profile": cmd_show_profile, "build": cmd_build,
-            "pipeline": cmd_pipeline, "image": cmd_image, "bolt-check": cmd_bolt_check}
+            "pipeline": cmd_pipeline, "image": cmd_image, "bolt-check": cmd_bolt_check,
+            "bolt-wheel": lambda args, console: wheelbolt.run(args)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -119,7 +119,7 @@ class Layered:
     """The most derived file's raw top-level tables that are not sections (e.g. `targets`), for callers."""
 
     def get(self, dotted: str) -> Any:
-        section, _, key = dotted.partition(".")
+        section, _, key = dotted.rpartition(".")
         return self.values[section][key]
 
 
@@ -167,12 +167,27 @@ class Loader:
                     raise self.error(f"{where}: key '{sect}' must be a {self.extra_top[sect].__name__}")
                 continue
             if sect not in self.schema:
-                allowed = sorted(self.schema) + (sorted({*META_KEYS, *self.scopes, *self.extra_top}) if top else [])
+                allowed = sorted(s for s in self.schema if "." not in s) + (
+                    sorted({*META_KEYS, *self.scopes, *self.extra_top}) if top else [])
                 raise self.error(f"{where}: unknown key '{sect}'; allowed: {', '.join(allowed)}")
             if not isinstance(body, dict):
                 raise self.error(f"{where}: '{sect}' must be a table ([{sect}])")
-            for key, value in body.items():
-                self.check(where, sect, key, value)
+            for name, body in self.sections(sect, body):
+                for key, value in body.items():
+                    self.check(where, name, key, value)
+
+    def sections(self, sect: str, body: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+        """A top-level table split into its sections: `[bolt]` holds the keys of `bolt` and, when the schema
+        has a `bolt.stock` section, the sub-table `[bolt.stock]` as a section of its own."""
+        own = {k: v for k, v in body.items() if f"{sect}.{k}" not in self.schema}
+        out: list[tuple[str, Mapping[str, Any]]] = [(sect, own)]
+        for k, v in body.items():
+            name = f"{sect}.{k}"
+            if name in self.schema:
+                if not isinstance(v, dict):
+                    raise self.error(f"'{name}' must be a table ([{name}])")
+                out += self.sections(name, v)
+        return out
 
     def _validate_scopes(self, where: str, name: str, body: Any) -> None:
         if not isinstance(body, dict):
@@ -218,7 +233,7 @@ class Loader:
         dotted = dotted.strip()
         if not sep or "." not in dotted:
             raise self.error(f"{origin}: {text!r} must look like section.key=value")
-        sect, _, key = dotted.partition(".")
+        sect, _, key = dotted.rpartition(".")
         if sect not in self.schema:
             raise self.error(f"{origin}: unknown key '{dotted}'; sections: {', '.join(self.schema)}")
         raw = raw.strip()
@@ -261,18 +276,20 @@ class Loader:
             chain = self.chain(self.find(str(ref), None))
             for path, layer in chain:
                 o = Origin("file", str(path))
-                for sect, body in layer.items():
-                    if sect in self.schema:
-                        for key, value in body.items():
-                            put(o, sect, key, self.check(str(path), sect, key, value))
+                for top, table in layer.items():
+                    if top in self.schema:
+                        for sect, body in self.sections(top, table):
+                            for key, value in body.items():
+                                put(o, sect, key, self.check(str(path), sect, key, value))
                 description = layer.get("description", description)
             if scope is not None:
                 name, which = scope
                 for path, layer in chain:
                     o = Origin("file", f"{path} [{name}.{which}]")
-                    for sect, body in layer.get(name, {}).get(which, {}).items():
-                        for key, value in body.items():
-                            put(o, sect, key, self.check(str(o), sect, key, value))
+                    for top, table in layer.get(name, {}).get(which, {}).items():
+                        for sect, body in self.sections(top, table):
+                            for key, value in body.items():
+                                put(o, sect, key, self.check(str(o), sect, key, value))
             files = tuple(p for p, _ in reversed(chain))
             data = {k: v for k, v in chain[-1][1].items() if k not in self.schema}
         applied: list[Origin] = []

@@ -315,10 +315,10 @@ class Verdict:
     notes: tuple[str, ...] = ()
     route: str = "relocation"
     """relocation (the full option set), non-relocation (stripped or without .rela.text: block reordering and
-    splitting in place, `python -m buildsys.wheelbolt`) or none (llvm-bolt cannot take the file)."""
+    splitting in place, `python -m buildsys bolt-wheel`) or none (llvm-bolt cannot take the file)."""
 
 
-NON_RELOCATION_ROUTE = ("non-relocation route for a library as shipped: `python -m buildsys.wheelbolt` (bolt-wheel) "
+NON_RELOCATION_ROUTE = ("non-relocation route for a library as shipped: `python -m buildsys bolt-wheel` "
                         "runs llvm-bolt --allow-stripped with [bolt.stock] apply = -reorder-blocks=ext-tsp "
                         "-split-functions -split-all-cold (functions from .eh_frame; -reorder-functions, -icf, "
                         "--relocs, -instrument refused there), on a profile of exact counts (callgrind) or of "

@@ -98,7 +98,24 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "timeout": Key(int, 3600, "seconds each llvm-bolt run may take", check=lambda v: v > 0,
                        check_doc="an integer > 0"),
     },
+    "bolt.stock": {
+        "apply": Key(list, ["-reorder-blocks=ext-tsp", "-split-functions", "-split-all-cold"],
+                     "llvm-bolt options for a library as shipped (stripped, no .rela.text): non-relocation mode "
+                     "accepts only block reordering and splitting; -reorder-functions, -icf, --relocs and "
+                     "-instrument are refused there and -hugify crashes. The engine adds the input, -o, -data "
+                     "and --allow-stripped (when the file has no .symtab)"),
+        "collector": Key(str, "auto", "how the profile is collected: callgrind (exact instruction counts, no "
+                         "hardware needed), perf (perf record -j any,u: needs LBR or BRBE), auto (perf where a probe "
+                         "shows branch sampling works, else callgrind)", allowed=("auto", "callgrind", "perf")),
+        "steps": Key(int, 24, "engine steps of each training workload in the measured window (callgrind "
+                     "instruments every instruction in it, so keep it short on a shared machine)",
+                     check=lambda v: v > 0, check_doc="an integer > 0"),
+        "timeout": Key(int, 7200, "seconds each collection run and each llvm-bolt run may take",
+                       check=lambda v: v > 0, check_doc="an integer > 0"),
+    },
 }
+
+
 @dataclass(frozen=True)
 class ToolchainSpec:
     family: str
@@ -178,6 +195,20 @@ class Bolt:
 
 
 @dataclass(frozen=True)
+class BoltStock:
+    """[bolt.stock]: BOLT of a wheel's libraries as shipped (bolt-wheel, buildsys/pipeline/wheelbolt.py)."""
+
+    apply: tuple[str, ...]
+    """llvm-bolt options of the rewriting run (non-relocation mode)."""
+    collector: str
+    """auto, callgrind or perf."""
+    steps: int
+    """Measured engine steps per training workload."""
+    timeout: int
+    """Seconds per collection run and per llvm-bolt run."""
+
+
+@dataclass(frozen=True)
 class Profile:
     """A fully resolved profile for one target: what every stage reads its settings from."""
 
@@ -195,6 +226,7 @@ class Profile:
     pgo: Pgo
     verify: Verify
     bolt: Bolt
+    bolt_stock: BoltStock
     overrides: tuple[str, ...] = field(default=())
     """Overrides applied from the environment (HOSTPGO_SET) and the command line (--set)."""
 
@@ -271,6 +303,7 @@ def load(name_or_path: str, *, target: str = "cpython", overrides: Sequence[str]
         bolt=Bolt(method=v["bolt"]["method"], apply=tuple(v["bolt"]["apply"]),
                   instrument=tuple(v["bolt"]["instrument"]),
                   skip_functions=tuple(v["bolt"]["skip_functions"]), timeout=v["bolt"]["timeout"]),
+        bolt_stock=BoltStock(**{**v["bolt.stock"], "apply": tuple(v["bolt.stock"]["apply"])}),
         overrides=tuple(o.tag for o in got.overrides),
     )
 

@@ -2,13 +2,15 @@
 
 The test builds `libhot.so` with `gcc -O2 -s` (no .symtab, no .rela.text: what a shipped wheel has),
 installs it as the package `hotpkg` (a site directory with a .dist-info and RECORD) loaded by a ctypes
-driver, and runs the real planner (buildsys.wheelbolt.prepare + plan) through the stage executor:
+driver, and runs the real planner (buildsys.pipeline.wheelbolt.prepare + plan) through the stage executor:
 callgrind around the measured call only -> pre-aggregated profile -> perf2bolt -> llvm-bolt (stock,
 non-relocation options) -> a new wheel -> pip install --target -> the package imports the rewritten
 library and computes the same value. Takes well under a minute.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import base64
 import dataclasses
@@ -21,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import bolt, stages, wheelbolt
+from buildsys.core import stages
+from buildsys.pipeline import bolt, wheelbolt
 from hostpgo.runner import Runner, which
 
 pytestmark = pytest.mark.integration
@@ -100,7 +103,9 @@ def test_stripped_library_goes_through_collect_convert_apply_pack_verify(site: P
     expected = _compute(site, 200_000)
     monkeypatch.setenv("PYTHONPATH", str(site))
     monkeypatch.setenv("HOSTPGO_HOME", str(tmp_path / "home"))
-    args = wheelbolt.parser().parse_args(["--package", "hotpkg", "--profile", "baseline", "--interp", sys.executable,
+    ap = argparse.ArgumentParser()
+    wheelbolt.add_arguments(ap)
+    args = ap.parse_args(["--package", "hotpkg", "--profile", "baseline", "--interp", sys.executable,
                                           "--libraries", "hotpkg/libhot.so", "--import", "hotpkg",
                                           "--call", "hotpkg:setup,200000", "--set", "bolt.stock.collector=callgrind"])
     work = wheelbolt.WorkArea.from_env()

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import bolt, callgrind, wheelbolt
-from buildsys.callgrind import AddressMapping, CallgrindError
+from buildsys.pipeline import bolt, callgrind, wheelbolt
+from buildsys.toolchain import profile
+from buildsys.pipeline.callgrind import AddressMapping, CallgrindError
 from hostpgo.errors import InputError, SettingsError
 
 RECORDED = Path(__file__).resolve().parent.parent / "fixtures" / "callgrind" / "hotpkg.callgrind"
@@ -149,10 +150,10 @@ def test_functions_overwritten_from_llvm_bolt_output() -> None:
 # Settings: [bolt.stock], packages, collector.
 
 def test_stock_defaults_are_the_non_relocation_set(tmp_path: Path) -> None:
-    s = wheelbolt.stock_settings("baseline")
+    s = profile.load("baseline", environ={}).bolt_stock
     assert s.apply == ("-reorder-blocks=ext-tsp", "-split-functions", "-split-all-cold")
     assert (s.collector, s.steps) == ("auto", 24)
-    assert dict(s.origins)["apply"] == "default"
+    assert "bolt.stock.apply" not in profile.loader().resolve("baseline", environ={}).origins  # the default
     for refused in ("-reorder-functions", "-icf", "--relocs", "-instrument", "-hugify"):
         assert not any(o.startswith(refused) for o in s.apply)
 
@@ -161,28 +162,36 @@ def test_stock_keys_from_a_profile_chain_and_the_command_line(tmp_path: Path) ->
     base = tmp_path / "base.toml"
     base.write_text('[bolt.stock]\nsteps = 8\ncollector = "callgrind"\n')
     child = tmp_path / "child.toml"
-    child.write_text('extends = "base.toml"\n[bolt.stock]\nsteps = 4\n')
-    s = wheelbolt.stock_settings(str(child), ["bolt.stock.apply=['-reorder-blocks=ext-tsp']"])
+    child.write_text('extends = "base.toml"\n[bolt]\ntimeout = 60\n[bolt.stock]\nsteps = 4\n')
+    sets = ["bolt.stock.apply=['-reorder-blocks=ext-tsp']"]
+    s = profile.load(str(child), environ={}, overrides=sets).bolt_stock
     assert (s.steps, s.collector, s.apply) == (4, "callgrind", ("-reorder-blocks=ext-tsp",))
-    origins = dict(s.origins)
-    assert origins["steps"] == str(child) and origins["collector"] == str(base)
-    assert origins["apply"].startswith("command line --set")
+    assert profile.load(str(child), environ={}).bolt.timeout == 60  # [bolt]'s own keys beside its sub-table
+    origins = profile.loader().resolve(str(child), environ={}, sets=sets).origins
+    assert str(origins["bolt.stock.steps"]) == str(child) and str(origins["bolt.stock.collector"]) == str(base)
+    assert str(origins["bolt.stock.apply"]).startswith("command line --set")
 
 
 @pytest.mark.parametrize("sets, message", [
     (["bolt.stock.nope=1"], "unknown key 'bolt.stock.nope'"),
     (["bolt.stock.steps=0"], "key 'bolt.stock.steps' has value 0"),
     (["bolt.stock.collector=cpu-clock"], "allowed values"),
-    (["optimize.lto=thin"], "bolt.stock.KEY=VALUE"),
 ])
 def test_bad_stock_overrides_name_their_source(sets: list[str], message: str) -> None:
     with pytest.raises(SettingsError, match=message) as e:
-        wheelbolt.stock_settings("baseline", sets)
+        profile.load("baseline", environ={}, overrides=sets)
     assert "command line --set" in str(e.value)
 
 
-def test_stock_schema_is_a_dict_for_the_profile_schema() -> None:
-    keys = wheelbolt.STOCK_SCHEMA["bolt.stock"]
+def test_bad_stock_key_in_a_file_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[bolt.stock]\nsteps = "many"\n')
+    with pytest.raises(SettingsError, match=r"bad.toml: key 'bolt.stock.steps' must be int"):
+        profile.load(str(bad), environ={})
+
+
+def test_stock_keys_are_in_the_profile_schema_with_docs() -> None:
+    keys = profile.SCHEMA["bolt.stock"]
     assert set(keys) == {"apply", "collector", "steps", "timeout"}
     assert all(k.doc for k in keys.values())
 
@@ -283,7 +292,7 @@ def _inputs(tmp_path: Path, collector: str = "callgrind") -> wheelbolt.Inputs:
         training=(wheelbolt.TrainingRun("decode-b1", ("workload", "decode-b1", "8")),),
         checks=(wheelbolt.Check("decode-b1 golden digest", ("-m", "runtime", "workload", "decode-b1", "--json",
                                                              "--check-golden")),),
-        import_name="mindspore", stock=wheelbolt.stock_settings("baseline"), collector=collector,
+        import_name="mindspore", stock=profile.load("baseline", environ={}).bolt_stock, collector=collector,
         collector_why="test", tools=tools, work_dir=tmp_path / "w", stamps=tmp_path / "s", logs=tmp_path / "l",
         profile_name="baseline", profile_digest="pd", training_digest="td")
 
@@ -340,7 +349,7 @@ def test_bolt_check_names_the_non_relocation_route_for_a_stripped_library() -> N
                           sections=(bolt.Section(".text", "PROGBITS", 100),))
     v = bolt.assess(facts)
     assert not v.ok and v.route == "non-relocation"
-    assert any("python -m buildsys.wheelbolt" in n for n in v.notes)
+    assert any("python -m buildsys bolt-wheel" in n for n in v.notes)
     bolted = dataclasses.replace(facts, sections=(*facts.sections, bolt.Section(bolt.BOLT_NOTE, "NOTE", 10)))
     assert bolt.assess(bolted).route == "none"
 

@@ -1,6 +1,6 @@
 """bolt-wheel: BOLT the native libraries of an installed wheel, as shipped (stripped), into a new wheel.
 
-    python -m buildsys.wheelbolt --package mindspore --profile workload-pgo-lto-bolt \\
+    python -m buildsys bolt-wheel --package mindspore --profile workload-pgo-lto-bolt \\
         --interp .venv/bin/python [--workloads decode-b1 --steps 8] [--libraries GLOB ...] \\
         [--set bolt.stock.apply='[...]'] [--dry-run]
 
@@ -8,7 +8,7 @@ Stages (a BuildPlan executed by buildsys.stages.execute, each stamped by its inp
 
     wheelbolt-collect  the profile's training workloads, run by the interpreter the wheel is installed
                        in; exact counts: valgrind --tool=callgrind --instr-atstart=no, instrumentation
-                       switched on only around `open_workload(...).run_steps(n)` (buildsys/wheelbolt_driver.py);
+                       switched on only around `open_workload(...).run_steps(n)` (buildsys/pipeline/wheelbolt_driver.py);
                        where perf can sample branch stacks (LBR, BRBE): perf record -j any,u instead
     wheelbolt-convert  callgrind -> BOLT's pre-aggregated profile per library (buildsys.callgrind) ->
                        perf2bolt --pa --ba --allow-stripped -> one .fdata per library (perf: perf2bolt
@@ -34,8 +34,7 @@ profile and profile data digests, the collector and why.
 A profile from `perf record -e cpu-clock` (timer samples without branch stacks) is never offered: on
 these libraries it marked hot code cold and made them slower.
 
-The `[bolt.stock]` keys (STOCK_SCHEMA) are not in buildsys/profile.py's schema yet; this module reads
-them through `stock_settings` until the lead merges the dict into the profile schema.
+The `[bolt.stock]` keys are part of the build-profile schema (buildsys/toolchain/profile.py, docs/profiles.md).
 """
 
 from __future__ import annotations
@@ -59,13 +58,14 @@ from typing import Any
 
 from hostpgo import fsutil
 from hostpgo.errors import CommandError, HostpgoError, InputError, SettingsError
-from hostpgo.layered import Key
 from hostpgo.runner import Runner, format_command, which
 
 from . import callgrind
-from .bolt import BOLT_NOTE, Sampling, check_gnu_stack, probe_branch_sampling, read_elf
-from .paths import REPO_ROOT, REPRODUCIBLE_EPOCH, WorkArea
-from .stages import (
+from ..toolchain.profile import BoltStock
+from ..toolchain import facts as facts_mod
+from .bolt import BOLT_NOTE, Sampling, check_gnu_stack, read_elf
+from ..core.paths import REPO_ROOT, REPRODUCIBLE_EPOCH, WorkArea
+from ..core.stages import (
     BuildPlan,
     Call,
     Cmd,
@@ -91,99 +91,6 @@ TOP_OBJECTS = 15
 """How many of the measured window's busiest objects the convert stage records (is a hot library missing
 from the package's list?)."""
 ZIP_TIME = time.gmtime(int(REPRODUCIBLE_EPOCH))[:6]
-
-# ---------------------------------------------------------------------------------------------
-# The [bolt.stock] keys, for the lead to merge into the profile schema (buildsys/profile.py).
-
-STOCK_SCHEMA: dict[str, dict[str, Key]] = {
-    "bolt.stock": {
-        "apply": Key(list, ["-reorder-blocks=ext-tsp", "-split-functions", "-split-all-cold"],
-                     "llvm-bolt options for a library as shipped (stripped, no .rela.text): non-relocation mode "
-                     "accepts only block reordering and splitting; -reorder-functions, -icf, --relocs and "
-                     "-instrument are refused there and -hugify crashes. The engine adds the input, -o, -data "
-                     "and --allow-stripped (when the file has no .symtab)"),
-        "collector": Key(str, "auto", "how the profile is collected: callgrind (exact instruction counts, no "
-                         "hardware needed), perf (perf record -j any,u: needs LBR or BRBE), auto (perf where a probe "
-                         "shows branch sampling works, else callgrind)", allowed=("auto", "callgrind", "perf")),
-        "steps": Key(int, 24, "engine steps of each training workload in the measured window (callgrind "
-                     "instruments every instruction in it, so keep it short on a shared machine)",
-                     check=lambda v: v > 0, check_doc="an integer > 0"),
-        "timeout": Key(int, 7200, "seconds each collection run and each llvm-bolt run may take",
-                       check=lambda v: v > 0, check_doc="an integer > 0"),
-    },
-}
-
-
-@dataclass(frozen=True)
-class StockBolt:
-    """The resolved [bolt.stock] settings."""
-
-    apply: tuple[str, ...]
-    """llvm-bolt options of the rewriting run."""
-    collector: str
-    """auto, callgrind or perf."""
-    steps: int
-    """Measured engine steps per training workload."""
-    timeout: int
-    """Seconds per collection run and per llvm-bolt run."""
-    origins: tuple[tuple[str, str], ...] = ()
-    """(key, where its value came from)."""
-
-
-def _profile_chain(path: Path) -> list[tuple[Path, dict]]:
-    """The profile file and its `extends` ancestors, base first (raw TOML; the profile loader validates)."""
-    from .profile import profile_path
-
-    chain: list[tuple[Path, dict]] = []
-    seen: set[Path] = set()
-    while path not in seen:
-        seen.add(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise SettingsError(f"{path}: {e}") from None
-        chain.insert(0, (path, data))
-        parent = data.get("extends")
-        if not parent:
-            break
-        cand = path.parent / parent if parent.endswith(".toml") or "/" in parent else path.parent / f"{parent}.toml"
-        path = cand.resolve() if cand.is_file() else profile_path(parent)
-    return chain
-
-
-def stock_settings(profile_ref: str, sets: Sequence[str] = ()) -> StockBolt:
-    """[bolt.stock] of a profile (defaults -> extends chain -> the file -> `--set bolt.stock.KEY=VALUE`)."""
-    from .profile import profile_path
-
-    keys = STOCK_SCHEMA["bolt.stock"]
-    values = {k: key.default for k, key in keys.items()}
-    origins = {k: "default" for k in keys}
-
-    def take(k: str, raw: Any, where: str) -> None:
-        if k not in keys:
-            raise SettingsError(f"{where}: unknown key 'bolt.stock.{k}'; allowed: {', '.join(keys)}")
-        try:
-            values[k] = keys[k].coerce(raw)
-        except ValueError as e:
-            raise SettingsError(f"{where}: key 'bolt.stock.{k}' {e}") from None
-        origins[k] = where
-
-    for path, data in _profile_chain(profile_path(profile_ref)):
-        table = data.get("bolt", {}).get("stock", {})
-        for k, raw in table.items():
-            take(k, raw, str(path))
-    for text in sets:
-        dotted, eq, raw = text.partition("=")
-        if not eq or not dotted.startswith("bolt.stock."):
-            raise SettingsError(f"command line --set {text!r}: bolt-wheel takes bolt.stock.KEY=VALUE")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        take(dotted.removeprefix("bolt.stock."), value, f"command line --set {text}")
-    return StockBolt(apply=tuple(values["apply"]), collector=values["collector"], steps=values["steps"],
-                     timeout=values["timeout"], origins=tuple(origins.items()))
-
 
 # ---------------------------------------------------------------------------------------------
 # Inputs: the installed distribution, the libraries, the training runs and checks.
@@ -278,7 +185,7 @@ class Inputs:
     training: tuple[TrainingRun, ...]
     checks: tuple[Check, ...]
     import_name: str
-    stock: StockBolt
+    stock: BoltStock
     collector: str
     """callgrind or perf (chosen)."""
     collector_why: str
@@ -298,8 +205,8 @@ class Inputs:
 
 def choose_collector(requested: str, sampling: Sampling, *, valgrind: bool) -> tuple[str, str]:
     """(callgrind | perf, why) for bolt.stock.collector = auto | callgrind | perf."""
-    if requested == "perf" or (requested == "auto" and sampling.branch_stacks):
-        if not sampling.branch_stacks:
+    if requested == "perf" or (requested == "auto" and sampling.available):
+        if not sampling.available:
             raise InputError("bolt.stock.collector = \"perf\" needs branch-stack sampling (LBR, BRBE) and this "
                              f"machine has none: {sampling.detail}; a timer-sampled profile (cpu-clock) made these "
                              "libraries slower, so use callgrind (exact counts) here")
@@ -324,7 +231,7 @@ def select_libraries(record: Sequence[RecordEntry], patterns: Sequence[str]) -> 
 
 
 def package_settings(package: str, path: Path = PACKAGES_FILE) -> dict[str, Any]:
-    """[packages.NAME] of buildsys/wheelbolt.toml."""
+    """[packages.NAME] of buildsys/pipeline/wheelbolt.toml."""
     data = tomllib.loads(path.read_text())
     known = data.get("packages", {})
     if package not in known:
@@ -548,7 +455,7 @@ def plan(inp: Inputs) -> BuildPlan:
                "collector": inp.collector, "collector_why": inp.collector_why,
                "training": [" ".join(r.driver_args) for r in inp.training],
                "libraries": [lib.name for lib in inp.libraries], "apply": list(st.apply),
-               "bolt_stock_origins": dict(st.origins), "work_dir": str(w)}
+               "bolt_stock": asdict(st), "work_dir": str(w)}
     notes = tuple(f"{lib.name}: "
                   f"{'stripped (--allow-stripped; functions from .eh_frame)' if lib.stripped else 'symbols'}"
                   f", {'has' if lib.code_relocations else 'no'} .rela.text" for lib in inp.libraries)
@@ -920,14 +827,14 @@ def gather_libraries(inst: Installed, patterns: Sequence[str], runner: Runner) -
 
 
 def prepare(args: argparse.Namespace, runner: Runner, work: WorkArea) -> Inputs:
-    from . import profile as profile_mod
+    from ..toolchain import profile as profile_mod
     from . import training
 
     pkg = package_settings(args.package) if not (args.libraries and args.import_name) else {}
     patterns = tuple(args.libraries or pkg.get("libraries", ()))
     import_name = args.import_name or pkg.get("import", args.package)
-    stock = stock_settings(args.profile, args.set)
-    prof = profile_mod.load(args.profile)
+    prof = profile_mod.load(args.profile, overrides=args.set)
+    stock = prof.bolt_stock
     steps = args.steps or stock.steps
     runs: list[TrainingRun] = []
     tasks = training.resolve(prof.pgo.tasks)
@@ -954,7 +861,8 @@ def prepare(args: argparse.Namespace, runner: Runner, work: WorkArea) -> Inputs:
     versions = {"llvm-bolt": runner.capture([tools.llvm_bolt, "--version"], timeout=60).stdout.strip()[:200]}
     if tools.valgrind:
         versions["valgrind"] = runner.capture([tools.valgrind, "--version"], timeout=60).stdout.strip()
-    collector, why = choose_collector(stock.collector, probe_branch_sampling(), valgrind=bool(tools.valgrind))
+    collector, why = choose_collector(stock.collector, facts_mod.host_facts(work.facts, work.logs / "host-facts.log").branch_sampling,
+                                   valgrind=bool(tools.valgrind))
     tools = Tools(tools.llvm_bolt, tools.perf2bolt, tools.merge_fdata, tools.valgrind, tuple(sorted(versions.items())))
     files_digest = hashlib.sha256(b"".join(Path(f).read_bytes() for f in prof.files)).hexdigest()
     training_digest = training.runtime_digest() if not args.call else ""
@@ -968,56 +876,43 @@ def prepare(args: argparse.Namespace, runner: Runner, work: WorkArea) -> Inputs:
                   training_digest=training_digest)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m buildsys.wheelbolt",
-                                description="BOLT an installed wheel's native libraries into a new wheel "
-                                            "(bolt-wheel)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The `python -m buildsys bolt-wheel` flags."""
     p.add_argument("--package", required=True, help="the installed distribution (e.g. mindspore, ray)")
     p.add_argument("--profile", required=True, help="build profile: its training workloads and [bolt.stock]")
     p.add_argument("--interp", default=sys.executable, help="the interpreter the wheel is installed for "
                                                             "(a venv's python)")
-    p.add_argument("--libraries", nargs="+", help="override buildsys/wheelbolt.toml's list (RECORD paths, globs)")
+    p.add_argument("--libraries", nargs="+",
+                   help="override buildsys/pipeline/wheelbolt.toml's list (RECORD paths, globs)")
     p.add_argument("--import", dest="import_name", help="module the verify stage imports")
     p.add_argument("--workloads", nargs="+", help="training workloads instead of the profile's")
     p.add_argument("--call", action="append", help="train on MODULE:FUNC[,ARG...] instead of workloads")
     p.add_argument("--steps", type=int, help="measured steps per workload (default bolt.stock.steps)")
-    p.add_argument("--set", action="append", default=[], help="bolt.stock.KEY=VALUE")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a profile key, e.g. bolt.stock.steps=8")
     p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
-    return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        work = WorkArea.from_env()
-        runner = Runner(None)
-        inp = prepare(args, runner, work)
-        bp = plan(inp)
-        if args.dry_run:
-            print(render_plan(bp))
-            return 0
-        ex = execute(bp, inp.stamps, inp.logs, live=sys.stderr.isatty())
-        doc = json.loads((inp.work_dir / MANIFEST_NAME).read_text())
-        for lib in doc["libraries"]:
-            print(f"{lib['name']}: " + (f"{lib['functions_overwritten']} of {lib['functions_total']} functions "
-                                        f"rewritten in {lib['apply_seconds']}s" if lib["rewritten"] else
-                                        f"left as shipped ({lib['why']})"))
-        conv = ex.results["wheelbolt-convert"].info
-        listed = {str(lib.path) for lib in inp.libraries}
-        for o in conv.get("top_objects", []):
-            mark = "" if o["object"] in listed else "  (not rewritten)"
-            print(f"  window share {o['share_of_window']:7.2%}  {o['object']}{mark}")
-        print(f"wheel: {doc['output']['wheel']}  (sha256 {doc['output']['sha256']})")
-        print(f"verified: {', '.join(doc['verified'] or [])}")
-        print(f"manifest: {inp.work_dir / MANIFEST_NAME}")
+def run(args: argparse.Namespace) -> int:
+    """Prepare, plan and execute (or print the plan); errors propagate to the CLI, which maps them."""
+    work = WorkArea.from_env()
+    inp = prepare(args, Runner(None), work)
+    bp = plan(inp)
+    if args.dry_run:
+        print(render_plan(bp))
         return 0
-    except HostpgoError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted; stages that did not finish left no stamp and will run again", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    ex = execute(bp, inp.stamps, inp.logs, live=sys.stderr.isatty())
+    doc = json.loads((inp.work_dir / MANIFEST_NAME).read_text())
+    for lib in doc["libraries"]:
+        print(f"{lib['name']}: " + (f"{lib['functions_overwritten']} of {lib['functions_total']} functions "
+                                    f"rewritten in {lib['apply_seconds']}s" if lib["rewritten"] else
+                                    f"left as shipped ({lib['why']})"))
+    conv = ex.results["wheelbolt-convert"].info
+    listed = {str(lib.path) for lib in inp.libraries}
+    for o in conv.get("top_objects", []):
+        mark = "" if o["object"] in listed else "  (not rewritten)"
+        print(f"  window share {o['share_of_window']:7.2%}  {o['object']}{mark}")
+    print(f"wheel: {doc['output']['wheel']}  (sha256 {doc['output']['sha256']})")
+    print(f"verified: {', '.join(doc['verified'] or [])}")
+    print(f"manifest: {inp.work_dir / MANIFEST_NAME}")
+    return 0

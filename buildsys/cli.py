@@ -45,7 +45,11 @@ def parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("toolchain", help="detect compilers, companion tools and CPU tuning")
-    t.add_argument("--install", action="store_true", help="install LLVM 22 and CPython build deps (root, Debian)")
+    t.add_argument("--install", action="store_true", help="install what --for needs (root; apt on Debian/Ubuntu, "
+                                                          "dnf elsewhere); nothing when it is all there")
+    t.add_argument("--for", dest="purpose", choices=("pipeline", "tests"), default="pipeline",
+                   help="pipeline (default): LLVM 22, CPython's build dependencies, the image tools; tests: LLVM 22, "
+                        "gcc, valgrind, perf, umoci and the allocator packages the test suite runs")
     t.add_argument("--json", action="store_true")
     s = sub.add_parser("show-profile", help="print a profile's effective settings and per-stage flags")
     s.add_argument("profile", help="a name from profiles/ or a path to a .toml file")
@@ -112,7 +116,7 @@ def parser() -> argparse.ArgumentParser:
 def cmd_toolchain(args, console: Console) -> int:
     tcs = toolchain.detect()
     if args.install:
-        toolchain.install(tcs.host, Runner(WorkArea.from_env().logs / "toolchain-install.log"))
+        toolchain.install(tcs.host, Runner(WorkArea.from_env().logs / "toolchain-install.log"), args.purpose)
         tcs = toolchain.detect()
     if args.json:
         print(json.dumps({"host": vars(tcs.host) | {"tuning": tcs.host.host_tuning},
@@ -135,12 +139,13 @@ def cmd_toolchain(args, console: Console) -> int:
                 problems.append(f"{toolchain.LLVM_TOOLS[role]} not found next to {llvm.cc}")
     if tcs.find("gcc") is None:
         problems.append("no gcc found")
-    packages = toolchain.missing_packages(h)
+    packages = toolchain.missing_packages(h, args.purpose)
     if packages:
         problems.append("packages not installed: " + " ".join(packages))
     if problems:
         console.print("[red]missing:[/] " + "; ".join(problems))
-        console.print(f"install with: {toolchain.install_hint(h)}   (or: python -m buildsys toolchain --install, as root)")
+        console.print(f"install with: {toolchain.install_hint(h, args.purpose)}   "
+                      f"(or: python -m buildsys toolchain --install --for {args.purpose}, as root)")
         return 1
     console.print("[green]all toolchains and companion tools present[/]")
     return 0

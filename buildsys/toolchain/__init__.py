@@ -238,41 +238,65 @@ def detect(environ: dict[str, str] | None = None) -> Toolchains:
     return Toolchains(host=detect_host(), compilers=tuple(compilers))
 
 
-def missing_packages(host: Host) -> list[str]:
-    """On Debian/Ubuntu: which of LLVM_PACKAGES + CPYTHON_BUILD_DEPS + IMAGE_PACKAGES dpkg does not list as installed."""
+PURPOSES = ("pipeline", "tests")
+"""What a machine is set up for: `pipeline` builds CPython and images; `tests` runs the test suite."""
+TEST_TOOL_PACKAGES = ("build-essential", "valgrind", "linux-perf", "umoci")
+"""Beside LLVM, what the tests run for real: gcc fixtures, cachegrind counters, perf's probe and
+attribution, umoci unpacking the image fixtures (the allocator packages come from hostenv's table)."""
+
+
+def wanted_packages(host: Host, purpose: str = "pipeline") -> tuple[str, ...]:
+    """The distribution packages a purpose needs on this host (Debian/Ubuntu names, or dnf names)."""
+    if purpose not in PURPOSES:
+        raise ToolchainError(f"--for {purpose!r}: choose one of {', '.join(PURPOSES)}")
+    from hostenv import allocators
+
+    fam = allocators.family(host)
+    alloc = tuple(dict.fromkeys(p for spec in allocators.table().values() if (p := spec.packages.get(fam))))
+    if host.is_debian_like:
+        if purpose == "tests":
+            return (*LLVM_PACKAGES, *TEST_TOOL_PACKAGES, *alloc)
+        return (*LLVM_PACKAGES, *CPYTHON_BUILD_DEPS, *IMAGE_PACKAGES)
+    base = ("clang", "lld", "llvm", "llvm-bolt", "gcc", "make")
+    if purpose == "tests":
+        return (*base, "valgrind", "perf", *alloc)
+    return (*base, "bzip2-devel", "libffi-devel", "xz-devel", "ncurses-devel", "readline-devel",
+            "sqlite-devel", "openssl-devel", "zlib-devel", "libuuid-devel", "gdbm-devel")
+
+
+def missing_packages(host: Host, purpose: str = "pipeline") -> list[str]:
+    """On Debian/Ubuntu: which of `wanted_packages(host, purpose)` dpkg does not list as installed."""
     if not host.is_debian_like or not shutil.which("dpkg-query"):
         return []
-    wanted = [*LLVM_PACKAGES, *CPYTHON_BUILD_DEPS, *IMAGE_PACKAGES]
-    done = capture(["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", *wanted], timeout=60,
-                          check=False)
+    wanted = list(wanted_packages(host, purpose))
+    done = capture(["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", *wanted], timeout=60, check=False)
     installed = {ln.split()[0].split(":")[0] for ln in done.stdout.splitlines()
                  if len(ln.split()) > 1 and ln.split()[1].startswith("ii")}
     return [p for p in wanted if p not in installed]
 
 
-def install_command(host: Host) -> list[str]:
-    """The exact package-manager command that installs what hostpgo needs on this host."""
-    if host.is_debian_like:
-        return ["apt-get", "install", "-y", *LLVM_PACKAGES, *CPYTHON_BUILD_DEPS, *IMAGE_PACKAGES]
-    return ["dnf", "install", "-y", "clang", "lld", "llvm", "llvm-bolt", "gcc", "make",
-            "bzip2-devel", "libffi-devel", "xz-devel", "ncurses-devel", "readline-devel",
-            "sqlite-devel", "openssl-devel", "zlib-devel", "libuuid-devel", "gdbm-devel"]
+def install_command(host: Host, purpose: str = "pipeline") -> list[str]:
+    """The exact package-manager command that installs what `purpose` needs on this host."""
+    manager = ["apt-get", "install", "-y"] if host.is_debian_like else ["dnf", "install", "-y"]
+    return [*manager, *wanted_packages(host, purpose)]
 
 
-def install_hint(host: Host) -> str:
-    return " ".join(install_command(host))
+def install_hint(host: Host, purpose: str = "pipeline") -> str:
+    return " ".join(install_command(host, purpose))
 
 
-def install(host: Host, runner) -> None:
-    """Install LLVM and CPython build dependencies with the system package manager (root only)."""
+def install(host: Host, runner, purpose: str = "pipeline") -> None:
+    """Install what `purpose` needs with the system package manager (root only); nothing when all is there."""
+    if host.is_debian_like and shutil.which("dpkg-query") and not missing_packages(host, purpose):
+        return
     if os.geteuid() != 0:
-        raise ToolchainError(f"installing toolchains needs root; run as root: {install_hint(host)}")
+        raise ToolchainError(f"installing toolchains needs root; run as root: {install_hint(host, purpose)}")
     if host.is_debian_like:
         env = {"DEBIAN_FRONTEND": "noninteractive"}
         runner.run(["apt-get", "update"], env=env, timeout=900)
-        runner.run(install_command(host), env=env, timeout=3600)
+        runner.run(install_command(host, purpose), env=env, timeout=3600)
     elif shutil.which("dnf"):
-        runner.run(install_command(host), timeout=3600)
+        runner.run(install_command(host, purpose), timeout=3600)
     else:
         raise ToolchainError(f"don't know how to install a toolchain on OS '{host.os_id}'; "
                              "install clang/lld/llvm (22 preferred) and gcc yourself")

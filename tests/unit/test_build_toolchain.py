@@ -98,3 +98,18 @@ def test_pipeline_toolchain_check_installs_as_root_or_names_the_command(monkeypa
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     tcs = engine.ensure_toolchain(["baseline", "generic-pgo-lto"], console)
     assert tcs.find("clang") is clang and state["commands"][0][:4] == ["apt-get", "install", "-y", "clang-22"]
+
+
+def test_the_tests_purpose_installs_what_the_suite_runs_and_the_allocators_from_hostenvs_table():
+    from hostenv import allocators
+
+    debian = toolchain.Host("x86_64", "debian")
+    tests = toolchain.wanted_packages(debian, "tests")
+    assert {"clang-22", "lld-22", "llvm-22", "bolt-22", "valgrind", "linux-perf", "umoci"} <= set(tests)
+    assert {p for spec in allocators.table().values() if (p := spec.packages.get("debian"))} <= set(tests)
+    assert {"libjemalloc2", "libtcmalloc-minimal4"} <= set(tests)
+    pipeline = toolchain.wanted_packages(debian, "pipeline")
+    assert "libssl-dev" in pipeline and "mmdebstrap" in pipeline and "valgrind" not in pipeline
+    assert toolchain.install_command(debian, "tests") == ["apt-get", "install", "-y", *tests]
+    with pytest.raises(toolchain.ToolchainError, match="--for 'nightly'"):
+        toolchain.wanted_packages(debian, "nightly")

@@ -26,16 +26,26 @@ def cmd_checkpoint(args) -> int:
     from runtime.weights import random_tensors, write_checkpoint
 
     cfg = PRESETS[args.preset]
+    tensors = random_tensors(cfg, args.seed, include_mtp=not args.no_mtp)
+    if args.quant:
+        cfg, tensors = _quantize(cfg, tensors, args)
     files = write_checkpoint(
         args.out,
         cfg,
-        random_tensors(cfg, args.seed, include_mtp=not args.no_mtp),
+        tensors,
         shards=args.shards,
         layout=args.layout,
     )
     for f in files:
         print(f)
     return 0
+
+
+def _quantize(cfg, tensors, args):
+    """`checkpoint --quant`: the float tensors rounded to nearest in the scheme's layout (runtime/quant.py)."""
+    from runtime.quant_linear import quantize_checkpoint
+
+    return quantize_checkpoint(cfg, tensors, args.quant, args.seed)
 
 
 def cmd_verify(args) -> int:
@@ -192,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="config.json rotary keys: rope_theta/rope_scaling or rope_parameters/rope_interleave",
     )
     c.add_argument("--no-mtp", action="store_true", help="leave out the multi-token-prediction layer")
+    c.add_argument(
+        "--quant",
+        choices=["w8a8", "a16w4", "fp8"],
+        help="quantize the linears (round to nearest): w8a8 in golden-stick's layout, a16w4 in GPTQ's "
+        "(group 64), fp8 in DeepSeek's 128x128-block E4M3 layout",
+    )
     c.set_defaults(func=cmd_checkpoint)
 
     v = sub.add_parser("verify", help="MindSpore forward vs the NumPy reference on the same tokens")

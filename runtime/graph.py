@@ -34,6 +34,7 @@ from mindspore import Parameter, Tensor, mint, nn, ops
 
 from runtime import kernels as K
 from runtime.config import DeepseekV3Config
+from runtime.errors import EngineError
 from runtime.model import NEG
 from runtime.rope import cos_sin_tables, rotation_indices
 
@@ -188,6 +189,10 @@ class GraphModel(nn.Cell):
     def __init__(self, cfg: DeepseekV3Config, weights: dict[str, np.ndarray], num_blocks: int, block_size: int,
                  max_blocks_per_seq: int):
         super().__init__()
+        if cfg.quant is not None and cfg.quant.runs_quantized:
+            raise EngineError(
+                f"graph mode runs float weights only; this checkpoint is {cfg.quant.method}-quantized (use eager mode)"
+            )
         K.configure()
         self.cfg = cfg
         self.num_slots = num_blocks * block_size

@@ -206,6 +206,9 @@ class WorkloadSpec:
     driver: Callable[[int, int], Driver]
     golden: str
     """token_digest of the default run (built-in tiny preset, default steps, seed 0)."""
+    quant: str | None = None
+    """Quantization scheme the workload runs (runtime/quant.py METHODS): its built-in checkpoint is the preset
+    quantized into that layout, and a --checkpoint must be quantized the same way. None: any checkpoint."""
 
     @property
     def needs_compile(self) -> bool:
@@ -314,6 +317,29 @@ WORKLOADS: dict[str, WorkloadSpec] = {
             ServeMixedDriver,
             "0c622a949477030839ec5c992932cdbe1dace23278a060239ed63da57e5ae9c8",
         ),
+        # Quantized weights (runtime/quant.py, runtime/quant_linear.py): decode-b8's requests and cache over the
+        # tiny preset quantized by `checkpoint --quant`; every quantized linear quantizes, multiplies and rescales
+        # with MindSpore ops on each call. Eager only: GraphModel runs float weights.
+        WorkloadSpec(
+            "decode-b8-w8a8",
+            1,
+            "decode-b8's requests on W8A8 weights (golden-stick layout: static per-tensor, per-token in MoE experts)",
+            32,
+            _engine(16, 64, 512, 8),
+            lambda v, s: DecodeDriver(v, s, 8),
+            "549c85359b0050302b2621046f20df74018388628be8b7b2bb1debac81bfff0e",
+            quant="w8a8",
+        ),
+        WorkloadSpec(
+            "decode-b8-a16w4",
+            1,
+            "decode-b8's requests on A16W4 weights (GPTQ layout, group 64, unpacked and dequantized per call)",
+            32,
+            _engine(16, 64, 512, 8),
+            lambda v, s: DecodeDriver(v, s, 8),
+            "52b660eeab42a75890b5fdc57f5622fd06d7a64bf1803c0b5015a3034b03bd42",
+            quant="a16w4",
+        ),
     )
 }
 
@@ -339,6 +365,12 @@ class Workload:
         self.checkpoint = checkpoint
         self.preset = preset
         self.cfg = load_config(checkpoint)
+        if spec.quant is not None and (self.cfg.quant is None or self.cfg.quant.method != spec.quant):
+            have = "float" if self.cfg.quant is None else self.cfg.quant.method
+            raise WorkloadError(
+                f"workload {spec.name} runs {spec.quant} weights, but {checkpoint} holds {have} weights "
+                f"(write one with `python -m runtime checkpoint --quant {spec.quant}`)"
+            )
         weights, self.load_report = load_weights(checkpoint, self.cfg)
         self.checkpoint_digest = checkpoint_digest(checkpoint)
         ec = replace(spec.engine, seed=seed)
@@ -461,6 +493,7 @@ class Workload:
             "transfers_per_token": run["transfers"] / tokens,
             "host_us_per_step": 1e6 * run["host_s"] / steps,
             "mode": self.engine.cfg.mode,
+            "quantization": None if self.cfg.quant is None else self.cfg.quant.method,
             "host_total_s": run["process_s"],
             "host_total_us_per_token": 1e6 * run["process_s"] / tokens,
             "host_runtime_threads_us_per_token": 1e6 * (run["process_s"] - run["host_s"]) / tokens,
@@ -503,4 +536,4 @@ def open_workload(name: str, checkpoint: str | Path | None = None, seed: int = 0
     spec = get_spec(name)
     if checkpoint is not None:
         return Workload(spec, Path(checkpoint), seed, None)
-    return Workload(spec, builtin_checkpoint(preset, 0), seed, preset)
+    return Workload(spec, builtin_checkpoint(preset, 0, quant=spec.quant), seed, preset)

@@ -25,6 +25,9 @@ GOLDEN = {
     ("decode-b1-graph", 1): "bf0e1698978d621f1e616e758b261a532a266dd48891a39c440e9cb659e4df3a",
     ("decode-b8-graph", 1): "aeddfe7a7e338be551f1496cce47e3c1fdaef5c8daa5a4adca11e1a9cd3d47b4",
     ("serve-mixed-graph", 1): "0c622a949477030839ec5c992932cdbe1dace23278a060239ed63da57e5ae9c8",
+    # quantized weights (the tiny preset through `checkpoint --quant`): pinned from runs
+    ("decode-b8-w8a8", 1): "549c85359b0050302b2621046f20df74018388628be8b7b2bb1debac81bfff0e",
+    ("decode-b8-a16w4", 1): "52b660eeab42a75890b5fdc57f5622fd06d7a64bf1803c0b5015a3034b03bd42",
 }
 
 

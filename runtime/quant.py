@@ -34,10 +34,11 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -297,6 +298,22 @@ def dequantize_linear(qc: QuantConfig, kind: str, t: Mapping[str, np.ndarray]) -
     raise ValueError(f"unknown quantized linear kind {kind!r}")
 
 
+def dequantize_weights(
+    qc: QuantConfig, float_shapes: Mapping[str, tuple[int, ...]], weights: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The float32 weights a quantized checkpoint's tensors stand for (NumPy; the reference model and tests).
+
+    `float_shapes` is the float tensor set (runtime.weights.expected_tensors without quant); tensors of linears
+    that are not quantized pass through.
+    """
+    out = dict(weights)
+    for base, kind in quantized_linears(qc, float_shapes).items():
+        n, k = float_shapes[base + ".weight"]
+        parts = {suffix: out.pop(f"{base}.{suffix}") for suffix in linear_tensors(qc, kind, n, k)}
+        out[base + ".weight"] = dequantize_linear(qc, kind, parts)
+    return out
+
+
 # -- FP8 E4M3 ----------------------------------------------------------------------------------------------------
 def _e4m3_table() -> np.ndarray:
     b = np.arange(256)
@@ -412,5 +429,4 @@ def save_safetensors(tensors: Mapping[str, np.ndarray | RawTensor], path: str | 
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
-        for b in blobs:
-            f.write(b)
+        f.writelines(blobs)

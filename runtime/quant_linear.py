@@ -24,8 +24,8 @@ reach float32 by a promoting multiply, not a Cast.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import mindspore as ms
 import numpy as np

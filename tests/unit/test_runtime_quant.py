@@ -8,10 +8,15 @@ import pytest
 np = pytest.importorskip("numpy")
 pytest.importorskip("safetensors")
 
-from runtime import quant as Q  # noqa: E402
-from runtime.config import PRESETS, load_config, parse_config  # noqa: E402
-from runtime.errors import CheckpointError, ConfigError  # noqa: E402
-from runtime.weights import expected_tensors, load_weights, random_tensors, write_checkpoint  # noqa: E402
+from runtime import quant as Q
+from runtime.config import PRESETS, load_config, parse_config
+from runtime.errors import CheckpointError, ConfigError
+from runtime.weights import (
+    expected_tensors,
+    load_weights,
+    random_tensors,
+    write_checkpoint,
+)
 
 CFG = PRESETS["tiny"]
 W8A8, A16W4, FP8 = Q.QuantConfig("w8a8"), Q.QuantConfig("a16w4"), Q.QuantConfig("fp8")
@@ -167,8 +172,8 @@ def test_quantized_checkpoint_loads_with_its_dtypes(tmp_path):
     ("qc", "name", "bad", "match"),
     [
         (A16W4, "model.layers.2.mlp.experts.3.up_proj.qweight", np.ones((4, 32), np.int32),
-         r"tensor 'model\.layers\.2\.mlp\.experts\.3\.up_proj\.qweight' in model\.safetensors has shape \[4, 32\], "
-         r"config\.json implies \[8, 32\]"),
+         (r"tensor 'model\.layers\.2\.mlp\.experts\.3\.up_proj\.qweight' in model\.safetensors has shape \[4, 32\], "
+          r"config\.json implies \[8, 32\]")),
         (A16W4, "model.layers.1.self_attn.o_proj.scales", np.ones((1, 64), np.float32),
          r"'model\.layers\.1\.self_attn\.o_proj\.scales' in model\.safetensors is F32; the a16w4 layout stores it as F16"),
         (W8A8, "model.layers.1.self_attn.q_a_proj.weight", np.ones((48, 64), np.float32),

@@ -194,6 +194,31 @@ class PrefixHitDriver(Driver):
             self._add(engine)
 
 
+class OffloadDriver(Driver):
+    """Requests over six 48-token documents in turn, more than the device cache keeps: prefixes return from the host."""
+
+    warmup_steps = 2
+    in_flight = 2
+    documents = 6
+
+    def __init__(self, vocab_size: int, seed: int):
+        super().__init__(vocab_size, seed)
+        self.docs = [self.tokens(48, 9, k) for k in range(self.documents)]
+
+    def _add(self, engine: LLMEngine) -> None:
+        i = self.count
+        self.count += 1
+        prompt = self.docs[i % self.documents] + self.tokens(4, 10, i)
+        engine.add_request(f"o{i}", prompt, SamplingParams(max_tokens=6))
+
+    def start(self, engine: LLMEngine) -> None:
+        self._add(engine)
+
+    def before_step(self, engine: LLMEngine, step: int) -> None:
+        while len(engine.scheduler.waiting) + len(engine.scheduler.running) < self.in_flight:
+            self._add(engine)
+
+
 @dataclass(frozen=True)
 class WorkloadSpec:
     """One named workload: its version, default length, engine settings and request stream."""
@@ -225,6 +250,7 @@ class WorkloadSpec:
 
 
 def _engine(block_size: int, num_blocks: int, budget: int, max_seqs: int, **graph) -> EngineConfig:
+    """An engine config; `graph` passes further EngineConfig fields (mode, max_model_len, host_blocks)."""
     return EngineConfig(
         block_size=block_size,
         num_blocks=num_blocks,
@@ -339,6 +365,19 @@ WORKLOADS: dict[str, WorkloadSpec] = {
             lambda v, s: DecodeDriver(v, s, 8),
             "52b660eeab42a75890b5fdc57f5622fd06d7a64bf1803c0b5015a3034b03bd42",
             quant="a16w4",
+        ),
+        # KV-cache offload: six documents of three full blocks each cycle through a 12-block device cache, so each
+        # document's blocks are evicted before it comes back; evicted blocks move to 32 host slots and return on
+        # the prefix hit instead of being recomputed.
+        WorkloadSpec(
+            "serve-offload",
+            1,
+            "requests over six shared 48-token documents in turn; a 12-block device cache offloads evicted "
+            "prefix blocks to 32 host slots and swaps them back on a prefix hit",
+            40,
+            _engine(16, 12, 64, 4, host_blocks=32),
+            OffloadDriver,
+            "cc7f51a36832c923020308d08eef60c0c290c5146fd8e4de3a18bff96d30091c",
         ),
     )
 }
@@ -514,6 +553,14 @@ class Workload:
             "ttft_ms_mean": run["ttft_ms_mean"],
             "tpot_ms_mean": run["tpot_ms_mean"],
             "preemptions": run["preemptions"],
+            "kv_offload": None
+            if not self.engine.blocks.host_blocks
+            else {
+                "host_blocks": self.engine.blocks.host_blocks,
+                "swaps_out": stats.swaps_out,
+                "swaps_in": stats.swaps_in,
+                "host_dropped": stats.host_dropped,
+            },
             "prefix_cache_hit_tokens": stats.hit_tokens,
             "prefix_cache_queried_tokens": stats.queried_tokens,
             "python": sys.version.split()[0],

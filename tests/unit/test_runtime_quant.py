@@ -312,3 +312,13 @@ def test_graph_mode_refuses_quantized_weights(tmp_path):
     cfg = replace(CFG, quant=A16W4)
     with pytest.raises(EngineError, match="graph mode runs float weights only"):
         build_model(cfg, _fake_quantized(A16W4), EngineConfig(mode="graph", num_blocks=8, max_model_len=64))
+
+
+@pytest.mark.runtime
+def test_quantized_workload_refuses_other_weights(tmp_path, float_tensors):
+    from runtime.errors import WorkloadError
+    from runtime.workloads import open_workload
+
+    write_checkpoint(tmp_path, CFG, float_tensors)
+    with pytest.raises(WorkloadError, match="decode-b8-a16w4 runs a16w4 weights, but .* holds float weights"):
+        open_workload("decode-b8-a16w4", checkpoint=tmp_path)

@@ -176,3 +176,32 @@ def test_cli_checkpoint_verify_generate(home, tmp_path, capsys):
     (ck / "model-00002-of-00002.safetensors").unlink()
     assert main(["verify", "--checkpoint", str(ck)]) == 2
     assert "model-00002-of-00002.safetensors, which does not exist" in capsys.readouterr().err
+
+
+def test_offload_gives_the_same_tokens_and_counts_swaps(home):
+    from dataclasses import replace
+
+    from runtime import workloads
+    from runtime.engine import EngineConfig
+    from runtime.errors import EngineError
+    from runtime.workarea import builtin_checkpoint
+
+    spec = workloads.WORKLOADS["serve-offload"]
+    runs = {}
+    for label, engine in (
+        ("offload", spec.engine),
+        ("recompute", replace(spec.engine, host_blocks=0)),
+        ("no eviction", replace(spec.engine, num_blocks=64, host_blocks=0)),
+    ):
+        wl = workloads.Workload(replace(spec, engine=engine), builtin_checkpoint("tiny", 0), 0, "tiny")
+        run = wl.run_steps(spec.default_steps)
+        runs[label] = (run["digest"], run["tokens"], wl.record(run)["kv_offload"], wl.engine.blocks.stats.evictions)
+        wl.drain()  # every request finished: no device block held, every host slot accounted for, no copy pending
+        assert len(wl.engine.blocks.host_cached) + len(wl.engine.blocks.host_free) == engine.host_blocks
+    digest, tokens, offload, evictions = runs["offload"]
+    assert digest == runs["recompute"][0] == runs["no eviction"][0] == spec.golden
+    assert offload["swaps_out"] == evictions > 0 and offload["swaps_in"] > 0 and offload["host_blocks"] == 32
+    assert tokens == runs["no eviction"][1] < runs["recompute"][1]  # prefixes came back instead of being recomputed
+    assert runs["recompute"][2] is None and runs["recompute"][3] > 0
+    with pytest.raises(EngineError, match="eager mode only"):
+        EngineConfig(mode="graph", host_blocks=4)

@@ -322,3 +322,21 @@ def test_quantized_workload_refuses_other_weights(tmp_path, float_tensors):
     write_checkpoint(tmp_path, CFG, float_tensors)
     with pytest.raises(WorkloadError, match="decode-b8-a16w4 runs a16w4 weights, but .* holds float weights"):
         open_workload("decode-b8-a16w4", checkpoint=tmp_path)
+
+
+@pytest.mark.runtime
+def test_checkpoint_quant_from_a_float_checkpoint(tmp_path, float_tensors, capsys):
+    from runtime.cli import main
+
+    write_checkpoint(tmp_path / "f", CFG, float_tensors)
+    assert main(["checkpoint", "--out", str(tmp_path / "q"), "--quant", "a16w4", "--from", str(tmp_path / "f")]) == 0
+    cfg = load_config(tmp_path / "q")
+    w, report = load_weights(tmp_path / "q", cfg)
+    assert cfg.quant == A16W4 and report.mtp_skipped == 0
+    o = "model.layers.1.self_attn.o_proj."
+    want = Q.quantize_gptq(float_tensors[o + "weight"], 64)
+    assert np.array_equal(w[o + "qweight"], want["qweight"]) and np.array_equal(w[o + "scales"], want["scales"])
+    assert main(["checkpoint", "--out", str(tmp_path / "x"), "--from", str(tmp_path / "f")]) == 2
+    assert "--from needs --quant" in capsys.readouterr().err
+    assert main(["checkpoint", "--out", str(tmp_path / "x"), "--quant", "w8a8", "--from", str(tmp_path / "q")]) == 2
+    assert "already a16w4-quantized" in capsys.readouterr().err

@@ -9,7 +9,8 @@ Two layouts are accepted:
   and a boolean `rope_interleave`.
 
 A file may carry both; then every value present in both places must agree. Every error names the
-file and the key.
+file and the key. A `quantization_config` (W8A8, A16W4 GPTQ or DeepSeek's FP8 blocks) is parsed by
+runtime/quant.py into `DeepseekV3Config.quant`.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ Tensor names are exactly those of the published checkpoints (`model.layers.N.sel
 A checkpoint is one `model.safetensors` or shards listed by `model.safetensors.index.json`.
 Multi-token-prediction layers (`model.layers.<num_hidden_layers + i>.*`, i < num_nextn_predict_layers)
 are shape-checked when present and then set aside: this runtime does not speculate.
+Quantized checkpoints (config.json's `quantization_config`, runtime/quant.py) replace each quantized linear's
+`weight` by its layout's tensors, checked by name, shape and dtype the same way; W8A8/A16W4 tensors are returned
+in their stored dtypes, FP8 ones dequantized to float32. Float tensors may be F32, F16, F64 or BF16.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -110,8 +113,6 @@ def quantized_dtypes(cfg: DeepseekV3Config) -> dict[str, str]:
     """Name -> required safetensors dtype of every quantized tensor (main and MTP layers); empty for float."""
     if cfg.quant is None:
         return {}
-    from dataclasses import replace
-
     plain = replace(cfg, quant=None)
     return {
         **quant.quantized_tensor_set(cfg.quant, expected_tensors(plain))[1],
@@ -249,8 +250,6 @@ def _read_tensor(f, path: Path, name: str, dtype: str, keep: bool) -> np.ndarray
 
 def _dequantize_fp8(cfg: DeepseekV3Config, weights: dict[str, np.ndarray]) -> None:
     """Replace each FP8 weight and its weight_scale_inv by the float32 weight (FP8 checkpoints run as float)."""
-    from dataclasses import replace
-
     for base in quant.quantized_linears(cfg.quant, expected_tensors(replace(cfg, quant=None))):
         scale = weights.pop(base + ".weight_scale_inv")
         weights[base + ".weight"] = quant.dequantize_fp8_block(weights[base + ".weight"], scale, cfg.quant.block)

@@ -366,6 +366,29 @@ WORKLOADS: dict[str, WorkloadSpec] = {
             "52b660eeab42a75890b5fdc57f5622fd06d7a64bf1803c0b5015a3034b03bd42",
             quant="a16w4",
         ),
+        # The quantized decode-b8 variants in graph mode: the quantized arithmetic compiled into the step's graph
+        # (runtime/quant_graph.py), routed experts stacked as GraphModel runs them. Digests pinned from runs; on the
+        # tiny preset they equal their eager namesakes'.
+        WorkloadSpec(
+            "decode-b8-w8a8-graph",
+            1,
+            "decode-b8-w8a8's requests, each step one launch of a compiled graph",
+            32,
+            _engine(16, 64, 512, 8, **_graph(96)),
+            lambda v, s: DecodeDriver(v, s, 8),
+            "549c85359b0050302b2621046f20df74018388628be8b7b2bb1debac81bfff0e",
+            quant="w8a8",
+        ),
+        WorkloadSpec(
+            "decode-b8-a16w4-graph",
+            1,
+            "decode-b8-a16w4's requests, each step one launch of a compiled graph",
+            32,
+            _engine(16, 64, 512, 8, **_graph(96)),
+            lambda v, s: DecodeDriver(v, s, 8),
+            "52b660eeab42a75890b5fdc57f5622fd06d7a64bf1803c0b5015a3034b03bd42",
+            quant="a16w4",
+        ),
         # KV-cache offload: six documents of three full blocks each cycle through a 12-block device cache, so each
         # document's blocks are evicted before it comes back; evicted blocks move to 32 host slots and return on
         # the prefix hit instead of being recomputed.

@@ -28,6 +28,8 @@ GOLDEN = {
     # quantized weights (the tiny preset through `checkpoint --quant`): pinned from runs
     ("decode-b8-w8a8", 1): "549c85359b0050302b2621046f20df74018388628be8b7b2bb1debac81bfff0e",
     ("decode-b8-a16w4", 1): "52b660eeab42a75890b5fdc57f5622fd06d7a64bf1803c0b5015a3034b03bd42",
+    ("decode-b8-w8a8-graph", 1): "549c85359b0050302b2621046f20df74018388628be8b7b2bb1debac81bfff0e",
+    ("decode-b8-a16w4-graph", 1): "52b660eeab42a75890b5fdc57f5622fd06d7a64bf1803c0b5015a3034b03bd42",
     # KV-cache offload: pinned from a run; the same digest with offload off and with a cache that never evicts
     ("serve-offload", 1): "cc7f51a36832c923020308d08eef60c0c290c5146fd8e4de3a18bff96d30091c",
 }

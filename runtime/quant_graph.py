@@ -9,10 +9,14 @@ batched matmul, as GraphModel's float experts do.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import lru_cache
+
 import numpy as np
 from mindspore import Parameter, Tensor, mint, nn, ops
 
 from runtime.config import DeepseekV3Config
+from runtime.errors import EngineError
 from runtime.quant import QuantConfig, linear_tensors, quantized_linears
 
 _SHIFTS = np.arange(0, 32, 4, dtype=np.int32)
@@ -111,28 +115,25 @@ class GPTQLinear(nn.Cell):
         return self.matmul(x, w)
 
 
-def _kinds(cfg: DeepseekV3Config, weights: dict[str, np.ndarray]) -> dict[str, str]:
-    if cfg.quant is None or not cfg.quant.runs_quantized:
-        return {}
-    from dataclasses import replace
-
+@lru_cache(maxsize=8)
+def _layout(cfg: DeepseekV3Config) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """(float tensor shapes, quantized linear -> kind) of a config (no kinds for float and FP8 checkpoints)."""
     from runtime.weights import expected_tensors
 
-    return quantized_linears(cfg.quant, expected_tensors(replace(cfg, quant=None)))
+    shapes = expected_tensors(replace(cfg, quant=None))
+    if cfg.quant is None or not cfg.quant.runs_quantized:
+        return shapes, {}
+    return shapes, quantized_linears(cfg.quant, shapes)
 
 
 def _parts(cfg: DeepseekV3Config, weights: dict[str, np.ndarray], base: str, kind: str) -> dict[str, np.ndarray]:
-    from dataclasses import replace
-
-    from runtime.weights import expected_tensors
-
-    n, k = expected_tensors(replace(cfg, quant=None))[base + ".weight"]
+    n, k = _layout(cfg)[0][base + ".weight"]
     return {suffix: weights[f"{base}.{suffix}"] for suffix in linear_tensors(cfg.quant, kind, n, k)}
 
 
 def graph_linear(cfg: DeepseekV3Config, weights: dict[str, np.ndarray], base: str, name: str) -> nn.Cell:
     """The Cell for linear `base` (`model.layers.0.self_attn.o_proj`): float, W8A8 or A16W4 as the checkpoint holds it."""
-    kind = _kinds(cfg, weights).get(base)
+    kind = _layout(cfg)[1].get(base)
     if kind is None:
         return FloatLinear(weights[base + ".weight"], name)
     t = _parts(cfg, weights, base, kind)
@@ -175,7 +176,7 @@ class W8A8DynamicExperts(nn.Cell):
             setattr(self, short + "_scale", _param(stack(proj, "weight_scale", True), f"{name}.{short}.scale"))  # [E, 1, out]
             offset = stack(proj, "weight_offset", True)
             if np.any(offset):
-                raise ValueError(f"{name}: graph-mode experts take symmetric weights (weight_offset all zero)")
+                raise EngineError(f"{name}: graph-mode experts take symmetric weights (weight_offset all zero)")
         self.tiny = _const(1e-12, np.float32)
 
     def construct(self, x):
@@ -202,7 +203,7 @@ class GPTQExperts(nn.Cell):
             groups = qz.shape[1]
             g_idx = weights[f"{prefixes[0]}{proj}.g_idx"]
             if any(not np.array_equal(weights[f"{p}{proj}.g_idx"], g_idx) for p in prefixes):
-                raise ValueError(f"{name}: graph-mode experts need the same g_idx in every expert")
+                raise EngineError(f"{name}: graph-mode experts need the same g_idx in every expert")
             setattr(self, short + "_qweight", _param(qw.reshape(e, k8, 1, n), f"{name}.{short}.qweight", np.int32))
             setattr(self, short + "_qzeros", _param(qz.reshape(e, groups, n // 8, 1), f"{name}.{short}.qzeros", np.int32))
             scales = np.stack([weights[f"{p}{proj}.scales"] for p in prefixes])
@@ -230,7 +231,7 @@ class GPTQExperts(nn.Cell):
 def graph_experts(cfg: DeepseekV3Config, weights: dict[str, np.ndarray], layer: int, name: str) -> nn.Cell:
     """The Cell running layer `layer`'s routed experts on every token, in the checkpoint's layout."""
     prefixes = [f"model.layers.{layer}.mlp.experts.{e}." for e in range(cfg.n_routed_experts)]
-    kind = _kinds(cfg, weights).get(prefixes[0] + "gate_proj")
+    kind = _layout(cfg)[1].get(prefixes[0] + "gate_proj")
     if kind is None:
         return FloatExperts(weights, prefixes, name)
     if kind == "dynamic":

@@ -16,7 +16,8 @@ from runtime.config import PRESETS
 from runtime.errors import WorkloadError
 from runtime.weights import random_tensors, write_checkpoint
 
-# Bump when random_tensors/write_checkpoint change what a preset's files contain.
+# Bump when random_tensors/write_checkpoint (or, for the quantized ones, quant_linear.quantize_checkpoint) change
+# what a preset's files contain.
 CHECKPOINT_FORMAT = 1
 _COMPLETE = "hostpgo-complete"
 

@@ -262,6 +262,32 @@ def test_per_call_linears_match_integer_math():
     assert K.dispatches() - d0 == 13  # unpack codes (3) and zeros (4, with v1 +1), 2 gathers, centre, scale, matmul
 
 
+@pytest.mark.runtime
+def test_wide_w8a8_linears_take_the_int32_path():
+    from runtime import kernels as K
+    from runtime.quant_linear import (
+        W8A8DynamicLinear,
+        W8A8StaticLinear,
+        exact_in_float32,
+    )
+
+    K.configure()
+    assert exact_in_float32(1032) and not exact_in_float32(1033)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 2048)).astype(np.float32)
+    w = (rng.standard_normal((16, 2048)) / 45).astype(np.float32)
+    s = Q.quantize_w8a8_static(w, float(x.min()), float(x.max()))
+    static = W8A8StaticLinear(s)
+    assert not static.exact_float and K.to_host(static.weight).dtype == np.int32
+    xq = np.clip(np.rint(x / s["input_scale"][0] + s["input_offset"][0]), -128, 127).astype(np.int64)
+    want = (xq @ s["weight"].T.astype(np.int64) + s["quant_bias"]) * s["deq_scale"]
+    assert np.allclose(K.to_host(static(K.to_device(x))), want, rtol=1e-6, atol=1e-6)
+    d = Q.quantize_w8a8_dynamic(w)
+    tok = np.abs(x).max(axis=1, keepdims=True) / 127.0
+    want = (np.rint(x / tok).astype(np.int64) @ d["weight"].T.astype(np.int64)) * tok * d["weight_scale"].T
+    assert np.allclose(K.to_host(W8A8DynamicLinear(d)(K.to_device(x))), want, rtol=1e-5, atol=1e-6)
+
+
 QUANT_LOGITS_TOLERANCE = {"w8a8": 0.75, "a16w4": 1.1, "fp8": 1.1}
 """max|quantized - float| / max|float| accepted over the tiny preset's logits (measured: 0.49, 0.88, 0.89; the random
 tiny model amplifies any weight perturbation: 1% noise on its projections moves logits by about 0.9 of max|float|)."""

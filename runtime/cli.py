@@ -58,10 +58,16 @@ def cmd_checkpoint(args) -> int:
     from runtime.weights import random_tensors, write_checkpoint
 
     cfg = PRESETS[args.preset]
+    if args.quantize_from:
+        cfg, tensors = _float_checkpoint(args.quantize_from, args.quant)
+    else:
+        tensors = random_tensors(cfg, args.seed, include_mtp=not args.no_mtp)
+    if args.quant:
+        cfg, tensors = _quantize(cfg, tensors, args)
     files = write_checkpoint(
         args.out,
         cfg,
-        random_tensors(cfg, args.seed, include_mtp=not args.no_mtp),
+        tensors,
         shards=args.shards,
         layout=args.layout,
         replace=args.force,
@@ -69,6 +75,27 @@ def cmd_checkpoint(args) -> int:
     for f in files:
         print(f)
     return 0
+
+
+def _float_checkpoint(path: Path, quant: str | None):
+    """`checkpoint --quant Q --from DIR`: the config and main-model tensors of a float checkpoint to quantize."""
+    from runtime.config import load_config
+    from runtime.errors import CheckpointError
+    from runtime.weights import load_weights
+
+    if not quant:
+        raise CheckpointError("--from needs --quant (it quantizes an existing float checkpoint)")
+    cfg = load_config(path)
+    if cfg.quant is not None:
+        raise CheckpointError(f"{path}: already {cfg.quant.method}-quantized; --from takes a float checkpoint")
+    return cfg, load_weights(path, cfg)[0]
+
+
+def _quantize(cfg, tensors, args):
+    """`checkpoint --quant`: the float tensors rounded to nearest in the scheme's layout (runtime/quant.py)."""
+    from runtime.quant_linear import quantize_checkpoint
+
+    return quantize_checkpoint(cfg, tensors, args.quant, args.seed)
 
 
 def cmd_verify(args) -> int:
@@ -265,6 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--no-mtp", action="store_true", help="leave out the multi-token-prediction layer")
     c.add_argument("--force", action="store_true", help="replace a checkpoint already in --out (else refused)")
+    c.add_argument(
+        "--quant",
+        choices=["w8a8", "a16w4", "fp8"],
+        help="quantize the linears (round to nearest): w8a8 in golden-stick's layout, a16w4 in GPTQ's "
+        "(group 64), fp8 in DeepSeek's 128x128-block E4M3 layout",
+    )
+    c.add_argument(
+        "--from",
+        dest="quantize_from",
+        type=Path,
+        metavar="DIR",
+        help="with --quant: quantize this float checkpoint (its main-model tensors; --preset, --seed's weights "
+        "and --no-mtp do not apply) instead of new random weights",
+    )
     c.set_defaults(func=cmd_checkpoint)
 
     v = sub.add_parser("verify", help="MindSpore forward vs the NumPy reference on the same tokens")

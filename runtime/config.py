@@ -9,7 +9,8 @@ Two layouts are accepted:
   and a boolean `rope_interleave`.
 
 A file may carry both; then every value present in both places must agree. Every error names the
-file and the key.
+file and the key. A `quantization_config` (W8A8, A16W4 GPTQ or DeepSeek's FP8 blocks) is parsed by
+runtime/quant.py into `DeepseekV3Config.quant`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from runtime.errors import ConfigError
+from runtime.quant import QuantConfig, parse_quantization_config
 
 _SUPPORTED_ROPE_TYPES = ("default", "yarn")
 
@@ -105,6 +107,8 @@ class DeepseekV3Config:
     num_nextn_predict_layers: int = 0
     """Multi-token-prediction layers stored after the main layers (never run by this runtime)."""
     tie_word_embeddings: bool = False
+    quant: QuantConfig | None = None
+    """How the checkpoint's linears are quantized (`quantization_config`; runtime/quant.py); None: float."""
 
     @property
     def qk_head_dim(self) -> int:
@@ -128,7 +132,9 @@ class DeepseekV3Config:
 
     def to_hf_dict(self, layout: str = "published") -> dict[str, Any]:
         """The config.json content: `published` (rope_theta/rope_scaling) or `parameters` layout."""
-        d = {k: v for k, v in asdict(self).items() if k != "rope"}
+        d = {k: v for k, v in asdict(self).items() if k not in ("rope", "quant")}
+        if self.quant is not None:
+            d["quantization_config"] = self.quant.to_hf_dict()
         d["architectures"] = ["DeepseekV3ForCausalLM"]
         d["model_type"] = "deepseek_v3"
         d["hidden_act"] = "silu"
@@ -215,11 +221,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "config.json") -> Deepsee
     model_type = raw.get("model_type")
     if model_type is not None and model_type != "deepseek_v3":
         raise err(f"model_type is {model_type!r}, expected 'deepseek_v3'")
-    if raw.get("quantization_config"):
-        raise err(
-            "'quantization_config' is set (FP8 block-quantized weights); dequantize the checkpoint "
-            "to float32/float16 first"
-        )
+    quant = parse_quantization_config(raw.get("quantization_config") or None, err)
     expect("hidden_act", ("silu",), "SwiGLU experts")
     expect("attention_bias", (False,), "DeepSeek-V3 projections have no bias")
     expect("moe_layer_freq", (1,), "every layer after first_k_dense_replace is MoE")
@@ -287,6 +289,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "config.json") -> Deepsee
         rope=rope,
         num_nextn_predict_layers=nextn,
         tie_word_embeddings=tie,
+        quant=quant,
         **ints,
         **floats,
     )

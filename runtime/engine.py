@@ -51,6 +51,9 @@ class EngineConfig:
     max_num_batched_tokens), one graph for decode steps and one for prefill or mixed steps."""
     jit_level: str = "O0"
     """Graph mode: mindspore.jit's jit_level ("O0", as vLLM-MindSpore runs, or "O1")."""
+    host_blocks: int = 0
+    """KV-cache offload: host slots that evicted prefix-cache blocks move to (and come back from on a prefix hit);
+    0 turns offload off. Eager mode only."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -61,6 +64,10 @@ class EngineConfig:
             raise EngineError(
                 f"max_model_len must be in 1..{self.num_blocks * self.block_size} (the cache), got {self.max_model_len}"
             )
+        if self.host_blocks < 0:
+            raise EngineError(f"host_blocks must be >= 0, got {self.host_blocks}")
+        if self.host_blocks and self.mode == "graph":
+            raise EngineError("KV-cache offload (host_blocks) runs in eager mode only")
         if self.mode == "graph":
             buckets = self.buckets
             if buckets[0] < 1 or list(buckets) != sorted(set(buckets)):
@@ -225,7 +232,13 @@ class LLMEngine:
             )
         self.model = model
         self.cfg = cfg
-        self.blocks = BlockManager(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.blocks = BlockManager(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching, cfg.host_blocks)
+        self.host_cache = None
+        if self.blocks.host_blocks:
+            mc = model.cfg
+            self.host_cache = np.zeros(
+                (mc.num_hidden_layers, self.blocks.host_blocks, cfg.block_size, mc.latent_dim), np.float32
+            )
         self.scheduler = Scheduler(cfg.scheduler, self.blocks)
         self.requests: dict[str, Request] = {}
         self.seeds = np.random.SeedSequence(cfg.seed)
@@ -324,6 +337,7 @@ class LLMEngine:
         clock = _Phases()
         sched = self.scheduler.schedule()
         clock.end("schedule")
+        self._copy_blocks(self.blocks.take_swaps())  # timed with "prepare"
         produced: list[tuple[str, int]] = []
         finished: list[Request] = []
         prefill = decode = 0
@@ -373,6 +387,20 @@ class LLMEngine:
         self.step_count += 1
         self.history.append(m)
         return StepOutput(produced, finished, m)
+
+    def _copy_blocks(self, swaps: list[tuple[str, int, int]]) -> None:
+        """Carry out the block manager's offload copies, in order: device block -> host slot, host slot -> block."""
+        if not swaps:
+            return
+        bs = self.cfg.block_size
+        for kind, src, dst in swaps:
+            block = src if kind == "out" else dst
+            rows = K.to_device(np.arange(block * bs, (block + 1) * bs, dtype=np.int32))
+            for layer, cache in enumerate(self.model.caches):
+                if kind == "out":
+                    self.host_cache[layer, dst] = K.to_host(K.gather_rows(cache, rows))
+                else:
+                    K.scatter_rows(cache, rows, K.to_device(self.host_cache[layer, src].copy()))
 
     def run_to_completion(self, max_steps: int = 100000) -> list[StepOutput]:
         outs = []

@@ -36,6 +36,7 @@ from mindspore import Parameter, Tensor, mint, nn, ops
 from runtime import kernels as K
 from runtime.config import DeepseekV3Config
 from runtime.model import NEG
+from runtime.quant_graph import graph_experts, graph_linear
 from runtime.rope import cos_sin_tables, rotation_indices
 
 GRAPH_LOGITS_TOLERANCE = 1e-5
@@ -57,16 +58,17 @@ class _Layer(nn.Cell):
         self.qk_dim, self.context, self.eps = cfg.qk_head_dim, context, cfg.rms_norm_eps
         self.scale = cfg.softmax_scale
         self.q_lora = cfg.q_lora_rank is not None
+        # Projections are Cells (runtime/quant_graph.py): one MatMul for float weights, the quantized arithmetic else.
         if self.q_lora:
-            self.q_a = _param(w[a + "q_a_proj.weight"], f"l{i}.q_a")
+            self.q_a = graph_linear(cfg, w, a + "q_a_proj", f"l{i}.q_a")
             self.q_a_norm = _param(w[a + "q_a_layernorm.weight"], f"l{i}.q_a_norm")
-            self.q_b = _param(w[a + "q_b_proj.weight"], f"l{i}.q_b")
+            self.q_b = graph_linear(cfg, w, a + "q_b_proj", f"l{i}.q_b")
         else:
-            self.q_a = _param(w[a + "q_proj.weight"], f"l{i}.q_proj")
+            self.q_a = graph_linear(cfg, w, a + "q_proj", f"l{i}.q_proj")
             self.q_a_norm = self.q_b = None
-        self.kv_a = _param(w[a + "kv_a_proj_with_mqa.weight"], f"l{i}.kv_a")
+        self.kv_a = graph_linear(cfg, w, a + "kv_a_proj_with_mqa", f"l{i}.kv_a")
         self.kv_a_norm = _param(w[a + "kv_a_layernorm.weight"], f"l{i}.kv_a_norm")
-        self.o_proj = _param(w[a + "o_proj.weight"], f"l{i}.o_proj")
+        self.o_proj = graph_linear(cfg, w, a + "o_proj", f"l{i}.o_proj")
         kv_b = w[a + "kv_b_proj.weight"].reshape(self.nh, self.nope + self.v_dim, self.lora)
         self.w_uk = _param(kv_b[:, : self.nope, :], f"l{i}.w_uk")  # [H, nope, lora]
         self.w_uv_t = _param(kv_b[:, self.nope :, :].transpose(0, 2, 1), f"l{i}.w_uv_t")  # [H, lora, v]
@@ -85,18 +87,18 @@ class _Layer(nn.Cell):
         return ops.gather(x, self.rot_perm, x.ndim - 1) * cos + ops.gather(x, self.rot_partner, x.ndim - 1) * sin
 
     def swiglu(self, x, gate, up, down):
-        return self.matmul(ops.silu(self.matmul(x, gate)) * self.matmul(x, up), down)
+        return down(ops.silu(gate(x)) * up(x))
 
     def attention(self, x, cos, sin, slots, ctx_index, mask):
         t = x.shape[0]
         if self.q_lora:
-            q = self.matmul(self.norm(self.matmul(x, self.q_a), self.q_a_norm), self.q_b)
+            q = self.q_b(self.norm(self.q_a(x), self.q_a_norm))
         else:
-            q = self.matmul(x, self.q_a)
+            q = self.q_a(x)
         q = ops.reshape(q, (t, self.nh, self.qk_dim))
         q_nope = q[:, :, : self.nope]
         q_pe = self.rope(q[:, :, self.nope :], ops.reshape(cos, (t, 1, self.rope_d)), ops.reshape(sin, (t, 1, self.rope_d)))
-        kv_a = self.matmul(x, self.kv_a)
+        kv_a = self.kv_a(x)
         latent = self.norm(kv_a[:, : self.lora], self.kv_a_norm)
         k_pe = self.rope(kv_a[:, self.lora :], cos, sin)
         written = ops.scatter_update(self.cache, slots, ops.cat((latent, k_pe), -1))
@@ -109,7 +111,7 @@ class _Layer(nn.Cell):
         probs = ops.softmax(scores * self.scale + mask, -1)
         out_lat = mint.bmm(probs, ctx[:, :, : self.lora])  # [T, H, lora]
         out = ops.transpose(mint.bmm(ops.transpose(out_lat, (1, 0, 2)), self.w_uv_t), (1, 0, 2))  # [T, H, v]
-        return self.matmul(ops.reshape(out, (t, self.nh * self.v_dim)), self.o_proj)
+        return self.o_proj(ops.reshape(out, (t, self.nh * self.v_dim)))
 
     def construct(self, x, cos, sin, slots, ctx_index, mask):
         x = x + self.attention(self.norm(x, self.in_norm), cos, sin, slots, ctx_index, mask)
@@ -120,9 +122,9 @@ class _DenseLayer(_Layer):
     def __init__(self, cfg, w, i, cache_rows, context):
         super().__init__(cfg, w, i, cache_rows, context)
         m = f"model.layers.{i}.mlp."
-        self.gate = _param(w[m + "gate_proj.weight"], f"l{i}.gate")
-        self.up = _param(w[m + "up_proj.weight"], f"l{i}.up")
-        self.down = _param(w[m + "down_proj.weight"], f"l{i}.down")
+        self.gate = graph_linear(cfg, w, m + "gate_proj", f"l{i}.gate")
+        self.up = graph_linear(cfg, w, m + "up_proj", f"l{i}.up")
+        self.down = graph_linear(cfg, w, m + "down_proj", f"l{i}.down")
 
     def mlp(self, x):
         return self.swiglu(x, self.gate, self.up, self.down)
@@ -139,23 +141,20 @@ class _MoELayer(_Layer):
         self.routed_scale = cfg.routed_scaling_factor
         self.router = _param(w[m + "gate.weight"], f"l{i}.router")
         self.bias = _param(w[m + "gate.e_score_correction_bias"], f"l{i}.router_bias")
-        ex = [f"{m}experts.{e}." for e in range(self.e)]
-        # Stacked and pre-transposed so that x @ W^T for every expert is one batched matmul.
-        self.gate_t = _param(np.stack([w[p + "gate_proj.weight"].T for p in ex]), f"l{i}.experts.gate_t")  # [E, H, I]
-        self.up_t = _param(np.stack([w[p + "up_proj.weight"].T for p in ex]), f"l{i}.experts.up_t")
-        self.down_t = _param(np.stack([w[p + "down_proj.weight"].T for p in ex]), f"l{i}.experts.down_t")  # [E, I, H]
+        # Stacked and pre-transposed so that x @ W^T for every expert is one batched matmul ([E, T, H] out).
+        self.experts = graph_experts(cfg, w, i, f"l{i}.experts")
         self.shared = bool(cfg.n_shared_experts)
         s = m + "shared_experts."
         if self.shared:
-            self.s_gate = _param(w[s + "gate_proj.weight"], f"l{i}.shared.gate")
-            self.s_up = _param(w[s + "up_proj.weight"], f"l{i}.shared.up")
-            self.s_down = _param(w[s + "down_proj.weight"], f"l{i}.shared.down")
+            self.s_gate = graph_linear(cfg, w, s + "gate_proj", f"l{i}.shared.gate")
+            self.s_up = graph_linear(cfg, w, s + "up_proj", f"l{i}.shared.up")
+            self.s_down = graph_linear(cfg, w, s + "down_proj", f"l{i}.shared.down")
         else:
             self.s_gate = self.s_up = self.s_down = None
         self.neg_inf = Tensor(np.array(-np.inf, np.float32))
 
     def mlp(self, x):
-        t, h = x.shape[0], x.shape[1]
+        t = x.shape[0]
         e, g = self.e, self.g
         scores = ops.sigmoid(self.matmul(x, self.router))
         grouped = ops.reshape(scores + self.bias, (t, g, e // g))
@@ -170,8 +169,7 @@ class _MoELayer(_Layer):
             weights = weights / (ops.sum(weights, -1, True) + 1e-20)
         weights = weights * self.routed_scale
         combine = ops.sum(ops.one_hot(ids, e, 1.0, 0.0) * ops.expand_dims(weights, -1), 1)  # [T, E]
-        xb = ops.broadcast_to(ops.expand_dims(x, 0), (e, t, h))
-        y = mint.bmm(ops.silu(mint.bmm(xb, self.gate_t)) * mint.bmm(xb, self.up_t), self.down_t)  # [E, T, H]
+        y = self.experts(x)  # [E, T, H]
         out = ops.sum(y * ops.expand_dims(ops.transpose(combine, (1, 0)), -1), 0)
         if self.shared:
             out = out + self.swiglu(x, self.s_gate, self.s_up, self.s_down)

@@ -54,7 +54,11 @@ class DeepseekV3Model:
         K.configure()
         self.cfg = cfg
         self.num_slots = num_slots
-        w = {name: K.to_device(a) for name, a in weights.items()}
+        from runtime.quant_linear import build_linears
+
+        # Quantized checkpoints (runtime/quant.py): those linears keep their tensors and run per call.
+        self.quant_linears, held = build_linears(cfg, weights)
+        w = {name: K.to_device(a) for name, a in weights.items() if name not in held}
         self.w = w
         h = cfg.num_attention_heads
         self.w_uk: list = []
@@ -87,10 +91,14 @@ class DeepseekV3Model:
         r = K.rsqrt(K.add(K.mean_last(K.square(x)), self.eps))
         return K.mul(K.mul(x, r), weight)
 
+    def proj(self, x, base: str):
+        """The linear `base` (`model.layers.0.self_attn.o_proj`): x @ weight^T, or its quantized linear."""
+        q = self.quant_linears.get(base)
+        return K.linear(x, self.w[base + ".weight"]) if q is None else q(x)
+
     def swiglu(self, x, prefix: str):
-        w = self.w
-        g = K.silu(K.linear(x, w[prefix + "gate_proj.weight"]))
-        return K.linear(K.mul(g, K.linear(x, w[prefix + "up_proj.weight"])), w[prefix + "down_proj.weight"])
+        g = K.silu(self.proj(x, prefix + "gate_proj"))
+        return self.proj(K.mul(g, self.proj(x, prefix + "up_proj")), prefix + "down_proj")
 
     def rope(self, x, cos, sin):
         """Rotate the last axis of x (cos/sin broadcast over the axes in between)."""
@@ -137,15 +145,15 @@ class DeepseekV3Model:
         t, nh = len(b.input_ids), cfg.num_attention_heads
         nope, rope_d, lora = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank
         if cfg.q_lora_rank is None:
-            q = K.linear(x, w[a + "q_proj.weight"])
+            q = self.proj(x, a + "q_proj")
         else:
-            q_a = self.rms_norm(K.linear(x, w[a + "q_a_proj.weight"]), w[a + "q_a_layernorm.weight"])
-            q = K.linear(q_a, w[a + "q_b_proj.weight"])
+            q_a = self.rms_norm(self.proj(x, a + "q_a_proj"), w[a + "q_a_layernorm.weight"])
+            q = self.proj(q_a, a + "q_b_proj")
         q = K.reshape(q, (t, nh, cfg.qk_head_dim))
         q_nope = K.narrow_last(q, 0, nope)
         q_pe = self.rope(K.narrow_last(q, nope, rope_d), step["cos_q"], step["sin_q"])
 
-        kv_a = K.linear(x, w[a + "kv_a_proj_with_mqa.weight"])
+        kv_a = self.proj(x, a + "kv_a_proj_with_mqa")
         latent = self.rms_norm(K.narrow_last(kv_a, 0, lora), w[a + "kv_a_layernorm.weight"])
         k_pe = self.rope(K.narrow_last(kv_a, lora, rope_d), step["cos_k"], step["sin_k"])
         K.scatter_rows(self.caches[layer], step["slots"], K.cat_last([latent, k_pe]))
@@ -162,7 +170,7 @@ class DeepseekV3Model:
         out_lat = K.gather_rows(K.reshape(out_lat, (r * qm, nh, lora)), step["oidx"])  # [T, H, lora]
         # Value half of kv_b_proj applied after attention: out[h] = out_lat[h] @ W_UV[h]^T.
         out = K.swap01(K.bmm(K.swap01(out_lat), self.w_uv_t[layer]))  # [T, H, v]
-        return K.linear(K.reshape(out, (t, nh * cfg.v_head_dim)), w[a + "o_proj.weight"])
+        return self.proj(K.reshape(out, (t, nh * cfg.v_head_dim)), a + "o_proj")
 
     def route(self, x, p: str):
         """Device tensors (expert ids [T, k] int, combine weights [T, k]) for tokens x [T, hidden]."""

@@ -15,6 +15,27 @@ RTOL = 1e-4
 ATOL = 1e-4
 
 
+def _reference_weights(ckpt, cfg, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The float weights the reference runs: as loaded, or an A16W4 checkpoint's dequantized (the same math).
+
+    W8A8 also quantizes activations, which the float reference does not model, so it is refused.
+    """
+    if cfg.quant is None or not cfg.quant.runs_quantized:
+        return weights
+    from dataclasses import replace
+
+    from runtime.errors import CheckpointError
+    from runtime.quant import dequantize_weights
+    from runtime.weights import expected_tensors
+
+    if cfg.quant.method == "w8a8":
+        raise CheckpointError(
+            f"{ckpt}: verify compares with the float reference, and W8A8 quantizes activations too; "
+            "compare its logits with the float checkpoint's instead (generate --logits-out)"
+        )
+    return dequantize_weights(cfg.quant, expected_tensors(replace(cfg, quant=None)), weights)
+
+
 def verify_checkpoint(
     ckpt: str | Path, prompt_len: int = 40, decode: int = 6, chunk: int = 16, seed: int = 0
 ) -> tuple[bool, list[str]]:
@@ -28,7 +49,7 @@ def verify_checkpoint(
     weights, report = load_weights(ckpt, cfg)
     total = min(prompt_len + decode, cfg.max_position_embeddings)
     prompt_len = min(prompt_len, total - 1)
-    ref = ReferenceModel(cfg, weights)
+    ref = ReferenceModel(cfg, _reference_weights(ckpt, cfg, weights))
     model = DeepseekV3Model(cfg, weights, total)
     tokens = [int(t) for t in np.random.default_rng(seed).integers(0, cfg.vocab_size, prompt_len)]
     lines = [f"{ckpt}: {report.summary()}"]

@@ -5,6 +5,9 @@ Tensor names are exactly those of the published checkpoints (`model.layers.N.sel
 A checkpoint is one `model.safetensors` or shards listed by `model.safetensors.index.json`.
 Multi-token-prediction layers (`model.layers.<num_hidden_layers + i>.*`, i < num_nextn_predict_layers)
 are shape-checked when present and then set aside: this runtime does not speculate.
+Quantized checkpoints (config.json's `quantization_config`, runtime/quant.py) replace each quantized linear's
+`weight` by its layout's tensors, checked by name, shape and dtype the same way; W8A8/A16W4 tensors are returned
+in their stored dtypes, FP8 ones dequantized to float32. Float tensors may be F32, F16, F64 or BF16.
 """
 
 from __future__ import annotations
@@ -14,19 +17,20 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from runtime import quant
 from runtime.config import DeepseekV3Config
 from runtime.errors import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
-_ACCEPTED_DTYPES = {"F32", "F16", "F64"}
+_ACCEPTED_DTYPES = {"F32", "F16", "F64", "BF16"}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
 
 
@@ -77,7 +81,7 @@ def expected_tensors(cfg: DeepseekV3Config) -> dict[str, tuple[int, ...]]:
     t["model.norm.weight"] = (cfg.hidden_size,)
     if not cfg.tie_word_embeddings:
         t["lm_head.weight"] = (cfg.vocab_size, cfg.hidden_size)
-    return t
+    return _quantized_shapes(cfg, t)
 
 
 def mtp_tensors(cfg: DeepseekV3Config) -> dict[str, tuple[int, ...]]:
@@ -94,7 +98,28 @@ def mtp_tensors(cfg: DeepseekV3Config) -> dict[str, tuple[int, ...]]:
         t[p + "embed_tokens.weight"] = (cfg.vocab_size, h)
         t[p + "shared_head.norm.weight"] = (h,)
         t[p + "shared_head.head.weight"] = (cfg.vocab_size, h)
-    return t
+    return _quantized_shapes(cfg, t)
+
+
+def _quantized_shapes(cfg: DeepseekV3Config, t: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The float tensor set `t` with each quantized linear's weight replaced by its layout's tensors."""
+    if cfg.quant is None:
+        return t
+    try:
+        return quant.quantized_tensor_set(cfg.quant, t)[0]
+    except ValueError as e:
+        raise CheckpointError(f"config.json's quantization_config does not fit this model: {e}") from None
+
+
+def quantized_dtypes(cfg: DeepseekV3Config) -> dict[str, str]:
+    """Name -> required safetensors dtype of every quantized tensor (main and MTP layers); empty for float."""
+    if cfg.quant is None:
+        return {}
+    plain = replace(cfg, quant=None)
+    return {
+        **quant.quantized_tensor_set(cfg.quant, expected_tensors(plain))[1],
+        **quant.quantized_tensor_set(cfg.quant, mtp_tensors(plain))[1],
+    }
 
 
 @dataclass
@@ -105,6 +130,8 @@ class LoadReport:
     loaded: int = 0
     mtp_skipped: int = 0
     mtp_layers_present: list[int] = field(default_factory=list)
+    quantization: str | None = None
+    """The checkpoint's quantization scheme (runtime/quant.py METHODS), None for float weights."""
 
     def summary(self) -> str:
         mtp = (
@@ -113,7 +140,8 @@ class LoadReport:
             if self.mtp_skipped
             else "; no multi-token-prediction layers present"
         )
-        return f"loaded {self.loaded} tensors from {len(self.files)} file(s){mtp}"
+        q = f" ({self.quantization} weights)" if self.quantization else ""
+        return f"loaded {self.loaded} tensors{q} from {len(self.files)} file(s){mtp}"
 
 
 @contextlib.contextmanager
@@ -179,7 +207,7 @@ def load_weights(ckpt: str | Path, cfg: DeepseekV3Config) -> tuple[dict[str, np.
                 f"num_nextn_predict_layers={cfg.num_nextn_predict_layers} does not cover it)"
             )
         elif name.endswith("weight_scale_inv"):
-            hint = " (an FP8 scale: dequantize the checkpoint first)"
+            hint = " (an FP8 block scale, but config.json has no FP8 quantization_config)"
         raise CheckpointError(f"{ckpt}: unexpected tensor {name!r} in {where[name].name}{hint}")
     missing = [n for n in expected if n not in where]
     if missing:
@@ -191,6 +219,7 @@ def load_weights(ckpt: str | Path, cfg: DeepseekV3Config) -> tuple[dict[str, np.
         by_file.setdefault(path, []).append(name)
     weights: dict[str, np.ndarray] = {}
     mtp_layers: set[int] = set()
+    quant_dtypes = quantized_dtypes(cfg)
     for path, names in sorted(by_file.items()):
         with _reading(path) as f:
             present = set(f.keys())
@@ -205,19 +234,44 @@ def load_weights(ckpt: str | Path, cfg: DeepseekV3Config) -> tuple[dict[str, np.
                         f"{ckpt}: tensor {name!r} in {path.name} has shape {list(shape)}, config.json implies {list(want)}"
                     )
                 dtype = sl.get_dtype()
-                if dtype not in _ACCEPTED_DTYPES:
+                if name in quant_dtypes:
+                    if dtype != quant_dtypes[name]:
+                        raise CheckpointError(
+                            f"{ckpt}: tensor {name!r} in {path.name} is {dtype}; the {cfg.quant.method} layout "
+                            f"stores it as {quant_dtypes[name]}"
+                        )
+                elif dtype not in _ACCEPTED_DTYPES:
                     raise CheckpointError(
-                        f"{ckpt}: tensor {name!r} in {path.name} is {dtype}; this runtime reads F32/F16/F64 "
-                        "(convert bfloat16/FP8 checkpoints first)"
+                        f"{ckpt}: tensor {name!r} in {path.name} is {dtype}; this runtime reads F32/F16/F64/BF16 "
+                        "float tensors (FP8 weights need an FP8 quantization_config in config.json)"
                     )
                 if name in mtp:
                     report.mtp_skipped += 1
                     mtp_layers.add(int(_LAYER_RE.match(name).group(1)))
                     continue
-                weights[name] = np.ascontiguousarray(f.get_tensor(name), dtype=np.float32)
+                weights[name] = _read_tensor(f, path, name, dtype, keep=name in quant_dtypes)
+    if cfg.quant is not None and cfg.quant.method == "fp8":
+        _dequantize_fp8(cfg, weights)
     report.loaded = len(weights)
+    report.quantization = None if cfg.quant is None else cfg.quant.method
     report.mtp_layers_present = sorted(mtp_layers)
     return weights, report
+
+
+def _read_tensor(f, path: Path, name: str, dtype: str, keep: bool) -> np.ndarray:
+    """A tensor as float32, or in its stored dtype when `keep` (quantized layouts); BF16 and F8 bytes decoded here."""
+    if dtype in ("BF16", "F8_E4M3"):
+        a = quant.decode_raw(dtype, quant.read_raw(path, name), tuple(f.get_slice(name).get_shape()))
+    else:
+        a = f.get_tensor(name)
+    return np.ascontiguousarray(a) if keep else np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _dequantize_fp8(cfg: DeepseekV3Config, weights: dict[str, np.ndarray]) -> None:
+    """Replace each FP8 weight and its weight_scale_inv by the float32 weight (FP8 checkpoints run as float)."""
+    for base in quant.quantized_linears(cfg.quant, expected_tensors(replace(cfg, quant=None))):
+        scale = weights.pop(base + ".weight_scale_inv")
+        weights[base + ".weight"] = quant.dequantize_fp8_block(weights[base + ".weight"], scale, cfg.quant.block)
 
 
 def random_tensors(cfg: DeepseekV3Config, seed: int, include_mtp: bool = True) -> dict[str, np.ndarray]:
@@ -273,7 +327,7 @@ def write_checkpoint(
     meta = {"format": "pt"}
     if shards == 1:
         path = out / SINGLE_NAME
-        save_file(tensors, str(path), metadata=meta)
+        _save(tensors, path, meta)
         return [out / "config.json", path]
     total = sum(a.nbytes for a in tensors.values())
     weight_map: dict[str, str] = {}
@@ -284,7 +338,7 @@ def write_checkpoint(
         acc += tensors[name].nbytes
     for k, group in enumerate(groups):
         fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
-        save_file({n: tensors[n] for n in group}, str(out / fname), metadata=meta)
+        _save({n: tensors[n] for n in group}, out / fname, meta)
         weight_map.update({n: fname for n in group})
         written.append(out / fname)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
@@ -300,6 +354,14 @@ def checkpoint_files(ckpt: str | Path) -> list[Path]:
     return sorted(
         p for p in ckpt.iterdir() if p.name in ("config.json", INDEX_NAME) or p.suffix == ".safetensors"
     )
+
+
+def _save(tensors: dict, path: Path, meta: dict[str, str]) -> None:
+    """safetensors.numpy's writer, or runtime.quant's for tensors NumPy has no dtype for (FP8)."""
+    if any(isinstance(t, quant.RawTensor) for t in tensors.values()):
+        quant.save_safetensors(tensors, path, meta)
+    else:
+        save_file(tensors, str(path), metadata=meta)
 
 
 def checkpoint_digest(ckpt: str | Path) -> str:

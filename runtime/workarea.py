@@ -16,7 +16,8 @@ from runtime.config import PRESETS
 from runtime.errors import WorkloadError
 from runtime.weights import random_tensors, write_checkpoint
 
-# Bump when random_tensors/write_checkpoint change what a preset's files contain.
+# Bump when random_tensors/write_checkpoint (or, for the quantized ones, quant_linear.quantize_checkpoint) change
+# what a preset's files contain.
 CHECKPOINT_FORMAT = 1
 _COMPLETE = "hostpgo-complete"
 
@@ -26,18 +27,28 @@ def home() -> Path:
     return Path(env) if env else Path.cwd() / ".hostpgo"
 
 
-def builtin_checkpoint(preset: str = "tiny", seed: int = 0) -> Path:
-    """Path of the preset's checkpoint, generating it first if it is not there yet."""
+def builtin_checkpoint(preset: str = "tiny", seed: int = 0, quant: str | None = None) -> Path:
+    """Path of the preset's checkpoint, generating it first if it is not there yet.
+
+    With `quant` (runtime/quant.py METHODS) the float weights are quantized into that layout
+    (`<preset>-seed<N>-w<FORMAT>-<quant>/`).
+    """
     if preset not in PRESETS:
         raise WorkloadError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-    final = home() / "runtime" / "checkpoints" / f"{preset}-seed{seed}-w{CHECKPOINT_FORMAT}"
+    suffix = f"-{quant}" if quant else ""
+    final = home() / "runtime" / "checkpoints" / f"{preset}-seed{seed}-w{CHECKPOINT_FORMAT}{suffix}"
     if (final / _COMPLETE).exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         cfg = PRESETS[preset]
-        write_checkpoint(tmp, cfg, random_tensors(cfg, seed))
+        tensors = random_tensors(cfg, seed)
+        if quant:
+            from runtime.quant_linear import quantize_checkpoint
+
+            cfg, tensors = quantize_checkpoint(cfg, tensors, quant, seed)
+        write_checkpoint(tmp, cfg, tensors)
         (tmp / _COMPLETE).write_text("")
         try:
             os.rename(tmp, final)

@@ -194,6 +194,31 @@ class PrefixHitDriver(Driver):
             self._add(engine)
 
 
+class OffloadDriver(Driver):
+    """Requests over six 48-token documents in turn, more than the device cache keeps: prefixes return from the host."""
+
+    warmup_steps = 2
+    in_flight = 2
+    documents = 6
+
+    def __init__(self, vocab_size: int, seed: int):
+        super().__init__(vocab_size, seed)
+        self.docs = [self.tokens(48, 9, k) for k in range(self.documents)]
+
+    def _add(self, engine: LLMEngine) -> None:
+        i = self.count
+        self.count += 1
+        prompt = self.docs[i % self.documents] + self.tokens(4, 10, i)
+        engine.add_request(f"o{i}", prompt, SamplingParams(max_tokens=6))
+
+    def start(self, engine: LLMEngine) -> None:
+        self._add(engine)
+
+    def before_step(self, engine: LLMEngine, step: int) -> None:
+        while len(engine.scheduler.waiting) + len(engine.scheduler.running) < self.in_flight:
+            self._add(engine)
+
+
 @dataclass(frozen=True)
 class WorkloadSpec:
     """One named workload: its version, default length, engine settings and request stream."""
@@ -206,6 +231,9 @@ class WorkloadSpec:
     driver: Callable[[int, int], Driver]
     golden: str
     """token_digest of the default run (built-in tiny preset, default steps, seed 0)."""
+    quant: str | None = None
+    """Quantization scheme the workload runs (runtime/quant.py METHODS): its built-in checkpoint is the preset
+    quantized into that layout, and a --checkpoint must be quantized the same way. None: any checkpoint."""
 
     @property
     def needs_compile(self) -> bool:
@@ -222,6 +250,7 @@ class WorkloadSpec:
 
 
 def _engine(block_size: int, num_blocks: int, budget: int, max_seqs: int, **graph) -> EngineConfig:
+    """An engine config; `graph` passes further EngineConfig fields (mode, max_model_len, host_blocks)."""
     return EngineConfig(
         block_size=block_size,
         num_blocks=num_blocks,
@@ -314,6 +343,65 @@ WORKLOADS: dict[str, WorkloadSpec] = {
             ServeMixedDriver,
             "0c622a949477030839ec5c992932cdbe1dace23278a060239ed63da57e5ae9c8",
         ),
+        # Quantized weights (runtime/quant.py, runtime/quant_linear.py): decode-b8's requests and cache over the
+        # tiny preset quantized by `checkpoint --quant`; every quantized linear quantizes, multiplies and rescales
+        # with MindSpore ops on each call. Eager only: GraphModel runs float weights.
+        WorkloadSpec(
+            "decode-b8-w8a8",
+            1,
+            "decode-b8's requests on W8A8 weights (golden-stick layout: static per-tensor, per-token in MoE experts)",
+            32,
+            _engine(16, 64, 512, 8),
+            lambda v, s: DecodeDriver(v, s, 8),
+            "549c85359b0050302b2621046f20df74018388628be8b7b2bb1debac81bfff0e",
+            quant="w8a8",
+        ),
+        WorkloadSpec(
+            "decode-b8-a16w4",
+            1,
+            "decode-b8's requests on A16W4 weights (GPTQ layout, group 64, unpacked and dequantized per call)",
+            32,
+            _engine(16, 64, 512, 8),
+            lambda v, s: DecodeDriver(v, s, 8),
+            "52b660eeab42a75890b5fdc57f5622fd06d7a64bf1803c0b5015a3034b03bd42",
+            quant="a16w4",
+        ),
+        # The quantized decode-b8 variants in graph mode: the quantized arithmetic compiled into the step's graph
+        # (runtime/quant_graph.py), routed experts stacked as GraphModel runs them. Digests pinned from runs; on the
+        # tiny preset they equal their eager namesakes'.
+        WorkloadSpec(
+            "decode-b8-w8a8-graph",
+            1,
+            "decode-b8-w8a8's requests, each step one launch of a compiled graph",
+            32,
+            _engine(16, 64, 512, 8, **_graph(96)),
+            lambda v, s: DecodeDriver(v, s, 8),
+            "549c85359b0050302b2621046f20df74018388628be8b7b2bb1debac81bfff0e",
+            quant="w8a8",
+        ),
+        WorkloadSpec(
+            "decode-b8-a16w4-graph",
+            1,
+            "decode-b8-a16w4's requests, each step one launch of a compiled graph",
+            32,
+            _engine(16, 64, 512, 8, **_graph(96)),
+            lambda v, s: DecodeDriver(v, s, 8),
+            "52b660eeab42a75890b5fdc57f5622fd06d7a64bf1803c0b5015a3034b03bd42",
+            quant="a16w4",
+        ),
+        # KV-cache offload: six documents of three full blocks each cycle through a 12-block device cache, so each
+        # document's blocks are evicted before it comes back; evicted blocks move to 32 host slots and return on
+        # the prefix hit instead of being recomputed.
+        WorkloadSpec(
+            "serve-offload",
+            1,
+            "requests over six shared 48-token documents in turn; a 12-block device cache offloads evicted "
+            "prefix blocks to 32 host slots and swaps them back on a prefix hit",
+            40,
+            _engine(16, 12, 64, 4, host_blocks=32),
+            OffloadDriver,
+            "cc7f51a36832c923020308d08eef60c0c290c5146fd8e4de3a18bff96d30091c",
+        ),
     )
 }
 
@@ -339,6 +427,12 @@ class Workload:
         self.checkpoint = checkpoint
         self.preset = preset
         self.cfg = load_config(checkpoint)
+        if spec.quant is not None and (self.cfg.quant is None or self.cfg.quant.method != spec.quant):
+            have = "float" if self.cfg.quant is None else self.cfg.quant.method
+            raise WorkloadError(
+                f"workload {spec.name} runs {spec.quant} weights, but {checkpoint} holds {have} weights "
+                f"(write one with `python -m runtime checkpoint --quant {spec.quant}`)"
+            )
         weights, self.load_report = load_weights(checkpoint, self.cfg)
         self.checkpoint_digest = checkpoint_digest(checkpoint)
         ec = replace(spec.engine, seed=seed)
@@ -459,6 +553,7 @@ class Workload:
             "transfers_per_token": run["transfers"] / tokens,
             "host_us_per_step": 1e6 * run["host_s"] / steps,
             "mode": self.engine.cfg.mode,
+            "quantization": None if self.cfg.quant is None else self.cfg.quant.method,
             "host_total_s": run["process_s"],
             "host_total_us_per_token": 1e6 * run["process_s"] / tokens,
             "host_runtime_threads_us_per_token": 1e6 * (run["process_s"] - run["host_s"]) / tokens,
@@ -479,6 +574,14 @@ class Workload:
             "ttft_ms_mean": run["ttft_ms_mean"],
             "tpot_ms_mean": run["tpot_ms_mean"],
             "preemptions": run["preemptions"],
+            "kv_offload": None
+            if not self.engine.blocks.host_blocks
+            else {
+                "host_blocks": self.engine.blocks.host_blocks,
+                "swaps_out": stats.swaps_out,
+                "swaps_in": stats.swaps_in,
+                "host_dropped": stats.host_dropped,
+            },
             "prefix_cache_hit_tokens": stats.hit_tokens,
             "prefix_cache_queried_tokens": stats.queried_tokens,
             "python": sys.version.split()[0],
@@ -501,4 +604,4 @@ def open_workload(name: str, checkpoint: str | Path | None = None, seed: int = 0
     spec = get_spec(name)
     if checkpoint is not None:
         return Workload(spec, Path(checkpoint), seed, None)
-    return Workload(spec, builtin_checkpoint(preset, 0), seed, preset)
+    return Workload(spec, builtin_checkpoint(preset, 0, quant=spec.quant), seed, preset)

@@ -125,3 +125,71 @@ def test_leak_is_reported():
     bm.ref[0] += 1
     with pytest.raises(BlockLeakError, match="reference counts differ"):
         bm.check()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_offload_moves_evicted_blocks_to_host_and_back_with_their_content(seed):
+    """Random traffic over a small device cache and fewer host slots; copies applied in the order decided."""
+    rnd = random.Random(seed)
+    bs, n_dev, n_host = 4, 10, 6
+    bm = BlockManager(n_dev, bs, host_blocks=n_host)
+    device: list = [None] * n_dev  # what each block holds, as the model's cache would
+    host: list = [None] * n_host
+    prefixes = [[rnd.randrange(50) for _ in range(8)] for _ in range(5)]
+    live: dict[str, list[int]] = {}
+
+    def copy():
+        for kind, src, dst in bm.take_swaps():
+            if kind == "out":
+                host[dst] = device[src]
+            else:
+                device[dst] = host[src]
+
+    def write(rid, tokens, start_block):
+        for j, b in enumerate(bm.blocks_of(rid)[start_block:], start=start_block):
+            device[b] = tuple(tokens[j * bs : (j + 1) * bs])
+        bm.commit_full_blocks(rid, tokens, len(tokens))
+
+    for i in range(500):
+        if live and (rnd.random() < 0.35 or len(live) > 2):
+            rid = rnd.choice(sorted(live))
+            bm.free(rid)
+            del live[rid]
+        else:
+            rid = f"r{i}"
+            tokens = rnd.choice(prefixes) + [rnd.randrange(50) for _ in range(rnd.randrange(1, 6))]
+            hit = bm.cached_prefix(tokens)
+            if bm.allocate(rid, len(tokens), hit):
+                copy()
+                for j, b in enumerate(bm.blocks_of(rid)[: len(hit)]):
+                    assert device[b] == tuple(tokens[j * bs : (j + 1) * bs]), f"step {i}: block {b} lost its content"
+                write(rid, tokens, len(hit))
+                live[rid] = tokens
+            else:
+                assert not bm.swaps  # a refused allocation decides nothing
+        bm.check()
+    for rid in list(live):
+        bm.free(rid)
+    bm.assert_no_leaks()
+    s = bm.stats
+    assert s.swaps_out > 0 and s.swaps_in > 0 and s.host_dropped > 0
+    assert len(bm.host_cached) + len(bm.host_free) == n_host  # no host slot leaked
+
+
+def test_offload_bookkeeping_errors_are_reported():
+    from runtime.kv_cache import BlockLeakError
+
+    bm = BlockManager(2, 2, host_blocks=2)
+    tokens = [1, 2, 3]
+    bm.allocate("a", 3)
+    bm.commit_full_blocks("a", tokens, 3)
+    bm.free("a")
+    bm.allocate("b", 4)  # evicts a's full block to the host
+    assert bm.swaps == [("out", 0, 0)] and bm.stats.swaps_out == 1
+    bm.free("b")
+    with pytest.raises(BlockLeakError, match="never carried out"):
+        bm.assert_no_leaks()
+    bm.take_swaps()
+    bm.host_free.append(bm.host_cached[next(iter(bm.host_cached))])
+    with pytest.raises(BlockLeakError, match="host slots are lost or doubly used"):
+        bm.check()

@@ -25,6 +25,13 @@ GOLDEN = {
     ("decode-b1-graph", 1): "bf0e1698978d621f1e616e758b261a532a266dd48891a39c440e9cb659e4df3a",
     ("decode-b8-graph", 1): "aeddfe7a7e338be551f1496cce47e3c1fdaef5c8daa5a4adca11e1a9cd3d47b4",
     ("serve-mixed-graph", 1): "0c622a949477030839ec5c992932cdbe1dace23278a060239ed63da57e5ae9c8",
+    # quantized weights (the tiny preset through `checkpoint --quant`): pinned from runs
+    ("decode-b8-w8a8", 1): "549c85359b0050302b2621046f20df74018388628be8b7b2bb1debac81bfff0e",
+    ("decode-b8-a16w4", 1): "52b660eeab42a75890b5fdc57f5622fd06d7a64bf1803c0b5015a3034b03bd42",
+    ("decode-b8-w8a8-graph", 1): "549c85359b0050302b2621046f20df74018388628be8b7b2bb1debac81bfff0e",
+    ("decode-b8-a16w4-graph", 1): "52b660eeab42a75890b5fdc57f5622fd06d7a64bf1803c0b5015a3034b03bd42",
+    # KV-cache offload: pinned from a run; the same digest with offload off and with a cache that never evicts
+    ("serve-offload", 1): "cc7f51a36832c923020308d08eef60c0c290c5146fd8e4de3a18bff96d30091c",
 }
 
 
@@ -171,3 +178,32 @@ def test_cli_checkpoint_verify_generate(home, tmp_path, capsys):
     (ck / "model-00002-of-00002.safetensors").unlink()
     assert main(["verify", "--checkpoint", str(ck)]) == 2
     assert "model-00002-of-00002.safetensors, which does not exist" in capsys.readouterr().err
+
+
+def test_offload_gives_the_same_tokens_and_counts_swaps(home):
+    from dataclasses import replace
+
+    from runtime import workloads
+    from runtime.engine import EngineConfig
+    from runtime.errors import EngineError
+    from runtime.workarea import builtin_checkpoint
+
+    spec = workloads.WORKLOADS["serve-offload"]
+    runs = {}
+    for label, engine in (
+        ("offload", spec.engine),
+        ("recompute", replace(spec.engine, host_blocks=0)),
+        ("no eviction", replace(spec.engine, num_blocks=64, host_blocks=0)),
+    ):
+        wl = workloads.Workload(replace(spec, engine=engine), builtin_checkpoint("tiny", 0), 0, "tiny")
+        run = wl.run_steps(spec.default_steps)
+        runs[label] = (run["digest"], run["tokens"], wl.record(run)["kv_offload"], wl.engine.blocks.stats.evictions)
+        wl.drain()  # every request finished: no device block held, every host slot accounted for, no copy pending
+        assert len(wl.engine.blocks.host_cached) + len(wl.engine.blocks.host_free) == engine.host_blocks
+    digest, tokens, offload, evictions = runs["offload"]
+    assert digest == runs["recompute"][0] == runs["no eviction"][0] == spec.golden
+    assert offload["swaps_out"] == evictions > 0 and offload["swaps_in"] > 0 and offload["host_blocks"] == 32
+    assert tokens == runs["no eviction"][1] < runs["recompute"][1]  # prefixes came back instead of being recomputed
+    assert runs["recompute"][2] is None and runs["recompute"][3] > 0
+    with pytest.raises(EngineError, match="eager mode only"):
+        EngineConfig(mode="graph", host_blocks=4)

@@ -7,7 +7,6 @@ environment, MindSpore/GC settings applied by the runtime), e.g. `--interp je=/u
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -15,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hostenv import allocators
+from hostpgo.fsutil import sha256_of
 from hostpgo.runner import capture
 
 from .errors import CommandError, IncompatibleResults, SpecError
@@ -221,20 +221,12 @@ def assert_unchanged(interp: "Interpreter", during: str) -> None:
     """Raise when the interpreter's executable is no longer the one measured at the start (rebuilt or reinstalled
     in the meantime): results from before and after would mix two binaries under one name."""
     exe = Path(os.path.realpath(interp.python))
-    now = _sha256_file(exe) if exe.is_file() else "missing"
+    now = sha256_of(exe) if exe.is_file() else "missing"
     if now != interp.exe_sha256:
         raise IncompatibleResults(
             f"interpreter {interp.name}: its executable {exe} changed during {during} (sha256 "
             f"{interp.exe_sha256[:12]} at the start, {now[:12]} now: rebuilt or reinstalled meanwhile?); what was "
             "measured since would mix two binaries, so nothing of it is kept: rerun when no build is installing it")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def probe(python: Path) -> dict:
@@ -307,7 +299,7 @@ def resolve(spec: InterpreterSpec, home: Path | None = None) -> Interpreter:
         if cand.is_file():
             manifest_path = cand
             origin = "hostpgo-build"
-    digest = _sha256_file(manifest_path) if manifest_path else "none"
+    digest = sha256_of(manifest_path) if manifest_path else "none"
     build_id = "none"
     if manifest_path:
         value = _read_manifest(manifest_path, spec).get("build_id")
@@ -321,7 +313,7 @@ def resolve(spec: InterpreterSpec, home: Path | None = None) -> Interpreter:
         version=info["version"],
         implementation=info["implementation"],
         cache_tag=info["cache_tag"] or "",
-        exe_sha256=_sha256_file(Path(os.path.realpath(python))),
+        exe_sha256=sha256_of(Path(os.path.realpath(python))),
         config_args=info["config_args"],
         cc=info["cc"],
         py_enable_shared=info["py_enable_shared"],

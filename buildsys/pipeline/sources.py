@@ -3,7 +3,6 @@ archive is found, and the `source` stage (fetch, verify, unpack, patch, publish)
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -86,12 +85,7 @@ def pinned(target: str, version: str | None = None) -> PinnedSource:
                           f"{', '.join(table) or 'none'}") from None
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256_of = fsutil.sha256_of
 
 
 def _admit(candidate: Path, pin: PinnedSource, cache: Path, *, keep_candidate: bool) -> Path:

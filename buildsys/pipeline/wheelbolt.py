@@ -480,7 +480,7 @@ def _convert(inp: Inputs, collect_dir: Path, fdata_dir: Path):
                     parts.append(str(out))
                 ctx.runner.run([inp.tools.merge_fdata, "-q", "-o", str(fdata_dir / f"{lib.slug}.fdata"), *parts],
                                timeout=inp.stock.timeout)
-                per_lib[lib.name] = {"fdata_sha256": _sha256(fdata_dir / f"{lib.slug}.fdata")}
+                per_lib[lib.name] = {"fdata_sha256": fsutil.sha256_of(fdata_dir / f"{lib.slug}.fdata")}
             ctx.info["libraries"] = per_lib
             return
         outputs = sorted(collect_dir.glob("*.callgrind*"))
@@ -512,7 +512,7 @@ def _convert(inp: Inputs, collect_dir: Path, fdata_dir: Path):
                 ctx.runner.run([inp.tools.perf2bolt, "--pa", "--ba", *(["--allow-stripped"] if lib.stripped else []),
                                 "-p", str(pre), "-o", str(out), str(lib.path)], timeout=inp.stock.timeout)
                 rec.update({"addresses": len(counts), "bias": mapping.bias, "dropped_outside_text": mapping.outside,
-                            "preagg_sha256": _sha256(pre), "fdata_sha256": _sha256(out)})
+                            "preagg_sha256": fsutil.sha256_of(pre), "fdata_sha256": fsutil.sha256_of(out)})
             per_lib[lib.name] = rec
         top = sorted(prof.counts, key=prof.total, reverse=True)[:TOP_OBJECTS]
         ctx.info.update({"libraries": per_lib, "window_instructions": total, "event": prof.event,
@@ -546,7 +546,7 @@ def _apply(inp: Inputs, apply_argv: Mapping[str, tuple[str, ...]], fdata_dir: Pa
             if not facts.bolted:
                 raise HostpgoError(f"{out} has no {BOLT_NOTE}: llvm-bolt did not write it")
             done = functions_overwritten("\n".join(lines))
-            per_lib[lib.name] = {"rewritten": True, "input_sha256": lib.sha256, "output_sha256": _sha256(out),
+            per_lib[lib.name] = {"rewritten": True, "input_sha256": lib.sha256, "output_sha256": fsutil.sha256_of(out),
                                  "functions_overwritten": done[0] if done else None,
                                  "functions_total": done[1] if done else None,
                                  "apply_seconds": round(seconds, 1), "bytes_before": lib.path.stat().st_size,
@@ -607,7 +607,7 @@ def _pack(inp: Inputs, dist_dir: Path):
             raise HostpgoError(f"packing {dest.name}: {e}") from e
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        ctx.info.update({"wheel": str(dest), "version": version, "sha256": _sha256(dest), "members": len(members) + 1,
+        ctx.info.update({"wheel": str(dest), "version": version, "sha256": fsutil.sha256_of(dest), "members": len(members) + 1,
                          "notes": notes})
     return fn
 
@@ -691,7 +691,7 @@ def _loaded_from_site(inp: Inputs, site: Path, env: Mapping[str, str]):
                 raise HostpgoError(f"importing {inp.import_name} with PYTHONPATH={site} did not load {want} "
                                    f"(loaded: {', '.join(lib_loaded) or 'no file of that name'}); "
                                    "the check would not test the rewritten library")
-            if _sha256(Path(want)) != rec["output_sha256"]:
+            if fsutil.sha256_of(Path(want)) != rec["output_sha256"]:
                 raise HostpgoError(f"{want} is not the rewritten library (sha256 differs)")
             seen[name] = want
         ctx.info["loaded"] = seen
@@ -700,7 +700,7 @@ def _loaded_from_site(inp: Inputs, site: Path, env: Mapping[str, str]):
 
 def _verified(inp: Inputs, verify_dir: Path, site: Path):
     def fn(ctx: StageContext) -> None:
-        changed = [str(lib.path) for lib in inp.libraries if _sha256(lib.path) != lib.sha256]
+        changed = [str(lib.path) for lib in inp.libraries if fsutil.sha256_of(lib.path) != lib.sha256]
         if changed:
             raise HostpgoError(f"installed libraries changed during the run: {', '.join(changed)}")
         fsutil.write_json(verify_dir / "verified.json", {"checks": [c.what for c in inp.checks],
@@ -709,14 +709,6 @@ def _verified(inp: Inputs, verify_dir: Path, site: Path):
         shutil.rmtree(site, ignore_errors=True)
         ctx.info["checks_passed"] = [c.what for c in inp.checks]
     return fn
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -815,7 +807,7 @@ def gather_libraries(inst: Installed, patterns: Sequence[str], runner: Runner) -
     out = []
     for e in select_libraries(inst.record, patterns):
         path = inst.location / e.path
-        sha = _sha256(path)
+        sha = fsutil.sha256_of(path)
         if e.sha256 and sha != e.sha256:
             raise InputError(f"{path} differs from its RECORD hash: the installed file was modified (an earlier "
                              "BOLT run written over it?); reinstall the wheel")

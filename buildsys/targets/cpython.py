@@ -19,7 +19,7 @@ from .. import targets as targets_registry
 from ..core import manifest
 from ..core.paths import REPO_ROOT, WorkArea
 from ..core.stages import BuildPlan, Call, ChannelFlag, Cmd, Stage, StageContext, digest
-from ..errors import HostpgoError, ToolchainError
+from ..errors import HostpgoError
 from ..pipeline import bolt as boltmod
 from ..pipeline import patches, sources, training
 from ..pipeline import pgo as pgomod

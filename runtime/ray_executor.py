@@ -44,9 +44,9 @@ from runtime.model import BatchInputs
 
 RAY_REQUIREMENT = "ray==2.60.0"
 LOOPBACK = "127.0.0.1"
-# Ray's session directory adds about 60 characters to the temp dir for its Unix sockets, whose paths
-# may not exceed 107 bytes.
-MAX_TEMP_DIR = 45
+# Ray adds "/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store" (up to 64 characters) to the temp dir for
+# its Unix sockets, whose paths may not exceed 107 bytes.
+MAX_TEMP_DIR = 43
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class RayExecutorConfig:
     object_store_mb: int = 80
     """Size of the cluster's object store (Ray's minimum is 75 MB)."""
     temp_dir: str | None = None
-    """Ray's session directory root; None: `$HOSTPGO_HOME/ray` (the work area). At most 45 characters, since Ray's
+    """Ray's session directory root; None: `$HOSTPGO_HOME/ray` (the work area). At most 43 characters, since Ray's
     Unix socket paths below it are limited to 107 bytes."""
 
 

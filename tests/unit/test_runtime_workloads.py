@@ -25,7 +25,11 @@ GOLDEN = {
     ("decode-b1-graph", 1): "bf0e1698978d621f1e616e758b261a532a266dd48891a39c440e9cb659e4df3a",
     ("decode-b8-graph", 1): "aeddfe7a7e338be551f1496cce47e3c1fdaef5c8daa5a4adca11e1a9cd3d47b4",
     ("serve-mixed-graph", 1): "0c622a949477030839ec5c992932cdbe1dace23278a060239ed63da57e5ae9c8",
+    # the Ray executor (run by tests/unit/test_runtime_ray.py, marker `ray`): pinned from a run, equal to decode-b8's
+    ("ray-decode", 1): "aeddfe7a7e338be551f1496cce47e3c1fdaef5c8daa5a4adca11e1a9cd3d47b4",
 }
+# Workloads run here; those needing Ray run in test_runtime_ray.py, with one cluster for the module.
+LOCAL = sorted(name for name, w in WORKLOADS.items() if not w.needs_ray)
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +46,11 @@ def home(tmp_path_factory):
 
 def test_every_workload_is_pinned():
     assert set(GOLDEN) == {(w.name, w.version) for w in WORKLOADS.values()}
+    assert GOLDEN[("ray-decode", 1)] == GOLDEN[("decode-b8", 1)]  # same requests, same numerics
+    assert [w.name for w in WORKLOADS.values() if w.needs_ray] == ["ray-decode"]
 
 
-@pytest.mark.parametrize("name", sorted(WORKLOADS))
+@pytest.mark.parametrize("name", LOCAL)
 def test_golden_digest_and_no_leaks(home, name):
     wl = open_workload(name)
     assert wl.preset == "tiny" and str(wl.checkpoint).startswith(str(home))
@@ -58,6 +64,7 @@ def test_golden_digest_and_no_leaks(home, name):
     assert rec["host_total_us_per_token"] >= rec["host_us_per_token"] * 0.99  # process CPU includes the thread's
     assert set(rec["phases_us_per_step"]) == {"schedule", "prepare", "forward", "sample", "update"}
     assert rec["mode"] == wl.spec.engine.mode
+    assert rec["executor"] == (None if wl.spec.needs_compile else {"kind": "local"})
     if wl.spec.needs_compile:
         g = rec["graphs"]
         assert g["compiled"] == len(g["token_buckets"]) + 1 == len(g["compile_s_each"]) and g["compile_s"] > 0
@@ -136,6 +143,18 @@ def test_cli_list(home, capsys):
     graph_lines = [line for line in out.splitlines() if "compiles" in line]
     assert [line.split()[0] for line in graph_lines] == [w.name for w in WORKLOADS.values() if w.needs_compile]
     assert "decode-b1-graph" in out and "compiles 3 graphs in warm-up: token buckets 1, 64 and the sampler" in out
+    ray_lines = [line for line in out.splitlines() if "needs Ray" in line]
+    assert [line.split()[0] for line in ray_lines] == ["ray-decode"]
+    assert "[needs Ray: pip install ray==2.60.0; starts a local cluster]" in ray_lines[0]
+
+
+def test_ray_decode_without_ray_says_how_to_install_it(home, capsys, monkeypatch):
+    from runtime.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when it is not installed
+    assert main(["workload", "ray-decode", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "error: workload ray-decode needs Ray, which is not installed" in err and "pip install ray==2.60.0" in err
 
 
 def test_cli_checkpoint_verify_generate(home, tmp_path, capsys):

@@ -24,11 +24,13 @@ workload version, the seed and n. For `decode-b1`/`decode-b8` every step is one 
 each of the 1/8 requests: a finished request is restarted with the same prompt, whose full blocks
 are still in the prefix cache, so its restart step computes a single token too.
 
-The record (`schema` "hostpgo.runtime.workload/1") holds name, version, seed, steps, checkpoint
+The record (`schema` "hostpgo.runtime.workload/2") holds name, version, seed, steps, checkpoint
 digest, `token_digest` (sha256 over every generated "request:token"), `tokens` (tokens the model
 processed: prompt chunks plus decode tokens), `generated_tokens`, wall and host (calling thread
 CPU) time per token, dispatches per token and per step, tokens/s, mean TTFT/TPOT and prefix-cache
-hits. Versions change whenever a workload's requests or engine settings change, so the digests
+hits, and `executor`: for ray-decode (the Ray executor, runtime/ray_executor.py) the round trip of
+the remote calls per step beside each stage actor's own compute. `Workload.close()` (or
+`shutdown()`) stops the Ray executor's actors and cluster; ray-decode needs `pip install ray==2.60.0`. Versions change whenever a workload's requests or engine settings change, so the digests
 pinned in tests/unit/test_runtime_workloads.py move together with them.
 """
 

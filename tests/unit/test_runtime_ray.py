@@ -127,7 +127,7 @@ def _alive(pids) -> set[int]:
 @pytest.fixture(scope="module")
 def ray_workload():
     """ray-decode opened once (a local cluster, two stage actors); shut down however the module's tests end."""
-    message = ray_unavailable("the Ray executor tests")
+    message = ray_unavailable("tests/unit/test_runtime_ray.py")
     if message:
         pytest.skip(message)
     from runtime.workloads import open_workload

@@ -112,6 +112,14 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
+_BEFORE_RAY: set[int] = set()
+"""Processes below this one before the cluster started (other tests' children): not Ray's."""
+
+
+def _ray_processes() -> set[int]:
+    return _descendants(os.getpid()) - _BEFORE_RAY
+
+
 def _alive(pids) -> set[int]:
     alive = set()
     for pid in pids:
@@ -136,6 +144,7 @@ def ray_workload():
     old = os.environ.get("HOSTPGO_HOME")
     os.environ["HOSTPGO_HOME"] = home
     wl = None
+    _BEFORE_RAY.update(_descendants(os.getpid()))
     try:
         wl = open_workload("ray-decode")
         yield wl
@@ -205,7 +214,7 @@ def test_mixed_prefill_decode_sampling_and_preemption_match_local(ray_workload):
 def test_cluster_listens_on_loopback_only(ray_workload):
     if shutil.which("ss") is None:
         pytest.skip("needs ss (iproute2)")
-    ray_pids = _descendants(os.getpid())
+    ray_pids = _ray_processes()
     out = subprocess.run(["ss", "-ltnupH"], capture_output=True, text=True, check=True, timeout=30).stdout
     sockets = []
     for line in out.splitlines():
@@ -223,7 +232,7 @@ def test_shutdown_kills_every_actor_and_ray_process(ray_workload):
     import ray
 
     executor = ray_workload.engine.executor
-    processes = _descendants(os.getpid())
+    processes = _ray_processes()
     assert set(executor.pids) <= processes and len(executor.pids) == 2
     ray_workload.shutdown()
     assert executor.actors == [] and not ray.is_initialized()

@@ -79,8 +79,9 @@ def tune_host(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Unit and integration tests (no full CPython build); first installs, as root on Debian, the tools
-    the tests use (LLVM 22, valgrind, perf, the allocators, the image tools), or names the apt line."""
-    _install(session, "runtime", "perf", "test")
+    the tests use (LLVM 22, valgrind, perf, the allocators, the image tools), or names the apt line. The `ray` extra
+    is installed so that the Ray executor's tests (marker `ray`) run."""
+    _install(session, "runtime", "perf", "test", "ray")
     session.run("python", "-m", "buildsys", "toolchain", "--install", "--for", "tests")
     session.run("pytest", "-m", "not slow", *session.posargs)
 

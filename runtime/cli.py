@@ -218,13 +218,17 @@ def cmd_workload(args) -> int:
         print("error: workload: give a workload NAME (one of the above) or --list", file=sys.stderr)
         return 2
     spec = get_spec(args.name)
-    wl = open_workload(args.name, checkpoint=args.checkpoint, seed=args.seed, preset=args.preset)
     steps = args.steps if args.steps is not None else spec.default_steps
-    if args.check_golden and not wl.golden_applies(steps):
-        raise WorkloadError(
-            f"--check-golden: digests are pinned for the built-in tiny preset, seed 0, {spec.default_steps} steps only"
-        )
-    rec = wl.record(wl.run_steps(steps))
+    wl = open_workload(args.name, checkpoint=args.checkpoint, seed=args.seed, preset=args.preset)
+    try:  # the Ray executor's actors and cluster stop however the run ends
+        if args.check_golden and not wl.golden_applies(steps):
+            raise WorkloadError(
+                "--check-golden: digests are pinned for the built-in tiny preset, seed 0, "
+                f"{spec.default_steps} steps only"
+            )
+        rec = wl.record(wl.run_steps(steps))
+    finally:
+        wl.shutdown()
     if args.json:
         print(json.dumps(rec, indent=2))
     else:

@@ -5,7 +5,9 @@ prepare (`prepare_inputs`: the step's metadata as NumPy arrays, positions, slot 
 tables, query start locations, handed to MindSpore with `ms.from_numpy`) -> forward (the eager
 model's operators one by one, or one launch of the compiled graph, runtime/graph.py) -> sample
 (`DeviceSampler`: MindSpore ops, the sampled ids copied back) -> update (advance requests, publish
-full blocks to the prefix cache, finish and free). Every step records wall time, the calling
+full blocks to the prefix cache, finish and free). In eager mode the forward phase is the executor's
+(runtime/executor.py): the model in this process, or pipeline stages on Ray actors
+(runtime/ray_executor.py), whose round trip each step records. Every step records wall time, the calling
 thread's CPU time, the whole process's CPU time (the difference is MindSpore's runtime threads),
 per-phase wall and thread time, operator dispatches and tokens; every request records TTFT and TPOT.
 """
@@ -19,8 +21,10 @@ import numpy as np
 
 from runtime import kernels as K
 from runtime.errors import EngineError
+from runtime.executor import EXECUTORS, ExecuteTiming, Executor, LocalExecutor
 from runtime.kv_cache import BlockManager
 from runtime.model import NEG, BatchInputs, DeepseekV3Model
+from runtime.ray_executor import RayExecutorConfig
 from runtime.sampling import SamplingParams
 from runtime.sampling_ops import DeviceSampler
 from runtime.scheduler import Request, ScheduledStep, Scheduler, SchedulerConfig, Status
@@ -54,10 +58,19 @@ class EngineConfig:
     host_blocks: int = 0
     """KV-cache offload: host slots that evicted prefix-cache blocks move to (and come back from on a prefix hit);
     0 turns offload off. Eager mode only."""
+    executor: str = "local"
+    """Eager mode: where the forward pass runs: "local" (this process) or "ray" (pipeline stages on Ray actors of a
+    local cluster, laid out by `ray`; runtime/ray_executor.py)."""
+    ray: RayExecutorConfig = RayExecutorConfig()
+    """The Ray executor's stages and cluster (used when executor is "ray")."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise EngineError(f"engine mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.executor not in EXECUTORS:
+            raise EngineError(f"engine executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.executor != "local" and self.mode != "eager":
+            raise EngineError(f"executor {self.executor!r} runs eager mode only, got mode {self.mode!r}")
         if self.jit_level not in ("O0", "O1"):
             raise EngineError(f"jit_level must be O0 or O1, got {self.jit_level!r}")
         if self.max_model_len is not None and not 0 < self.max_model_len <= self.num_blocks * self.block_size:
@@ -68,6 +81,9 @@ class EngineConfig:
             raise EngineError(f"host_blocks must be >= 0, got {self.host_blocks}")
         if self.host_blocks and self.mode == "graph":
             raise EngineError("KV-cache offload (host_blocks) runs in eager mode only")
+        if self.host_blocks and self.executor != "local":
+            raise EngineError("KV-cache offload (host_blocks) needs the local executor: the Ray stages hold the "
+                              "caches in their actors")
         if self.mode == "graph":
             buckets = self.buckets
             if buckets[0] < 1 or list(buckets) != sorted(set(buckets)):
@@ -108,6 +124,8 @@ class StepMetrics:
     """(wall seconds, calling-thread CPU seconds) per engine phase (PHASES)."""
     compiled: int = 0
     """Graphs compiled during this step (0 after warm-up)."""
+    execute: ExecuteTiming | None = None
+    """The forward pass's round trip when the executor ran it elsewhere (Ray actors); None in this process."""
 
 
 @dataclass
@@ -201,11 +219,16 @@ def eager_batch(s: StepInputs, block_size: int) -> BatchInputs:
 
 
 def build_model(cfg, weights: dict[str, np.ndarray], ec: EngineConfig):
-    """The model an engine of config `ec` runs: DeepseekV3Model (eager) or runtime.graph.GraphModel (graph)."""
+    """The model an engine of config `ec` runs: DeepseekV3Model (eager), runtime.graph.GraphModel (graph), or a
+    RayExecutor (executor "ray": the layers on actors of a local cluster; call its shutdown() when done)."""
     if ec.mode == "graph":
         from runtime.graph import GraphModel
 
         return GraphModel(cfg, weights, ec.num_blocks, ec.block_size, ec.max_blocks_per_seq)
+    if ec.executor == "ray":
+        from runtime.ray_executor import RayExecutor
+
+        return RayExecutor(cfg, weights, ec.num_blocks * ec.block_size, ec.ray)
     return DeepseekV3Model(cfg, weights, ec.num_blocks * ec.block_size)
 
 
@@ -223,7 +246,8 @@ class _Phases:
 
 
 class LLMEngine:
-    """Continuous-batching engine over one model (DeepseekV3Model in eager mode, GraphModel in graph mode)."""
+    """Continuous-batching engine over one model: in eager mode a DeepseekV3Model (run by a LocalExecutor) or an
+    Executor, in graph mode a GraphModel."""
 
     def __init__(self, model, cfg: EngineConfig = EngineConfig()):
         if model.num_slots < cfg.num_blocks * cfg.block_size:
@@ -245,7 +269,15 @@ class LLMEngine:
         self.step_count = 0
         self.history: list[StepMetrics] = []
         self.graph = None
+        self.executor: Executor | None = None
         self.sampler = DeviceSampler()
+        if cfg.mode == "eager":
+            self.executor = model if isinstance(model, Executor) else LocalExecutor(model)
+            if self.executor.kind != cfg.executor:
+                raise EngineError(
+                    f"engine executor {cfg.executor!r} needs the model build_model() makes for it, got a "
+                    f"{self.executor.kind} executor"
+                )
         if cfg.mode == "graph":
             from runtime.graph import GraphModel, GraphRunner
 
@@ -317,7 +349,7 @@ class LLMEngine:
         if self.graph is None:
             batch = eager_batch(prepare_inputs(sched, self.blocks), self.blocks.block_size)
             clock.end("prepare")
-            logits = self.model.forward(batch)
+            logits = self.executor.execute_model(batch)
             clock.end("forward")
             return logits
         n = sched.num_tokens
@@ -341,8 +373,10 @@ class LLMEngine:
         produced: list[tuple[str, int]] = []
         finished: list[Request] = []
         prefill = decode = 0
+        timing = None
         if sched.items:
             logits = self._forward(sched, clock)
+            timing = self.executor.last_timing if self.executor else None
             samplers = [(req, n) for req, n in sched.items if req.num_computed + n == req.num_tokens]
             new_tokens = self.sampler(logits, [r.params for r, _ in samplers], [r.rng for r, _ in samplers])
             clock.end("sample")
@@ -383,6 +417,7 @@ class LLMEngine:
             process_s=time.process_time() - p0,
             phases=clock.times,
             compiled=self.graphs_compiled - g0,
+            execute=timing,
         )
         self.step_count += 1
         self.history.append(m)
@@ -396,7 +431,7 @@ class LLMEngine:
         for kind, src, dst in swaps:
             block = src if kind == "out" else dst
             rows = K.to_device(np.arange(block * bs, (block + 1) * bs, dtype=np.int32))
-            for layer, cache in enumerate(self.model.caches):
+            for layer, cache in self.model.caches.items():  # layer index -> its latent cache
                 if kind == "out":
                     self.host_cache[layer, dst] = K.to_host(K.gather_rows(cache, rows))
                 else:
@@ -441,6 +476,12 @@ class RunSummary:
     compiled: int = 0
     phases: dict[str, list[float]] = field(default_factory=lambda: {p: [0.0, 0.0] for p in PHASES})
     """Summed (wall, calling-thread CPU) seconds per phase."""
+    executed: int = 0
+    """Steps whose forward pass ran elsewhere (ExecuteTiming recorded); the sums below are over them."""
+    round_trip_s: float = 0.0
+    stage_wall_s: list[float] = field(default_factory=list)
+    stage_thread_s: list[float] = field(default_factory=list)
+    stage_dispatches: list[int] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -459,4 +500,15 @@ class RunSummary:
             for name, (wall, cpu) in m.phases.items():
                 s.phases[name][0] += wall
                 s.phases[name][1] += cpu
+            if m.execute is not None:
+                e = m.execute
+                if not s.executed:
+                    n = len(e.stage_wall_s)
+                    s.stage_wall_s, s.stage_thread_s, s.stage_dispatches = [0.0] * n, [0.0] * n, [0] * n
+                s.executed += 1
+                s.round_trip_s += e.round_trip_s
+                for k in range(len(e.stage_wall_s)):
+                    s.stage_wall_s[k] += e.stage_wall_s[k]
+                    s.stage_thread_s[k] += e.stage_thread_s[k]
+                    s.stage_dispatches[k] += e.stage_dispatches[k]
         return s

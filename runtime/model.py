@@ -15,16 +15,24 @@ chunks and decode tokens mixed, as the engine schedules them). Per layer:
 
 The engine (runtime/engine.py) derives `BatchInputs` on the host from the step's vLLM-shaped
 StepInputs (`eager_batch`). Graph mode runs the same network as runtime/graph.py's GraphModel.
+
+A model may hold only a contiguous range of layers (`layers=range(first, stop)`): a pipeline stage
+of the Ray executor (runtime/ray_executor.py). `forward_stage` then takes the previous stage's
+hidden states (or embeds the tokens, when the range starts at layer 0) and returns its own hidden
+states (or the logits, when the range ends at the last layer); the operators and their order are
+those of `forward`, so a split model computes the same floats.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from runtime import kernels as K
 from runtime.config import DeepseekV3Config
+from runtime.errors import EngineError
 from runtime.rope import cos_sin_tables, rotation_indices
 
 NEG = -1e30  # additive mask; finite so fully padded query rows stay NaN-free
@@ -47,28 +55,53 @@ class BatchInputs:
     max_context: int
 
 
-class DeepseekV3Model:
-    """Weights as MindSpore tensors plus one latent cache Parameter per layer."""
+def stage_tensors(cfg: DeepseekV3Config, weights: dict[str, np.ndarray], layers: range) -> dict[str, np.ndarray]:
+    """The tensors a model of `layers` uses: those layers', the embedding (first stage; last stage too when tied),
+    the final norm and the LM head (last stage)."""
+    first, last = layers.start == 0, layers.stop == cfg.num_hidden_layers
+    keep = {}
+    for name, a in weights.items():
+        m = _LAYER.match(name)
+        if m:
+            use = int(m.group(1)) in layers
+        elif name == "model.embed_tokens.weight":
+            use = first or (last and cfg.tie_word_embeddings)
+        else:  # model.norm.weight, lm_head.weight
+            use = last
+        if use:
+            keep[name] = a
+    return keep
 
-    def __init__(self, cfg: DeepseekV3Config, weights: dict[str, np.ndarray], num_slots: int):
+
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+
+
+class DeepseekV3Model:
+    """Weights as MindSpore tensors plus one latent cache Parameter per layer (of `layers`, default all)."""
+
+    def __init__(self, cfg: DeepseekV3Config, weights: dict[str, np.ndarray], num_slots: int,
+                 layers: range | None = None):
         K.configure()
         self.cfg = cfg
         self.num_slots = num_slots
+        self.layers = range(cfg.num_hidden_layers) if layers is None else layers
+        self.first = self.layers.start == 0
+        self.last = self.layers.stop == cfg.num_hidden_layers
         from runtime.quant_linear import build_linears
 
         # Quantized checkpoints (runtime/quant.py): those linears keep their tensors and run per call.
         self.quant_linears, held = build_linears(cfg, weights)
-        w = {name: K.to_device(a) for name, a in weights.items() if name not in held}
+        w = {name: K.to_device(a) for name, a in stage_tensors(cfg, weights, self.layers).items() if name not in held}
         self.w = w
         h = cfg.num_attention_heads
-        self.w_uk: list = []
-        self.w_uv_t: list = []
-        for i in range(cfg.num_hidden_layers):
+        self.w_uk: dict[int, object] = {}
+        self.w_uv_t: dict[int, object] = {}
+        for i in self.layers:
             kv_b = weights[f"model.layers.{i}.self_attn.kv_b_proj.weight"].reshape(
                 h, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank
             )
-            self.w_uk.append(K.to_device(np.ascontiguousarray(kv_b[:, : cfg.qk_nope_head_dim, :])))
-            self.w_uv_t.append(K.to_device(np.ascontiguousarray(kv_b[:, cfg.qk_nope_head_dim :, :].transpose(0, 2, 1))))
+            self.w_uk[i] = K.to_device(np.ascontiguousarray(kv_b[:, : cfg.qk_nope_head_dim, :]))
+            self.w_uv_t[i] = K.to_device(np.ascontiguousarray(kv_b[:, cfg.qk_nope_head_dim :, :].transpose(0, 2, 1)))
         cos, sin = cos_sin_tables(cfg.rope, cfg.qk_rope_head_dim, cfg.max_position_embeddings)
         self.cos, self.sin = K.to_device(cos), K.to_device(sin)
         perm, partner, sign = rotation_indices(cfg.qk_rope_head_dim, cfg.rope.interleave)
@@ -76,14 +109,13 @@ class DeepseekV3Model:
         self.rot_sign = K.to_device(sign)
         self.eps = cfg.rms_norm_eps
         self.neg_inf = K.to_device(np.array(-np.inf, dtype=np.float32))
-        self.caches = [
-            K.parameter(np.zeros((num_slots, cfg.latent_dim), np.float32), f"latent_cache.{i}")
-            for i in range(cfg.num_hidden_layers)
-        ]
+        self.caches = {
+            i: K.parameter(np.zeros((num_slots, cfg.latent_dim), np.float32), f"latent_cache.{i}") for i in self.layers
+        }
 
     def reset_cache(self) -> None:
         """Zero every cache slot (tests and verify; the engine never needs it)."""
-        for c in self.caches:
+        for c in self.caches.values():
             c.set_data(K.to_device(np.zeros(c.shape, np.float32)))
 
     # -- building blocks -------------------------------------------------------------------
@@ -108,10 +140,18 @@ class DeepseekV3Model:
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, b: BatchInputs):
-        """Logits [S, vocab] (a MindSpore tensor) for the tokens in b.sample_index."""
+        """Logits [S, vocab] (a MindSpore tensor) for the tokens in b.sample_index (a model of every layer)."""
+        return self.forward_stage(b, None)
+
+    def forward_stage(self, b: BatchInputs, hidden):
+        """This model's layers over b: from the token ids (first stage, `hidden` None) or from the previous stage's
+        hidden states [T, hidden] (a tensor or NumPy array); returns the logits [S, vocab] (last stage) or the hidden
+        states after this stage's last layer (a tensor)."""
         cfg, w = self.cfg, self.w
+        if self.first != (hidden is None):
+            need = "the first stage embeds the tokens" if self.first else "needs the previous stage's hidden states"
+            raise EngineError(f"layers {self.layers.start}..{self.layers.stop - 1}: {need}")
         t = len(b.input_ids)
-        ids = K.from_numpy(b.input_ids)
         pos = K.from_numpy(b.positions)
         step = {
             "slots": K.from_numpy(b.slot_mapping),
@@ -127,13 +167,18 @@ class DeepseekV3Model:
         step["sin_q"] = K.reshape(sin, (t, 1, cfg.qk_rope_head_dim))
         step["cos_k"], step["sin_k"] = cos, sin
 
-        x = K.gather_rows(w["model.embed_tokens.weight"], ids)
-        for i in range(cfg.num_hidden_layers):
+        if hidden is None:
+            x = K.gather_rows(w["model.embed_tokens.weight"], K.from_numpy(b.input_ids))
+        else:
+            x = K.from_numpy(hidden) if isinstance(hidden, np.ndarray) else hidden
+        for i in self.layers:
             p = f"model.layers.{i}."
             x = K.add(x, self.attention(i, self.rms_norm(x, w[p + "input_layernorm.weight"]), step, b))
-            hidden = self.rms_norm(x, w[p + "post_attention_layernorm.weight"])
-            mlp = self.moe(hidden, p) if cfg.is_moe_layer(i) else self.swiglu(hidden, p + "mlp.")
+            normed = self.rms_norm(x, w[p + "post_attention_layernorm.weight"])
+            mlp = self.moe(normed, p) if cfg.is_moe_layer(i) else self.swiglu(normed, p + "mlp.")
             x = K.add(x, mlp)
+        if not self.last:
+            return x
         rows = K.gather_rows(x, K.from_numpy(b.sample_index))
         rows = self.rms_norm(rows, w["model.norm.weight"])
         head = w["model.embed_tokens.weight"] if cfg.tie_word_embeddings else w["lm_head.weight"]

@@ -24,11 +24,13 @@ workload version, the seed and n. For `decode-b1`/`decode-b8` every step is one 
 each of the 1/8 requests: a finished request is restarted with the same prompt, whose full blocks
 are still in the prefix cache, so its restart step computes a single token too.
 
-The record (`schema` "hostpgo.runtime.workload/1") holds name, version, seed, steps, checkpoint
+The record (`schema` "hostpgo.runtime.workload/2") holds name, version, seed, steps, checkpoint
 digest, `token_digest` (sha256 over every generated "request:token"), `tokens` (tokens the model
 processed: prompt chunks plus decode tokens), `generated_tokens`, wall and host (calling thread
 CPU) time per token, dispatches per token and per step, tokens/s, mean TTFT/TPOT and prefix-cache
-hits. Versions change whenever a workload's requests or engine settings change, so the digests
+hits, and `executor`: for ray-decode (the Ray executor, runtime/ray_executor.py) the round trip of
+the remote calls per step beside each stage actor's own compute. `Workload.close()` (or
+`shutdown()`) stops the Ray executor's actors and cluster; ray-decode needs `pip install ray==2.60.0`. Versions change whenever a workload's requests or engine settings change, so the digests
 pinned in tests/unit/test_runtime_workloads.py move together with them.
 """
 
@@ -236,6 +238,11 @@ class WorkloadSpec:
     quantized into that layout, and a --checkpoint must be quantized the same way. None: any checkpoint."""
 
     @property
+    def needs_ray(self) -> bool:
+        """Whether the workload runs the Ray executor (Ray is an optional dependency: the `ray` extra)."""
+        return self.engine.executor == "ray"
+
+    @property
     def needs_compile(self) -> bool:
         """Whether opening the workload compiles graphs (graph mode: one per token bucket, during warm-up)."""
         return self.engine.mode == "graph"
@@ -246,6 +253,10 @@ class WorkloadSpec:
         if self.needs_compile:
             buckets = self.engine.buckets
             line += f"  [compiles {len(buckets) + 1} graphs in warm-up: token buckets {', '.join(map(str, buckets))} and the sampler]"
+        if self.needs_ray:
+            from runtime.ray_executor import RAY_REQUIREMENT
+
+            line += f"  [needs Ray: pip install {RAY_REQUIREMENT}; starts a local cluster]"
         return line
 
 
@@ -257,6 +268,11 @@ def _engine(block_size: int, num_blocks: int, budget: int, max_seqs: int, **grap
         scheduler=SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=max_seqs),
         **graph,
     )
+
+
+def _ray() -> dict:
+    """The Ray executor with its defaults: two pipeline stages (the tiny preset's 3 layers as 0-1 and 2), 2 CPUs."""
+    return {"executor": "ray"}
 
 
 def _graph(max_model_len: int) -> dict:
@@ -402,6 +418,18 @@ WORKLOADS: dict[str, WorkloadSpec] = {
             OffloadDriver,
             "cc7f51a36832c923020308d08eef60c0c290c5146fd8e4de3a18bff96d30091c",
         ),
+        # The Ray executor (runtime/ray_executor.py): decode-b8's requests and cache geometry, the layers split into
+        # two pipeline stages on Ray actors. Its digest, pinned from a run, equals decode-b8's: the stages run the
+        # local model's operators on the same floats.
+        WorkloadSpec(
+            "ray-decode",
+            1,
+            "decode-b8's requests, the model split into two pipeline stages on Ray actors",
+            32,
+            _engine(16, 64, 512, 8, **_ray()),
+            lambda v, s: DecodeDriver(v, s, 8),
+            "aeddfe7a7e338be551f1496cce47e3c1fdaef5c8daa5a4adca11e1a9cd3d47b4",
+        ),
     )
 }
 
@@ -437,12 +465,16 @@ class Workload:
         self.checkpoint_digest = checkpoint_digest(checkpoint)
         ec = replace(spec.engine, seed=seed)
         self.model = build_model(self.cfg, weights, ec)
-        self.engine = LLMEngine(self.model, ec)
-        self.engine.compile_graphs()  # graph mode: every bucket now, so that no timed step compiles
-        self.driver = spec.driver(self.cfg.vocab_size, seed)
-        self.driver.start(self.engine)
-        for _ in range(self.driver.warmup_steps):
-            self._step()
+        try:
+            self.engine = LLMEngine(self.model, ec)
+            self.engine.compile_graphs()  # graph mode: every bucket now, so that no timed step compiles
+            self.driver = spec.driver(self.cfg.vocab_size, seed)
+            self.driver.start(self.engine)
+            for _ in range(self.driver.warmup_steps):
+                self._step()
+        except BaseException:
+            self.shutdown()
+            raise
         self._k = K
         self._a = K.to_device(np.ones((1, self.cfg.hidden_size), np.float32))
         self._b = K.to_device(np.full((1, self.cfg.hidden_size), 0.5, np.float32))
@@ -484,6 +516,11 @@ class Workload:
             "host_s": s.host_s,
             "process_s": s.process_s,
             "phases": {name: tuple(v) for name, v in s.phases.items()},
+            "executed": s.executed,
+            "round_trip_s": s.round_trip_s,
+            "stage_wall_s": list(s.stage_wall_s),
+            "stage_thread_s": list(s.stage_thread_s),
+            "stage_dispatches": list(s.stage_dispatches),
             "compiled": s.compiled,
             "digest": h.hexdigest(),
             "ttft_ms_mean": 1e3 * float(np.mean(ttft)) if ttft else None,
@@ -509,10 +546,20 @@ class Workload:
         self.engine.blocks.assert_no_leaks()
 
     def close(self) -> None:
-        """Abort whatever is in flight and check that every cache block came back."""
-        for rid in list(self.engine.requests):
-            self.engine.abort(rid)
-        self.engine.blocks.assert_no_leaks()
+        """Abort whatever is in flight, check that every cache block came back, and shut the executor down."""
+        try:
+            for rid in list(self.engine.requests):
+                self.engine.abort(rid)
+            self.engine.blocks.assert_no_leaks()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop what the executor started (the Ray executor's actors and cluster); nothing for the local one.
+        Idempotent."""
+        shutdown = getattr(self.model, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
 
     def golden_applies(self, steps: int) -> bool:
         """Whether the pinned digest describes a run of `steps` steps of this workload."""
@@ -571,6 +618,7 @@ class Workload:
                 "compile_s_each": graph.stats.seconds,
                 "compiled_in_steps": run["compiled"],
             },
+            "executor": self._executor_record(run),
             "ttft_ms_mean": run["ttft_ms_mean"],
             "tpot_ms_mean": run["tpot_ms_mean"],
             "preemptions": run["preemptions"],
@@ -593,6 +641,28 @@ class Workload:
         }
 
 
+    def _executor_record(self, run: dict) -> dict | None:
+        """The record's `executor`: None in graph mode; the executor's kind (and layout); for one that ran the forward
+        pass elsewhere, the per-step round trip (driver wall time of the remote calls), each stage's own compute
+        (wall and thread time, dispatches) and the difference (RPC, serialisation, scheduling)."""
+        executor = self.engine.executor
+        if executor is None:
+            return None
+        rec = executor.describe()
+        n = run.get("executed", 0)
+        if n:
+            per = 1e6 / n
+            rec.update(
+                steps_executed=n,
+                round_trip_us_per_step=per * run["round_trip_s"],
+                stage_compute_us_per_step=[per * v for v in run["stage_wall_s"]],
+                stage_thread_us_per_step=[per * v for v in run["stage_thread_s"]],
+                stage_dispatches_per_step=[v / n for v in run["stage_dispatches"]],
+                overhead_us_per_step=per * (run["round_trip_s"] - sum(run["stage_wall_s"])),
+            )
+        return rec
+
+
 def open_workload(name: str, checkpoint: str | Path | None = None, seed: int = 0, preset: str = "tiny") -> Workload:
     """Build a workload ready to time: checkpoint loaded, engine warmed up.
 
@@ -602,6 +672,12 @@ def open_workload(name: str, checkpoint: str | Path | None = None, seed: int = 0
     from runtime.workarea import builtin_checkpoint
 
     spec = get_spec(name)
+    if spec.needs_ray:
+        from runtime.ray_executor import ray_unavailable
+
+        message = ray_unavailable(f"workload {name}")
+        if message:
+            raise WorkloadError(message)
     if checkpoint is not None:
         return Workload(spec, Path(checkpoint), seed, None)
     return Workload(spec, builtin_checkpoint(preset, 0, quant=spec.quant), seed, preset)

@@ -32,7 +32,11 @@ GOLDEN = {
     ("decode-b8-a16w4-graph", 1): "52b660eeab42a75890b5fdc57f5622fd06d7a64bf1803c0b5015a3034b03bd42",
     # KV-cache offload: pinned from a run; the same digest with offload off and with a cache that never evicts
     ("serve-offload", 1): "cc7f51a36832c923020308d08eef60c0c290c5146fd8e4de3a18bff96d30091c",
+    # the Ray executor (run by tests/unit/test_runtime_ray.py, marker `ray`): pinned from a run, equal to decode-b8's
+    ("ray-decode", 1): "aeddfe7a7e338be551f1496cce47e3c1fdaef5c8daa5a4adca11e1a9cd3d47b4",
 }
+# Workloads run here; those needing Ray run in test_runtime_ray.py, with one cluster for the module.
+LOCAL = sorted(name for name, w in WORKLOADS.items() if not w.needs_ray)
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +53,11 @@ def home(tmp_path_factory):
 
 def test_every_workload_is_pinned():
     assert set(GOLDEN) == {(w.name, w.version) for w in WORKLOADS.values()}
+    assert GOLDEN[("ray-decode", 1)] == GOLDEN[("decode-b8", 1)]  # same requests, same numerics
+    assert [w.name for w in WORKLOADS.values() if w.needs_ray] == ["ray-decode"]
 
 
-@pytest.mark.parametrize("name", sorted(WORKLOADS))
+@pytest.mark.parametrize("name", LOCAL)
 def test_golden_digest_and_no_leaks(home, name):
     wl = open_workload(name)
     assert wl.preset == "tiny" and str(wl.checkpoint).startswith(str(home))
@@ -65,6 +71,7 @@ def test_golden_digest_and_no_leaks(home, name):
     assert rec["host_total_us_per_token"] >= rec["host_us_per_token"] * 0.99  # process CPU includes the thread's
     assert set(rec["phases_us_per_step"]) == {"schedule", "prepare", "forward", "sample", "update"}
     assert rec["mode"] == wl.spec.engine.mode
+    assert rec["executor"] == (None if wl.spec.needs_compile else {"kind": "local"})
     if wl.spec.needs_compile:
         g = rec["graphs"]
         assert g["compiled"] == len(g["token_buckets"]) + 1 == len(g["compile_s_each"]) and g["compile_s"] > 0
@@ -143,6 +150,18 @@ def test_cli_list(home, capsys):
     graph_lines = [line for line in out.splitlines() if "compiles" in line]
     assert [line.split()[0] for line in graph_lines] == [w.name for w in WORKLOADS.values() if w.needs_compile]
     assert "decode-b1-graph" in out and "compiles 3 graphs in warm-up: token buckets 1, 64 and the sampler" in out
+    ray_lines = [line for line in out.splitlines() if "needs Ray" in line]
+    assert [line.split()[0] for line in ray_lines] == ["ray-decode"]
+    assert "[needs Ray: pip install ray==2.60.0; starts a local cluster]" in ray_lines[0]
+
+
+def test_ray_decode_without_ray_says_how_to_install_it(home, capsys, monkeypatch):
+    from runtime.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when it is not installed
+    assert main(["workload", "ray-decode", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "error: workload ray-decode needs Ray, which is not installed" in err and "pip install ray==2.60.0" in err
 
 
 def test_cli_checkpoint_verify_generate(home, tmp_path, capsys):

@@ -241,3 +241,9 @@ def test_shutdown_kills_every_actor_and_ray_process(ray_workload):
         time.sleep(0.2)
     assert not _alive(processes), f"still running: {_alive(processes)}"
     ray_workload.shutdown()  # idempotent
+
+
+def test_offload_with_the_ray_executor_is_refused_naming_host_blocks():
+    with pytest.raises(EngineError, match=r"host_blocks\) needs the local executor"):
+        EngineConfig(host_blocks=4, executor="ray")
+    assert EngineConfig(host_blocks=4).executor == "local"

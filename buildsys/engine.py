@@ -42,7 +42,9 @@ SYSTEM_SETTINGS = "tcmalloc"
 """Host settings of the second system-interpreter entry: the allocator of DEFAULT_OPTIMIZED_PROFILE."""
 MEASURE_TIMEOUT = 12 * 3600.0
 """Seconds the measurement may take (valgrind counting on a machine without hardware counters is slow)."""
-PIPELINE_WORKLOADS = ("decode-b1", "decode-b8", "serve-mixed", "op-dispatch")
+PIPELINE_WORKLOADS = ("decode-b1", "decode-b8", "serve-mixed", "op-dispatch", "decode-b8-graph")
+"""Timed side by side: eager decode and serving (PyNative, the `--enforce-eager` path), single-op dispatch, and
+graph-mode decode (mindspore.jit, how vLLM-MindSpore runs decode)."""
 # Counted under valgrind where there are no hardware counters: a runtime target costs minutes per
 # interpreter there (MindSpore's import dominates each run) and its threads' yield loops make whole-process
 # counts depend on scheduling, so the interpreter-only targets come first and decode-b1 stands for the runtime.

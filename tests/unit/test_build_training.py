@@ -221,7 +221,7 @@ def test_pipeline_measures_baseline_first_then_system_then_builds(tmp_path: Path
     assert interps == ["baseline=/i/baseline/bin/python3", f"debian={system}", f"debian+tcmalloc={system}@tcmalloc",
                        "generic-pgo-lto=/i/generic-pgo-lto/bin/python3", "workload-pgo-lto=/i/workload-pgo-lto/bin/python3",
                        "workload-pgo-lto-tcmalloc=/i/workload-pgo-lto-tcmalloc/bin/python3"]
-    assert cmd[cmd.index("--workloads") + 1] == "decode-b1,decode-b8,serve-mixed,op-dispatch"
+    assert cmd[cmd.index("--workloads") + 1] == "decode-b1,decode-b8,serve-mixed,op-dispatch,decode-b8-graph"
     assert cmd[cmd.index("--counter-workloads") + 1] == "pure-python,pure-dispatch,decode-b1"
     assert cmd[cmd.index("--stages") + 1] == "latency,counters,attribute,guard"
     assert "--guard-fast" in cmd  # pyperformance --fast: the guard in minutes, not most of an hour

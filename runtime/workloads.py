@@ -459,6 +459,8 @@ class Workload:
             "transfers_per_token": run["transfers"] / tokens,
             "host_us_per_step": 1e6 * run["host_s"] / steps,
             "mode": self.engine.cfg.mode,
+            "host_path": self.engine.host_path.name,
+            "host_path_reason": self.engine.host_path.reason,
             "host_total_s": run["process_s"],
             "host_total_us_per_token": 1e6 * run["process_s"] / tokens,
             "host_runtime_threads_us_per_token": 1e6 * (run["process_s"] - run["host_s"]) / tokens,

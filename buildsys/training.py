@@ -54,9 +54,10 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
 def runtime_digest(root: Path = RUNTIME_DIR) -> str:
-    """sha256 over the runtime's Python sources (relative path and content of each)."""
+    """sha256 over the runtime's Python and Cython sources (relative path and content of each): the .pyx is the
+    compiled twin of the host hot path (runtime/_hostpath.pyx), so a change to it is a change to what trains."""
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted(p for pattern in ("*.py", "*.pyx") for p in root.rglob(pattern)):
         h.update(str(path.relative_to(root)).encode() + b"\0")
         h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()

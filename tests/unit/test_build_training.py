@@ -58,7 +58,10 @@ def test_runtime_digest_follows_the_runtime_sources(tmp_path: Path) -> None:
     first = training.runtime_digest(tmp_path)
     assert training.runtime_digest(tmp_path) == first
     (tmp_path / "engine.py").write_text("A = 2\n")
-    assert training.runtime_digest(tmp_path) != first
+    second = training.runtime_digest(tmp_path)
+    assert second != first
+    (tmp_path / "_hostpath.pyx").write_text("cdef int a = 1\n")  # the compiled host path's source counts too
+    assert training.runtime_digest(tmp_path) != second
 
 
 def test_workload_profile_trains_in_a_venv_that_sees_the_runtime_deps(tmp_path: Path) -> None:

@@ -28,7 +28,8 @@ The record (`schema` "hostpgo.runtime.workload/1") holds name, version, seed, st
 digest, `token_digest` (sha256 over every generated "request:token"), `tokens` (tokens the model
 processed: prompt chunks plus decode tokens), `generated_tokens`, wall and host (calling thread
 CPU) time per token, dispatches per token and per step, tokens/s, mean TTFT/TPOT and prefix-cache
-hits. Versions change whenever a workload's requests or engine settings change, so the digests
+hits; `host_path` names the host hot path that ran ("cython" or "python", runtime/hostpath.py) and
+`host_path_reason` why. Versions change whenever a workload's requests or engine settings change, so the digests
 pinned in tests/unit/test_runtime_workloads.py move together with them.
 """
 

@@ -29,12 +29,14 @@ def site_packages() -> list[Path]:
     return out
 
 
-def package_dir(name: str) -> Path | None:
-    """Where top-level package `name` would be imported from (found without importing it), or None."""
+def package_dirs(name: str) -> list[Path]:
+    """Where top-level package `name`'s modules would be imported from (found without importing it): every
+    search location of the package, e.g. both the checkout and site-packages' compiled part under an
+    editable install; empty when it is not found."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations))).resolve()
+        return []
+    return [Path(p).resolve() for p in spec.submodule_search_locations]
 
 
 def default_paths() -> list[Path]:
@@ -42,9 +44,9 @@ def default_paths() -> list[Path]:
     `python -m` from a directory holding runtime/ imports that one, so run it from elsewhere)."""
     out = site_packages()
     for name in STARTUP_PACKAGES:
-        where = package_dir(name)
-        if where is not None and not any(where.is_relative_to(p) for p in out):
-            out.append(where)
+        for where in package_dirs(name):
+            if not any(where.is_relative_to(p) for p in out):
+                out.append(where)
     return out
 
 

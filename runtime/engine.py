@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime import hostpath
 from runtime import kernels as K
 from runtime.errors import EngineError
 from runtime.executor import EXECUTORS, ExecuteTiming, Executor, LocalExecutor
-from runtime.kv_cache import BlockManager
+from runtime.inputs import StepInputs, eager_batch, prepare_inputs  # noqa: F401 (re-exported: their old home)
 from runtime.model import NEG, BatchInputs, DeepseekV3Model
 from runtime.ray_executor import RayExecutorConfig
 from runtime.sampling import SamplingParams
@@ -137,87 +138,6 @@ class StepOutput:
     metrics: StepMetrics
 
 
-@dataclass
-class StepInputs:
-    """One step's metadata as vLLM's model runner prepares it (host NumPy; T tokens of R requests)."""
-
-    input_ids: np.ndarray  # [T] int32
-    positions: np.ndarray  # [T] int32
-    slot_mapping: np.ndarray  # [T] int32: cache slot each new token's latent is written to
-    block_tables: np.ndarray  # [R, B] int32: each request's cache blocks, padded with `pad_block`
-    query_start_loc: np.ndarray  # [R + 1] int32: where each request's tokens start in the flat batch
-    seq_lens: np.ndarray  # [R] int32: tokens of context each request attends over after this step
-    sample_index: np.ndarray  # [S] int32: flat tokens whose logits are sampled
-    num_tokens: int  # real tokens (T may be larger when padded)
-    num_requests: int  # real requests
-
-
-def prepare_inputs(step: ScheduledStep, blocks: BlockManager, *, width: int | None = None, pad_block: int = 0,
-                   tokens: int | None = None, requests: int | None = None) -> StepInputs:
-    """The step's StepInputs; with `tokens`/`requests`/`width` given, padded to that shape (graph buckets).
-
-    Padding tokens have id 0, position 0 and write to slot `pad_block * block_size`; padding requests start
-    and end at the last real token and hold only `pad_block`; padding sample rows read token 0.
-    """
-    bs = blocks.block_size
-    items = step.items
-    n_tok = sum(n for _, n in items)
-    r = len(items)
-    t_pad, r_pad = tokens or n_tok, requests or r
-    num = np.fromiter((n for _, n in items), np.int32, r)
-    start = np.fromiter((req.num_computed for req, _ in items), np.int32, r)
-    seq_lens = start + num
-    b = width or int(-(-seq_lens.max() // bs))
-    tables = np.full((r_pad, b), pad_block, np.int32)
-    for k, (req, _) in enumerate(items):
-        held = blocks.blocks_of(req.request_id)
-        tables[k, : len(held)] = held
-    qsl = np.full(r_pad + 1, n_tok, np.int32)
-    qsl[0] = 0
-    np.cumsum(num, out=qsl[1 : r + 1])
-    req_of = np.repeat(np.arange(r), num)
-    positions = np.zeros(t_pad, np.int32)
-    positions[:n_tok] = np.arange(n_tok) - qsl[req_of] + start[req_of]
-    slots = np.full(t_pad, pad_block * bs, np.int32)
-    slots[:n_tok] = tables[req_of, positions[:n_tok] // bs] * bs + positions[:n_tok] % bs
-    ids = np.zeros(t_pad, np.int32)
-    ids[:n_tok] = [t for req, n in items for t in req.tokens[req.num_computed : req.num_computed + n]]
-    samples = [qsl[k + 1] - 1 for k, (req, n) in enumerate(items) if req.num_computed + n == req.num_tokens]
-    sample_index = np.zeros(max(len(samples), r_pad if requests else 0), np.int32)
-    sample_index[: len(samples)] = samples
-    return StepInputs(ids, positions, slots, tables, qsl, seq_lens, sample_index, n_tok, r)
-
-
-def eager_batch(s: StepInputs, block_size: int) -> BatchInputs:
-    """The eager model's padded [R, Qmax] x [R, Lmax] index arrays, derived from unpadded StepInputs."""
-    r = s.num_requests
-    num = np.diff(s.query_start_loc[: r + 1])
-    start = s.seq_lens - num
-    qmax, lmax = int(num.max()), int(s.seq_lens.max())
-    cols = np.arange(lmax)
-    context = s.block_tables[:, cols // block_size] * block_size + cols % block_size
-    context = np.where(cols[None, :] < s.seq_lens[:, None], context, 0).astype(np.int32)
-    rows = np.arange(qmax)
-    valid = rows[None, :] < num[:, None]  # [R, Qmax]
-    query_index = np.where(valid, s.query_start_loc[:r, None] + rows[None, :], 0).astype(np.int32)
-    visible = valid[:, :, None] & (cols[None, None, :] <= (start[:, None] + rows[None, :])[:, :, None])
-    mask = np.where(visible, 0.0, NEG).astype(np.float32).reshape(r, qmax, 1, lmax)
-    output_index = (np.arange(r)[:, None] * qmax + rows[None, :])[valid].astype(np.int32)
-    return BatchInputs(
-        input_ids=s.input_ids,
-        positions=s.positions,
-        slot_mapping=s.slot_mapping,
-        query_index=query_index.reshape(-1),
-        context_slots=context.reshape(-1),
-        mask=mask,
-        output_index=output_index,
-        sample_index=s.sample_index,
-        num_requests=r,
-        max_query=qmax,
-        max_context=lmax,
-    )
-
-
 def build_model(cfg, weights: dict[str, np.ndarray], ec: EngineConfig):
     """The model an engine of config `ec` runs: DeepseekV3Model (eager), runtime.graph.GraphModel (graph), or a
     RayExecutor (executor "ray": the layers on actors of a local cluster; call its shutdown() when done)."""
@@ -249,21 +169,30 @@ class LLMEngine:
     """Continuous-batching engine over one model: in eager mode a DeepseekV3Model (run by a LocalExecutor) or an
     Executor, in graph mode a GraphModel."""
 
-    def __init__(self, model, cfg: EngineConfig = EngineConfig()):
+    def __init__(self, model, cfg: EngineConfig = EngineConfig(), host_path: hostpath.HostPath | None = None):
         if model.num_slots < cfg.num_blocks * cfg.block_size:
             raise EngineError(
                 f"model cache has {model.num_slots} slots, engine needs {cfg.num_blocks * cfg.block_size}"
             )
         self.model = model
         self.cfg = cfg
-        self.blocks = BlockManager(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching, cfg.host_blocks)
+        self.host_path = host_path or hostpath.selected()
+        """The host hot path's implementation (block manager, budget loop, input preparation): compiled or reference."""
+        if cfg.host_blocks and self.host_path.name != "python":
+            # The compiled block manager has no host tier: offload runs on the reference one (the record says so).
+            self.host_path = hostpath.reference("KV-cache offload (host_blocks) runs on the reference block manager")
+        hp = self.host_path
+        if cfg.host_blocks:
+            self.blocks = hp.block_manager(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching, cfg.host_blocks)
+        else:
+            self.blocks = hp.block_manager(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.host_cache = None
-        if self.blocks.host_blocks:
+        if cfg.host_blocks:
             mc = model.cfg
             self.host_cache = np.zeros(
-                (mc.num_hidden_layers, self.blocks.host_blocks, cfg.block_size, mc.latent_dim), np.float32
+                (mc.num_hidden_layers, cfg.host_blocks, cfg.block_size, mc.latent_dim), np.float32
             )
-        self.scheduler = Scheduler(cfg.scheduler, self.blocks)
+        self.scheduler = Scheduler(cfg.scheduler, self.blocks, hp.schedule_step)
         self.requests: dict[str, Request] = {}
         self.seeds = np.random.SeedSequence(cfg.seed)
         self.step_count = 0
@@ -347,15 +276,17 @@ class LLMEngine:
     def _forward(self, sched: ScheduledStep, clock: _Phases):
         """prepare + forward phases: the logits tensor of the sampling rows (graph mode: padded rows too)."""
         if self.graph is None:
-            batch = eager_batch(prepare_inputs(sched, self.blocks), self.blocks.block_size)
+            hp = self.host_path
+            batch = hp.eager_batch(hp.prepare_inputs(sched, self.blocks), self.blocks.block_size)
             clock.end("prepare")
             logits = self.executor.execute_model(batch)
             clock.end("forward")
             return logits
         n = sched.num_tokens
         bucket = next(t for t in self.cfg.buckets if t >= n)
-        s = prepare_inputs(sched, self.blocks, width=self.cfg.max_blocks_per_seq, pad_block=self.model.scratch_block,
-                           tokens=bucket, requests=self.cfg.scheduler.max_num_seqs)
+        s = self.host_path.prepare_inputs(sched, self.blocks, width=self.cfg.max_blocks_per_seq,
+                                          pad_block=self.model.scratch_block, tokens=bucket,
+                                          requests=self.cfg.scheduler.max_num_seqs)
         arrays = [K.from_numpy(a) for a in (s.input_ids, s.positions, s.slot_mapping, s.block_tables,
                                             s.query_start_loc, s.sample_index)]
         clock.end("prepare")
@@ -369,7 +300,8 @@ class LLMEngine:
         clock = _Phases()
         sched = self.scheduler.schedule()
         clock.end("schedule")
-        self._copy_blocks(self.blocks.take_swaps())  # timed with "prepare"
+        if self.host_cache is not None:
+            self._copy_blocks(self.blocks.take_swaps())  # timed with "prepare"
         produced: list[tuple[str, int]] = []
         finished: list[Request] = []
         prefill = decode = 0
@@ -381,13 +313,7 @@ class LLMEngine:
             new_tokens = self.sampler(logits, [r.params for r, _ in samplers], [r.rng for r, _ in samplers])
             clock.end("sample")
             now = time.perf_counter()
-            for req, n in sched.items:
-                if req.num_computed + n == req.num_tokens and req.output:
-                    decode += n
-                else:
-                    prefill += n
-                req.num_computed += n
-                self.blocks.commit_full_blocks(req.request_id, req.tokens, req.num_computed)
+            prefill, decode = self.host_path.advance(sched.items, self.blocks)
             for (req, _), tok in zip(samplers, new_tokens, strict=True):
                 req.output.append(tok)
                 produced.append((req.request_id, tok))

@@ -233,6 +233,20 @@ class BlockManager:
         )
         _require(not (self.host_cached.keys() & self.cached.keys()), "a block is cached both on the device and the host")
 
+    def state(self) -> dict:
+        """Everything the manager knows, as plain values: reference counts, each block's hash, the hash map, the
+        free queue in LRU order (next handed out first), each request's blocks and hash chain, the counters.
+        The compiled twin (runtime/_hostpath.pyx) returns the same for the same calls."""
+        s = self.stats
+        return {
+            "ref": list(self.ref),
+            "hash_of": list(self.hash_of),
+            "cached": dict(self.cached),
+            "free_queue": list(self.free_queue),
+            "held": {rid: (list(h.blocks), list(h.hashes)) for rid, h in self.held.items()},
+            "stats": (s.queried_tokens, s.hit_tokens, s.evictions, s.allocations),
+        }
+
     def assert_no_leaks(self) -> None:
         """After every request finished: nothing held, every block free."""
         self.check()

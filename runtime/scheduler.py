@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,9 +95,15 @@ class SchedulerConfig:
 
 
 class Scheduler:
-    def __init__(self, cfg: SchedulerConfig, blocks: BlockManager):
+    """Waiting and running requests over one block manager; `schedule()` picks each step's batch."""
+
+    def __init__(self, cfg: SchedulerConfig, blocks: BlockManager,
+                 budget_loop: Callable[[Scheduler], ScheduledStep] | None = None):
         self.cfg = cfg
         self.blocks = blocks
+        self.budget_loop = budget_loop or schedule_step
+        """Picks each step's batch: `schedule_step` below, or the compiled twin that runtime/hostpath.py passes
+        together with its block manager."""
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
 
@@ -126,50 +133,69 @@ class Scheduler:
         self.waiting.appendleft(victim)
 
     def schedule(self) -> ScheduledStep:
-        budget = self.cfg.max_num_batched_tokens
-        items: list[tuple[Request, int]] = []
-        preempted: list[Request] = []
-        scheduled_ids: set[str] = set()
-
-        for req in list(self.running):
-            if budget == 0:
-                break
-            if req.status is not Status.RUNNING:  # preempted earlier in this loop
-                continue
-            n = min(req.num_tokens - req.num_computed, budget)
-            while not self.blocks.allocate(req.request_id, req.num_computed + n):
-                victim = self.running[-1]
-                self._preempt(victim)
-                preempted.append(victim)
-                if victim is req:
-                    break
-            if req.status is not Status.RUNNING:
-                continue
-            items.append((req, n))
-            scheduled_ids.add(req.request_id)
-            budget -= n
-
-        while self.waiting and budget > 0 and not preempted and len(self.running) < self.cfg.max_num_seqs:
-            req = self.waiting[0]
-            prefix = self.blocks.cached_prefix(req.tokens)
-            start = len(prefix) * self.blocks.block_size
-            remaining = req.num_tokens - start
-            if not self.cfg.enable_chunked_prefill and remaining > budget:
-                break
-            n = min(remaining, budget)
-            if not self.blocks.allocate(req.request_id, start + n, prefix):
-                break
-            self.waiting.popleft()
-            req.status = Status.RUNNING
-            req.num_computed = start
-            req.num_cached_tokens = start
-            self.running.append(req)
-            items.append((req, n))
-            budget -= n
-        return ScheduledStep(items, preempted)
+        """The next step's batch (this scheduler's `budget_loop`)."""
+        return self.budget_loop(self)
 
     def finish(self, req: Request, reason: str) -> None:
         req.status = Status.FINISHED
         req.finish_reason = reason
         self.running.remove(req)
         self.blocks.free(req.request_id)
+
+
+def schedule_step(sched: Scheduler) -> ScheduledStep:
+    """One step's batch under the token budget (the reference budget loop; runtime/_hostpath.pyx has its twin)."""
+    blocks = sched.blocks
+    budget = sched.cfg.max_num_batched_tokens
+    items: list[tuple[Request, int]] = []
+    preempted: list[Request] = []
+
+    for req in list(sched.running):
+        if budget == 0:
+            break
+        if req.status is not Status.RUNNING:  # preempted earlier in this loop
+            continue
+        n = min(req.num_tokens - req.num_computed, budget)
+        while not blocks.allocate(req.request_id, req.num_computed + n):
+            victim = sched.running[-1]
+            sched._preempt(victim)
+            preempted.append(victim)
+            if victim is req:
+                break
+        if req.status is not Status.RUNNING:
+            continue
+        items.append((req, n))
+        budget -= n
+
+    while sched.waiting and budget > 0 and not preempted and len(sched.running) < sched.cfg.max_num_seqs:
+        req = sched.waiting[0]
+        prefix = blocks.cached_prefix(req.tokens)
+        start = len(prefix) * blocks.block_size
+        remaining = req.num_tokens - start
+        if not sched.cfg.enable_chunked_prefill and remaining > budget:
+            break
+        n = min(remaining, budget)
+        if not blocks.allocate(req.request_id, start + n, prefix):
+            break
+        sched.waiting.popleft()
+        req.status = Status.RUNNING
+        req.num_computed = start
+        req.num_cached_tokens = start
+        sched.running.append(req)
+        items.append((req, n))
+        budget -= n
+    return ScheduledStep(items, preempted)
+
+
+def advance(items: list[tuple[Request, int]], blocks: BlockManager) -> tuple[int, int]:
+    """After a step's forward pass: move each request past its computed tokens and publish its newly full
+    blocks to the prefix cache. Returns (prefill tokens, decode tokens) of the step."""
+    prefill = decode = 0
+    for req, n in items:
+        if req.num_computed + n == req.num_tokens and req.output:
+            decode += n
+        else:
+            prefill += n
+        req.num_computed += n
+        blocks.commit_full_blocks(req.request_id, req.tokens, req.num_computed)
+    return prefill, decode

@@ -30,7 +30,8 @@ processed: prompt chunks plus decode tokens), `generated_tokens`, wall and host 
 CPU) time per token, dispatches per token and per step, tokens/s, mean TTFT/TPOT and prefix-cache
 hits, and `executor`: for ray-decode (the Ray executor, runtime/ray_executor.py) the round trip of
 the remote calls per step beside each stage actor's own compute. `Workload.close()` (or
-`shutdown()`) stops the Ray executor's actors and cluster; ray-decode needs `pip install ray==2.60.0`. Versions change whenever a workload's requests or engine settings change, so the digests
+`shutdown()`) stops the Ray executor's actors and cluster; ray-decode needs `pip install ray==2.60.0`. `host_path` names the host hot path that ran ("cython" or "python", runtime/hostpath.py) and
+`host_path_reason` why. Versions change whenever a workload's requests or engine settings change, so the digests
 pinned in tests/unit/test_runtime_workloads.py move together with them.
 """
 
@@ -601,6 +602,8 @@ class Workload:
             "host_us_per_step": 1e6 * run["host_s"] / steps,
             "mode": self.engine.cfg.mode,
             "quantization": None if self.cfg.quant is None else self.cfg.quant.method,
+            "host_path": self.engine.host_path.name,
+            "host_path_reason": self.engine.host_path.reason,
             "host_total_s": run["process_s"],
             "host_total_us_per_token": 1e6 * run["process_s"] / tokens,
             "host_runtime_threads_us_per_token": 1e6 * (run["process_s"] - run["host_s"]) / tokens,
@@ -623,9 +626,9 @@ class Workload:
             "tpot_ms_mean": run["tpot_ms_mean"],
             "preemptions": run["preemptions"],
             "kv_offload": None
-            if not self.engine.blocks.host_blocks
+            if not self.engine.cfg.host_blocks
             else {
-                "host_blocks": self.engine.blocks.host_blocks,
+                "host_blocks": self.engine.cfg.host_blocks,
                 "swaps_out": stats.swaps_out,
                 "swaps_in": stats.swaps_in,
                 "host_dropped": stats.host_dropped,

@@ -51,8 +51,11 @@ RECORD_NAME = "hostpgo-image.json"
 
 
 def project_digest(root: Path = REPO_ROOT) -> str:
-    """The project's own code and data that go into the venv (the packages and pyproject.toml)."""
+    """The project's own code and data that go into the venv (the packages, pyproject.toml and CMakeLists.txt,
+    which builds the runtime's compiled host path)."""
+    cmake = root / "CMakeLists.txt"
     return digest({"pyproject": sha256_of(root / "pyproject.toml"),
+                   "cmake": sha256_of(cmake) if cmake.is_file() else None,
                    **{pkg: manifest_mod.tree_digest(root / pkg, skip_dirs=("__pycache__",))
                       for pkg in ("buildsys", "runtime", "perf")}})
 

@@ -58,9 +58,10 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
 def runtime_digest(root: Path = RUNTIME_DIR) -> str:
-    """sha256 over the runtime's Python sources (relative path and content of each)."""
+    """sha256 over the runtime's Python and Cython sources (relative path and content of each): the .pyx is the
+    compiled twin of the host hot path (runtime/_hostpath.pyx), so a change to it is a change to what trains."""
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted(p for pattern in ("*.py", "*.pyx") for p in root.rglob(pattern)):
         h.update(str(path.relative_to(root)).encode() + b"\0")
         h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
@@ -209,6 +210,10 @@ def run_workload(argv: list[str], env: dict[str, str], cwd: str | None, timeout:
         ctx.info.setdefault("workloads", []).append(entry)
         if rc != 0:
             name = argv[argv.index("workload") + 1] if "workload" in argv else argv[-1]
+            if not rec:  # exit 1 without a record: the workload crashed, it did not produce other tokens
+                tail = "\n".join(lines[-5:])
+                raise HostpgoError(f"{where}: workload {name} failed with exit code {rc} before printing its "
+                                   f"record (log: {ctx.runner.log_path}):\n{tail}")
             raise HostpgoError(f"{where}: workload {name} did not reproduce its pinned token digest "
                                f"(got {rec.get('token_digest')}, pinned {rec.get('golden_digest')}); "
                                "an interpreter that changes results is not installed")

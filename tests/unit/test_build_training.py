@@ -61,7 +61,10 @@ def test_runtime_digest_follows_the_runtime_sources(tmp_path: Path) -> None:
     first = training.runtime_digest(tmp_path)
     assert training.runtime_digest(tmp_path) == first
     (tmp_path / "engine.py").write_text("A = 2\n")
-    assert training.runtime_digest(tmp_path) != first
+    second = training.runtime_digest(tmp_path)
+    assert second != first
+    (tmp_path / "_hostpath.pyx").write_text("cdef int a = 1\n")  # the compiled host path's source counts too
+    assert training.runtime_digest(tmp_path) != second
 
 
 def test_workload_profile_trains_in_a_venv_that_sees_the_runtime_deps(tmp_path: Path) -> None:
@@ -119,6 +122,17 @@ def test_golden_mismatch_fails_the_stage_and_keeps_the_record(tmp_path: Path) ->
     with pytest.raises(HostpgoError, match="did not reproduce its pinned token digest .got abc, pinned def"):
         stages.execute(stages.BuildPlan("t2", (failing,), (), {}), tmp_path / "s", tmp_path / "l", live=False)
     assert not (tmp_path / "s" / "t2" / "verify.json").exists()
+
+
+def test_a_workload_that_crashes_is_not_reported_as_a_digest_mismatch(tmp_path: Path) -> None:
+    import sys
+    crash = tmp_path / "crash.py"
+    crash.write_text("raise SyntaxError('<<<<<<< HEAD')\n")
+    body = training.run_workload([sys.executable, str(crash), "workload", "prefill"], {}, None, 60, "training task t")
+    stage = stages.Stage("train", "t", "k3", (stages.Call("crash", body),))
+    with pytest.raises(HostpgoError, match=r"workload prefill failed with exit code 1 before printing its record") as e:
+        stages.execute(stages.BuildPlan("t3", (stage,), (), {}), tmp_path / "s", tmp_path / "l", live=False)
+    assert "SyntaxError" in str(e.value) and "pinned token digest" not in str(e.value)
 
 
 def test_last_json_finds_the_record_among_log_lines() -> None:

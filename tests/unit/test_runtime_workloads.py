@@ -10,6 +10,7 @@ import pytest
 pytestmark = pytest.mark.runtime
 pytest.importorskip("mindspore")
 
+from runtime import hostpath  # noqa: E402
 from runtime.workloads import RECORD_SCHEMA, WORKLOADS, open_workload  # noqa: E402
 
 # sha256 of every generated "request:token" line for `python -m runtime workload NAME` (default
@@ -72,6 +73,11 @@ def test_golden_digest_and_no_leaks(home, name):
     assert set(rec["phases_us_per_step"]) == {"schedule", "prepare", "forward", "sample", "update"}
     assert rec["mode"] == wl.spec.engine.mode
     assert rec["executor"] == (None if wl.spec.needs_compile else {"kind": "local"})
+    if wl.spec.engine.host_blocks:  # offload runs on the reference block manager, and says so
+        assert rec["host_path"] == "python" and "host_blocks" in rec["host_path_reason"]
+    else:
+        assert rec["host_path"] == hostpath.selected().name == "cython"  # pip install -e . builds the extension
+        assert rec["host_path_reason"].startswith("runtime._hostpath built at")
     if wl.spec.needs_compile:
         g = rec["graphs"]
         assert g["compiled"] == len(g["token_buckets"]) + 1 == len(g["compile_s_each"]) and g["compile_s"] > 0
@@ -79,6 +85,17 @@ def test_golden_digest_and_no_leaks(home, name):
         assert rec["dispatches_per_step"] < 40  # one graph launch plus the sampler's operators
     else:
         assert rec["graphs"] is None and rec["dispatches_per_token"] > 1
+    wl.close()
+
+
+@pytest.mark.parametrize("name", ["decode-b8", "serve-mixed"])
+def test_reference_host_path_keeps_the_golden_digest(home, name, monkeypatch):
+    """The pure-Python host path (what HOSTPGO_RUNTIME_REFERENCE=1 selects) produces the same tokens."""
+    monkeypatch.setattr(hostpath, "selected", lambda: hostpath.select({hostpath.FORCE_REFERENCE_ENV: "1"}))
+    wl = open_workload(name)
+    rec = wl.record(wl.run_steps(wl.spec.default_steps))
+    assert rec["host_path"] == "python" and hostpath.FORCE_REFERENCE_ENV in rec["host_path_reason"]
+    assert rec["token_digest"] == GOLDEN[(name, wl.spec.version)] and rec["golden_match"] is True
     wl.close()
 
 
@@ -127,6 +144,13 @@ def test_cli_workload_json_in_a_fresh_interpreter(home):
     assert rec["token_digest"] == open_workload("decode-b1").run_steps(4)["digest"]
     for key in ("name", "version", "tokens", "wall_us_per_token", "host_us_per_token", "dispatches_per_token"):
         assert key in rec
+    assert rec["host_path"] == "cython"
+    # the environment variable forces the pure-Python reference; the tokens stay the same
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**env, "HOSTPGO_RUNTIME_REFERENCE": "1"}, timeout=300)
+    assert p.returncode == 0, p.stderr
+    forced = json.loads(p.stdout)
+    assert forced["host_path"] == "python" and "HOSTPGO_RUNTIME_REFERENCE=1" in forced["host_path_reason"]
+    assert forced["token_digest"] == rec["token_digest"]
 
 
 def test_cli_check_golden(home, capsys, monkeypatch):
@@ -218,7 +242,8 @@ def test_offload_gives_the_same_tokens_and_counts_swaps(home):
         run = wl.run_steps(spec.default_steps)
         runs[label] = (run["digest"], run["tokens"], wl.record(run)["kv_offload"], wl.engine.blocks.stats.evictions)
         wl.drain()  # every request finished: no device block held, every host slot accounted for, no copy pending
-        assert len(wl.engine.blocks.host_cached) + len(wl.engine.blocks.host_free) == engine.host_blocks
+        if engine.host_blocks:  # (the compiled block manager, which runs without offload, has no host tier)
+            assert len(wl.engine.blocks.host_cached) + len(wl.engine.blocks.host_free) == engine.host_blocks
     digest, tokens, offload, evictions = runs["offload"]
     assert digest == runs["recompute"][0] == runs["no eviction"][0] == spec.golden
     assert offload["swaps_out"] == evictions > 0 and offload["swaps_in"] > 0 and offload["host_blocks"] == 32

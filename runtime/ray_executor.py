@@ -142,9 +142,16 @@ def _import_ray():
 
 
 def default_temp_dir() -> Path:
+    """`$HOSTPGO_HOME/ray`, or, where that path is too long for Ray's socket paths (a deep checkout), a
+    per-user directory under the system's temporary directory."""
+    import tempfile
+
     from runtime.workarea import home
 
-    return home() / "ray"
+    path = (home() / "ray").absolute()
+    if len(str(path)) <= MAX_TEMP_DIR:
+        return path
+    return Path(tempfile.gettempdir()) / f"hostpgo-ray-{os.getuid()}"
 
 
 class StageWorker:

@@ -9,7 +9,8 @@ A task is a TOML file profiles/tasks/NAME.toml:
                                      # `workloads`: the bundled runtime's named workloads (below)
     argv = ["-m", "test", "--pgo"]   # interpreter and command tasks
     venv = false                     # true: make a venv from the instrumented interpreter first
-    venv_install = []                # pip arguments run in that venv before the task
+    venv_install = []                # pip arguments run in that venv before the task (kind workloads too:
+                                     # e.g. ray for the Ray executor's workload)
     cwd = "{repo}"                   # optional working directory
     env = {}                         # extra environment
     timeout = 3600                   # seconds
@@ -132,10 +133,11 @@ def parse_task(name: str, data: Mapping[str, Any], where: str) -> TrainingTask:
         if not names or not all(isinstance(n, str) and NAME_RE.match(n) for n in names):
             raise TaskError(f"{where}: a task of kind 'workloads' needs key 'workloads', a non-empty list of "
                             "workload names (see `python -m runtime workload --list`)")
-        for key in ("argv", "venv", "venv_install"):
+        for key in ("argv", "venv"):
             if key in data:
                 raise TaskError(f"{where}: key '{key}' does not apply to kind 'workloads' (it always runs "
-                                "`python -m runtime workload NAME` in a venv of the instrumented interpreter)")
+                                "`python -m runtime workload NAME` in a venv of the instrumented interpreter; "
+                                "`venv_install` adds packages to that venv)")
         if data.get("steps", 0) < 0:
             raise TaskError(f"{where}: key 'steps' must be >= 0 (0 = each workload's default), got {data['steps']}")
     else:

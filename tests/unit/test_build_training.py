@@ -79,7 +79,9 @@ def test_workload_profile_trains_in_a_venv_that_sees_the_runtime_deps(tmp_path: 
     venv = f"{tmp_path}/pgo/cpython-3.11.2-workload-pgo-lto/venv"
     assert train[1].argv == (instr, "-m", "venv", "--clear", venv)
     assert "hostpgo-runtime.pth" in train[2].what and str(deps.requires[0]) in train[2].what
-    runs = [a.what for a in train[3:]]
+    # The task's venv_install (Ray, for ray-decode) goes into the same venv before the first workload runs.
+    assert train[3].argv == (f"{venv}/bin/python", "-m", "pip", "install", "ray==2.60.0")
+    runs = [a.what for a in train[4:]]
     assert len(runs) == len(training.registry()["runtime-workloads"].workloads) and all(f"{venv}/bin/python -m runtime workload" in w for w in runs)
     assert all("LLVM_PROFILE_FILE=" in w and f"HOSTPGO_HOME={tmp_path}" in w for w in runs)
     # Only the training set differs from the generic profile: everything before training is shared.

@@ -247,3 +247,14 @@ def test_offload_with_the_ray_executor_is_refused_naming_host_blocks():
     with pytest.raises(EngineError, match=r"host_blocks\) needs the local executor"):
         EngineConfig(host_blocks=4, executor="ray")
     assert EngineConfig(host_blocks=4).executor == "local"
+
+
+def test_a_deep_work_area_falls_back_to_a_short_ray_directory(monkeypatch, tmp_path):
+    from runtime import ray_executor
+
+    deep = tmp_path / ("d" * 60)
+    monkeypatch.setenv("HOSTPGO_HOME", str(deep))
+    got = ray_executor.default_temp_dir()
+    assert len(str(got)) <= ray_executor.MAX_TEMP_DIR and not str(got).startswith(str(deep))
+    monkeypatch.setenv("HOSTPGO_HOME", "/w/.hostpgo")
+    assert ray_executor.default_temp_dir() == Path("/w/.hostpgo/ray")

@@ -11,6 +11,7 @@ A machine is anything with `machine` (`x86_64`, `aarch64`) and `os_id` (the os-r
 from __future__ import annotations
 
 import functools
+import json
 import platform
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -244,3 +245,36 @@ def mapped_check(alloc: Allocator) -> tuple[str, ...]:
             f"sys.exit(0 if {alloc.soname!r} in maps else "
             f"'{alloc.soname} is not loaded: the interpreter was not linked against it')")
     return ("-c", code)
+
+
+BUILD_MANIFEST = "hostpgo-manifest.json"
+"""The manifest every hostpgo install prefix carries; a library target's names its shared object (`library`)."""
+
+
+def find_built(name: str, build: str, *, install_root: Path | None = None, key: str = "allocator.build") -> Allocator:
+    """A hostpgo-built allocator: `build` is the name of its install prefix under the work area's install
+    directory (`mimalloc-2.0.9-workload-pgo-lto`, as `python -m buildsys build mimalloc` made it) or the prefix's
+    path. Its manifest must be a build of allocator `name` and name a shared object that exists. Raises
+    AllocatorNotFound saying how to build it."""
+    if install_root is None:
+        from buildsys.core.paths import WorkArea  # the one rule for where the work area is
+        install_root = WorkArea.from_env().install
+    prefix = Path(build) if "/" in build else Path(install_root) / build
+    manifest = prefix / BUILD_MANIFEST
+    target = build.split("-", 1)[0] if "/" not in build else name
+    try:
+        doc = json.loads(manifest.read_text())
+    except OSError:
+        raise AllocatorNotFound(f"{key} = {build!r}: no {manifest}; build it first: python -m buildsys build "
+                                f"{target} --profile PROFILE (installs {install_root}/{target}-VERSION-PROFILE)"
+                                ) from None
+    except ValueError as exc:
+        raise HostSettingsError(f"{key} = {build!r}: {manifest} is not valid JSON ({exc})") from None
+    made = doc.get("allocator")
+    if made != name:
+        raise HostSettingsError(f"{key} = {build!r}: {manifest} is a build of {made or doc.get('target')!r}, not "
+                                f"of allocator {name!r}")
+    library = Path(str(doc.get("library", "")))
+    if not library.is_file():
+        raise AllocatorNotFound(f"{key} = {build!r}: the library its manifest names, {library}, does not exist")
+    return Allocator(name, library, f"hostpgo:{doc.get('build_id', prefix.name)}", str(doc.get("version", "")))

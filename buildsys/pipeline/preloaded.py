@@ -311,7 +311,8 @@ def plan(inp: Inputs) -> BuildPlan:
                "compiler": comp.version_text, "cc": comp.cc, "host": f"{host.machine} ({host.os_id})",
                "source": f"{pin.file} sha256={pin.sha256}", "patches": [x.name for x in inp.patches] or "none",
                "training_tasks": summary_tasks or "none (no PGO)", "interpreter": str(interp.python),
-               "prefix": str(prefix), "library": str(prefix / spec.outputs["library"]), "jobs": inp.jobs}
+               "prefix": str(prefix), "library": str(prefix / spec.outputs["library"]),
+               "product": str(prefix / spec.outputs["library"]), "jobs": inp.jobs}
 
     def finish(ex) -> None:
         manifest.write_for_execution(ex, inp, [prefix], summary_tasks)

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from ..pipeline.preloaded import Inputs, prepare, plan
+from ..pipeline.preloaded import Inputs, plan, prepare
 
 __all__ = ["Inputs", "prepare", "plan"]

@@ -85,7 +85,8 @@ def test_pgo_plan_is_pure_and_has_every_stage(tmp_path: Path, monkeypatch: pytes
     # Training: the instrumented library preloaded into the chosen interpreter, one raw profile per process
     # and binary (%p, %m), the runtime's workloads with their digests checked.
     train = by["train"]
-    assert flags_of(train)["LLVM_PROFILE_FILE"] == str(tmp_path / "pgo" / plan.build_id / "raw" / f"{target}-%p-%m.profraw")
+    raw = tmp_path / "pgo" / plan.build_id / "raw"
+    assert flags_of(train)["LLVM_PROFILE_FILE"] == str(raw / f"{target}-%p-%m.profraw")
     described = [a.describe() for a in train.actions]
     runs = [d for d in described if "-m runtime workload" in d]
     assert len(runs) == 2 and all(f"LD_PRELOAD={ibuild / spec.outputs['build_library']}" in d for d in runs)
@@ -177,7 +178,7 @@ def test_compile_line_check_accepts_the_profile_and_refuses_a_later_level(tmp_pa
 def test_interpreter_choice(tmp_path: Path) -> None:
     work = WorkArea(tmp_path)
     got = preloaded.choose_interpreter(sys.executable, work)
-    assert got.python == Path(sys.executable) and got.version == "%d.%d.%d" % sys.version_info[:3]
+    assert got.python == Path(sys.executable) and got.version == ".".join(map(str, sys.version_info[:3]))
     assert got.pythonpath == (REPO_ROOT,) and "as given" in got.chosen
     with pytest.raises(InputError, match="pgo.interpreter = 'optimized': no optimized CPython build"):
         preloaded.choose_interpreter("optimized", work)

@@ -234,19 +234,32 @@ def link_flags(alloc: Allocator) -> tuple[str, ...]:
     """
     if alloc.library is None:
         return ()
-    return ("-Wl,--push-state,--no-as-needed", str(alloc.library), "-Wl,--pop-state")
+    flags = ("-Wl,--push-state,--no-as-needed", str(alloc.library), "-Wl,--pop-state")
+    if alloc.package.startswith(BUILT_PACKAGE):
+        # Built by hostpgo: DT_NEEDED records the soname only, so the loader must be told where the build is,
+        # or it would find the distribution's copy of the same soname.
+        flags += (f"-Wl,-rpath,{alloc.library.parent}",)
+    return flags
 
 
 def mapped_check(alloc: Allocator) -> tuple[str, ...]:
     """`python -c` code that fails unless the allocator is mapped into the running interpreter."""
     if alloc.library is None:
         return ()
+    if alloc.package.startswith(BUILT_PACKAGE):  # the distribution's copy has the same soname: check the path
+        want = str(alloc.library.resolve())
+        code = (f"import sys; maps = open('/proc/self/maps').read(); "
+                f"sys.exit(0 if {want!r} in maps else '{want} is not loaded: the interpreter did not find the "
+                "hostpgo-built allocator')")
+        return ("-c", code)
     code = (f"import sys; maps = open('/proc/self/maps').read(); "
             f"sys.exit(0 if {alloc.soname!r} in maps else "
             f"'{alloc.soname} is not loaded: the interpreter was not linked against it')")
     return ("-c", code)
 
 
+BUILT_PACKAGE = "hostpgo:"
+"""Allocator.package of a hostpgo-built allocator: `hostpgo:<build id>`."""
 BUILD_MANIFEST = "hostpgo-manifest.json"
 """The manifest every hostpgo install prefix carries; a library target's names its shared object (`library`)."""
 
@@ -275,6 +288,20 @@ def find_built(name: str, build: str, *, install_root: Path | None = None, key: 
         raise HostSettingsError(f"{key} = {build!r}: {manifest} is a build of {made or doc.get('target')!r}, not "
                                 f"of allocator {name!r}")
     library = Path(str(doc.get("library", "")))
+    recorded = Path(str(doc.get("prefix", prefix)))
+    if library.is_relative_to(recorded):  # the prefix may have moved (an image ships it elsewhere)
+        library = prefix / library.relative_to(recorded)
     if not library.is_file():
         raise AllocatorNotFound(f"{key} = {build!r}: the library its manifest names, {library}, does not exist")
-    return Allocator(name, library, f"hostpgo:{doc.get('build_id', prefix.name)}", str(doc.get("version", "")))
+    return Allocator(name, library, f"{BUILT_PACKAGE}{doc.get('build_id', prefix.name)}", str(doc.get("version", "")))
+
+
+def find_built_for_profile(name: str, ref: str, install_root: Path, *, key: str = "optimize.allocator_build"
+                           ) -> Allocator:
+    """optimize.allocator_build: `ref` is a profile name (the newest installed `<name>-<version>-<ref>` under
+    `install_root`) or an install prefix's path."""
+    if "/" in ref:
+        return find_built(name, ref, install_root=install_root, key=key)
+    builds = sorted(p.name for p in Path(install_root).glob(f"{name}-*-{ref}")
+                    if (p / BUILD_MANIFEST).is_file() and p.name.split("-")[1][:1].isdigit())
+    return find_built(name, builds[-1] if builds else f"{name}-VERSION-{ref}", install_root=install_root, key=key)

@@ -48,6 +48,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                          "library, so it serves every library in the process (MindSpore's too): glibc "
                          "(nothing linked) or a row of hostenv/allocators.toml",
                          allowed=allocators.names()),
+        "allocator_build": Key(str, "", "link a hostpgo-built optimize.allocator instead of the distribution's: "
+                               "the profile its library target was built with (`workload-pgo-lto` links "
+                               ".hostpgo/install/<allocator>-<version>-workload-pgo-lto, made by `python -m buildsys "
+                               "build <allocator> --profile workload-pgo-lto`) or that install prefix's path; the link "
+                               "adds an rpath to its lib directory; empty links the distribution's"),
         "bolt": Key(bool, False, "BOLT post-link optimization of the built interpreter (or libpython where "
                     "shared): link with relocations, profile the [pgo] tasks, re-lay out the binary "
                     "([bolt] section)", allowed=(True, False)),
@@ -152,6 +157,8 @@ class Optimize:
     """False adds -fno-semantic-interposition."""
     allocator: str
     """glibc (nothing linked) or the allocator linked into the interpreter ahead of libc."""
+    allocator_build: str
+    """'' (the distribution's allocator) or the profile/prefix of a hostpgo-built one."""
     bolt: bool
     """BOLT stages after the optimized build (settings in [bolt])."""
 

@@ -226,3 +226,66 @@ def test_host_settings_allocator_build_is_preloaded(tmp_path: Path, monkeypatch:
     delta = launch.process_env(s, {}, find=lambda name: pytest.fail("the distribution's was looked up"))
     assert delta["LD_PRELOAD"] == str(lib)
     assert "| `build` |" in hsettings.reference()
+
+
+def test_optimize_allocator_build_links_the_hostpgo_build_with_an_rpath(tmp_path: Path) -> None:
+    from buildsys.targets import cpython
+    lib = _built(tmp_path / "install")
+    (tmp_path / "install" / "mimalloc-2.0.9-p").rename(tmp_path / "install" / "mimalloc-2.0.9-workload-pgo-lto")
+    doc_path = tmp_path / "install" / "mimalloc-2.0.9-workload-pgo-lto" / "hostpgo-manifest.json"
+    doc = json.loads(doc_path.read_text())
+    lib = tmp_path / "install" / "mimalloc-2.0.9-workload-pgo-lto" / "lib" / "libmimalloc.so.2"
+    # The manifest still names the old place: the library is found relative to the prefix it records.
+    doc.update(prefix=str(tmp_path / "install" / "mimalloc-2.0.9-p"), build_id="mimalloc-2.0.9-workload-pgo-lto")
+    doc_path.write_text(json.dumps(doc))
+    found = allocators.find_built_for_profile("mimalloc", "workload-pgo-lto", tmp_path / "install")
+    assert found.library == lib and found.package == "hostpgo:mimalloc-2.0.9-workload-pgo-lto"
+    assert allocators.link_flags(found)[-1] == f"-Wl,-rpath,{lib.parent}"
+    distro = allocators.Allocator("mimalloc", Path("/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"), "libmimalloc2.0")
+    assert not any("rpath" in f for f in allocators.link_flags(distro))
+    assert str(lib.resolve()) in allocators.mapped_check(found)[1]
+    prof = profile.load("workload-pgo-lto", environ={}, overrides=["optimize.allocator=mimalloc",
+                                                                   "optimize.allocator_build=workload-pgo-lto"])
+    inp = cpython.Inputs(profile=prof, compiler=engine.hypothetical_compiler("clang"), host=HOST,
+                         work=WorkArea(tmp_path), pin=sources.pinned("cpython"), patches=(),
+                         tasks=training.resolve(prof.pgo.tasks), jobs=2, allocator=found)
+    cfg = next(s for s in engine.plan(inp).stages if s.name == "configure")
+    ld = [f.value for f in cfg.flags if f.channel == "LDFLAGS_NODIST"]
+    assert str(lib) in ld and f"-Wl,-rpath,{lib.parent}" in ld
+    with pytest.raises(AllocatorNotFound, match="mimalloc-VERSION-other"):
+        allocators.find_built_for_profile("mimalloc", "other", tmp_path / "install")
+
+
+def test_image_ships_the_allocator_build_its_settings_name(tmp_path: Path) -> None:
+    from buildsys import image
+    from buildsys.core import manifest as manifest_mod
+    work = WorkArea(tmp_path)
+    _built(work.install)
+    prefix = work.install / "cpython-3.11.2-workload-pgo-lto"
+    prefix.mkdir(parents=True)
+    doc = {"schema": manifest_mod.SCHEMA, "build_id": prefix.name, "target": "cpython", "version": "3.11.2",
+           "prefix": str(prefix), "profile": {"name": "workload-pgo-lto", "optimize": {"shared": False}},
+           "toolchain": {}, "source": {}, "patches": [], "flags": {}, "training": [], "profile_data": None,
+           "stages": {}, "written": "x"}
+    (prefix / manifest_mod.FILE_NAME).write_text(json.dumps(doc))
+    (work.deps / "runtime-py3.11-abc").mkdir(parents=True)
+    settings = tmp_path / "built-mimalloc.toml"
+    settings.write_text('[allocator]\nname = "mimalloc"\nbuild = "mimalloc-2.0.9-p"\n')
+    src = (image.AptSource("http://d/debian", "bookworm", ("main",)),)
+    inp = image.prepare("workload-pgo-lto", settings=str(settings), work=work, host_check=lambda: None,
+                        scan_libraries=False, sources=src)
+    assert inp.allocator_builds == ((work.install / "mimalloc-2.0.9-p").resolve(),)
+    import dataclasses
+    keys = {s.name: s.key for s in image.plan(inp).stages}
+    without = {s.name: s.key for s in image.plan(dataclasses.replace(inp, allocator_builds=())).stages}
+    assert keys["image-assemble"] != without["image-assemble"] and keys["image-base"] == without["image-base"]
+    bad = tmp_path / "path.toml"
+    bad.write_text(f'[allocator]\nname = "mimalloc"\nbuild = "{work.install / "mimalloc-2.0.9-p"}"\n')
+    with pytest.raises(image.ImageError, match="is a path; name the build"):
+        image.prepare("workload-pgo-lto", settings=str(bad), work=work, host_check=lambda: None,
+                      scan_libraries=False, sources=src)
+    doc["allocator"] = {"name": "mimalloc", "library": "/x/lib/libmimalloc.so.2", "package": "hostpgo:mimalloc-2"}
+    (prefix / manifest_mod.FILE_NAME).write_text(json.dumps(doc))
+    with pytest.raises(image.ImageError, match="absolute rpath, which the image does not relocate yet"):
+        image.prepare("workload-pgo-lto", settings="mimalloc", work=work, host_check=lambda: None,
+                      scan_libraries=False, sources=src)

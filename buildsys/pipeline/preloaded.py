@@ -189,7 +189,8 @@ def _variant_stages(inp: Inputs, *, variant: str, suffix: str, tree: Path, build
         args = [f"--prefix={prefix}", *spec.build.get("configure", ()), *p.flags.configure]
         cfg = autotools.configure_stage(f"configure{suffix}", f"configure ({variant})", key_inputs=key_inputs,
                                         tree=tree, build_dir=build_dir, args=args, rf=rf, extra_env={},
-                                        flag_vars=autotools.USER_VARS, bootstrap=tuple(spec.build.get("bootstrap", ())))
+                                        flag_vars=autotools.USER_VARS, bootstrap=tuple(spec.build.get("bootstrap", ())),
+                                        target_args=tuple(spec.build.get("configure", ())))
         bld = autotools.build_stage(f"build{suffix}", f"build ({variant})", prev_key=cfg.key, build_dir=build_dir,
                                     jobs=inp.jobs, make_vars={}, make_vars_why="", run_env={}, run_env_why="")
         return [cfg, bld]
@@ -243,7 +244,7 @@ def plan(inp: Inputs) -> BuildPlan:
     built = spec.outputs["build_library"]
     interp = inp.interpreter
     run_env = {"HOSTPGO_HOME": str(work.root), "PYTHONPATH": ":".join(str(d) for d in interp.pythonpath)}
-    if interp.chosen:
+    if interp.version:  # an interpreter runs (PGO training or verify workloads)
         notes.append(f"interpreter {interp.python} (Python {interp.version}): {interp.chosen}")
 
     def variant_flags(variant: str, build_dir: Path, profdata: str) -> flagmod.ResolvedFlags:
@@ -310,7 +311,8 @@ def plan(inp: Inputs) -> BuildPlan:
     summary = {"target": spec.name, "version": pin.version, "profile": p.name, "profile_files": list(p.files),
                "compiler": comp.version_text, "cc": comp.cc, "host": f"{host.machine} ({host.os_id})",
                "source": f"{pin.file} sha256={pin.sha256}", "patches": [x.name for x in inp.patches] or "none",
-               "training_tasks": summary_tasks or "none (no PGO)", "interpreter": str(interp.python),
+               "training_tasks": summary_tasks or "none (no PGO)",
+               "interpreter": str(interp.python) if interp.version else "none",
                "prefix": str(prefix), "library": str(prefix / spec.outputs["library"]),
                "product": str(prefix / spec.outputs["library"]), "jobs": inp.jobs}
 

@@ -27,10 +27,13 @@ TOOLS = ("make",)
 
 
 def channel_flags(rf: ResolvedFlags, configure_args: Sequence[str], extra_env: Mapping[str, str],
-                  flag_vars: Mapping[str, Sequence[str]] = NODIST_VARS) -> tuple[ChannelFlag, ...]:
-    """Every setting of a configure+build with the channel it travels through (one entry per flag)."""
+                  flag_vars: Mapping[str, Sequence[str]] = NODIST_VARS,
+                  target_args: Sequence[str] = ()) -> tuple[ChannelFlag, ...]:
+    """Every setting of a configure+build with the channel it travels through (one entry per flag);
+    `target_args` are the configure arguments that came from the target's data."""
     out = [ChannelFlag("configure-arg", a.split("=", 1)[0], a,
                        "engine: install prefix" if a.startswith("--prefix") else
+                       "target data (build.configure)" if a in target_args else
                        "optimize.shared" if a.endswith("-shared") else "flags.configure")
            for a in configure_args]
     out += [ChannelFlag("configure-env", k, v, "optimize.shared (rpath, as pyenv)" if k == "LDFLAGS"
@@ -73,7 +76,7 @@ def install_argv(destdir: Path, make_vars: Mapping[str, str]) -> tuple[str, ...]
 def configure_stage(name: str, title: str, *, key_inputs: Mapping[str, Any], tree: Path, build_dir: Path,
                     args: Sequence[str], rf: ResolvedFlags, extra_env: Mapping[str, str],
                     flag_vars: Mapping[str, Sequence[str]] = NODIST_VARS,
-                    bootstrap: Sequence[str] = ()) -> Stage:
+                    bootstrap: Sequence[str] = (), target_args: Sequence[str] = ()) -> Stage:
     """mkdir + configure in a fresh build directory; the key covers `key_inputs`, the arguments and the env.
     `bootstrap` (e.g. `autoreconf -fi`) runs first in the source tree when it has no configure script (a tree
     from a git tag, as gperftools' Debian orig is)."""
@@ -91,7 +94,8 @@ def configure_stage(name: str, title: str, *, key_inputs: Mapping[str, Any], tre
     return Stage(name, title, key,
                  (*pre, Call(f"mkdir {build_dir}", lambda ctx: build_dir.mkdir(parents=True, exist_ok=True)),
                   configure(tree, build_dir, args, env)),
-                 outputs=(build_dir,), flags=channel_flags(rf, args, extra_env, flag_vars), notes=rf.notes)
+                 outputs=(build_dir,), flags=channel_flags(rf, args, extra_env, flag_vars, target_args),
+                 notes=rf.notes)
 
 
 def build_stage(name: str, title: str, *, prev_key: str, build_dir: Path, jobs: int,

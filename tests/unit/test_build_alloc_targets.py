@@ -124,6 +124,7 @@ def test_jemalloc_flags_travel_in_the_user_variables(tmp_path: Path) -> None:
     assert {"CFLAGS", "CXXFLAGS", "LDFLAGS"} <= channels and "CFLAGS_NODIST" not in channels
     argv = cfg.actions[-1].argv
     assert "--disable-cxx" in argv and argv[1] == f"--prefix={tmp_path / 'install' / plan.build_id}"
+    assert next(f for f in cfg.flags if f.value == "--disable-cxx").why == "target data (build.configure)"
     env = cfg.actions[-1].env
     assert env["CFLAGS"].split()[0] == "-O2" and "-fprofile-instr-use=" in env["CFLAGS"]
     assert env["CXXFLAGS"] == env["CFLAGS"] and "-flto=thin" in env["LDFLAGS"]

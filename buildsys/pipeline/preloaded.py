@@ -80,6 +80,10 @@ def choose_interpreter(setting: str, work: WorkArea, runner: Runner | None = Non
         deps = sorted(work.deps.glob(f"runtime-py{minor}-*"))
         if python.exists() and deps:
             chosen += f": the pipeline's optimized build {build.name}"
+            linked = manifest.read(build).get("allocator", {}).get("name", "glibc")
+            if linked != "glibc":
+                chosen += (f" (it links {linked}; the preloaded library is searched first, so its malloc serves "
+                           "the process)")
             pythonpath = (deps[-1], REPO_ROOT)
         elif setting == "optimized":
             raise InputError(f"pgo.interpreter = 'optimized': no optimized CPython build with its runtime "

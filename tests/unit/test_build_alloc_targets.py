@@ -290,3 +290,21 @@ def test_image_ships_the_allocator_build_its_settings_name(tmp_path: Path) -> No
     with pytest.raises(image.ImageError, match="absolute rpath, which the image does not relocate yet"):
         image.prepare("workload-pgo-lto", settings="mimalloc", work=work, host_check=lambda: None,
                       scan_libraries=False, sources=src)
+
+
+def test_auto_interpreter_prefers_the_pipelines_optimized_build(tmp_path: Path) -> None:
+    from buildsys.core import manifest as manifest_mod
+    work = WorkArea(tmp_path)
+    build = work.install / f"cpython-3.11.2-{engine.DEFAULT_OPTIMIZED_PROFILE}"
+    (build / "bin").mkdir(parents=True)
+    (build / "bin" / "python3").symlink_to(sys.executable)
+    (work.deps / "runtime-py3.11-abc").mkdir(parents=True)
+    doc = {"schema": manifest_mod.SCHEMA, "build_id": build.name, "target": "cpython", "version": "3.11.2",
+           "prefix": str(build), "profile": {}, "toolchain": {}, "source": {}, "patches": [], "flags": {},
+           "training": [], "profile_data": None, "stages": {}, "written": "x",
+           "allocator": {"name": "tcmalloc", "library": "/usr/lib/x/libtcmalloc_minimal.so.4"}}
+    (build / manifest_mod.FILE_NAME).write_text(json.dumps(doc))
+    got = preloaded.choose_interpreter("auto", work)
+    assert got.python == build / "bin" / "python3"
+    assert got.pythonpath == (work.deps / "runtime-py3.11-abc", REPO_ROOT)
+    assert "the pipeline's optimized build" in got.chosen and "it links tcmalloc" in got.chosen

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hostpgo import runner
+from hostpgo.fsutil import work_root
 
 from .errors import AllocatorNotFound, HostSettingsError
 
@@ -270,8 +271,7 @@ def find_built(name: str, build: str, *, install_root: Path | None = None, key: 
     path. Its manifest must be a build of allocator `name` and name a shared object that exists. Raises
     AllocatorNotFound saying how to build it."""
     if install_root is None:
-        from buildsys.core.paths import WorkArea  # the one rule for where the work area is
-        install_root = WorkArea.from_env().install
+        install_root = work_root() / "install"
     prefix = Path(build) if "/" in build else Path(install_root) / build
     manifest = prefix / BUILD_MANIFEST
     target = build.split("-", 1)[0] if "/" not in build else name

@@ -203,7 +203,9 @@ def _print_timings(executions, console: Console) -> None:
     """Plain lines (not a table), so logs and narrow terminals keep every figure."""
     for ex in executions:
         prefix = ex.plan.summary["prefix"]
-        print(f"{ex.plan.build_id}: {prefix}/bin/python  (manifest {prefix}/hostpgo-manifest.json)")
+        # A plan's summary may name what the build made (`product`: a library target's shared object).
+        product = ex.plan.summary.get("product", f"{prefix}/bin/python")
+        print(f"{ex.plan.build_id}: {product}  (manifest {prefix}/hostpgo-manifest.json)")
         total = 0.0
         for name, r in ex.results.items():
             print(f"  {name:<24} {r.seconds:8.1f} s  {'reused (stamp)' if r.skipped else 'ran'}")

@@ -119,7 +119,7 @@ def ensure_toolchain(profile_refs: Sequence[str], console: Console) -> toolchain
             flags.select_compiler(prof, tcs)
         except ToolchainError as e:
             missing.append(str(e))
-        if prof.optimize.allocator != "glibc":
+        if prof.optimize.allocator != "glibc" and not prof.optimize.allocator_build:
             try:
                 allocator.find(prof.optimize.allocator, tcs.host, query_version=False, key="optimize.allocator")
             except allocator.AllocatorNotFound as e:

@@ -11,6 +11,7 @@ A machine is anything with `machine` (`x86_64`, `aarch64`) and `os_id` (the os-r
 from __future__ import annotations
 
 import functools
+import json
 import platform
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hostpgo import runner
+from hostpgo.fsutil import work_root
 
 from .errors import AllocatorNotFound, HostSettingsError
 
@@ -233,14 +235,73 @@ def link_flags(alloc: Allocator) -> tuple[str, ...]:
     """
     if alloc.library is None:
         return ()
-    return ("-Wl,--push-state,--no-as-needed", str(alloc.library), "-Wl,--pop-state")
+    flags = ("-Wl,--push-state,--no-as-needed", str(alloc.library), "-Wl,--pop-state")
+    if alloc.package.startswith(BUILT_PACKAGE):
+        # Built by hostpgo: DT_NEEDED records the soname only, so the loader must be told where the build is,
+        # or it would find the distribution's copy of the same soname.
+        flags += (f"-Wl,-rpath,{alloc.library.parent}",)
+    return flags
 
 
 def mapped_check(alloc: Allocator) -> tuple[str, ...]:
     """`python -c` code that fails unless the allocator is mapped into the running interpreter."""
     if alloc.library is None:
         return ()
+    if alloc.package.startswith(BUILT_PACKAGE):  # the distribution's copy has the same soname: check the path
+        want = str(alloc.library.resolve())
+        code = (f"import sys; maps = open('/proc/self/maps').read(); "
+                f"sys.exit(0 if {want!r} in maps else '{want} is not loaded: the interpreter did not find the "
+                "hostpgo-built allocator')")
+        return ("-c", code)
     code = (f"import sys; maps = open('/proc/self/maps').read(); "
             f"sys.exit(0 if {alloc.soname!r} in maps else "
             f"'{alloc.soname} is not loaded: the interpreter was not linked against it')")
     return ("-c", code)
+
+
+BUILT_PACKAGE = "hostpgo:"
+"""Allocator.package of a hostpgo-built allocator: `hostpgo:<build id>`."""
+BUILD_MANIFEST = "hostpgo-manifest.json"
+"""The manifest every hostpgo install prefix carries; a library target's names its shared object (`library`)."""
+
+
+def find_built(name: str, build: str, *, install_root: Path | None = None, key: str = "allocator.build") -> Allocator:
+    """A hostpgo-built allocator: `build` is the name of its install prefix under the work area's install
+    directory (`mimalloc-2.0.9-workload-pgo-lto`, as `python -m buildsys build mimalloc` made it) or the prefix's
+    path. Its manifest must be a build of allocator `name` and name a shared object that exists. Raises
+    AllocatorNotFound saying how to build it."""
+    if install_root is None:
+        install_root = work_root() / "install"
+    prefix = Path(build) if "/" in build else Path(install_root) / build
+    manifest = prefix / BUILD_MANIFEST
+    target = build.split("-", 1)[0] if "/" not in build else name
+    try:
+        doc = json.loads(manifest.read_text())
+    except OSError:
+        raise AllocatorNotFound(f"{key} = {build!r}: no {manifest}; build it first: python -m buildsys build "
+                                f"{target} --profile PROFILE (installs {install_root}/{target}-VERSION-PROFILE)"
+                                ) from None
+    except ValueError as exc:
+        raise HostSettingsError(f"{key} = {build!r}: {manifest} is not valid JSON ({exc})") from None
+    made = doc.get("allocator")
+    if made != name:
+        raise HostSettingsError(f"{key} = {build!r}: {manifest} is a build of {made or doc.get('target')!r}, not "
+                                f"of allocator {name!r}")
+    library = Path(str(doc.get("library", "")))
+    recorded = Path(str(doc.get("prefix", prefix)))
+    if library.is_relative_to(recorded):  # the prefix may have moved (an image ships it elsewhere)
+        library = prefix / library.relative_to(recorded)
+    if not library.is_file():
+        raise AllocatorNotFound(f"{key} = {build!r}: the library its manifest names, {library}, does not exist")
+    return Allocator(name, library, f"{BUILT_PACKAGE}{doc.get('build_id', prefix.name)}", str(doc.get("version", "")))
+
+
+def find_built_for_profile(name: str, ref: str, install_root: Path, *, key: str = "optimize.allocator_build"
+                           ) -> Allocator:
+    """optimize.allocator_build: `ref` is a profile name (the newest installed `<name>-<version>-<ref>` under
+    `install_root`) or an install prefix's path."""
+    if "/" in ref:
+        return find_built(name, ref, install_root=install_root, key=key)
+    builds = sorted(p.name for p in Path(install_root).glob(f"{name}-*-{ref}")
+                    if (p / BUILD_MANIFEST).is_file() and p.name.split("-")[1][:1].isdigit())
+    return find_built(name, builds[-1] if builds else f"{name}-VERSION-{ref}", install_root=install_root, key=key)

@@ -34,7 +34,12 @@ def process_env(settings: HostSettings, base: Mapping[str, str] | None = None, *
         raise HostSettingsError(
             f"allocator 'glibc' asked for, but the interpreter links {', '.join(linked)}; it cannot be unloaded")
     if name != "glibc" and name not in linked:
-        lib = Path(settings.allocator.library) if settings.allocator.library else find(name)
+        if settings.allocator.library:
+            lib: Path | None = Path(settings.allocator.library)
+        elif settings.allocator.build:
+            lib = allocators.find_built(name, settings.allocator.build).library
+        else:
+            lib = find(name)
         if lib is None or not lib.exists():
             raise AllocatorNotFound(f"allocator {name!r}: library {lib} does not exist")
         have = base.get("LD_PRELOAD", "")

@@ -162,6 +162,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                     allowed=allocators.names()),
         "library": Key(None, "", "explicit path of the allocator's shared object; empty discovers it in the "
                        "distribution's library directories", convert=_opt_path, check_doc="a path, or \"\""),
+        "build": Key(None, "", "a hostpgo-built allocator instead of the distribution's: the name of its install "
+                     "prefix under $HOSTPGO_HOME/install (`mimalloc-2.0.9-workload-pgo-lto`, made by `python -m "
+                     "buildsys build mimalloc --profile workload-pgo-lto`) or that prefix's path; the shared object "
+                     "its manifest names is preloaded (its manifest must be a build of `name`; `library`, when set, "
+                     "wins)", convert=_opt_path, check_doc="a build name or path, or \"\""),
         "tunables": Key(None, {}, "allocator options (`[allocator.tunables]`, option = value); they reach the "
                         "process through the allocator's channel: GLIBC_TUNABLES (glibc.malloc.KEY=V), "
                         "MALLOC_CONF (jemalloc KEY:V) or one variable per option (MIMALLOC_KEY, TCMALLOC_KEY)",
@@ -224,6 +229,8 @@ class AllocatorSettings:
     """`glibc` or a row of hostenv/allocators.toml."""
     library: str | None = None
     """Explicit shared object; None discovers it."""
+    build: str | None = None
+    """A hostpgo-built allocator (install prefix name or path); None: the distribution's."""
     tunables: tuple[tuple[str, str], ...] = ()
     """Allocator options as (key, value), in file order."""
 

@@ -1,4 +1,5 @@
-"""Atomic file writes and directory publication: a reader sees the old content or the new, never half."""
+"""Atomic file writes and directory publication (a reader sees the old content or the new, never half), and where
+the work area is."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +73,15 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+WORK_ENV = "HOSTPGO_HOME"
+"""The environment variable that moves the work area."""
+
+
+def work_root(environ: Mapping[str, str] | None = None) -> Path:
+    """The work area's root: $HOSTPGO_HOME, else `.hostpgo` in the current directory (resolved). The one rule,
+    read by buildsys (WorkArea) and hostenv (hostpgo-built allocators under its install directory)."""
+    env = os.environ if environ is None else environ
+    home = env.get(WORK_ENV)
+    return (Path(home) if home else Path.cwd() / ".hostpgo").resolve()

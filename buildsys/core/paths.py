@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from hostpgo import fsutil
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILES_DIR = REPO_ROOT / "profiles"
@@ -23,10 +24,7 @@ class WorkArea:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "WorkArea":
-        env = os.environ if environ is None else environ
-        home = env.get("HOSTPGO_HOME")
-        root = Path(home) if home else Path.cwd() / ".hostpgo"
-        return cls(root.resolve())
+        return cls(fsutil.work_root(environ))
 
     @property
     def sources(self) -> Path:

@@ -123,6 +123,23 @@ def prepare(build: str, *, settings: str = "default", tag: str | None = None, ar
         raise ImageError(f"--host-settings {settings}: asks for allocator {asked!r}, but build {prefix.name} links "
                          f"{linked!r}, which cannot be unloaded; ship it with settings whose allocator.name is "
                          f"{linked!r} (e.g. --host-settings {linked}, profiles/host/{linked}.toml)")
+    linked_pkg = str((man.get("allocator") or {}).get("package", ""))
+    if linked_pkg.startswith(alloc_mod.BUILT_PACKAGE):
+        raise ImageError(f"--build {build}: it links the hostpgo-built allocator {man['allocator'].get('library')} "
+                         "through an absolute rpath, which the image does not relocate yet; ship a build that links "
+                         "the distribution's allocator, or preload the hostpgo-built one with host settings "
+                         "allocator.build")
+    allocator_builds = []
+    abuild = (svalues.get("allocator") or {}).get("build")
+    if abuild:
+        if "/" in abuild:
+            raise ImageError(f"--host-settings {settings}: allocator.build = {abuild!r} is a path; name the build "
+                             f"(a directory under {work.install}), so the image can ship it under its work area")
+        try:
+            alloc_mod.find_built(asked, abuild, install_root=work.install)
+        except HostpgoError as e:
+            raise ImageError(f"--host-settings {settings}: {e}") from None
+        allocator_builds.append((work.install / abuild).resolve())
     wanted = {asked, linked}
     extra = sorted(table[a].packages["debian"] for a in wanted if a != "glibc" and a in table)
     verify = tuple(man.get("profile", {}).get("verify", {}).get("workloads", ())) or ("decode-b1",)
@@ -134,4 +151,4 @@ def prepare(build: str, *, settings: str = "default", tag: str | None = None, ar
                        requirements=reqs, work=work,
                        tag=tag or f"hostpgo/{stem}:{sname}", verify_workloads=verify,
                        unresolved=tuple(sorted(unresolved)), archive=archive,
-                       notes=tuple(notes))
+                       notes=tuple(notes), allocator_builds=tuple(allocator_builds))

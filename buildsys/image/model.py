@@ -92,6 +92,9 @@ class ImageInputs:
     archive: Path | None = None
     """Where to write a docker-archive (`--archive`), or None."""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    allocator_builds: tuple[Path, ...] = ()
+    """hostpgo-built allocator prefixes the host settings name (`allocator.build`), shipped under
+    DATA_DIR/install/<name> so the entrypoint's hostenv finds them there ($HOSTPGO_HOME is DATA_DIR)."""
     """Printed with the plan."""
 
     @property

@@ -86,7 +86,9 @@ def plan(inp: ImageInputs) -> BuildPlan:
     assemble_key = digest({"stage": "image-assemble", "schema": IMAGE_SCHEMA, "base": base_key, "wheels": wheels_key,
                            "build_manifest": sha256_of(inp.prefix / manifest_mod.FILE_NAME),
                            "settings_name": inp.settings_name, "settings": dict(inp.settings),
-                           "settings_files": settings_digest, "project": project_digest(), "tag": inp.tag})
+                           "settings_files": settings_digest, "project": project_digest(), "tag": inp.tag,
+                           **({"allocator_builds": {p.name: sha256_of(p / manifest_mod.FILE_NAME)
+                                                    for p in inp.allocator_builds}} if inp.allocator_builds else {})})
     out = image_dir(inp, assemble_key)
     layout = out / "oci"
     ltag = layout_tag(inp.tag)
@@ -150,6 +152,9 @@ def plan(inp: ImageInputs) -> BuildPlan:
             host_dir.mkdir(parents=True)
             for f in inp.settings_files:
                 shutil.copy2(f, host_dir / f.name)
+            for build_prefix in inp.allocator_builds:  # allocator.build: found by hostenv under $HOSTPGO_HOME
+                shutil.copytree(build_prefix, rootfs / DATA_DIR.lstrip("/") / "install" / build_prefix.name,
+                                symlinks=True)
             quiet = {**build_env(inp.settings), "PYTHONDONTWRITEBYTECODE": "1"}
             with mounted(rootfs, r):
                 r.run(chroot_argv(rootfs, quiet, [vpy, "-m", "hostenv", "show", inp.settings_name]),
@@ -178,8 +183,9 @@ def plan(inp: ImageInputs) -> BuildPlan:
         return [LayerStep("base", f"debian {suite} minbase + {n} runtime library packages", base),
                 LayerStep("python", f"CPython {inp.build_id} (hostpgo profile {inp.build})", python),
                 LayerStep("venv", f"venv: hostpgo[runtime] ({', '.join(inp.requirements)})", venv),
-                LayerStep("runtime", f"host settings ({inp.settings_name}), built-in checkpoint, image record",
-                          runtime)]
+                LayerStep("runtime", f"host settings ({inp.settings_name}), "
+                          + "".join(f"allocator build {p.name}, " for p in inp.allocator_builds)
+                          + "built-in checkpoint, image record", runtime)]
 
     def config(layers) -> dict[str, Any]:
         return oci.image_config(layers, created=epoch_iso(), architecture=oci_arch(platform.machine()),

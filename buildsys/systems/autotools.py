@@ -15,29 +15,44 @@ from ..core.stages import Call, ChannelFlag, Cmd, Stage, StageContext, digest
 from ..toolchain.flags import ResolvedFlags
 
 NAME = "autotools"
-CHANNELS = ("configure-arg", "configure-env", "CFLAGS_NODIST", "LDFLAGS_NODIST", "make-var", "env")
+CHANNELS = ("configure-arg", "configure-env", "CFLAGS_NODIST", "LDFLAGS_NODIST", "CFLAGS", "CXXFLAGS", "LDFLAGS",
+            "make-var", "env")
+NODIST_VARS = {"cflags": ("CFLAGS_NODIST",), "ldflags": ("LDFLAGS_NODIST",)}
+"""CPython's channels: the profile's flags in the *_NODIST variables (kept out of what extensions inherit)."""
+USER_VARS = {"cflags": ("CFLAGS", "CXXFLAGS"), "ldflags": ("LDFLAGS",)}
+"""Any other autotools project: the user variables, which automake and jemalloc put after their own flags
+(automake: `$(AM_CFLAGS) $(CFLAGS)`; jemalloc: `$(CONFIGURE_CFLAGS) $(SPECIFIED_CFLAGS) $(EXTRA_CFLAGS)`), so the
+profile's -O comes after the project's."""
 TOOLS = ("make",)
 
 
-def channel_flags(rf: ResolvedFlags, configure_args: Sequence[str], extra_env: Mapping[str, str]) -> tuple[ChannelFlag, ...]:
-    """Every setting of a configure+build with the channel it travels through (one entry per flag)."""
+def channel_flags(rf: ResolvedFlags, configure_args: Sequence[str], extra_env: Mapping[str, str],
+                  flag_vars: Mapping[str, Sequence[str]] = NODIST_VARS,
+                  target_args: Sequence[str] = ()) -> tuple[ChannelFlag, ...]:
+    """Every setting of a configure+build with the channel it travels through (one entry per flag);
+    `target_args` are the configure arguments that came from the target's data."""
     out = [ChannelFlag("configure-arg", a.split("=", 1)[0], a,
                        "engine: install prefix" if a.startswith("--prefix") else
+                       "target data (build.configure)" if a in target_args else
                        "optimize.shared" if a.endswith("-shared") else "flags.configure")
            for a in configure_args]
     out += [ChannelFlag("configure-env", k, v, "optimize.shared (rpath, as pyenv)" if k == "LDFLAGS"
                         else "toolchain (detected)")
             for k, v in sorted({**rf.tools, **extra_env}.items())]
-    out += [ChannelFlag("CFLAGS_NODIST", "CFLAGS_NODIST", f.value, f.why) for f in rf.cflags]
-    out += [ChannelFlag("LDFLAGS_NODIST", "LDFLAGS_NODIST", f.value, f.why) for f in rf.ldflags]
+    out += [ChannelFlag(var, var, f.value, f.why) for var in flag_vars["cflags"] for f in rf.cflags]
+    out += [ChannelFlag(var, var, f.value, f.why) for var in flag_vars["ldflags"] for f in rf.ldflags]
     return tuple(out)
 
 
-def configure_env(rf: ResolvedFlags, extra_env: Mapping[str, str]) -> dict[str, str]:
-    """configure's environment: the tool variables, extra variables, and the *_NODIST flag variables."""
+def configure_env(rf: ResolvedFlags, extra_env: Mapping[str, str],
+                  flag_vars: Mapping[str, Sequence[str]] = NODIST_VARS) -> dict[str, str]:
+    """configure's environment: the tool variables, extra variables, and the flag variables (`flag_vars`:
+    CPython's *_NODIST by default, USER_VARS for other projects)."""
     env = {**rf.tools, **extra_env}
-    env["CFLAGS_NODIST"] = " ".join(f.value for f in rf.cflags)
-    env["LDFLAGS_NODIST"] = " ".join(f.value for f in rf.ldflags)
+    for var in flag_vars["cflags"]:
+        env[var] = " ".join(f.value for f in rf.cflags)
+    for var in flag_vars["ldflags"]:
+        env[var] = " ".join(f.value for f in rf.ldflags)
     return env
 
 
@@ -59,14 +74,28 @@ def install_argv(destdir: Path, make_vars: Mapping[str, str]) -> tuple[str, ...]
 # The steps as stages (pure: computed now, run by the executor).
 
 def configure_stage(name: str, title: str, *, key_inputs: Mapping[str, Any], tree: Path, build_dir: Path,
-                    args: Sequence[str], rf: ResolvedFlags, extra_env: Mapping[str, str]) -> Stage:
-    """mkdir + configure in a fresh build directory; the key covers `key_inputs`, the arguments and the env."""
-    env = configure_env(rf, extra_env)
-    key = digest({"stage": "configure", **key_inputs, "args": list(args), "env": env})
+                    args: Sequence[str], rf: ResolvedFlags, extra_env: Mapping[str, str],
+                    flag_vars: Mapping[str, Sequence[str]] = NODIST_VARS,
+                    bootstrap: Sequence[str] = (), target_args: Sequence[str] = ()) -> Stage:
+    """mkdir + configure in a fresh build directory; the key covers `key_inputs`, the arguments and the env.
+    `bootstrap` (e.g. `autoreconf -fi`) runs first in the source tree when it has no configure script (a tree
+    from a git tag, as gperftools' Debian orig is)."""
+    env = configure_env(rf, extra_env, flag_vars)
+    key_doc = {"stage": "configure", **key_inputs, "args": list(args), "env": env}
+    if bootstrap:
+        key_doc["bootstrap"] = list(bootstrap)
+    key = digest(key_doc)
+    pre: tuple[Cmd | Call, ...] = ()
+    if bootstrap:
+        def boot(ctx: StageContext) -> None:
+            if not (tree / "configure").is_file():
+                ctx.runner.run(list(bootstrap), cwd=tree, timeout=1800)
+        pre = (Call(f"unless {tree}/configure exists: {' '.join(bootstrap)} (in {tree})", boot),)
     return Stage(name, title, key,
-                 (Call(f"mkdir {build_dir}", lambda ctx: build_dir.mkdir(parents=True, exist_ok=True)),
+                 (*pre, Call(f"mkdir {build_dir}", lambda ctx: build_dir.mkdir(parents=True, exist_ok=True)),
                   configure(tree, build_dir, args, env)),
-                 outputs=(build_dir,), flags=channel_flags(rf, args, extra_env), notes=rf.notes)
+                 outputs=(build_dir,), flags=channel_flags(rf, args, extra_env, flag_vars, target_args),
+                 notes=rf.notes)
 
 
 def build_stage(name: str, title: str, *, prev_key: str, build_dir: Path, jobs: int,

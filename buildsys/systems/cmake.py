@@ -8,10 +8,15 @@ default there, keeping -DNDEBUG), so no later -O2 can win.
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
+import shutil
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from ..core.stages import ChannelFlag
+from ..core.stages import Call, ChannelFlag, Cmd, Stage, StageContext, digest
+from ..errors import HostpgoError
 from ..toolchain.flags import ResolvedFlags
 
 NAME = "cmake"
@@ -69,3 +74,86 @@ def build_argv(build_dir: Path, jobs: int, config: str = "Release") -> list[str]
 
 def install_argv(build_dir: Path, prefix: Path, config: str = "Release") -> list[str]:
     return ["cmake", "--install", str(build_dir), "--config", config, "--prefix", str(prefix)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps as stages (pure: computed now, run by the executor), and the proof that the flags win.
+
+COMPILE_COMMANDS = "compile_commands.json"
+"""Written at configure time with CMAKE_EXPORT_COMPILE_COMMANDS=ON (Makefile and Ninja generators)."""
+_LEVEL = re.compile(r"^-O(\d|s|z|fast|g)?$")
+
+
+def check_compile_commands(path: Path, *, opt: str, required: Sequence[str], source_root: Path) -> dict[str, Any]:
+    """Every compile line of a file below `source_root` carries `required` (the profile's compile flags) and its
+    last optimization level is `opt`: no later -O from the project or CMake overrides the profile's. Raises
+    HostpgoError naming the first offending line; returns a summary for the stage record."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise HostpgoError(f"{path}: cannot read the compile commands ({e}); configure with "
+                           "CMAKE_EXPORT_COMPILE_COMMANDS=ON") from None
+    checked = 0
+    for entry in entries:
+        if not str(entry.get("file", "")).startswith(str(source_root)):
+            continue
+        argv = entry["arguments"] if "arguments" in entry else shlex.split(entry["command"])
+        levels = [a for a in argv if _LEVEL.match(a)]
+        if not levels or levels[-1] != opt:
+            raise HostpgoError(f"{path}: compiling {entry['file']} the last optimization level is "
+                               f"{levels[-1] if levels else 'none'}, not the profile's {opt}: "
+                               f"{' '.join(argv)[:600]}")
+        missing = [f for f in required if f not in argv]
+        if missing:
+            raise HostpgoError(f"{path}: compiling {entry['file']} lacks the profile's {' '.join(missing)}: "
+                               f"{' '.join(argv)[:600]}")
+        checked += 1
+    if not checked:
+        raise HostpgoError(f"{path}: no compile line of a file below {source_root}")
+    return {"compile_lines_checked": checked, "last_level": opt, "required": list(required)}
+
+
+def configure_stage(name: str, title: str, *, key_inputs: Mapping[str, Any], source: Path, build_dir: Path,
+                    prefix: Path, rf: ResolvedFlags, opt: str, defines: Mapping[str, str], generator: str | None,
+                    config: str = "Release", langs: Sequence[str] = LANGS) -> Stage:
+    """cmake -S -B in a fresh build directory: the profile's flags as cache entries (the level in
+    CMAKE_<LANG>_FLAGS_<CONFIG>), the recipe's `defines`, and compile commands exported for the check."""
+    entries = cache_entries(rf, opt=opt, config=config, langs=langs)
+    entries["CMAKE_EXPORT_COMPILE_COMMANDS"] = ("ON", "engine: the build stage checks every compile line")
+    entries.update({k: (v, "target data (build.defines)") for k, v in defines.items()})
+    argv = configure_argv(source, build_dir, entries, prefix=prefix, generator=generator)
+    key = digest({"stage": "configure", **key_inputs, "argv": argv})
+    return Stage(name, title, key,
+                 (Call(f"clear and mkdir {build_dir}", lambda ctx: build_dir.mkdir(parents=True, exist_ok=True)),
+                  Cmd(tuple(argv), cwd=build_dir, timeout=1800)),
+                 outputs=(build_dir,), flags=channel_flags(entries), notes=rf.notes)
+
+
+def build_stage(name: str, title: str, *, prev_key: str, source: Path, build_dir: Path, jobs: int, opt: str,
+                required: Sequence[str], config: str = "Release") -> Stage:
+    """cmake --build, then the compile-line check (check_compile_commands) recorded in the stamp."""
+    argv = build_argv(build_dir, jobs, config)
+    key = digest({"stage": "build", "prev": prev_key, "argv": argv, "check": [opt, *required]})
+
+    def check(ctx: StageContext) -> None:
+        ctx.info.update(check_compile_commands(build_dir / COMPILE_COMMANDS, opt=opt, required=required,
+                                               source_root=source))
+
+    return Stage(name, title, key,
+                 (Cmd(tuple(argv), cwd=build_dir, timeout=3600),
+                  Call(f"check {build_dir / COMPILE_COMMANDS}: every compile line carries {' '.join(required)} and "
+                       f"ends its -O levels with {opt}", check)))
+
+
+def install_stage(name: str, *, prev_key: str, build_dir: Path, prefix: Path, staging: Path,
+                  publish: Callable[[StageContext], None], publish_what: str, config: str = "Release") -> Stage:
+    """cmake --install with DESTDIR (the configured prefix below `staging`), then `publish` (a rename into
+    `prefix`)."""
+    argv = ["cmake", "--install", str(build_dir), "--config", config]
+    key = digest({"stage": "install", "prev": prev_key, "prefix": str(prefix)})
+    return Stage(name, f"install into {prefix} (staged, then renamed)", key,
+                 (Call(f"clear {staging}", lambda ctx: shutil.rmtree(staging, ignore_errors=True)),
+                  Cmd(tuple(argv), env={"DESTDIR": str(staging)}, cwd=build_dir, timeout=1800),
+                  Call(publish_what, publish)),
+                 outputs=(prefix,),
+                 flags=(ChannelFlag("env", "DESTDIR", str(staging), "engine: staged install, published by rename"),))

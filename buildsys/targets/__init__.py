@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 TARGETS_DIR = Path(__file__).resolve().parent
 SYSTEMS = ("autotools", "cmake", "meson", "pep517", "bazel")
 _KEYS = {"description": str, "system": str, "tools": list, "sources": dict, "outputs": dict, "verify": dict,
-         "bolt": dict, "needs_source": bool}
+         "bolt": dict, "needs_source": bool, "build": dict}
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,9 @@ class TargetSpec:
     """The binary BOLT may rewrite below the build directory (`static`, `shared`)."""
     needs_source: bool = False
     """True when there is no pinned archive and the user must point at a tree (`--source DIR`)."""
+    build: Mapping[str, Any] = field(default_factory=dict)
+    """Build-system arguments the recipe passes (cmake: `generator`, `defines`; autotools: `bootstrap`,
+    `configure`, `flag_vars`), so the recipe module stays code and the options stay data."""
 
     def module(self) -> ModuleType:
         """The recipe module (imported on first use, so reading the registry imports no recipe)."""
@@ -86,7 +89,7 @@ def _read(path: Path) -> TargetSpec:
     return TargetSpec(name=path.stem, description=data.get("description", ""), system=data["system"],
                       data_file=path, tools=tuple(data.get("tools", ())), sources=data.get("sources", {}),
                       outputs=data.get("outputs", {}), verify=data.get("verify", {}), bolt=data.get("bolt", {}),
-                      needs_source=data.get("needs_source", False))
+                      needs_source=data.get("needs_source", False), build=data.get("build", {}))
 
 
 def get(name: str, targets_dir: Path = TARGETS_DIR) -> TargetSpec:

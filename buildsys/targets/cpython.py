@@ -93,7 +93,19 @@ def prepare(req: Request) -> Inputs:
     prof, tcs = req.profile, req.toolchains
     notes = req.compiler_notes
     alloc = None
-    if prof.optimize.allocator != "glibc":
+    if prof.optimize.allocator != "glibc" and prof.optimize.allocator_build:
+        try:
+            alloc = alloc_mod.find_built_for_profile(prof.optimize.allocator, prof.optimize.allocator_build,
+                                                     req.work.install)
+        except alloc_mod.AllocatorNotFound as e:
+            if not req.allow_missing:
+                raise
+            spec = alloc_mod.table()[prof.optimize.allocator]
+            alloc = alloc_mod.Allocator(spec.name, req.work.install / f"{spec.name}-VERSION-"
+                                        f"{prof.optimize.allocator_build}" / "lib" / spec.sonames[0],
+                                        f"{alloc_mod.BUILT_PACKAGE}{prof.optimize.allocator_build}")
+            notes = (*notes, f"hostpgo-built allocator not installed, planned as {alloc.library}: {e}")
+    elif prof.optimize.allocator != "glibc":
         try:
             alloc = alloc_mod.find(prof.optimize.allocator, tcs.host, key="optimize.allocator")
         except alloc_mod.AllocatorNotFound as e:

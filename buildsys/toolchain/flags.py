@@ -127,7 +127,8 @@ def resolve(profile: Profile, comp: Compiler, host: Host, variant: str, *, build
     o = profile.optimize
     fam = "gcc" if comp.family == "gcc" else "clang"
     subst = {"build_dir": build_dir, "raw_pattern": raw_pattern, "raw_dir": raw_dir, "profdata": profdata}
-    cflags: list[Flag] = [Flag(f"-{o.opt}", "optimize.opt (after CPython's OPT, so it wins)")]
+    cflags: list[Flag] = [Flag(f"-{o.opt}", "optimize.opt (after the build's own level: CPython's OPT, a "
+                                                                 "library's configure defaults, so it wins)")]
     ldflags: list[Flag] = []
     notes: list[str] = []
 

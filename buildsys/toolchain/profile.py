@@ -48,6 +48,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                          "library, so it serves every library in the process (MindSpore's too): glibc "
                          "(nothing linked) or a row of hostenv/allocators.toml",
                          allowed=allocators.names()),
+        "allocator_build": Key(str, "", "link a hostpgo-built optimize.allocator instead of the distribution's: "
+                               "the profile its library target was built with (`workload-pgo-lto` links "
+                               ".hostpgo/install/<allocator>-<version>-workload-pgo-lto, made by `python -m buildsys "
+                               "build <allocator> --profile workload-pgo-lto`) or that install prefix's path; the link "
+                               "adds an rpath to its lib directory; empty links the distribution's"),
         "bolt": Key(bool, False, "BOLT post-link optimization of the built interpreter (or libpython where "
                     "shared): link with relocations, profile the [pgo] tasks, re-lay out the binary "
                     "([bolt] section)", allowed=(True, False)),
@@ -63,6 +68,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "pgo": {
         "tasks": Key(list, ["cpython-pgo"], "training tasks (profiles/tasks/NAME.toml), run in order"),
+        "interpreter": Key(str, "auto", "library targets (the allocators) train and verify inside a Python "
+                           "interpreter with the instrumented, then the optimized, library preloaded: `optimized` "
+                           "(the pipeline's optimized CPython build under .hostpgo/install), `auto` (that build "
+                           "when it is installed, else /usr/bin/python3.11) or the path of an interpreter that "
+                           "imports the runtime's dependencies itself (a venv with hostpgo[runtime]); CPython "
+                           "trains on its own instrumented build and ignores it",
+                           check=lambda v: v in ("auto", "optimized") or v.startswith("/"),
+                           check_doc="auto, optimized, or an absolute path"),
     },
     "verify": {
         "tests": Key(list, [], "extra CPython test modules run after `-m test --pgo`"),
@@ -144,6 +157,8 @@ class Optimize:
     """False adds -fno-semantic-interposition."""
     allocator: str
     """glibc (nothing linked) or the allocator linked into the interpreter ahead of libc."""
+    allocator_build: str
+    """'' (the distribution's allocator) or the profile/prefix of a hostpgo-built one."""
     bolt: bool
     """BOLT stages after the optimized build (settings in [bolt])."""
 
@@ -168,6 +183,8 @@ class Bisheng:
 class Pgo:
     tasks: tuple[str, ...]
     """Training task names, resolved in buildsys.pipeline.training."""
+    interpreter: str = "auto"
+    """Library targets: the interpreter the library is preloaded into for training and verify."""
 
 
 @dataclass(frozen=True)
@@ -297,7 +314,7 @@ def load(name_or_path: str, *, target: str = "cpython", overrides: Sequence[str]
         optimize=Optimize(**v["optimize"]),
         flags=ExtraFlags(cflags=tuple(f["cflags"]), ldflags=tuple(f["ldflags"]), configure=tuple(f["configure"])),
         bisheng=Bisheng(options=tuple(v["bisheng"]["options"])),
-        pgo=Pgo(tasks=tuple(v["pgo"]["tasks"])),
+        pgo=Pgo(tasks=tuple(v["pgo"]["tasks"]), interpreter=v["pgo"]["interpreter"]),
         verify=Verify(tests=tuple(v["verify"]["tests"]), timeout=v["verify"]["timeout"],
                       workloads=tuple(v["verify"]["workloads"])),
         bolt=Bolt(method=v["bolt"]["method"], apply=tuple(v["bolt"]["apply"]),

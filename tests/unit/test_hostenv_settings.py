@@ -49,7 +49,7 @@ def test_errors_are_settings_errors_exit_2():
 def test_unknown_keys_name_the_file_and_the_key(tmp_path):
     p = write(tmp_path, "bad", "[allocator]\nname = 'jemalloc'\nnmae = 'x'\n")
     with pytest.raises(HostSettingsError, match=r"bad\.toml: unknown key 'allocator\.nmae'; allowed keys in "
-                                                r"\[allocator\]: name, library, tunables"):
+                                                r"\[allocator\]: name, library, build, tunables"):
         hostenv.resolve(p, env={})
     p = write(tmp_path, "bad2", "[threads]\nn = 1\n")
     with pytest.raises(HostSettingsError, match=r"bad2\.toml: unknown key 'threads'; allowed: allocator, gc"):

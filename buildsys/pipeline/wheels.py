@@ -255,11 +255,13 @@ def install_wheel(python: str, wheel_dir: Path, *, what: str, extra: Sequence[st
     return fn
 
 
-def plan(inp: Inputs, recipe: Recipe) -> BuildPlan:
-    """The framework build's stages (pure)."""
+def plan(inp: Inputs, recipe: Recipe, *, verify_workloads: Sequence[str] | None = None) -> BuildPlan:
+    """The framework build's stages (pure). `verify_workloads`: the runtime workloads whose golden digests verify
+    checks (default: the profile's verify.workloads)."""
     p, comp, work = inp.profile, inp.compiler, inp.work
     build_id = inp.build_id
     pgo = p.optimize.pgo == "on"
+    golden = tuple(p.verify.workloads if verify_workloads is None else verify_workloads)
     where = pgomod.paths(work, build_id, inp.target)
     notes = [*inp.compiler_notes, *recipe.notes]
     stages: list[Stage] = []
@@ -270,7 +272,7 @@ def plan(inp: Inputs, recipe: Recipe) -> BuildPlan:
     stages.append(src)
     wants_runtime = pgo and inp.profile_data is None and any(t.kind == "workloads" for t in inp.tasks)
     deps_dir, deps_key = None, ""
-    if wants_runtime or p.verify.workloads:
+    if wants_runtime or golden:
         from ..targets.cpython import runtime_deps_stage
         deps_stage, deps_dir, deps_key = runtime_deps_stage(work, minor)
         stages.append(deps_stage)
@@ -356,14 +358,14 @@ def plan(inp: Inputs, recipe: Recipe) -> BuildPlan:
         Cmd((vpy, "-c", f"import {recipe.import_name}, sys; print({recipe.import_name}.__file__); "
              f"sys.exit(0 if {recipe.import_name}.__file__.startswith({str(vvenv)!r}) else 3)"), cwd=vvenv, timeout=600),
         *recipe.smoke(vpy, tree, wenv)]
-    for name in p.verify.workloads:
+    for name in golden:
         argv = [vpy, "-m", "runtime", "workload", name, "--json", "--check-golden"]
         verify.append(Call(f"{format_command(argv, wenv, REPO_ROOT)} (must match the pinned digest)",
                            training.run_workload(argv, wenv, str(REPO_ROOT), p.verify.timeout, f"verify of {build_id}")))
-    vkey = digest({"stage": "verify", "prev": final.key, "workloads": list(p.verify.workloads), "deps": deps_key,
+    vkey = digest({"stage": "verify", "prev": final.key, "workloads": list(golden), "deps": deps_key,
                    "import": recipe.import_name,
                    "smoke": [a.describe() for a in recipe.smoke(vpy, tree, wenv)],
-                   "runtime": training.runtime_digest() if p.verify.workloads else ""})
+                   "runtime": training.runtime_digest() if golden else ""})
     stages.append(Stage("verify", f"verify: import {recipe.import_name} from the installed wheel, the framework's "
                         "own checks, every runtime workload's golden digest", vkey, tuple(verify),
                         outputs=(vvenv,)))

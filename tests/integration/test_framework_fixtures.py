@@ -105,3 +105,48 @@ def test_mindspore_fixture_instrument_train_merge_use(tmp_path: Path, monkeypatc
     out = subprocess.run([str(stack), "-c", "import mindspore; print(mindspore.reduce(10, 0))"], capture_output=True,
                          text=True, check=True, cwd=tmp_path).stdout
     assert out.strip() == "126"
+
+
+@pytest.mark.skipif(shutil.which("clang-22") is None or shutil.which("bazel") is None,
+                    reason="needs clang-22 and bazel (Debian: apt-get install -y bazel-bootstrap)")
+def test_ray_fixture_instrument_train_merge_use(tmp_path: Path) -> None:
+    stack = _stack(tmp_path)
+    work = WorkArea(tmp_path / "work")
+    inp = engine.prepare("workload-pgo-lto", target="ray", jobs=2, user_source=FIXTURES / "ray_tree", work=work,
+                         target_args={"python": str(stack)})
+    assert inp.options["channel"] == "bazelrc" and [t.name for t in inp.tasks] == ["ray-actor-calls"]
+    # The fixture's setup.py needs no Cython (Ray's does: it stays in the target data).
+    inp = dataclasses.replace(inp, build_requires=("setuptools", "wheel"))
+    ex = stages.execute(engine.plan(inp), work.stamps, work.logs, live=False)
+    print("ray fixture stages:", _times(ex))
+    res = ex.results
+    assert [n for n in res] == ["source", "build-env", "build-instrumented", "train", "merge", "build", "verify",
+                                "install"]
+    # The driver and both actor processes each wrote a raw profile; all three were merged.
+    assert res["merge"].info["raw_profiles"] == 3
+    for stage, probe in (("build-instrumented", "-fprofile-instr-generate"), ("build", "-fprofile-instr-use")):
+        info = res[stage].info
+        # Two sources, each with a PIC and a non-PIC compile action in the graph.
+        assert info["workspace_actions"] == 4 and info["last_level"] == "-O3" and info["checked_flag"] == probe
+        from buildsys.targets import ray as ray_recipe
+
+        for target, argv in ray_recipe.parse_aquery(Path(info["aquery"]).read_text()):
+            o_flags = [a for a in argv if a.startswith("-O")]
+            assert o_flags[-1] == "-O3" and "-O2" in o_flags, (target, o_flags)
+            assert "/usr/bin/clang-22" in argv[0] or argv[0].endswith("clang-22"), argv[0]
+            print(f"{stage} {target} levels {o_flags}; {probe}: {next(a for a in argv if a.startswith(probe))}")
+    profdata = res["merge"].info["profile_data"]
+    assert f"-fprofile-instr-use={profdata}" in Path(res["build"].info["aquery"]).read_text()
+    lib = "ray/_raylet.so"
+    assert _nm_has(_wheel_member(work.build / f"{inp.build_id}-instrumented-wheel", lib, tmp_path / "i"),
+                   "__llvm_profile")
+    assert not _nm_has(_wheel_member(work.build / f"{inp.build_id}-optimized-wheel", lib, tmp_path / "o"),
+                       "__llvm_profile")
+    shown = subprocess.run([inp.compiler.tools["profdata"], "show", "--all-functions", profdata],
+                           capture_output=True, text=True, check=True).stdout
+    assert "ray_fixture_core_step" in shown and "ray_fixture_execute" in shown
+    doc = manifest.read(work.install / inp.build_id)
+    assert doc["target"] == "ray" and doc["version"] == "0.1.0" and doc["profile_data"]["raw_profiles"] == 3
+    out = subprocess.run([str(stack), str(wheels.REPO_ROOT / "profiles/tasks/scripts/ray_actor_calls.py"),
+                          "--calls", "5"], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert json.loads(out)["ok"] is True

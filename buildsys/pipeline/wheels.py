@@ -193,7 +193,8 @@ class Inputs:
                    "options": dict(self.options)})
 
 
-def optimized_python(work: WorkArea, profile: Profile, given: str | None, *, flag: str = "--python") -> tuple[Path, str]:
+def optimized_python(work: WorkArea, profile: Profile, given: str | None, *,
+                     flag: str = "--python") -> tuple[Path, str]:
     """The interpreter a framework wheel is built for: `given` (--python), else the installed CPython build of the
     same profile; InputError naming both when neither exists."""
     if given:
@@ -244,7 +245,8 @@ def _venv(base: str, venv_dir: Path) -> Cmd:
     return Cmd((base, "-m", "venv", "--clear", str(venv_dir)), timeout=1800)
 
 
-def install_wheel(python: str, wheel_dir: Path, *, what: str, extra: Sequence[str] = ("--no-deps", "--force-reinstall")):
+def install_wheel(python: str, wheel_dir: Path, *, what: str,
+                  extra: Sequence[str] = ("--no-deps", "--force-reinstall")):
     """Call body: pip-install the one wheel in `wheel_dir` with `python` (offline: no dependencies resolved)."""
     def fn(ctx: StageContext) -> None:
         wheels = sorted(wheel_dir.glob("*.whl"))
@@ -298,7 +300,8 @@ def plan(inp: Inputs, recipe: Recipe, *, verify_workloads: Sequence[str] | None 
         if variant == "instrumented":
             run_env.update(pgomod.build_time_env(comp, tree))
         st = recipe.build(name, variant, rf, tree, wheel_dir, run_env)
-        key = digest({"stage": name, "prev": prev_key, "env_key": env_key, "inner": st.key, "compiler": comp.identity()})
+        key = digest({"stage": name, "prev": prev_key, "env_key": env_key, "inner": st.key,
+                      "compiler": comp.identity()})
         return dataclasses.replace(st, key=key, outputs=(*st.outputs, wheel_dir))
 
     reuse = inp.profile_data
@@ -354,14 +357,17 @@ def plan(inp: Inputs, recipe: Recipe, *, verify_workloads: Sequence[str] | None 
     verify: list[Cmd | Call] = [
         _venv(python, vvenv),
         Call(f"write {vpth}", lambda ctx: fsutil.write_text(vpth, vtext)),
-        Call(f"{vpy} -m pip install --no-index --no-deps {wheel_dir}/*.whl", install_wheel(vpy, wheel_dir, what="verify")),
+        Call(f"{vpy} -m pip install --no-index --no-deps {wheel_dir}/*.whl",
+             install_wheel(vpy, wheel_dir, what="verify")),
         Cmd((vpy, "-c", f"import {recipe.import_name}, sys; print({recipe.import_name}.__file__); "
-             f"sys.exit(0 if {recipe.import_name}.__file__.startswith({str(vvenv)!r}) else 3)"), cwd=vvenv, timeout=600),
+             f"sys.exit(0 if {recipe.import_name}.__file__.startswith({str(vvenv)!r}) else 3)"),
+            cwd=vvenv, timeout=600),
         *recipe.smoke(vpy, tree, wenv)]
     for name in golden:
         argv = [vpy, "-m", "runtime", "workload", name, "--json", "--check-golden"]
         verify.append(Call(f"{format_command(argv, wenv, REPO_ROOT)} (must match the pinned digest)",
-                           training.run_workload(argv, wenv, str(REPO_ROOT), p.verify.timeout, f"verify of {build_id}")))
+                           training.run_workload(argv, wenv, str(REPO_ROOT), p.verify.timeout,
+                                                 f"verify of {build_id}")))
     vkey = digest({"stage": "verify", "prev": final.key, "workloads": list(golden), "deps": deps_key,
                    "import": recipe.import_name,
                    "smoke": [a.describe() for a in recipe.smoke(vpy, tree, wenv)],

@@ -1,4 +1,5 @@
-"""The MindSpore recipe: the user's checkout built by its own build.sh into a wheel, PGO-trained on the runtime workloads.
+"""The MindSpore recipe: the user's checkout built by its own build.sh into a wheel, PGO-trained on the runtime
+workloads.
 
 Entry point: `bash build.sh -e cpu|ascend -j N`, not the CMake it drives: build.sh turns `-e` into the right set of
 CMake switches (backend, MindData, glog, SIMD level, ...) for each release, and keeping it means a checkout builds as
@@ -65,7 +66,8 @@ def prepare(req: Request) -> wheels.Inputs:
     if not environ:
         raise InputError(f"MindSpore's configure fetches every third-party library (mindspore_add_pkg: URL+MD5 or git) "
                          f"and this build must work offline: set {mirror} to a mirror of those archives, or {cache} to "
-                         "a cache a previous build prepared (build/mindspore/.mslib of an online build); neither is set")
+                         "a cache a previous build prepared (build/mindspore/.mslib of an online build); neither "
+                         "is set")
     if device == "ascend":
         cann = os.environ.get("ASCEND_HOME_PATH") or ("/usr/local/Ascend" if Path("/usr/local/Ascend").is_dir() else "")
         if not cann:
@@ -185,7 +187,8 @@ def smoke(inp: wheels.Inputs):
         if any(r == "pytest" for _p, r in found):
             out.append(Cmd((python, "-m", "pip", "install", "pytest"), timeout=900))
         for path, runner in found:
-            argv = (python, str(tree / path)) if runner == "script" else (python, "-m", "pytest", "-q", str(tree / path))
+            argv = ((python, str(tree / path)) if runner == "script"
+                    else (python, "-m", "pytest", "-q", str(tree / path)))
             out.append(Cmd(argv, env=env, cwd=Path(python).parent.parent, timeout=1800))
         return out
     return actions, found
@@ -196,7 +199,8 @@ def plan(inp: wheels.Inputs):
     notes = ("entry point: build.sh (it maps -e to each release's CMake switches; it passes no -D through, so the "
              "flags travel in a toolchain file named by CMAKE_TOOLCHAIN_FILE)",
              *NOT_REACHED,
-             "smoke tests: " + (", ".join(p for p, _r in found) if found else "none of the known ones in this checkout"))
+             "smoke tests: " + (", ".join(p for p, _r in found) if found
+                                else "none of the known ones in this checkout"))
     recipe = wheels.Recipe(build=build_step(inp), import_name="mindspore", smoke=smoke_actions, notes=notes,
                            summary={"entry_point": f"bash build.sh -e {inp.options['device']} -j {inp.jobs}",
                                     "dependencies": ", ".join(f"{k}={v}" for k, v in sorted(inp.environ.items()))})

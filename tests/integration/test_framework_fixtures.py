@@ -87,7 +87,8 @@ def test_mindspore_fixture_instrument_train_merge_use(tmp_path: Path, monkeypatc
         print(f"{stage} compile line levels {o_flags}; {probe}: "
               f"{next(a for a in argv if a.startswith(probe))}")
     profdata = res["merge"].info["profile_data"]
-    assert f"-fprofile-instr-use={profdata}" in json.loads(Path(res["build"].info["compile_commands"]).read_text())[0]["command"]
+    optimized_line = json.loads(Path(res["build"].info["compile_commands"]).read_text())[0]["command"]
+    assert f"-fprofile-instr-use={profdata}" in optimized_line
     # Instrumented library carries the profile runtime; the optimized one does not.
     lib = "mindspore/lib/libmindspore_fixture.so"
     assert _nm_has(_wheel_member(work.build / f"{inp.build_id}-instrumented-wheel", lib, tmp_path / "i"),

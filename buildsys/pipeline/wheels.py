@@ -202,7 +202,9 @@ def optimized_python(work: WorkArea, profile: Profile, given: str | None, *,
         if not (p.is_file() and os.access(p, os.X_OK)):
             raise InputError(f"{flag} {given}: not an executable file")
         return p.absolute(), f"{flag}"
-    prefix = work.install / f"cpython-3.11.2-{profile.name}"
+    from ..targets import get as target
+    cpython = next(iter(target("cpython").sources))  # the pinned CPython release its builds are named by
+    prefix = work.install / f"cpython-{cpython}-{profile.name}"
     py = prefix / "bin" / "python3"
     if not py.is_file():
         raise InputError(f"no optimized interpreter for profile '{profile.name}': {py} does not exist. Build it "
@@ -267,7 +269,7 @@ def plan(inp: Inputs, recipe: Recipe, *, verify_workloads: Sequence[str] | None 
     where = pgomod.paths(work, build_id, inp.target)
     notes = [*inp.compiler_notes, *recipe.notes]
     stages: list[Stage] = []
-    minor = "3.11"
+    minor = "3.11"  # the runtime's wheels and the venvs' site-packages: the interpreters hostpgo builds
     python = str(inp.python)
 
     src, tree = source_stage(inp.target, inp.checkout, inp.patches, work)

@@ -151,3 +151,26 @@ def test_ray_fixture_instrument_train_merge_use(tmp_path: Path) -> None:
     out = subprocess.run([str(stack), str(wheels.REPO_ROOT / "profiles/tasks/scripts/ray_actor_calls.py"),
                           "--calls", "5"], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert json.loads(out)["ok"] is True
+
+
+@pytest.mark.skipif(shutil.which("g++") is None or shutil.which("cmake") is None, reason="needs g++, cmake")
+def test_mindspore_fixture_with_gcc_pgo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GCC: libgcov merges the three processes into one .gcda per object, named relative to the tree (the
+    optimized build compiles in the same tree, so it finds them: no missing-profile warning)."""
+    (tmp_path / "mslibs" / "prepared").mkdir(parents=True)
+    monkeypatch.setenv("MSLIBS_CACHE_PATH", str(tmp_path / "mslibs"))
+    work = WorkArea(tmp_path / "work")
+    inp = engine.prepare("gcc-pgo-lto", target="mindspore", overrides=["verify.workloads=[]"], jobs=2,
+                         user_source=FIXTURES / "mindspore_tree", work=work,
+                         target_args={"python": str(_stack(tmp_path))})
+    task = parse_task("fixture-train", {"version": 1, "kind": "command", "argv": [
+        "{python}", str(FIXTURES / "mindspore_tree" / "bench" / "train.py")]}, "test")
+    ex = stages.execute(engine.plan(dataclasses.replace(inp, tasks=(task,))), work.stamps, work.logs, live=False)
+    print("mindspore fixture (gcc) stages:", _times(ex))
+    res = ex.results
+    assert res["merge"].info["gcda_files"] == 1
+    assert res["build"].info["last_level"] == "-O3" and res["build"].info["checked_flag"] == "-fprofile-use"
+    line = json.loads(Path(res["build"].info["compile_commands"]).read_text())[0]["command"]
+    assert f"-fprofile-use={res['merge'].info['profile_data']}" in line
+    log = (work.logs / inp.build_id / "build.log").read_text()
+    assert "profile count data file not found" not in log and "missing-profile" not in log

@@ -36,8 +36,29 @@ exit codes:
 def _common_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", "-j", type=int, default=None, help="parallel make jobs (default: CPU count)")
     p.add_argument("--source", type=Path, default=None,
-                   help="the pinned source archive, or a directory holding it (checked against its sha256)")
+                   help="the pinned source archive, or a directory holding it (checked against its sha256); for a "
+                        "target without a pinned archive (mindspore, ray), the checkout to build")
     p.add_argument("--dry-run", action="store_true", help="print the whole plan and run nothing")
+
+
+def _target_build_args(p: argparse.ArgumentParser) -> None:
+    """The extra options targets declare in their data (`[cli_args.NAME]` in buildsys/targets/NAME.toml), each
+    added once; `build` refuses one the chosen target does not declare."""
+    seen: dict[str, list[str]] = {}
+    for spec in targets.every():
+        for name in spec.cli_args:
+            seen.setdefault(name, []).append(spec.name)
+    for name, owners in seen.items():
+        arg = next(s.cli_args[name] for s in targets.every() if s.name == owners[0])
+        p.add_argument(f"--{name.replace('_', '-')}", dest=f"target_arg_{name}", default=None,
+                       choices=arg.get("choices"), metavar=None if arg.get("choices") else name.upper(),
+                       help=f"{arg['help']} (target{'s' if len(owners) > 1 else ''} {', '.join(owners)})")
+
+
+def _target_args(args) -> dict[str, str]:
+    """The declared target options given on the command line, by name."""
+    return {k.removeprefix("target_arg_"): v for k, v in vars(args).items()
+            if k.startswith("target_arg_") and v is not None}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -72,6 +93,7 @@ def parser() -> argparse.ArgumentParser:
                    help="reuse merged profile data (a .profdata from .hostpgo/profiles/, or a GCC .gcda "
                         "tree) instead of building an instrumented interpreter and training")
     _common_build_args(b)
+    _target_build_args(b)
     pl = sub.add_parser("pipeline", help="build baseline, the comparison and the optimized profiles, verify, "
                                          "then measure them against each other and the system python")
     pl.add_argument("--optimized", default=engine.DEFAULT_OPTIMIZED_PROFILE,
@@ -189,7 +211,7 @@ def _check_jobs(args) -> None:
 def cmd_build(args, console: Console) -> int:
     _check_jobs(args)
     inp = engine.prepare(args.profile, target=args.target, overrides=args.set, jobs=args.jobs,
-                         user_source=args.source, profile_data=args.profile_data)
+                         user_source=args.source, profile_data=args.profile_data, target_args=_target_args(args))
     plan = engine.plan(inp)
     if args.dry_run:
         print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))
@@ -203,9 +225,9 @@ def _print_timings(executions, console: Console) -> None:
     """Plain lines (not a table), so logs and narrow terminals keep every figure."""
     for ex in executions:
         prefix = ex.plan.summary["prefix"]
-        # A plan's summary may name what the build made (`product`: a library target's shared object).
-        product = ex.plan.summary.get("product", f"{prefix}/bin/python")
-        print(f"{ex.plan.build_id}: {product}  (manifest {prefix}/hostpgo-manifest.json)")
+        # A plan's summary may name what the build made (`result`: a wheel, a library target's shared object).
+        result = ex.plan.summary.get("result", f"{prefix}/bin/python")
+        print(f"{ex.plan.build_id}: {result}  (manifest {prefix}/hostpgo-manifest.json)")
         total = 0.0
         for name, r in ex.results.items():
             print(f"  {name:<24} {r.seconds:8.1f} s  {'reused (stamp)' if r.skipped else 'ran'}")

@@ -318,7 +318,7 @@ def plan(inp: Inputs) -> BuildPlan:
                "training_tasks": summary_tasks or "none (no PGO)",
                "interpreter": str(interp.python) if interp.version else "none",
                "prefix": str(prefix), "library": str(prefix / spec.outputs["library"]),
-               "product": str(prefix / spec.outputs["library"]), "jobs": inp.jobs}
+               "result": str(prefix / spec.outputs["library"]), "jobs": inp.jobs}
 
     def finish(ex) -> None:
         manifest.write_for_execution(ex, inp, [prefix], summary_tasks)

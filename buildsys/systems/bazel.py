@@ -13,7 +13,8 @@ from ..core.stages import ChannelFlag
 from ..toolchain.flags import ResolvedFlags
 
 NAME = "bazel"
-CHANNELS = ("--compilation_mode", "--copt", "--linkopt", "--action_env", "bazelrc")
+CHANNELS = ("--compilation_mode", "--copt", "--host_copt", "--linkopt", "--action_env", "--repo_env", "--config",
+            "bazelrc", "BAZEL_ARGS")
 TOOLS = ("bazel",)
 BAZELRC = ".user.bazelrc"
 

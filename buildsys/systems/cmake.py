@@ -4,6 +4,14 @@ CMake compiles with `CMAKE_<LANG>_FLAGS` followed by `CMAKE_<LANG>_FLAGS_<CONFIG
 RelWithDebInfo: `-O2 -g -DNDEBUG`). A level put in CMAKE_<LANG>_FLAGS is therefore overridden by the
 configuration's own; the profile's level goes into CMAKE_<LANG>_FLAGS_<CONFIG> instead (replacing CMake's
 default there, keeping -DNDEBUG), so no later -O2 can win.
+
+A project that *sets* CMAKE_<LANG>_FLAGS_<CONFIG> itself (MindSpore: "$ENV{CXXFLAGS} -O2 ...") shadows that cache
+entry, and a driver script that runs CMake itself (MindSpore's build.sh) takes no -D arguments. For those,
+`toolchain_file` writes a toolchain file (CMake >= 3.21 reads it from the CMAKE_TOOLCHAIN_FILE environment
+variable) that sets the compile rule CMAKE_<LANG>_COMPILE_OBJECT with the profile's flags after <FLAGS>: they end
+every compile line, after whatever the project put in its flag variables and target options, so the profile's
+-O level is the last one and wins. It applies only where CMAKE_SOURCE_DIR is the project's tree, so
+dependencies configured by other CMake runs (and try_compile checks) keep their own flags.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from ..errors import HostpgoError
 from ..toolchain.flags import ResolvedFlags
 
 NAME = "cmake"
-CHANNELS = ("cmake-cache", "env")
+CHANNELS = ("cmake-cache", "env", "toolchain-file")
 TOOLS = ("cmake",)
 LANGS = ("C", "CXX")
 CONFIGS = ("Release", "RelWithDebInfo", "MinSizeRel", "Debug")
@@ -157,3 +165,24 @@ def install_stage(name: str, *, prev_key: str, build_dir: Path, prefix: Path, st
                   Call(publish_what, publish)),
                  outputs=(prefix,),
                  flags=(ChannelFlag("env", "DESTDIR", str(staging), "engine: staged install, published by rename"),))
+
+
+def toolchain_file(*, tools: Mapping[str, str], compile_tail: Sequence[str], link: Sequence[str], source_dir: Path,
+                   langs: Sequence[str] = LANGS) -> str:
+    """A toolchain file: compilers for every CMake run that reads it; for `source_dir`'s own configure also the
+    compile rule with `compile_tail` after <FLAGS>, the link flags, and compile_commands.json (the audit trail of
+    every compile line)."""
+    lines = ["# Written by hostpgo (buildsys.systems.cmake.toolchain_file); read through CMAKE_TOOLCHAIN_FILE."]
+    for var, entry in TOOL_ENTRIES.items():
+        if var in tools and entry in ("CMAKE_C_COMPILER", "CMAKE_CXX_COMPILER"):
+            lines.append(f'set({entry} "{tools[var]}")')
+    lines.append(f'if(CMAKE_SOURCE_DIR STREQUAL "{source_dir}")')
+    tail = " ".join(compile_tail)
+    for lang in langs:
+        lines.append(f'  set(CMAKE_{lang}_COMPILE_OBJECT "<CMAKE_{lang}_COMPILER> <DEFINES> <INCLUDES> <FLAGS> '
+                     f'{tail} -o <OBJECT> -c <SOURCE>")')
+    for kind in LINKER_KINDS:
+        lines.append(f'  set(CMAKE_{kind}_LINKER_FLAGS_INIT "{" ".join(link)}")')
+    lines.append("  set(CMAKE_EXPORT_COMPILE_COMMANDS ON)")
+    lines.append("endif()")
+    return "\n".join(lines) + "\n"

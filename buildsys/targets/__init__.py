@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 TARGETS_DIR = Path(__file__).resolve().parent
 SYSTEMS = ("autotools", "cmake", "meson", "pep517", "bazel")
 _KEYS = {"description": str, "system": str, "tools": list, "sources": dict, "outputs": dict, "verify": dict,
-         "bolt": dict, "needs_source": bool, "build": dict}
+         "bolt": dict, "needs_source": bool, "build": dict, "cli_args": dict, "recipe": dict}
+_ARG_KEYS = {"help": str, "choices": list, "default": str}
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,11 @@ class TargetSpec:
     build: Mapping[str, Any] = field(default_factory=dict)
     """Build-system arguments the recipe passes (cmake: `generator`, `defines`; autotools: `bootstrap`,
     `configure`, `flag_vars`), so the recipe module stays code and the options stay data."""
+    cli_args: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Extra `build` options this target declares: name -> {help, choices, default}; `[cli_args.device]` becomes
+    `--device` on `python -m buildsys build` and reaches the recipe as `Request.target_args["device"]`."""
+    recipe: Mapping[str, Any] = field(default_factory=dict)
+    """The recipe module's own data (what it recognises a checkout by, build requirements, ...), read only by it."""
 
     def module(self) -> ModuleType:
         """The recipe module (imported on first use, so reading the registry imports no recipe)."""
@@ -84,12 +90,19 @@ def _read(path: Path) -> TargetSpec:
             raise InputError(f"{path}: unknown key '{key}'; allowed: {', '.join(_KEYS)}")
         if not isinstance(value, _KEYS[key]):
             raise InputError(f"{path}: key '{key}' must be {_KEYS[key].__name__}")
+    for name, arg in data.get("cli_args", {}).items():
+        if not isinstance(arg, dict) or set(arg) - set(_ARG_KEYS) or "help" not in arg:
+            raise InputError(f"{path}: [cli_args.{name}] needs 'help' and may have {', '.join(_ARG_KEYS)}")
+        for key, kind in _ARG_KEYS.items():
+            if key in arg and not isinstance(arg[key], kind):
+                raise InputError(f"{path}: [cli_args.{name}] key '{key}' must be {kind.__name__}")
     if data.get("system") not in SYSTEMS:
         raise InputError(f"{path}: key 'system' has value {data.get('system')!r}; allowed: {', '.join(SYSTEMS)}")
     return TargetSpec(name=path.stem, description=data.get("description", ""), system=data["system"],
                       data_file=path, tools=tuple(data.get("tools", ())), sources=data.get("sources", {}),
                       outputs=data.get("outputs", {}), verify=data.get("verify", {}), bolt=data.get("bolt", {}),
-                      needs_source=data.get("needs_source", False), build=data.get("build", {}))
+                      needs_source=data.get("needs_source", False), build=data.get("build", {}),
+                      cli_args=data.get("cli_args", {}), recipe=data.get("recipe", {}))
 
 
 def get(name: str, targets_dir: Path = TARGETS_DIR) -> TargetSpec:
@@ -126,6 +139,28 @@ class Request:
     """--profile-data: merged profile data to reuse instead of training."""
     allow_missing: bool = False
     """Planning only (show-profile, pipeline --dry-run): a missing tool becomes a note, not an error."""
+    target_args: Mapping[str, str] = field(default_factory=dict)
+    """Values of the extra build options the target declares (`cli_args` in its data), by name."""
+
+    def arg(self, name: str) -> str | None:
+        """A declared build option's value: as given, else its declared default (None when it has none)."""
+        if name not in self.spec.cli_args:
+            raise InputError(f"target '{self.spec.name}' declares no build option '--{name}'")
+        return self.target_args.get(name, self.spec.cli_args[name].get("default"))
+
+
+def check_target_args(spec: TargetSpec, given: Mapping[str, str]) -> None:
+    """Refuse a build option the target does not declare (e.g. --device for cpython), or a value outside its
+    declared choices; InputError naming the option and the targets that take it."""
+    for name, value in given.items():
+        if name not in spec.cli_args:
+            takers = [s.name for s in every() if name in s.cli_args]
+            raise InputError(f"--{name.replace('_', '-')} does not apply to target '{spec.name}' (taken by: "
+                             f"{', '.join(takers) or 'no target'})")
+        choices = spec.cli_args[name].get("choices")
+        if choices and value not in choices:
+            raise InputError(f"--{name.replace('_', '-')} {value}: target '{spec.name}' takes "
+                             f"{', '.join(choices)}")
 
 
 @dataclass(frozen=True)

@@ -240,9 +240,10 @@ def detect(environ: dict[str, str] | None = None) -> Toolchains:
 
 PURPOSES = ("pipeline", "tests")
 """What a machine is set up for: `pipeline` builds CPython and images; `tests` runs the test suite."""
-TEST_TOOL_PACKAGES = ("build-essential", "valgrind", "linux-perf", "umoci")
+TEST_TOOL_PACKAGES = ("build-essential", "valgrind", "linux-perf", "umoci", "cmake", "bazel-bootstrap")
 """Beside LLVM, what the tests run for real: gcc fixtures, cachegrind counters, perf's probe and
-attribution, umoci unpacking the image fixtures (the allocator packages come from hostenv's table)."""
+attribution, umoci unpacking the image fixtures, CMake and Bazel 4 building the MindSpore and Ray fixture trees
+(the allocator packages come from hostenv's table)."""
 
 
 def wanted_packages(host: Host, purpose: str = "pipeline") -> tuple[str, ...]:

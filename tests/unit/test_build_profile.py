@@ -125,9 +125,15 @@ def test_cli_turns_profile_error_into_exit_code(tmp_path: Path, capsys) -> None:
 def test_target_scopes_come_from_the_registry(tmp_path: Path) -> None:
     from buildsys import targets
     assert "cpython" in targets.names()
-    f = write(tmp_path, "t", '[targets.ray.optimize]\nlto = "off"\n')
-    with pytest.raises(ProfileError, match=r"unknown key 'targets.ray'; allowed targets: cpython"):
+    f = write(tmp_path, "t", '[targets.nginx.optimize]\nlto = "off"\n')
+    allowed = ", ".join(targets.names())  # every registered target, in name order
+    with pytest.raises(ProfileError, match=rf"unknown key 'targets.nginx'; allowed targets: {allowed}$"):
         profile.load(str(f), environ={})
+    assert {"cpython", "mindspore", "ray", "mimalloc", "jemalloc", "tcmalloc"} <= set(targets.names())
+    # A registered target's table applies to that target only.
+    f = write(tmp_path, "r", 'extends = "lto"\n[targets.ray.optimize]\nlto = "off"\n')
+    assert profile.load(str(f), target="ray", environ={}).optimize.lto == "off"
+    assert profile.load(str(f), target="cpython", environ={}).optimize.lto == "thin"
 
 
 def test_env_overrides_are_shell_words_and_errors_name_the_variable() -> None:

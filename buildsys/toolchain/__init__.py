@@ -25,6 +25,8 @@ CPYTHON_BUILD_DEPS = ("build-essential", "pkg-config", "libbz2-dev", "libffi-dev
                       "zlib1g-dev", "uuid-dev", "libgdbm-dev")
 # What `python -m buildsys image` runs: the Debian base (mmdebstrap), the OCI layout (umoci), docker-archive (skopeo).
 IMAGE_PACKAGES = ("mmdebstrap", "umoci", "skopeo")
+# What the library targets' build systems run: CMake (mimalloc), autoreconf/libtoolize (gperftools' tcmalloc).
+TARGET_TOOL_PACKAGES = ("cmake", "autoconf", "automake", "libtool")
 # MIDR_EL1 part numbers of HiSilicon (implementer 0x48) cores and the -mcpu name for each.
 KUNPENG_PARTS = {0xD01: "tsv110", 0xD02: "hip09"}
 HISILICON_IMPLEMENTER = 0x48
@@ -257,7 +259,7 @@ def wanted_packages(host: Host, purpose: str = "pipeline") -> tuple[str, ...]:
     if host.is_debian_like:
         if purpose == "tests":
             return (*LLVM_PACKAGES, *TEST_TOOL_PACKAGES, *alloc)
-        return (*LLVM_PACKAGES, *CPYTHON_BUILD_DEPS, *IMAGE_PACKAGES)
+        return (*LLVM_PACKAGES, *CPYTHON_BUILD_DEPS, *TARGET_TOOL_PACKAGES, *IMAGE_PACKAGES)
     base = ("clang", "lld", "llvm", "llvm-bolt", "gcc", "make")
     if purpose == "tests":
         return (*base, "valgrind", "perf", *alloc)

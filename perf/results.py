@@ -9,6 +9,8 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hostpgo import fsutil
+
 from . import SCHEMA, extra
 from .errors import ResultsError
 
@@ -48,12 +50,7 @@ def new_record(run_dir: Path, interpreters: list[dict], targets: list[str], argv
 
 def save(run_dir: Path, record: dict) -> Path:
     """Write run.json atomically (a reader never sees half a file)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dest = run_dir / RUN_FILE
-    tmp = dest.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-    tmp.replace(dest)
-    return dest
+    return fsutil.write_text(run_dir / RUN_FILE, json.dumps(record, indent=1, sort_keys=False) + "\n")
 
 
 def load(run_dir: Path) -> dict:

@@ -72,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
                    help="reuse merged profile data (a .profdata from .hostpgo/profiles/, or a GCC .gcda "
                         "tree) instead of building an instrumented interpreter and training")
     _common_build_args(b)
+    targets.cli_arguments(b)
     pl = sub.add_parser("pipeline", help="build baseline, the comparison and the optimized profiles, verify, "
                                          "then measure them against each other and the system python")
     pl.add_argument("--optimized", default=engine.DEFAULT_OPTIMIZED_PROFILE,
@@ -189,7 +190,8 @@ def _check_jobs(args) -> None:
 def cmd_build(args, console: Console) -> int:
     _check_jobs(args)
     inp = engine.prepare(args.profile, target=args.target, overrides=args.set, jobs=args.jobs,
-                         user_source=args.source, profile_data=args.profile_data)
+                         user_source=args.source, profile_data=args.profile_data,
+                         options=targets.cli_options(args.target, args))
     plan = engine.plan(inp)
     if args.dry_run:
         print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))
@@ -203,7 +205,8 @@ def _print_timings(executions, console: Console) -> None:
     """Plain lines (not a table), so logs and narrow terminals keep every figure."""
     for ex in executions:
         prefix = ex.plan.summary["prefix"]
-        print(f"{ex.plan.build_id}: {prefix}/bin/python  (manifest {prefix}/hostpgo-manifest.json)")
+        output = ex.plan.summary.get("output", f"{prefix}/bin/python")  # a target may name its own output
+        print(f"{ex.plan.build_id}: {output}  (manifest {prefix}/hostpgo-manifest.json)")
         total = 0.0
         for name, r in ex.results.items():
             print(f"  {name:<24} {r.seconds:8.1f} s  {'reused (stamp)' if r.skipped else 'ran'}")

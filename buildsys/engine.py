@@ -62,9 +62,10 @@ def hypothetical_compiler(family: str) -> toolchain.Compiler:
 def prepare(profile_ref: str, *, target: str = "cpython", overrides: Sequence[str] = (), jobs: int | None = None,
             user_source: Path | None = None, work: WorkArea | None = None,
             detected: toolchain.Toolchains | None = None, allow_missing_compiler: bool = False,
-            profile_data: Path | None = None):
+            profile_data: Path | None = None, options: dict | None = None):
     """The inputs of one build of a registered target: the profile resolved for it, the compiler, the probed
-    host facts it needs, then the target's own `prepare` (which validates --source and --profile-data)."""
+    host facts it needs, then the target's own `prepare` (which validates --source and --profile-data).
+    `options` are the target's own command-line options (buildsys.targets.cli_arguments)."""
     spec = targets.get(target)
     prof = profmod.load(profile_ref, target=target, overrides=overrides)
     tcs = detected or toolchain.detect()
@@ -80,7 +81,8 @@ def prepare(profile_ref: str, *, target: str = "cpython", overrides: Sequence[st
     return spec.module().prepare(targets.Request(
         spec=spec, profile=prof, compiler=comp, compiler_notes=tuple(notes), toolchains=tcs, work=work,
         jobs=jobs or os.cpu_count() or 1, facts=probed, user_source=user_source,
-        profile_data=profile_data.resolve() if profile_data else None, allow_missing=allow_missing_compiler))
+        profile_data=profile_data.resolve() if profile_data else None, allow_missing=allow_missing_compiler,
+        options=dict(options or {})))
 
 
 def plan(inp) -> stages.BuildPlan:

@@ -123,6 +123,32 @@ class Request:
     """--profile-data: merged profile data to reuse instead of training."""
     allow_missing: bool = False
     """Planning only (show-profile, pipeline --dry-run): a missing tool becomes a note, not an error."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """The target's own command-line options (see cli_arguments), by argparse destination."""
+
+
+def cli_arguments(parser: Any, targets_dir: Path = TARGETS_DIR) -> None:
+    """The door for a target's own `build` options: a recipe module with `add_arguments(group)` and `OPTIONS`
+    (the destinations it adds) gets an argument group on the `build` parser; cli_options hands the values to
+    its `prepare` as Request.options. The CLI itself names no target."""
+    for name in names(targets_dir):
+        mod = get(name, targets_dir).module()
+        if hasattr(mod, "add_arguments"):
+            mod.add_arguments(parser.add_argument_group(f"target {name}"))
+
+
+def cli_options(target: str, args: Any, targets_dir: Path = TARGETS_DIR) -> dict[str, Any]:
+    """The parsed values of `target`'s own options; InputError when another target's option was given."""
+    own: dict[str, Any] = {}
+    for name in names(targets_dir):
+        mod = get(name, targets_dir).module()
+        for dest in getattr(mod, "OPTIONS", ()):
+            value = getattr(args, dest, None)
+            if name == target:
+                own[dest] = value
+            elif value is not None and dest not in getattr(get(target, targets_dir).module(), "OPTIONS", ()):
+                raise InputError(f"--{dest.replace('_', '-')} belongs to target '{name}', not '{target}'")
+    return own
 
 
 @dataclass(frozen=True)

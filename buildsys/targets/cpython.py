@@ -52,6 +52,35 @@ def runtime_requirements(pyproject: Path = REPO_ROOT / "pyproject.toml") -> tupl
                            "runtime's dependencies are installed from that list") from None
 
 
+def runtime_deps_stage(work: WorkArea, minor: str) -> tuple[Stage, Path, str]:
+    """The `runtime-deps` stage: the runtime's third-party dependencies for Python `minor`, installed once per
+    requirement set into the work area and shared by every build (and every target) that runs the runtime.
+    Returns (stage, directory, key)."""
+    reqs = runtime_requirements()
+    deps_key = digest({"stage": "runtime-deps", "requirements": reqs, "python": minor})
+    deps_dir = work.deps / f"runtime-py{minor}-{deps_key[:12]}"
+    pip = (sys.executable, "-m", "pip", "install", "--target", "{tmp}", "--only-binary=:all:",
+           "--python-version", minor, "--implementation", "cp", *reqs)
+
+    def do_deps(ctx: StageContext) -> None:
+        if deps_dir.is_dir():  # published by rename, so complete
+            ctx.info.update({"dir": str(deps_dir), "origin": "present"})
+            return
+        tmp = work.tmp / f"deps-{deps_key[:12]}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        ctx.runner.run([a.format(tmp=tmp) for a in pip], timeout=3600)
+        fsutil.move_into_place(tmp, deps_dir)
+        ctx.info.update({"dir": str(deps_dir), "origin": "pip", "requirements": list(reqs)})
+
+    stage = Stage("runtime-deps", f"install the runtime's dependencies for Python {minor}", deps_key,
+                  (Call(f"{' '.join(pip).format(tmp='<tmp>')}; rename into {deps_dir} (skipped when present)",
+                        do_deps),),
+                  requires=(deps_dir,), independent=True,
+                  notes=("wheels only (--only-binary=:all:), so the same files serve every "
+                         f"CPython {minor} build",))
+    return stage, deps_dir, deps_key
+
+
 @dataclass(frozen=True)
 class Inputs:
     """Everything the planner needs; all of it can be made up in a unit test (no compiler required)."""
@@ -219,28 +248,8 @@ def plan(inp: Inputs) -> BuildPlan:
     bolt_tasks = (inp.tasks or training.resolve(p.pgo.tasks)) if p.optimize.bolt else ()
     bolt_wants_runtime = any(t.kind == "workloads" for t in bolt_tasks)
     if wants_runtime or p.verify.workloads or bolt_wants_runtime:
-        reqs = runtime_requirements()
-        deps_key = digest({"stage": "runtime-deps", "requirements": reqs, "python": minor})
-        deps_dir = work.deps / f"runtime-py{minor}-{deps_key[:12]}"
-        pip = (sys.executable, "-m", "pip", "install", "--target", "{tmp}", "--only-binary=:all:",
-               "--python-version", minor, "--implementation", "cp", *reqs)
-
-        def do_deps(ctx: StageContext, deps_dir=deps_dir) -> None:
-            if deps_dir.is_dir():  # published by rename, so complete
-                ctx.info.update({"dir": str(deps_dir), "origin": "present"})
-                return
-            tmp = work.tmp / f"deps-{deps_key[:12]}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            ctx.runner.run([a.format(tmp=tmp) for a in pip], timeout=3600)
-            fsutil.move_into_place(tmp, deps_dir)
-            ctx.info.update({"dir": str(deps_dir), "origin": "pip", "requirements": list(reqs)})
-
-        stages.append(Stage("runtime-deps", f"install the runtime's dependencies for Python {minor}", deps_key,
-                            (Call(f"{' '.join(pip).format(tmp='<tmp>')}; rename into {deps_dir} "
-                                  "(skipped when present)", do_deps),),
-                            requires=(deps_dir,), independent=True,
-                            notes=("wheels only (--only-binary=:all:), so the same files serve every "
-                                   f"CPython {minor} build",)))
+        deps_stage, deps_dir, deps_key = runtime_deps_stage(work, minor)
+        stages.append(deps_stage)
     runtime_path = f"{deps_dir}{os.pathsep}{REPO_ROOT}" if deps_dir else ""
 
     pgo_plan = None

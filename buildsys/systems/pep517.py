@@ -72,7 +72,8 @@ def environment(rf: ResolvedFlags, backend: str = "setuptools") -> dict[str, str
     return env
 
 
-def config_settings(backend: str, rf: ResolvedFlags, *, opt: str, build_dir: Path | None = None) -> list[tuple[str, str]]:
+def config_settings(backend: str, rf: ResolvedFlags, *, opt: str,
+                    build_dir: Path | None = None) -> list[tuple[str, str]]:
     """(key, value) config settings for `backend` (build's -C); `build_dir` fixes the back end's build tree."""
     if backend == "setuptools":
         return []
@@ -89,7 +90,8 @@ def config_settings(backend: str, rf: ResolvedFlags, *, opt: str, build_dir: Pat
     raise ValueError(f"unknown PEP 517 backend {backend!r}; known: {', '.join(BACKENDS)}")
 
 
-def channel_flags(settings: list[tuple[str, str]], env: Mapping[str, str], backend: str = "") -> tuple[ChannelFlag, ...]:
+def channel_flags(settings: list[tuple[str, str]], env: Mapping[str, str],
+                  backend: str = "") -> tuple[ChannelFlag, ...]:
     def why(k: str) -> str:
         if k == "CPPFLAGS":
             return "profile flags (setuptools appends CPPFLAGS after sysconfig's CFLAGS; CFLAGS would replace them)"

@@ -451,7 +451,6 @@ def plan(inp: Inputs) -> BuildPlan:
     p, comp, work, pkg, interp = inp.profile, inp.compiler, inp.work, inp.package, inp.interp
     build_id = inp.build_id
     pgo = p.optimize.pgo == "on"
-    llvm = pgomod.is_llvm(comp)
     where = pgomod.paths(work, build_id, pkg.name)
     notes = list(inp.compiler_notes)
     opt = f"-{p.optimize.opt}"

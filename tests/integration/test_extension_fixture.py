@@ -72,8 +72,8 @@ def clang() -> toolchain.Compiler:
 
 def test_extension_wheel_through_instrument_train_merge_use(tmp_path: Path, clang: toolchain.Compiler) -> None:
     prof_file = tmp_path / "ext-fixture.toml"
-    prof_file.write_text('[toolchain]\nfamily = "clang"\n[optimize]\nopt = "O2"\npgo = "on"\n'
-                         '[flags]\ncflags = ["-Werror=profile-instr-unprofiled", "-Werror=profile-instr-out-of-date"]\n')
+    prof_file.write_text('[toolchain]\nfamily = "clang"\n[optimize]\nopt = "O2"\npgo = "on"\n[flags]\n'
+                         'cflags = ["-Werror=profile-instr-unprofiled", "-Werror=profile-instr-out-of-date"]\n')
     prof = profile.load(str(prof_file), target="extension", environ={})
     work = WorkArea(tmp_path / "work")
     tree = _project(tmp_path / "hpgodemo")
@@ -81,13 +81,13 @@ def test_extension_wheel_through_instrument_train_merge_use(tmp_path: Path, clan
     assert (pkg.name, pkg.version, pkg.backend) == ("hpgodemo", "0.1", "setuptools")
     interp = extension.probe_interpreter(Path(sys.executable), Runner(None))
     task = TrainingTask(name="hpgodemo-train", version=1, kind="interpreter",
-                        argv=("-c", "import hpgodemo; assert hpgodemo.tally(200000) == sum(3 if i % 15 == 0 else 2 if i % 5 == 0 "
-                              "else 1 if i % 3 == 0 else 0 for i in range(200000))"))
+                        argv=("-c", "import hpgodemo; assert hpgodemo.tally(200000) == sum(3 if i % 15 == 0 else "
+                              "2 if i % 5 == 0 else 1 if i % 3 == 0 else 0 for i in range(200000))"))
     inp = extension.Inputs(profile=prof, compiler=clang, host=toolchain.detect().host, work=work, package=pkg,
                            interp=interp, tasks=(task,), jobs=2)
     plan = extension.plan(inp)
-    assert [s.name for s in plan.stages] == ["source", "build-env", "build-instrumented", "install-instrumented",
-                                             "train", "merge", "build", "verify", "install"]
+    assert [s.name for s in plan.stages] == ["source", "build-env", "build-instrumented",
+                                             "install-instrumented", "train", "merge", "build", "verify", "install"]
     ex = stages.execute(plan, work.stamps, work.logs, live=False)
 
     # Produced: a raw profile from the training process, merged data that names the fixture's functions.

@@ -228,14 +228,23 @@ def _pin(name: str, version: str) -> sources.PinnedSource | None:
 
 
 def fetch_sdist(name: str, version: str | None, work: WorkArea, runner: Runner) -> tuple[Path, str]:
-    """The sdist of NAME[==VERSION] in the cache: pinned and cached, else `pip download --no-binary NAME --no-deps`
-    (pip prepares the package's metadata, for which meson-python builds the whole wheel: pin such packages in
-    extension.toml and put the file in the cache, or pass --source)."""
+    """The sdist of NAME[==VERSION] in the cache (.hostpgo/sources/extension/): a pinned one from the cache or its
+    pinned url (sha256 checked by describe_package), anything else by `pip download --no-binary NAME --no-deps`.
+    pip prepares the package's metadata, for which meson-python builds the whole wheel: such packages are pinned
+    with their url in extension.toml (numpy), or given with --source."""
     cache = work.sources / TARGET
-    if version:
-        pin = _pin(name, version)
-        if pin and (cache / pin.file).is_file():
+    pin = _pin(name, version) if version else None
+    if pin is not None:
+        if (cache / pin.file).is_file():
             return cache / pin.file, "cache"
+        if pin.url:
+            got = sources.from_url(pin, work, runner)
+            if sources.sha256_of(got) != pin.sha256:
+                got.unlink()
+                raise InputError(f"{pin.url}: the download's sha256 is not the pinned {pin.sha256} "
+                                 f"({SPEC.data_file}); it was deleted")
+            cache.mkdir(parents=True, exist_ok=True)
+            return fsutil.move_into_place(got, cache / pin.file), "url"
     tmp = work.tmp / f"sdist-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -321,7 +330,7 @@ def prepare(req: Request) -> Inputs:
     return Inputs(profile=req.profile, compiler=req.compiler, host=req.toolchains.host, work=req.work, package=pkg,
                   interp=interp, tasks=training_tasks(req.profile, pkg.name), jobs=req.jobs,
                   compiler_notes=req.compiler_notes, profile_data=req.profile_data,
-                  verify_workloads=tuple(SPEC.verify.get("workloads", ())))
+                  verify_workloads=tuple(pkg.verify.get("workloads", SPEC.verify.get("workloads", ()))))
 
 
 # ---------------------------------------------------------------------------------------------

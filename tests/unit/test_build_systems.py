@@ -67,7 +67,7 @@ def test_meson_switches_its_own_levels_off_and_passes_ours() -> None:
     rf = resolved()
     opts = meson.setup_options(rf)
     assert (opts["buildtype"][0], opts["b_lto"][0], opts["b_pgo"][0]) == ("plain", "false", "off")
-    assert opts["c_args"][0].split(",")[0] == "-O3" and "-flto=thin" in opts["c_link_args"][0].split(",")
+    assert opts["c_args"][0].split()[0] == "-O3" and "-flto=thin" in opts["c_link_args"][0].split()
     argv = meson.setup_argv(Path("/s"), Path("/b"), opts, prefix=Path("/p"))
     assert argv[:4] == ["meson", "setup", "/b", "/s"] and "-Dbuildtype=plain" in argv and "--prefix=/p" in argv
     chans = {f.channel for f in meson.channel_flags(opts, meson.environment(rf))}

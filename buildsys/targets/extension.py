@@ -388,7 +388,7 @@ def _build_wheel(*, tree: Path, build_dir: Path, outdir: Path, argv: list[str], 
         shutil.rmtree(outdir, ignore_errors=True)
         outdir.mkdir(parents=True)
         lines: list[str] = []
-        ctx.runner.run(argv, env=env, cwd=build_dir, timeout=timeout, collect=lines)
+        ctx.runner.run(argv, env=env, cwd=build_dir, timeout=timeout, collect=lines, nice=True)
         wheels = sorted(outdir.glob("*.whl"))
         if len(wheels) != 1:
             raise HostpgoError(f"the build left {len(wheels)} wheels in {outdir}, expected one")

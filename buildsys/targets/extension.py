@@ -388,7 +388,9 @@ def _build_wheel(*, tree: Path, build_dir: Path, outdir: Path, argv: list[str], 
         shutil.rmtree(outdir, ignore_errors=True)
         outdir.mkdir(parents=True)
         lines: list[str] = []
-        ctx.runner.run(argv, env=env, cwd=build_dir, timeout=timeout, collect=lines, nice=True)
+        # As in an activated venv: the build environment's tools (cython, meson, ninja, cmake) come first.
+        run_env = {**env, "PATH": f"{Path(argv[0]).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        ctx.runner.run(argv, env=run_env, cwd=build_dir, timeout=timeout, collect=lines, nice=True)
         wheels = sorted(outdir.glob("*.whl"))
         if len(wheels) != 1:
             raise HostpgoError(f"the build left {len(wheels)} wheels in {outdir}, expected one")
@@ -514,13 +516,16 @@ def plan(inp: Inputs) -> BuildPlan:
         key = digest({"stage": name, "prev": prev_key, "env_key": env_key, "argv": argv, "env": run_env,
                       "compiler": comp_id})
         compilers = tuple(c for c in (comp.cc, comp.cxx) if c)
+        path_flag = ChannelFlag("env", "PATH", f"{env_py.parent}:$PATH", "engine: the build environment's tools "
+                                "first, as in an activated venv")
         return Stage(name, f"wheel ({variant}) of {pkg.name} {pkg.version} in {build_dir}", key,
                      (Call(f"copy {tree} -> {build_dir}; {format_command(argv, run_env, build_dir)}; check every "
                            f"compile line: last -O is {opt}, carries {' '.join(words + prefixes) or '-'}",
                            _build_wheel(tree=tree, build_dir=build_dir, outdir=outdir, argv=argv, env=run_env,
                                         compilers=compilers, opt=opt, required=words, prefixes=prefixes,
                                         timeout=4 * 3600)),),
-                     outputs=(outdir,), flags=pep517.channel_flags(settings, run_env, pkg.backend), notes=rf.notes)
+                     outputs=(outdir,), flags=(*pep517.channel_flags(settings, run_env, pkg.backend), path_flag),
+                     notes=rf.notes)
 
     prev = env_key
     profdata = ""

@@ -310,10 +310,14 @@ def prepare(req: Request) -> Inputs:
     """The interpreter (probed), the sdist (fetched into the cache when needed) or tree, and its back end."""
     opts = dict(req.options)
     runner = Runner(req.work.logs / "extension-prepare.log")
-    if (opts.get("package") is None) == (req.user_source is None):
+    standin = req.allow_missing and opts.get("package") is None and req.user_source is None
+    if (opts.get("package") is None) == (req.user_source is None) and not standin:
         raise InputError("build extension needs exactly one of --package NAME[==VERSION] and --source DIR|SDIST")
     interp = probe_interpreter(Path(opts.get("interp") or default_interpreter(req.work)), runner)
-    if req.user_source is not None:
+    if standin:  # planning only (show-profile): a setuptools package stands in for the one a build names
+        pkg = Package(name="PACKAGE", version="VERSION", backend="setuptools", requires=("setuptools",), sdist=None,
+                      tree=Path("<--source DIR>"), sha256="0" * 64, origin="user")
+    elif req.user_source is not None:
         src = req.user_source.resolve()
         if src.is_dir():
             pkg = describe_package(name=None, version=None, sdist=None, tree=src, origin="user")

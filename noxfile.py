@@ -98,3 +98,25 @@ def e2e(session: nox.Session) -> None:
     """Slow end-to-end tests: full CPython builds from the pinned source (tens of minutes)."""
     _install(session, "runtime", "perf", "test")
     session.run("pytest", "-m", "slow", "tests/e2e", *session.posargs)
+
+
+@nox.session(name="build-extensions", default=False)
+def build_extensions(session: nox.Session) -> None:
+    """Rebuild extension wheels from their sdists with a profile's flags and PGO:
+    `-- --profile NAME [--interp PYTHON] [--dry-run] PACKAGE[==VERSION]...` (one build per package)."""
+    _install(session)
+    args = list(session.posargs)
+    packages, rest, i = [], [], 0
+    while i < len(args):
+        if args[i].startswith("-"):
+            rest.append(args[i])
+            if "=" not in args[i] and args[i] not in ("--dry-run",) and i + 1 < len(args):
+                rest.append(args[i + 1])
+                i += 1
+        else:
+            packages.append(args[i])
+        i += 1
+    if not packages:
+        session.error("name at least one PACKAGE[==VERSION] after --")
+    for pkg in packages:
+        session.run("python", "-m", "buildsys", "build", "extension", "--package", pkg, *rest)

@@ -8,6 +8,7 @@ cpp_args, c_link_args and cpp_link_args, which meson puts after its own.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Mapping
 
@@ -36,8 +37,9 @@ def setup_options(rf: ResolvedFlags) -> dict[str, tuple[str, str]]:
 
 
 def _array(values: list[str]) -> str:
-    """A meson array option value: comma-separated (meson splits on commas)."""
-    return ",".join(values)
+    """A compiler-arguments option value (c_args, cpp_args, *_link_args): meson shell-splits these on the command
+    line (split_args), so the words are shell-quoted and space-separated; commas would stay inside one argument."""
+    return shlex.join(values)
 
 
 def environment(rf: ResolvedFlags) -> dict[str, str]:

@@ -67,7 +67,7 @@ def test_meson_switches_its_own_levels_off_and_passes_ours() -> None:
     rf = resolved()
     opts = meson.setup_options(rf)
     assert (opts["buildtype"][0], opts["b_lto"][0], opts["b_pgo"][0]) == ("plain", "false", "off")
-    assert opts["c_args"][0].split(",")[0] == "-O3" and "-flto=thin" in opts["c_link_args"][0].split(",")
+    assert opts["c_args"][0].split()[0] == "-O3" and "-flto=thin" in opts["c_link_args"][0].split()
     argv = meson.setup_argv(Path("/s"), Path("/b"), opts, prefix=Path("/p"))
     assert argv[:4] == ["meson", "setup", "/b", "/s"] and "-Dbuildtype=plain" in argv and "--prefix=/p" in argv
     chans = {f.channel for f in meson.channel_flags(opts, meson.environment(rf))}
@@ -76,15 +76,20 @@ def test_meson_switches_its_own_levels_off_and_passes_ours() -> None:
 
 def test_pep517_environment_and_config_settings() -> None:
     rf = resolved()
-    env = pep517.environment(rf)
-    assert env["CFLAGS"].split()[0] == "-O3" and env["CC"] == "clang" and "-flto=thin" in env["LDFLAGS"]
+    env = pep517.environment(rf, "setuptools")
+    # setuptools >= 75.7 replaces sysconfig's CFLAGS with an environment CFLAGS: the flags go in CPPFLAGS.
+    assert "CFLAGS" not in env and env["CPPFLAGS"].split()[0] == "-O3" and env["CC"] == "clang"
+    assert "-flto=thin" in env["LDFLAGS"]
+    assert set(pep517.environment(rf, "meson-python")) == set(rf.tools)
     assert pep517.config_settings("setuptools", rf, opt="-O3") == []
-    skb = dict(pep517.config_settings("scikit-build-core", rf, opt="-O3"))
+    skb = dict(pep517.config_settings("scikit-build-core", rf, opt="-O3", build_dir=Path("/b")))
     assert skb["cmake.define.CMAKE_C_FLAGS_RELEASE"] == "-O3 -DNDEBUG" and skb["cmake.build-type"] == "Release"
-    mp = pep517.config_settings("meson-python", rf, opt="-O3")
-    assert ("setup-args", "-Dbuildtype=plain") in mp
+    assert skb["build-dir"] == "/b" and skb["build.verbose"] == "true"
+    mp = pep517.config_settings("meson-python", rf, opt="-O3", build_dir=Path("/b"))
+    assert ("setup-args", "-Dbuildtype=plain") in mp and ("build-dir", "/b") in mp and ("compile-args", "-v") in mp
     argv = pep517.wheel_argv("/py", Path("/src"), Path("/out"), [("k", "v")])
-    assert argv[:3] == ["/py", "-m", "pip"] and "--config-settings=k=v" in argv and argv[-1] == "/src"
+    assert argv[:5] == ["/py", "-m", "build", "--wheel", "--no-isolation"] and "-Ck=v" in argv
+    assert argv[-1] == "/src"
     with pytest.raises(ValueError, match="unknown PEP 517 backend"):
         pep517.config_settings("flit", rf, opt="-O3")
 

@@ -77,6 +77,7 @@ def _comparison_table(c: Comparison, per_token: dict[str, float] | None = None) 
 
 def _interpreters_section(record: dict) -> list[str]:
     rows = []
+    replaced = any(i.get("wheels") for i in record["interpreters"])
     for i in record["interpreters"]:
         flags = [f for f in ("--enable-optimizations", "--with-lto") if f in i.get("config_args", "")]
         linked = i.get("libpython_loaded")
@@ -85,10 +86,37 @@ def _interpreters_section(record: dict) -> list[str]:
         rows.append([i["name"] + (" (baseline)" if i["name"] == record["baseline"] else ""), i["version"],
                      f"`{i['python']}`", i.get("origin", ""), i.get("manifest_digest", "none")[:12],
                      i.get("exe_sha256", "")[:12], " ".join(flags) or "-",
-                     _host_cell(i) + _pycs_cell(record.get("venvs", {}).get(i["name"], {}))])
+                     _host_cell(i) + _pycs_cell(record.get("venvs", {}).get(i["name"], {}))]
+                    + ([_wheels_cell(i, record.get("venvs", {}).get(i["name"], {}))] if replaced else []))
     return ["## Interpreters", ""] + _table(
-        ["name", "version", "python", "origin", "manifest sha256", "executable sha256", "build", "host settings"],
-        rows) + [""]
+        ["name", "version", "python", "origin", "manifest sha256", "executable sha256", "build", "host settings"]
+        + (["replaced wheels"] if replaced else []), rows) + [""]
+
+
+def _wheels_cell(interp: dict, venv: dict) -> str:
+    """The wheels a subject's venv installs instead of the wheelhouse's (`--interp ...+wheel:W.whl`), and what
+    differs from the stock wheel; `stock` for a subject that installs the wheelhouse as it is."""
+    if not interp.get("wheels"):
+        return "stock"
+    by_file = {w.get("file"): w for w in venv.get("wheels", [])}
+    cells = []
+    for w in interp["wheels"]:
+        v = by_file.get(w["file_name"], {})
+        differ = f"; {len(v['changed_files'])} files differ from `{v['replaces']}`" if "changed_files" in v else ""
+        cells.append(f"`{w['distribution']} {w['version']}` (sha256 {w['sha256'][:12]}{differ})")
+    return "; ".join(cells)
+
+
+def replaced_libraries(record: dict) -> dict[str, list[str]]:
+    """Per subject with replaced wheels: the base names of the native libraries that differ from the stock
+    wheel (as perf report names shared objects), from the venv record of run.json."""
+    out: dict[str, list[str]] = {}
+    for name, venv in record.get("venvs", {}).items():
+        libs = [os.path.basename(f) for w in venv.get("wheels", []) for f in w.get("changed_files", [])
+                if re.search(r"\.so(\.\d+)*$", f)]
+        if libs:
+            out[name] = list(dict.fromkeys(libs))
+    return out
 
 
 def _host_cell(interp: dict) -> str:
@@ -244,6 +272,44 @@ def _attribution_shift(att: dict, names: list[str], target: str, base: str, out:
             "the rows that move show which layer each setting changed):", ""] + _table(headers, rows) + [""]
 
 
+def _replaced_library_shift(att: dict, record: dict, target: str, out: dict) -> list[str]:
+    """Host time per unit of each rewritten library (share of its shared object x latency median), baseline vs
+    each subject whose venv replaced a wheel: which of the replaced libraries got faster, and by how much.
+
+    The libraries are the native files whose RECORD hash differs from the stock wheel's; they keep their
+    names and paths, so the same shared object is compared (and grouped under the same library above)."""
+    base = record["baseline"]
+    medians: dict[str, float] = {}
+    for comp in out.get("latency", []):
+        for r in comp["rows"]:
+            if r["name"] == target:
+                medians[comp["baseline"]] = r["base_median"]
+                medians[comp["changed"]] = r["changed_median"]
+    lines: list[str] = []
+    for name, libs in replaced_libraries(record).items():
+        if name == base or name not in att or base not in att or target not in att[name] or base not in medians \
+                or name not in medians:
+            continue
+        rows, shift = [], {}
+        for lib in libs:
+            b = att[base][target]["dso"].get(lib, 0.0) / 100 * medians[base]
+            c = att[name][target]["dso"].get(lib, 0.0) / 100 * medians[name]
+            shift[lib] = {"baseline": b, "changed": c}
+            rows.append([f"`{lib}`", f"{att[base][target]['dso'].get(lib, 0.0):.1f}%", _fmt_time(b),
+                         f"{att[name][target]['dso'].get(lib, 0.0):.1f}%", _fmt_time(c),
+                         ("+" if c >= b else "-") + _fmt_time(abs(c - b))])
+        b_all = sum(v["baseline"] for v in shift.values())
+        c_all = sum(v["changed"] for v in shift.values())
+        rows.append(["**replaced libraries**", "", _fmt_time(b_all), "", _fmt_time(c_all),
+                     ("+" if c_all >= b_all else "-") + _fmt_time(abs(c_all - b_all))])
+        out.setdefault("replaced_library_shift", {}).setdefault(target, {})[name] = shift
+        lines += [f"Replaced libraries, {name} vs {base} (host time per unit: the shared object's sampled share "
+                  "x latency median; a library absent from the samples shows 0):", ""]
+        lines += _table(["shared object", f"{base} share", f"{base} per unit", f"{name} share",
+                         f"{name} per unit", "change"], rows) + [""]
+    return lines
+
+
 def _attribution_section(record: dict, out: dict | None = None) -> list[str]:
     att = record.get("attribution")
     if not att:
@@ -262,6 +328,7 @@ def _attribution_section(record: dict, out: dict | None = None) -> list[str]:
         lines += [f"### {target}", ""] + _table(["library"] + names, rows) + [""]
         if record["baseline"] in names:
             lines += _attribution_shift(att, names, target, record["baseline"], out if out is not None else {})
+            lines += _replaced_library_shift(att, record, target, out if out is not None else {})
         dso_rows = []
         dsos: list[str] = []
         for n in names:

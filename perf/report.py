@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -44,7 +45,8 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 def _comparison_json(c: Comparison) -> dict:
     return {
         "baseline": c.baseline, "changed": c.changed, "geomean_ratio": c.geomean_ratio,
-        "geomean_speedup": c.geomean_speedup, "only_baseline": list(c.only_baseline),
+        "geomean_speedup": c.geomean_speedup, "geomean_significant": c.geomean_significant,
+        "geomean_t": c.geomean_t, "geomean_df": c.geomean_df, "only_baseline": list(c.only_baseline),
         "only_changed": list(c.only_changed),
         "rows": [{"name": r.name, "unit": r.unit, "base_median": r.base_median, "base_stdev": r.base_stdev,
                   "changed_median": r.changed_median, "changed_stdev": r.changed_stdev, "ratio": r.ratio,
@@ -71,7 +73,9 @@ def _comparison_table(c: Comparison, per_token: dict[str, float] | None = None) 
            else f"**{c.geomean_ratio:.3f}x slower**")
     if not any(r.significant for r in c.rows):
         geo += " (no benchmark differs significantly)"
-    rows.append(["**geometric mean**", "", "", f"**{c.geomean_ratio:.3f}**", geo, "", ""])
+    geo += "; the geometric mean itself: " + ("significant" if c.geomean_significant else "*not significant*")
+    t = "" if c.geomean_t is None or math.isinf(c.geomean_t) else f"{c.geomean_t:.2f}"
+    rows.append(["**geometric mean**", "", "", f"**{c.geomean_ratio:.3f}**", geo, t, ""])
     return _table(headers, rows)
 
 

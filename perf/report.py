@@ -276,13 +276,25 @@ def _attribution_shift(att: dict, names: list[str], target: str, base: str, out:
             "the rows that move show which layer each setting changed):", ""] + _table(headers, rows) + [""]
 
 
+def _stock_twin(record: dict, name: str) -> str:
+    """The subject that is `name` without its replaced wheels (same executable, same host settings), so the
+    per-library shift is stock vs rewritten alone; the run's baseline where the run has no such subject."""
+    by = {i["name"]: i for i in record["interpreters"]}
+    me = by[name]
+    for i in record["interpreters"]:
+        if i["name"] != name and not i.get("wheels") and i.get("exe_sha256") == me.get("exe_sha256") \
+                and (i.get("host_env") or {}) == (me.get("host_env") or {}):
+            return i["name"]
+    return record["baseline"]
+
+
 def _replaced_library_shift(att: dict, record: dict, target: str, out: dict) -> list[str]:
-    """Host time per unit of each rewritten library (share of its shared object x latency median), baseline vs
+    """Host time per unit of each rewritten library (share of its shared object x latency median), stock vs
     each subject whose venv replaced a wheel: which of the replaced libraries got faster, and by how much.
 
-    The libraries are the native files whose RECORD hash differs from the stock wheel's; they keep their
-    names and paths, so the same shared object is compared (and grouped under the same library above)."""
-    base = record["baseline"]
+    "Stock" is the same interpreter and host settings without the wheels when the run has it (`_stock_twin`),
+    else the baseline. The libraries are the native files whose RECORD hash differs from the stock wheel's;
+    they keep their names and paths, so the same shared object is compared (and grouped alike above)."""
     medians: dict[str, float] = {}
     for comp in out.get("latency", []):
         for r in comp["rows"]:
@@ -291,25 +303,26 @@ def _replaced_library_shift(att: dict, record: dict, target: str, out: dict) -> 
                 medians[comp["changed"]] = r["changed_median"]
     lines: list[str] = []
     for name, libs in replaced_libraries(record).items():
-        if name == base or name not in att or base not in att or target not in att[name] or base not in medians \
-                or name not in medians:
+        ref = _stock_twin(record, name) if name in {i["name"] for i in record["interpreters"]} else None
+        if ref is None or name == ref or any(n not in att or target not in att[n] or n not in medians
+                                             for n in (name, ref)):
             continue
         rows, shift = [], {}
         for lib in libs:
-            b = att[base][target]["dso"].get(lib, 0.0) / 100 * medians[base]
+            b = att[ref][target]["dso"].get(lib, 0.0) / 100 * medians[ref]
             c = att[name][target]["dso"].get(lib, 0.0) / 100 * medians[name]
-            shift[lib] = {"baseline": b, "changed": c}
-            rows.append([f"`{lib}`", f"{att[base][target]['dso'].get(lib, 0.0):.1f}%", _fmt_time(b),
+            shift[lib] = {"stock": b, "changed": c}
+            rows.append([f"`{lib}`", f"{att[ref][target]['dso'].get(lib, 0.0):.1f}%", _fmt_time(b),
                          f"{att[name][target]['dso'].get(lib, 0.0):.1f}%", _fmt_time(c),
                          ("+" if c >= b else "-") + _fmt_time(abs(c - b))])
-        b_all = sum(v["baseline"] for v in shift.values())
+        b_all = sum(v["stock"] for v in shift.values())
         c_all = sum(v["changed"] for v in shift.values())
         rows.append(["**replaced libraries**", "", _fmt_time(b_all), "", _fmt_time(c_all),
                      ("+" if c_all >= b_all else "-") + _fmt_time(abs(c_all - b_all))])
-        out.setdefault("replaced_library_shift", {}).setdefault(target, {})[name] = shift
-        lines += [f"Replaced libraries, {name} vs {base} (host time per unit: the shared object's sampled share "
+        out.setdefault("replaced_library_shift", {}).setdefault(target, {})[name] = {"stock": ref, "libraries": shift}
+        lines += [f"Replaced libraries, {name} vs {ref} (host time per unit: the shared object's sampled share "
                   "x latency median; a library absent from the samples shows 0):", ""]
-        lines += _table(["shared object", f"{base} share", f"{base} per unit", f"{name} share",
+        lines += _table(["shared object", f"{ref} share", f"{ref} per unit", f"{name} share",
                          f"{name} per unit", "change"], rows) + [""]
     return lines
 

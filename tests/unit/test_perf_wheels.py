@@ -132,6 +132,7 @@ def replaced_run(tmp_path):
     shutil.copytree(FIXTURE, dest)
     rec = json.loads((dest / "run.json").read_text())
     opt = next(i for i in rec["interpreters"] if i["name"] == "opt")
+    opt["exe_sha256"] = "cd" * 32  # another executable than base's (the fixture's two share one)
     opt["wheels"] = [{"path": "/w/mindspore-2.10.0+bolt.1a2b3c4d-py3-none-any.whl",
                       "file_name": "mindspore-2.10.0+bolt.1a2b3c4d-py3-none-any.whl", "distribution": "mindspore",
                       "version": "2.10.0+bolt.1a2b3c4d", "sha256": "ab" * 32}]
@@ -159,8 +160,22 @@ def test_report_names_the_replaced_wheel_and_shows_each_replaced_library_shift(r
     medians = {r["name"]: (r["base_median"], r["changed_median"]) for r in comp["latency"][0]["rows"]}
     for target, (b, c) in medians.items():
         shift = comp["replaced_library_shift"][target]["opt"]
-        assert list(shift) == ["libmindspore_core.so"]  # only native libraries, not __init__.py
-        assert shift["libmindspore_core.so"] == {"baseline": pytest.approx(0.2 * b), "changed": pytest.approx(0.1 * c)}
+        assert shift["stock"] == "base"  # run-small's two subjects are different executables: the baseline
+        assert list(shift["libraries"]) == ["libmindspore_core.so"]  # only native libraries, not __init__.py
+        assert shift["libraries"]["libmindspore_core.so"] == {"stock": pytest.approx(0.2 * b),
+                                                              "changed": pytest.approx(0.1 * c)}
+
+
+def test_the_shift_compares_against_the_same_interpreter_without_the_wheel(replaced_run):
+    rec = json.loads((replaced_run / "run.json").read_text())
+    base = next(i for i in rec["interpreters"] if i["name"] == "base")
+    opt = next(i for i in rec["interpreters"] if i["name"] == "opt")
+    assert report._stock_twin(rec, "opt") == "base" and base["exe_sha256"] != opt["exe_sha256"]
+    twin = {**opt, "name": "opt-stock", "wheels": []}
+    rec["interpreters"].append(twin)
+    assert report._stock_twin(rec, "opt") == "opt-stock"
+    twin["host_env"] = {"LD_PRELOAD": "x"}  # other host settings: not the same subject without the wheel
+    assert report._stock_twin(rec, "opt") == "base"
 
 
 def test_report_without_replaced_wheels_keeps_its_interpreter_table(tmp_path):

@@ -107,6 +107,9 @@ def parser() -> argparse.ArgumentParser:
     im.add_argument("--tag", default=None, help="image reference (default hostpgo/<profile>:<settings>)")
     im.add_argument("--archive", type=Path, default=None,
                     help="also write a docker-archive tarball here (skopeo), for `docker load`/`podman load`")
+    im.add_argument("--wheel", action="append", type=Path, default=[], metavar="WHEEL",
+                    help="a rewritten wheel (bolt-wheel's, e.g. .hostpgo/wheelbolt/<build>/dist/*.whl) the venv "
+                         "installs instead of the stock build of its distribution; repeatable; the record names it")
     im.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
     bw = sub.add_parser("bolt-wheel", help="BOLT an installed wheel's native libraries (as shipped: stripped, "
                                            "non-relocation mode) from exact-count profiles into a new wheel")
@@ -258,7 +261,7 @@ def cmd_pipeline(args, console: Console) -> int:
 def cmd_image(args, console: Console) -> int:
     settings = args.host_settings or engine.default_image_settings(args.build)
     inp = image.prepare(args.build, settings=settings, tag=args.tag, archive=args.archive,
-                        scan_libraries=not args.dry_run)
+                        scan_libraries=not args.dry_run, wheels=tuple(args.wheel))
     plan = image.plan(inp)
     if args.dry_run:
         print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))

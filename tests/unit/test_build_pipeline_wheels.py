@@ -73,6 +73,8 @@ def test_cli_takes_bolt_wheels_and_the_default_pipeline_has_none():
     args = parser().parse_args(["pipeline", "--bolt-wheels", "mindspore"])
     assert args.bolt_wheels == "mindspore"
     assert parser().parse_args(["pipeline"]).bolt_wheels == ""
+    assert parser().parse_args(["image", "--wheel", f"/w/{WHEEL}"]).wheel == [Path(f"/w/{WHEEL}")]
+    assert parser().parse_args(["image"]).wheel == []
 
 
 def test_image_venv_installs_the_kept_wheel_and_the_record_names_it(tmp_path):

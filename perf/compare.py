@@ -67,7 +67,8 @@ class Comparison:
     geomean_significant: bool = False
     """Whether the geometric mean differs from 1 at 95% (`geomean_significance`)."""
     geomean_t: float | None = None
-    """Its t score (negative: the changed subject is faster), None where it cannot be computed."""
+    """Its t score, signed as the rows' (baseline minus changed: positive when the changed subject is faster);
+    None where it cannot be computed."""
     geomean_df: float | None = None
     """Welch-Satterthwaite degrees of freedom of that test."""
 
@@ -96,16 +97,17 @@ def significance(a: list[float], b: list[float]) -> tuple[bool, float | None]:
 def geomean_significance(samples: list[tuple[list[float], list[float]]]) -> tuple[bool, float | None, float | None]:
     """(significant, t, df): is the geometric mean of changed/baseline different from 1, at 95%?
 
-    For each benchmark (baseline values a, changed values b) d = mean(log b) - mean(log a) with variance
+    For each benchmark (baseline values a, changed values b) d = mean(log a) - mean(log b) with variance
     var(log a)/n_a + var(log b)/n_b; the statistic is the mean of the d over the benchmarks divided by its
-    standard error, with Welch-Satterthwaite degrees of freedom. A benchmark with fewer than two values on
+    standard error, with Welch-Satterthwaite degrees of freedom (t > 0: the changed subject is faster, as in
+    the per-benchmark test). A benchmark with fewer than two values on
     either side makes the whole test impossible: not significant."""
     if not samples or any(len(a) < 2 or len(b) < 2 or min(a + b) <= 0 for a, b in samples):
         return False, None, None
     diffs, parts = [], []
     for a, b in samples:
         la, lb = [math.log(x) for x in a], [math.log(x) for x in b]
-        diffs.append(statistics.mean(lb) - statistics.mean(la))
+        diffs.append(statistics.mean(la) - statistics.mean(lb))  # the rows' sign: positive is faster
         parts += [(statistics.variance(la) / len(la), len(la)), (statistics.variance(lb) / len(lb), len(lb))]
     k = len(samples)
     mean_d = sum(diffs) / k

@@ -107,6 +107,11 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--image-settings", default=engine.DEFAULT_IMAGE_SETTINGS, metavar="NAME|FILE",
                     help="host settings the image's entrypoint applies (default %(default)s)")
     pl.add_argument("--quick", action="store_true", help="shorter measurement (fewer rounds; noisier)")
+    pl.add_argument("--bolt-wheels", default="", metavar="PACKAGES",
+                    help="opt-in, comma-separated (known: " + ",".join(engine.BOLT_WHEEL_PACKAGES) + "): after the "
+                         "builds, bolt-wheel --keep-if-faster rewrites each package's stock wheel in a venv of the "
+                         "optimized build; a wheel the interleaved A/B keeps is measured as one more subject and "
+                         "installed in the image (default: none)")
     pl.add_argument("--out", default=None, help="measurement run name under .hostpgo/results (default: "
                                                 "pipeline-<UTC time>; an existing run is resumed)")
     pl.add_argument("--system", type=Path, default=engine.SYSTEM_PYTHON,
@@ -124,6 +129,9 @@ def parser() -> argparse.ArgumentParser:
     im.add_argument("--tag", default=None, help="image reference (default hostpgo/<profile>:<settings>)")
     im.add_argument("--archive", type=Path, default=None,
                     help="also write a docker-archive tarball here (skopeo), for `docker load`/`podman load`")
+    im.add_argument("--wheel", action="append", type=Path, default=[], metavar="WHEEL",
+                    help="a rewritten wheel (bolt-wheel's, e.g. .hostpgo/wheelbolt/<build>/dist/*.whl) the venv "
+                         "installs instead of the stock build of its distribution; repeatable; the record names it")
     im.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
     bw = sub.add_parser("bolt-wheel", help="BOLT an installed wheel's native libraries (as shipped: stripped, "
                                            "non-relocation mode) from exact-count profiles into a new wheel")
@@ -242,6 +250,7 @@ def _print_timings(executions, console: Console) -> None:
 def cmd_pipeline(args, console: Console) -> int:
     _check_jobs(args)
     compare = tuple(c.strip() for c in args.compare.split(",") if c.strip())
+    bolt_wheels = tuple(dict.fromkeys(c.strip() for c in args.bolt_wheels.split(",") if c.strip()))
     if args.dry_run:
         tcs = toolchain.detect()
         for ref in dict.fromkeys((engine.BASELINE_PROFILE, *compare, args.optimized)):
@@ -250,12 +259,21 @@ def cmd_pipeline(args, console: Console) -> int:
             plan = engine.plan(inp)
             print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))
             print()
+        for package in bolt_wheels:
+            argv = engine.bolt_wheel_argv(package, args.optimized, "<venv of the optimized build>/bin/python",
+                                          quick=args.quick)
+            print(f"after the builds: python -m buildsys bolt-wheel {' '.join(argv)}  (its plan is printed by "
+                  "bolt-wheel --dry-run once the venv exists); a kept wheel joins the measurement and the image")
         return 0
     res = engine.pipeline(optimized=args.optimized, compare=compare, jobs=args.jobs, user_source=args.source,
                           console=console, live=console.is_terminal, measure=not args.no_measure,
                           quick=args.quick, run_name=args.out, system=args.system, image=not args.no_image,
-                          image_settings=args.image_settings)
+                          image_settings=args.image_settings, bolt_wheels=bolt_wheels)
     _print_timings(res.builds, console)
+    for doc in res.wheels:
+        d = doc["decision"]
+        print(f"bolt-wheel {doc['package']}: {doc['output']['wheel']} {'KEPT' if d['kept'] else 'not kept'} "
+              f"({d['verdict']}; perf run {d['run']})")
     if res.image is not None:
         _print_image(res.image, console)
     if res.report is not None:
@@ -267,7 +285,7 @@ def cmd_pipeline(args, console: Console) -> int:
 def cmd_image(args, console: Console) -> int:
     settings = args.host_settings or engine.default_image_settings(args.build)
     inp = image.prepare(args.build, settings=settings, tag=args.tag, archive=args.archive,
-                        scan_libraries=not args.dry_run)
+                        scan_libraries=not args.dry_run, wheels=tuple(args.wheel))
     plan = image.plan(inp)
     if args.dry_run:
         print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))

@@ -19,7 +19,9 @@ from . import targets, toolchain
 from . import image as imagemod
 from .core import stages
 from .core.paths import PROFILES_DIR, WorkArea
-from .errors import HostpgoError, ToolchainError
+from .pipeline import wheelbolt, wheeldecide
+from .targets.cpython import runtime_requirements
+from .errors import HostpgoError, InputError, ToolchainError
 from .toolchain import facts, flags
 from .toolchain import profile as profmod
 
@@ -50,6 +52,9 @@ graph-mode decode (mindspore.jit, how vLLM-MindSpore runs decode)."""
 # counts depend on scheduling, so the interpreter-only targets come first and decode-b1 stands for the runtime.
 PIPELINE_COUNTER_WORKLOADS = ("pure-python", "pure-dispatch", "decode-b1")
 PIPELINE_STAGES = ("latency", "counters", "attribute", "guard")
+BOLT_WHEEL_PACKAGES = ("mindspore",)
+"""Packages `pipeline --bolt-wheels` can rewrite (those with a [packages.NAME] list in wheelbolt.toml that the
+runtime's workloads exercise). Off by default: see `pipeline`."""
 
 
 def hypothetical_compiler(family: str) -> toolchain.Compiler:
@@ -153,14 +158,50 @@ class PipelineResult:
     """The measurement run's report.md (None when measurement was skipped)."""
     image: stages.Execution | None = None
     """The optimized build's OCI image (None with --no-image)."""
+    wheels: tuple[dict, ...] = ()
+    """With --bolt-wheels: each package's hostpgo-wheelbolt.json (its `decision` says whether it was kept)."""
+
+
+def bolt_wheel_subject(optimized: stages.Execution, wheels: Sequence[Path]) -> str:
+    """The `--interp` of the optimized build with its kept rewritten wheels in place of the stock ones (pure)."""
+    names = "-".join(Path(w).name.split("-", 1)[0].lower() for w in wheels)
+    return (f"{optimized.plan.summary['profile']}+bolt-{names}={optimized.plan.summary['prefix']}/bin/python3"
+            + "".join(f"+wheel:{w}" for w in wheels))
+
+
+def wheel_venv_plan(python: Path, build_id: str, work: WorkArea,
+                    requirements: Sequence[str] | None = None) -> stages.BuildPlan:
+    """A venv of the optimized build with the runtime's dependencies installed as distributions (pure): what
+    bolt-wheel reads the stock wheel from (the build's own runtime-deps directory is a `pip --target` tree on
+    PYTHONPATH, which an interpreter's importlib.metadata does not see without it)."""
+    reqs = tuple(requirements if requirements is not None else runtime_requirements())
+    dest = work.root / "wheelbolt" / "venvs" / build_id
+    key = stages.digest({"stage": "wheelbolt-venv", "python": str(python), "requirements": reqs})
+    steps = (stages.Cmd((str(python), "-m", "venv", str(dest)), timeout=600),
+             stages.Cmd((str(dest / "bin" / "python"), "-m", "pip", "install", "--only-binary=:all:",
+                         "--disable-pip-version-check", *reqs), timeout=3600))
+    st = stages.Stage("wheelbolt-venv", f"a venv of {build_id} with the runtime's wheels installed", key, steps,
+                      outputs=(dest,))
+    return stages.BuildPlan(f"wheelbolt-venv-{build_id}", (st,), (), {"python": str(dest / "bin" / "python"),
+                                                                      "prefix": str(dest)})
+
+
+def bolt_wheel_argv(package: str, profile: str, interp: Path | str, *, quick: bool = False) -> list[str]:
+    """bolt-wheel's options for the pipeline (pure): the optimized profile's training, the decision on."""
+    if package not in BOLT_WHEEL_PACKAGES:
+        raise InputError(f"--bolt-wheels {package}: not one of {', '.join(BOLT_WHEEL_PACKAGES)}")
+    return ["--package", package, "--profile", profile, "--interp", str(interp), "--keep-if-faster",
+            *(["--quick"] if quick else [])]
 
 
 def measure_command(builds: Sequence[stages.Execution], *, run_name: str, quick: bool = False,
                     system: Path | None = SYSTEM_PYTHON, system_settings: str | None = SYSTEM_SETTINGS,
                     workloads: Sequence[str] = PIPELINE_WORKLOADS,
-                    counter_workloads: Sequence[str] = PIPELINE_COUNTER_WORKLOADS) -> list[str]:
+                    counter_workloads: Sequence[str] = PIPELINE_COUNTER_WORKLOADS,
+                    wheels: Sequence[Path] = ()) -> list[str]:
     """The `python -m perf bench` line that compares the builds (the first is the baseline) and the system python
-    (as it is, and with `system_settings` applied: the same allocator preloaded), in one interleaved run."""
+    (as it is, and with `system_settings` applied: the same allocator preloaded), in one interleaved run; with
+    `wheels` (kept rewritten wheels), the last build once more with them in its venv, as the last subject."""
     cmd = [sys.executable, "-m", "perf", "bench"]
     first, *rest = builds
     cmd += ["--interp", f"{first.plan.summary['profile']}={first.plan.summary['prefix']}/bin/python3"]
@@ -170,6 +211,8 @@ def measure_command(builds: Sequence[stages.Execution], *, run_name: str, quick:
             cmd += ["--interp", f"debian+{system_settings}={system}@{system_settings}"]
     for ex in rest:
         cmd += ["--interp", f"{ex.plan.summary['profile']}={ex.plan.summary['prefix']}/bin/python3"]
+    if wheels:
+        cmd += ["--interp", bolt_wheel_subject(builds[-1], wheels)]
     cmd += ["--workloads", ",".join(workloads), "--counter-workloads", ",".join(counter_workloads),
             "--stages", ",".join(PIPELINE_STAGES), "--guard-fast", "--out", run_name]
     if quick:
@@ -181,9 +224,15 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
              jobs: int | None = None, user_source: Path | None = None, console: Console | None = None,
              live: bool = True, measure: bool = True, quick: bool = False, run_name: str | None = None,
              system: Path | None = SYSTEM_PYTHON, image: bool = True,
-             image_settings: str = DEFAULT_IMAGE_SETTINGS) -> PipelineResult:
+             image_settings: str = DEFAULT_IMAGE_SETTINGS, bolt_wheels: Sequence[str] = ()) -> PipelineResult:
     """Build baseline, the comparison profiles and the optimized one; measure them side by side; then the
-    optimized build's OCI image."""
+    optimized build's OCI image.
+
+    `bolt_wheels` (opt-in, `--bolt-wheels mindspore`): after the builds, bolt-wheel rewrites each package's
+    stock wheel in a venv of the optimized build and times stock against rewritten (its decide stage); a wheel
+    the decision keeps is measured as one more subject (the optimized build with it) and installed in the image.
+    Off by default: the decision needs an interleaved A/B of its own (tens of minutes, more under valgrind's
+    collection), and no real run of it has shown a kept wheel yet."""
     console = console or Console(stderr=True)
     refs = list(dict.fromkeys((BASELINE_PROFILE, *compare, optimized)))
     tcs = ensure_toolchain(refs, console)
@@ -192,21 +241,38 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
             imagemod.check_host()
         except imagemod.ImageError as e:
             raise HostpgoError(f"{e} (or pass --no-image to build and measure without the image)") from None
+    for package in bolt_wheels:  # refused before any build
+        bolt_wheel_argv(package, optimized, "-")
     out = []
     for ref in refs:
         inp = prepare(ref, target=PIPELINE_TARGET, jobs=jobs, user_source=user_source, detected=tcs)
         out.append(build(inp, console=console, live=live))
 
+    manifests: list[dict] = []
+    if bolt_wheels:
+        work = WorkArea.from_env()
+        opt = out[-1]
+        vplan = wheel_venv_plan(Path(opt.plan.summary["prefix"]) / "bin" / "python3", opt.plan.build_id, work)
+        stages.execute(vplan, work.stamps, work.logs, console=console, live=live)
+        for package in bolt_wheels:
+            argv = bolt_wheel_argv(package, optimized, vplan.summary["python"], quick=quick)
+            console.print(f"[bold]bolt-wheel:[/] python -m buildsys bolt-wheel {' '.join(argv)}")
+            _, doc, _ = wheelbolt.build(wheelbolt.arguments(argv), live=live)
+            manifests.append(doc)
+            d = doc["decision"]
+            console.print(f"  {package}: {'kept' if d['kept'] else 'not kept'} ({d['verdict']}): {d['why']}")
+    kept = [w for w in (wheeldecide.kept_wheel(m) for m in manifests) if w is not None]
+
     def make_image() -> stages.Execution | None:
         if not image:
             return None
-        iinp = imagemod.prepare(optimized, settings=image_settings)
+        iinp = imagemod.prepare(optimized, settings=image_settings, wheels=tuple(kept))
         return stages.execute(imagemod.plan(iinp), iinp.work.stamps, iinp.work.logs, console=console, live=live)
 
     if not measure:
-        return PipelineResult(tuple(out), None, make_image())
+        return PipelineResult(tuple(out), None, make_image(), tuple(manifests))
     name = run_name or "pipeline-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    cmd = measure_command(out, run_name=name, quick=quick, system=system)
+    cmd = measure_command(out, run_name=name, quick=quick, system=system, wheels=kept)
     log = WorkArea.from_env().logs / f"measure-{name}.log"
     console.print(f"[bold]measure:[/] {format_command(cmd)}  (log {log})")
     lines: list[str] = []
@@ -218,4 +284,4 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
                            log_path=e.log_path) from None
     # perf bench prints the report's path as its last line on stdout (its progress goes to stderr, merged here).
     report = next((Path(ln.strip()) for ln in reversed(lines) if ln.strip() and Path(ln.strip()).exists()), None)
-    return PipelineResult(tuple(out), report, make_image())
+    return PipelineResult(tuple(out), report, make_image(), tuple(manifests))

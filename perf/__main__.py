@@ -43,7 +43,11 @@ def _add_measure_args(p: argparse.ArgumentParser, default_stages: str | None) ->
                         "followed by @SETTINGS (a host settings name under profiles/host/ or a .toml path: "
                         "allocator preload and tunables, MindSpore launch/threads/affinity, GC policy), so one "
                         "interpreter can be several subjects, e.g. --interp glibc=/usr/bin/python3.11 "
-                        "--interp je=/usr/bin/python3.11@jemalloc; repeat; the first is the baseline")
+                        "--interp je=/usr/bin/python3.11@jemalloc; before any @SETTINGS, +wheel:W.whl (repeatable) "
+                        "installs that wheel in the subject's venv instead of the stock build of its distribution "
+                        "(its own venv, keyed by the wheel's sha256), e.g. --interp stock=PY "
+                        "--interp bolt=PY+wheel:mindspore-2.10.0+bolt.1a2b3c4d-...whl; repeat; the first is the "
+                        "baseline")
     p.add_argument("--workloads", default=",".join(catalog.QUICK_DEFAULT),
                    help=f"comma-separated targets (known: {', '.join(catalog.TARGETS)})")
     p.add_argument("--counter-workloads", default=None, metavar="WORKLOADS",

@@ -3,6 +3,12 @@
 Like `pyperf compare_to`, this is a plain function over loaded suites. Ratios are of medians
 (changed / baseline, so below 1 is faster). Significance is a two-tailed t-test at 95%:
 Student's when both samples have the same size (pyperf's own test), Welch's otherwise.
+
+The geometric mean of the ratios has a test of its own (`geomean_significance`): a Welch t-test of the
+mean over benchmarks of the difference of mean log-values, so "faster on the geometric mean" can be told
+from noise as each benchmark's own verdict is. Like the per-benchmark test it treats every value as an
+independent sample (pyperf's convention), which values of one process are not quite: a run of few rounds
+is less certain than its t score says.
 """
 
 from __future__ import annotations
@@ -55,8 +61,16 @@ class Comparison:
     changed: str
     rows: tuple[Row, ...]
     geomean_ratio: float
+    """Geometric mean of the rows' ratios (of medians): below 1.0 is faster."""
     only_baseline: tuple[str, ...]
     only_changed: tuple[str, ...]
+    geomean_significant: bool = False
+    """Whether the geometric mean differs from 1 at 95% (`geomean_significance`)."""
+    geomean_t: float | None = None
+    """Its t score, signed as the rows' (baseline minus changed: positive when the changed subject is faster);
+    None where it cannot be computed."""
+    geomean_df: float | None = None
+    """Welch-Satterthwaite degrees of freedom of that test."""
 
     @property
     def geomean_speedup(self) -> float:
@@ -78,6 +92,31 @@ def significance(a: list[float], b: list[float]) -> tuple[bool, float | None]:
     t = (statistics.mean(a) - statistics.mean(b)) / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     return abs(t) >= utils.tdist95conf_level(max(1, round(df))), t
+
+
+def geomean_significance(samples: list[tuple[list[float], list[float]]]) -> tuple[bool, float | None, float | None]:
+    """(significant, t, df): is the geometric mean of changed/baseline different from 1, at 95%?
+
+    For each benchmark (baseline values a, changed values b) d = mean(log a) - mean(log b) with variance
+    var(log a)/n_a + var(log b)/n_b; the statistic is the mean of the d over the benchmarks divided by its
+    standard error, with Welch-Satterthwaite degrees of freedom (t > 0: the changed subject is faster, as in
+    the per-benchmark test). A benchmark with fewer than two values on
+    either side makes the whole test impossible: not significant."""
+    if not samples or any(len(a) < 2 or len(b) < 2 or min(a + b) <= 0 for a, b in samples):
+        return False, None, None
+    diffs, parts = [], []
+    for a, b in samples:
+        la, lb = [math.log(x) for x in a], [math.log(x) for x in b]
+        diffs.append(statistics.mean(la) - statistics.mean(lb))  # the rows' sign: positive is faster
+        parts += [(statistics.variance(la) / len(la), len(la)), (statistics.variance(lb) / len(lb), len(lb))]
+    k = len(samples)
+    mean_d = sum(diffs) / k
+    var = sum(u for u, _ in parts) / k**2
+    if var == 0:
+        return mean_d != 0, (0.0 if mean_d == 0 else math.copysign(math.inf, mean_d)), None
+    t = mean_d / math.sqrt(var)
+    df = sum(u for u, _ in parts) ** 2 / sum(u**2 / (n - 1) for u, n in parts)
+    return abs(t) >= extra.pyperf_utils().tdist95conf_level(max(1, round(df))), t, df
 
 
 def _check_compatible(base: pyperf.Benchmark, changed: pyperf.Benchmark, names: tuple[str, str]) -> None:
@@ -107,10 +146,12 @@ def compare_suites(base: pyperf.BenchmarkSuite, changed: pyperf.BenchmarkSuite,
     if not common:
         raise IncompatibleResults(f"{base_name} and {changed_name} have no benchmark in common")
     rows = []
+    samples = []
     for name in common:
         b, c = base.get_benchmark(name), changed.get_benchmark(name)
         _check_compatible(b, c, (base_name, changed_name))
         bv, cv = list(b.get_values()), list(c.get_values())
+        samples.append((bv, cv))
         sig, t = significance(bv, cv)
         rows.append(Row(
             name=name, unit=b.get_unit(),
@@ -119,7 +160,9 @@ def compare_suites(base: pyperf.BenchmarkSuite, changed: pyperf.BenchmarkSuite,
             ratio=c.median() / b.median(), significant=sig, t_score=t,
             n_base=len(bv), n_changed=len(cv)))
     geo = statistics.geometric_mean([r.ratio for r in rows])
+    geo_sig, geo_t, geo_df = geomean_significance(samples)
     return Comparison(
         baseline=base_name, changed=changed_name, rows=tuple(rows), geomean_ratio=geo,
         only_baseline=tuple(n for n in b_names if n not in c_names),
-        only_changed=tuple(sorted(c_names - set(b_names))))
+        only_changed=tuple(sorted(c_names - set(b_names))),
+        geomean_significant=geo_sig, geomean_t=geo_t, geomean_df=geo_df)

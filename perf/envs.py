@@ -9,13 +9,23 @@ Precompiled pycs are a property of a venv, not of a process: a subject whose hos
 in its name), precompiled after installing with `<venv>/bin/python -m hostenv precompile
 <settings>` (the command the image build runs) and stamped, so no subject runs on pycs that another
 subject's settings wrote. Subjects without it share the venv pip compiled (timestamp pycs).
+
+A subject with replaced wheels (`--interp NAME=PY+wheel:W.whl`) also gets a venv of its own
+(`-whl-<digest10>` in its name, the digest over the wheels' sha256): it installs the same requirement
+set from the same wheelhouse with the given wheel standing in for the wheelhouse's build of its
+distribution. The wheel must replace a distribution the venv installs anyway, of the same public
+version (`2.10.0+bolt.1a2b3c4d` for `2.10.0`), so the A/B compares one release's two builds; which files
+differ from the stock wheel (their RECORD hashes) is recorded in run.json.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import shutil
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,8 +33,8 @@ from buildsys.core.paths import REPRODUCIBLE_EPOCH  # the image builds the same 
 
 from hostpgo import runner
 
-from .errors import CommandError
-from .interpreters import Interpreter
+from .errors import CommandError, SpecError
+from .interpreters import WHEEL_FILE_RE, WHEEL_MARK, Interpreter, ReplacedWheel, normalize_dist
 from .workspace import perf_area, safe_name
 
 STAMP = "hostpgo-perf-venv.json"
@@ -44,6 +54,8 @@ class Env:
     """The pyc flavour precompiled into this venv (`pyc_flavour`), None for pip's own timestamp pycs."""
     precompiled: dict | None = None
     """The summary `hostenv precompile` printed (files, mode, seconds), when it ran for this venv."""
+    wheels: tuple[dict, ...] = ()
+    """Per replaced wheel: what it stands in for and which files differ (`replacement`), for run.json."""
 
 
 def pyc_flavour(interp: Interpreter) -> str | None:
@@ -59,7 +71,57 @@ def venv_dir(interp: Interpreter) -> Path:
     """Where a subject's venv lives: one per executable, and per pyc flavour."""
     flavour = pyc_flavour(interp)
     return perf_area() / "venvs" / (f"{safe_name(interp.name)}-{interp.exe_sha256[:10]}"
-                                     + (f"-pyc-{flavour}" if flavour else ""))
+                                     + (f"-pyc-{flavour}" if flavour else "")
+                                     + (f"-whl-{interp.wheels_digest[:10]}" if interp.wheels else ""))
+
+
+def stock_wheel(house: Path, distribution: str) -> Path | None:
+    """The wheelhouse's wheel of a distribution (PEP 503 names compared), or None when the set has none."""
+    for whl in sorted(house.glob("*.whl")):
+        m = WHEEL_FILE_RE.match(whl.name)
+        if m and normalize_dist(m["dist"]) == distribution:
+            return whl
+    return None
+
+
+def wheel_record(wheel: Path) -> dict[str, str]:
+    """A wheel's RECORD as path -> hash text, without its .dist-info entries (their directory carries the
+    version, so they differ between any two versions)."""
+    with zipfile.ZipFile(wheel) as z:
+        name = next((n for n in z.namelist() if n.endswith(".dist-info/RECORD")), None)
+        if name is None:
+            raise SpecError(f"{wheel}: no .dist-info/RECORD: not a wheel")
+        text = z.read(name).decode("utf-8")
+    return {row[0]: row[1] for row in csv.reader(io.StringIO(text))
+            if row and ".dist-info/" not in row[0] and len(row) > 1}
+
+
+def replacement(interp: Interpreter, wheel: ReplacedWheel, house: Path, extras: tuple[str, ...]) -> dict:
+    """Check one replaced wheel against the wheelhouse and say what it replaces (reads files, runs nothing).
+
+    Refused (SpecError naming `--interp` and `+wheel:`): a distribution the venv's requirement set does not
+    hold (the wheel would be added, not swapped), or another public version than the stock wheel's."""
+    flag = f"--interp {interp.name}: {WHEEL_MARK}{wheel.path}"
+    stock = stock_wheel(house, wheel.distribution)
+    if stock is None:
+        raise SpecError(f"{flag}: distribution {wheel.distribution!r} is not in this venv's requirement set "
+                        f"({requirement(extras)}; the wheelhouse {house} holds no {wheel.distribution} wheel): "
+                        f"{WHEEL_MARK} replaces a distribution the venv installs, it does not add one")
+    m = WHEEL_FILE_RE.match(stock.name)
+    stock_version = m["version"] if m else "?"
+    if stock_version.split("+", 1)[0] != wheel.public_version:
+        raise SpecError(f"{flag}: version {wheel.version} is not a build of the venv's {wheel.distribution} "
+                        f"{stock_version} ({stock.name}): the A/B would compare two releases, not two builds")
+    new, old = wheel_record(Path(wheel.path)), wheel_record(stock)
+    return {"distribution": wheel.distribution, "version": wheel.version, "file": wheel.file_name,
+            "path": wheel.path, "sha256": wheel.sha256, "replaces": stock.name,
+            "replaces_sha256": hashlib.sha256(stock.read_bytes()).hexdigest(),
+            "changed_files": sorted(p for p in new if p in old and new[p] != old[p]),
+            "only_in_replacement": sorted(set(new) - set(old)), "only_in_stock": sorted(set(old) - set(new))}
+
+
+_INSTALLED_VERSION = "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))"
+
 
 
 def _precompile(interp: Interpreter, root: Path, py: Path, digest: str, log: Path) -> dict:
@@ -153,7 +215,7 @@ def prepare(interps: list[Interpreter], extras: tuple[str, ...], log: Path) -> l
     houses: dict[str, Path] = {}
     by_exe: dict[tuple[str, str | None], Env] = {}
     for interp in interps:
-        key = (interp.exe_sha256, pyc_flavour(interp))
+        key = (interp.exe_sha256, pyc_flavour(interp), interp.wheels_digest)
         if key in by_exe:
             # The same executable under other host settings (and the same pycs): one venv serves them.
             envs.append(replace(by_exe[key], interp=interp))
@@ -164,13 +226,23 @@ def prepare(interps: list[Interpreter], extras: tuple[str, ...], log: Path) -> l
             houses[interp.cache_tag] = build_wheelhouse(py, interp.cache_tag, extras, log)
         house = houses[interp.cache_tag]
         digest = _digest_dir(house)
+        replaced = tuple(replacement(interp, w, house, extras) for w in interp.wheels)
         stamp_path = root / STAMP
         stamp = {"interpreter": interp.python, "exe_sha256": interp.exe_sha256,
-                 "extras": sorted(extras), "wheelhouse": digest}
+                 "extras": sorted(extras), "wheelhouse": digest,
+                 **({"wheels": interp.wheels_digest} if interp.wheels else {})}
         have = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
         if have != stamp:
+            # One resolution: the given wheels are requirements of their own, so pip takes them instead of the
+            # wheelhouse's build of the same distribution (a local version satisfies `==2.10.0`).
             runner.capture([py, "-m", "pip", "install", "--no-index", "--find-links", house,
-                       requirement(extras)], log=log, timeout=3600)
+                       requirement(extras), *(w.path for w in interp.wheels)], log=log, timeout=3600)
+            for w in interp.wheels:
+                got = runner.capture([py, "-c", _INSTALLED_VERSION, w.distribution], log=log,
+                                     timeout=120).stdout.strip()
+                if got != w.version:
+                    raise CommandError(f"{root}: {w.distribution} {got} is installed, not the {WHEEL_MARK} wheel's "
+                                       f"{w.version}", argv=[str(py), "-m", "pip", "install", w.path])
             runner.capture([py, "-m", "pip", "install", "--no-index", "--find-links", house,
                        "--force-reinstall", "--no-deps", "hostpgo"], log=log, timeout=600)
             stamp_path.write_text(json.dumps(stamp, indent=1))
@@ -178,6 +250,6 @@ def prepare(interps: list[Interpreter], extras: tuple[str, ...], log: Path) -> l
         flavour = pyc_flavour(interp)
         summary = _precompile(interp, root, py, digest, log) if flavour else None
         envs.append(Env(interp=interp, root=root, python=py, wheelhouse_digest=digest, pycs=flavour,
-                        precompiled=summary))
+                        precompiled=summary, wheels=replaced))
         by_exe[key] = envs[-1]
     return envs

@@ -3,10 +3,19 @@
 A spec may end in `@SETTINGS` (a host settings name under profiles/host/ or a path to one): the same
 interpreter then runs as its own subject under those settings (allocator preload and tunables in its
 environment, MindSpore/GC settings applied by the runtime), e.g. `--interp je=/usr/bin/python3.11@jemalloc`.
+
+Before the `@`, `+wheel:PATH.whl` (repeatable) replaces a distribution of the subject's venv with that wheel:
+`--interp stock=PY --interp bolt=PY+wheel:mindspore-2.10.0+bolt.1a2b3c4d-cp311-cp311-linux_x86_64.whl` makes
+stock and rewritten MindSpore two subjects of one interleaved run. Such a subject gets a venv of its own (keyed
+by the wheels' sha256, perf/envs.py), which installs the wheel in place of the wheelhouse's build of the same
+distribution; a wheel whose distribution the venv would not install anyway is refused.
+
+The grammar, parsed in `parse_spec` only: `[NAME=]TARGET[+wheel:WHEEL]...[@SETTINGS]`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,6 +30,10 @@ from .errors import CommandError, IncompatibleResults, SpecError
 from .workspace import hostpgo_home, safe_name
 
 MANIFEST_NAME = "hostpgo-manifest.json"
+WHEEL_MARK = "+wheel:"
+"""Separates a subject's interpreter from a wheel its venv installs instead of the stock one."""
+WHEEL_FILE_RE = re.compile(r"^(?P<dist>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
+"""PEP 427 file name: distribution-version(-build)?-python-abi-platform.whl."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 # Printed by the interpreter under test; kept to the standard library so any build answers. ALLOCATOR_STEMS
@@ -81,6 +94,55 @@ class InterpreterSpec:
     """The text as given, for error messages."""
     host: str | None = None
     """Host settings after `@` (a name under profiles/host/ or a path), or None."""
+    wheels: tuple[str, ...] = ()
+    """Wheel paths after `+wheel:`, as given (checked by `resolve`)."""
+
+
+def normalize_dist(name: str) -> str:
+    """PEP 503 normal form of a distribution name (`MindSpore_GS` -> `mindspore-gs`)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass(frozen=True)
+class ReplacedWheel:
+    """A wheel a subject's venv installs in place of the wheelhouse's build of the same distribution."""
+
+    path: str
+    """Absolute path of the wheel file."""
+    file_name: str
+    """Its base name (PEP 427)."""
+    distribution: str
+    """The distribution it holds, in PEP 503 normal form (`mindspore`)."""
+    version: str
+    """Its version as the file name gives it (`2.10.0+bolt.1a2b3c4d`)."""
+    sha256: str
+    """Digest of the wheel file: keys the subject's venv and is stamped into its results."""
+
+    @property
+    def public_version(self) -> str:
+        """The version without its local label (`2.10.0`): what the stock wheel it replaces must have."""
+        return self.version.split("+", 1)[0]
+
+
+def wheel_identity(path: Path, flag: str) -> ReplacedWheel:
+    """Read a wheel's distribution and version from its file name and digest it; SpecError names `flag`."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise SpecError(f"{flag}: {path} is not a file")
+    m = WHEEL_FILE_RE.match(path.name)
+    if not m:
+        raise SpecError(f"{flag}: {path.name} is not a wheel file name (DIST-VERSION-PY-ABI-PLATFORM.whl)")
+    return ReplacedWheel(path=str(path.resolve()), file_name=path.name, distribution=normalize_dist(m["dist"]),
+                         version=m["version"],
+                         sha256=sha256_of(path))
+
+
+def wheels_digest(wheels: tuple[ReplacedWheel, ...]) -> str:
+    """One digest over a subject's replaced wheels (distribution and file sha256), or `` for none."""
+    if not wheels:
+        return ""
+    return hashlib.sha256("".join(f"{w.distribution}:{w.sha256}\n" for w in sorted(
+        wheels, key=lambda w: w.distribution)).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -118,12 +180,15 @@ class Interpreter:
     """Environment the host settings add to every process of this subject (preload, tunables, settings)."""
     allocators_linked: tuple[str, ...] = ()
     """Allocators the executable links itself (so they are not preloaded again)."""
+    wheels: tuple[ReplacedWheel, ...] = ()
+    """Wheels this subject's venv installs instead of the wheelhouse's (`+wheel:`); empty for the stock venv."""
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["notes"] = list(self.notes)
         data["host_env"] = dict(self.host_env)
         data["allocators_linked"] = list(self.allocators_linked)
+        data["wheels"] = [asdict(w) for w in self.wheels]
         return data
 
     @classmethod
@@ -132,7 +197,13 @@ class Interpreter:
         data["notes"] = tuple(data.get("notes", ()))
         data["host_env"] = tuple((data.get("host_env") or {}).items())
         data["allocators_linked"] = tuple(data.get("allocators_linked") or ())
+        data["wheels"] = tuple(ReplacedWheel(**w) for w in data.get("wheels") or ())
         return cls(**data)
+
+    @property
+    def wheels_digest(self) -> str:
+        """Digest of the replaced wheels (`` when the subject installs the wheelhouse as it is)."""
+        return wheels_digest(self.wheels)
 
     @property
     def host_name(self) -> str:
@@ -141,7 +212,8 @@ class Interpreter:
 
 
 def parse_spec(text: str) -> InterpreterSpec:
-    """Parse one `--interp` value: `NAME=PATH`, a path, or a hostpgo build name; each may end in `@SETTINGS`."""
+    """Parse one `--interp` value: `NAME=PATH`, a path, or a hostpgo build name; each may be followed by
+    `+wheel:WHEEL` (repeatable) and end in `@SETTINGS`."""
     raw = text
     text = text.strip()
     if not text:
@@ -153,7 +225,19 @@ def parse_spec(text: str) -> InterpreterSpec:
         if not host:
             raise SpecError(f"--interp {raw!r}: the host settings after '@' are empty")
         spec = parse_spec(text)
-        return InterpreterSpec(name=spec.name, target=spec.target, raw=raw, host=host)
+        return InterpreterSpec(name=spec.name, target=spec.target, raw=raw, host=host, wheels=spec.wheels)
+    if WHEEL_MARK in text:
+        text, *wheels = text.split(WHEEL_MARK)
+        wheels = [w.strip() for w in wheels]
+        for w in wheels:
+            if not w:
+                raise SpecError(f"--interp {raw!r}: the wheel path after '{WHEEL_MARK}' is empty")
+            if not w.endswith(".whl"):
+                raise SpecError(f"--interp {raw!r}: '{WHEEL_MARK}{w}' does not name a .whl file")
+        if len({Path(w).name for w in wheels}) != len(wheels):
+            raise SpecError(f"--interp {raw!r}: the same wheel is given twice")
+        spec = parse_spec(text)
+        return InterpreterSpec(name=spec.name, target=spec.target, raw=raw, wheels=tuple(wheels))
     if "=" in text:
         name, _, target = text.partition("=")
         name, target = name.strip(), target.strip()
@@ -304,7 +388,13 @@ def resolve(spec: InterpreterSpec, home: Path | None = None) -> Interpreter:
     if manifest_path:
         value = _read_manifest(manifest_path, spec).get("build_id")
         build_id = value if isinstance(value, str) and value else "none"
+    wheels = tuple(wheel_identity(Path(w), f"--interp {spec.raw!r}: {WHEEL_MARK}{w}") for w in spec.wheels)
+    dists = [w.distribution for w in wheels]
+    if len(set(dists)) != len(dists):
+        raise SpecError(f"--interp {spec.raw!r}: two wheels of one distribution ({', '.join(dists)})")
     name = spec.name or (target if origin == "hostpgo-build" and "/" not in target else _derived_name(python, info))
+    if wheels and not spec.name:
+        name = safe_name(name + "".join(f"+{w.distribution}-{w.version.replace('+', '-')}" for w in wheels))
     if host_settings and not spec.name:
         name = safe_name(f"{name}+{host_settings['name']}")
     return Interpreter(
@@ -328,6 +418,7 @@ def resolve(spec: InterpreterSpec, home: Path | None = None) -> Interpreter:
         host_settings=host_settings,
         host_env=tuple(host_env.items()),
         allocators_linked=linked,
+        wheels=wheels,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -44,7 +45,8 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 def _comparison_json(c: Comparison) -> dict:
     return {
         "baseline": c.baseline, "changed": c.changed, "geomean_ratio": c.geomean_ratio,
-        "geomean_speedup": c.geomean_speedup, "only_baseline": list(c.only_baseline),
+        "geomean_speedup": c.geomean_speedup, "geomean_significant": c.geomean_significant,
+        "geomean_t": c.geomean_t, "geomean_df": c.geomean_df, "only_baseline": list(c.only_baseline),
         "only_changed": list(c.only_changed),
         "rows": [{"name": r.name, "unit": r.unit, "base_median": r.base_median, "base_stdev": r.base_stdev,
                   "changed_median": r.changed_median, "changed_stdev": r.changed_stdev, "ratio": r.ratio,
@@ -71,12 +73,15 @@ def _comparison_table(c: Comparison, per_token: dict[str, float] | None = None) 
            else f"**{c.geomean_ratio:.3f}x slower**")
     if not any(r.significant for r in c.rows):
         geo += " (no benchmark differs significantly)"
-    rows.append(["**geometric mean**", "", "", f"**{c.geomean_ratio:.3f}**", geo, "", ""])
+    geo += "; the geometric mean itself: " + ("significant" if c.geomean_significant else "*not significant*")
+    t = "" if c.geomean_t is None or math.isinf(c.geomean_t) else f"{c.geomean_t:.2f}"
+    rows.append(["**geometric mean**", "", "", f"**{c.geomean_ratio:.3f}**", geo, t, ""])
     return _table(headers, rows)
 
 
 def _interpreters_section(record: dict) -> list[str]:
     rows = []
+    replaced = any(i.get("wheels") for i in record["interpreters"])
     for i in record["interpreters"]:
         flags = [f for f in ("--enable-optimizations", "--with-lto") if f in i.get("config_args", "")]
         linked = i.get("libpython_loaded")
@@ -85,10 +90,37 @@ def _interpreters_section(record: dict) -> list[str]:
         rows.append([i["name"] + (" (baseline)" if i["name"] == record["baseline"] else ""), i["version"],
                      f"`{i['python']}`", i.get("origin", ""), i.get("manifest_digest", "none")[:12],
                      i.get("exe_sha256", "")[:12], " ".join(flags) or "-",
-                     _host_cell(i) + _pycs_cell(record.get("venvs", {}).get(i["name"], {}))])
+                     _host_cell(i) + _pycs_cell(record.get("venvs", {}).get(i["name"], {}))]
+                    + ([_wheels_cell(i, record.get("venvs", {}).get(i["name"], {}))] if replaced else []))
     return ["## Interpreters", ""] + _table(
-        ["name", "version", "python", "origin", "manifest sha256", "executable sha256", "build", "host settings"],
-        rows) + [""]
+        ["name", "version", "python", "origin", "manifest sha256", "executable sha256", "build", "host settings"]
+        + (["replaced wheels"] if replaced else []), rows) + [""]
+
+
+def _wheels_cell(interp: dict, venv: dict) -> str:
+    """The wheels a subject's venv installs instead of the wheelhouse's (`--interp ...+wheel:W.whl`), and what
+    differs from the stock wheel; `stock` for a subject that installs the wheelhouse as it is."""
+    if not interp.get("wheels"):
+        return "stock"
+    by_file = {w.get("file"): w for w in venv.get("wheels", [])}
+    cells = []
+    for w in interp["wheels"]:
+        v = by_file.get(w["file_name"], {})
+        differ = f"; {len(v['changed_files'])} files differ from `{v['replaces']}`" if "changed_files" in v else ""
+        cells.append(f"`{w['distribution']} {w['version']}` (sha256 {w['sha256'][:12]}{differ})")
+    return "; ".join(cells)
+
+
+def replaced_libraries(record: dict) -> dict[str, list[str]]:
+    """Per subject with replaced wheels: the base names of the native libraries that differ from the stock
+    wheel (as perf report names shared objects), from the venv record of run.json."""
+    out: dict[str, list[str]] = {}
+    for name, venv in record.get("venvs", {}).items():
+        libs = [os.path.basename(f) for w in venv.get("wheels", []) for f in w.get("changed_files", [])
+                if re.search(r"\.so(\.\d+)*$", f)]
+        if libs:
+            out[name] = list(dict.fromkeys(libs))
+    return out
 
 
 def _host_cell(interp: dict) -> str:
@@ -244,6 +276,57 @@ def _attribution_shift(att: dict, names: list[str], target: str, base: str, out:
             "the rows that move show which layer each setting changed):", ""] + _table(headers, rows) + [""]
 
 
+def _stock_twin(record: dict, name: str) -> str:
+    """The subject that is `name` without its replaced wheels (same executable, same host settings), so the
+    per-library shift is stock vs rewritten alone; the run's baseline where the run has no such subject."""
+    by = {i["name"]: i for i in record["interpreters"]}
+    me = by[name]
+    for i in record["interpreters"]:
+        if i["name"] != name and not i.get("wheels") and i.get("exe_sha256") == me.get("exe_sha256") \
+                and (i.get("host_env") or {}) == (me.get("host_env") or {}):
+            return i["name"]
+    return record["baseline"]
+
+
+def _replaced_library_shift(att: dict, record: dict, target: str, out: dict) -> list[str]:
+    """Host time per unit of each rewritten library (share of its shared object x latency median), stock vs
+    each subject whose venv replaced a wheel: which of the replaced libraries got faster, and by how much.
+
+    "Stock" is the same interpreter and host settings without the wheels when the run has it (`_stock_twin`),
+    else the baseline. The libraries are the native files whose RECORD hash differs from the stock wheel's;
+    they keep their names and paths, so the same shared object is compared (and grouped alike above)."""
+    medians: dict[str, float] = {}
+    for comp in out.get("latency", []):
+        for r in comp["rows"]:
+            if r["name"] == target:
+                medians[comp["baseline"]] = r["base_median"]
+                medians[comp["changed"]] = r["changed_median"]
+    lines: list[str] = []
+    for name, libs in replaced_libraries(record).items():
+        ref = _stock_twin(record, name) if name in {i["name"] for i in record["interpreters"]} else None
+        if ref is None or name == ref or any(n not in att or target not in att[n] or n not in medians
+                                             for n in (name, ref)):
+            continue
+        rows, shift = [], {}
+        for lib in libs:
+            b = att[ref][target]["dso"].get(lib, 0.0) / 100 * medians[ref]
+            c = att[name][target]["dso"].get(lib, 0.0) / 100 * medians[name]
+            shift[lib] = {"stock": b, "changed": c}
+            rows.append([f"`{lib}`", f"{att[ref][target]['dso'].get(lib, 0.0):.1f}%", _fmt_time(b),
+                         f"{att[name][target]['dso'].get(lib, 0.0):.1f}%", _fmt_time(c),
+                         ("+" if c >= b else "-") + _fmt_time(abs(c - b))])
+        b_all = sum(v["stock"] for v in shift.values())
+        c_all = sum(v["changed"] for v in shift.values())
+        rows.append(["**replaced libraries**", "", _fmt_time(b_all), "", _fmt_time(c_all),
+                     ("+" if c_all >= b_all else "-") + _fmt_time(abs(c_all - b_all))])
+        out.setdefault("replaced_library_shift", {}).setdefault(target, {})[name] = {"stock": ref, "libraries": shift}
+        lines += [f"Replaced libraries, {name} vs {ref} (host time per unit: the shared object's sampled share "
+                  "x latency median; a library absent from the samples shows 0):", ""]
+        lines += _table(["shared object", f"{ref} share", f"{ref} per unit", f"{name} share",
+                         f"{name} per unit", "change"], rows) + [""]
+    return lines
+
+
 def _attribution_section(record: dict, out: dict | None = None) -> list[str]:
     att = record.get("attribution")
     if not att:
@@ -262,6 +345,7 @@ def _attribution_section(record: dict, out: dict | None = None) -> list[str]:
         lines += [f"### {target}", ""] + _table(["library"] + names, rows) + [""]
         if record["baseline"] in names:
             lines += _attribution_shift(att, names, target, record["baseline"], out if out is not None else {})
+            lines += _replaced_library_shift(att, record, target, out if out is not None else {})
         dso_rows = []
         dsos: list[str] = []
         for n in names:

@@ -86,7 +86,8 @@ def _stamp(interp: Interpreter, wheelhouse: str) -> dict[str, str]:
     return {"hostpgo_interp": interp.name, "hostpgo_manifest_sha256": interp.manifest_digest,
             "hostpgo_build_id": interp.build_id,
             "hostpgo_exe_sha256": interp.exe_sha256[:16], "hostpgo_wheelhouse": wheelhouse[:16] or "none",
-            "hostpgo_host_settings": interp.host_name}
+            "hostpgo_host_settings": interp.host_name,
+            **({"hostpgo_wheels": interp.wheels_digest[:16]} if interp.wheels else {})}
 
 
 def _open_record(plan: Plan) -> dict:
@@ -103,7 +104,7 @@ def _open_record(plan: Plan) -> dict:
         # interpreter under the same name would mix old and new figures in one report.
         for old, interp in zip(record["interpreters"], plan.interpreters):
             now = interp.to_json()
-            changed = [k for k in ("exe_sha256", "host_env") if old.get(k) != now.get(k)]
+            changed = [k for k in ("exe_sha256", "host_env", "wheels") if (old.get(k) or []) != (now.get(k) or [])]
             if changed:
                 raise IncompatibleResults(
                     f"{plan.run_dir / results.RUN_FILE}: interpreter {interp.name!r} is not the one this run "
@@ -168,13 +169,14 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         stamps = {e.interp.name: _stamp(e.interp, e.wheelhouse_digest) for e in prepared}
         # What a counter run depends on besides its command line: the executable and the installed code.
         reuse_keys = {e.interp.name: f"{e.interp.exe_sha256}:{e.wheelhouse_digest}" + (f":{e.pycs}" if e.pycs else "")
-                      for e in prepared}
+                      + (f":whl-{e.interp.wheels_digest}" if e.interp.wheels else "") for e in prepared}
         record["venvs"] = {e.interp.name: {"python": str(e.python), "wheelhouse_sha256": e.wheelhouse_digest,
                                            "pycs": e.pycs or "as pip wrote them (timestamp)",
                                            **({"precompiled": {k: e.precompiled.get(k) for k in
                                                                ("mode", "no_debug_ranges", "files", "compiled",
                                                                 "seconds", "paths")}}
-                                              if e.precompiled else {})}
+                                              if e.precompiled else {}),
+                                           **({"wheels": list(e.wheels)} if e.wheels else {})}
                            for e in prepared}
     else:
         pythons = {i.name: Path(i.python) for i in plan.interpreters}

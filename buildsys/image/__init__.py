@@ -8,7 +8,8 @@ Four layers, each holding only what its step changed in the one rootfs they are 
             (found with ldd on this host, mapped with `dpkg -S`), plus the allocator packages (`base`);
 2. python:  the installed prefix at /opt/hostpgo/python (a static-libpython build finds its stdlib from
             its own location; CPython's test suite is left out, the verify stage already ran it);
-3. venv:    /opt/hostpgo/venv from wheels only (`pip --no-index`): this project with its `runtime` extra;
+3. venv:    /opt/hostpgo/venv from wheels only (`pip --no-index`): this project with its `runtime` extra (and
+            any rewritten wheel bolt-wheel's decision kept, `prepare(wheels=...)`, in place of the stock one);
 4. runtime: the host settings files at /opt/hostpgo/host, the pre-generated built-in checkpoint under
             /var/lib/hostpgo, precompiled bytecode when the settings ask for it, and hostpgo-image.json.
 
@@ -67,7 +68,7 @@ from .model import (
                    tag_slug,
 )
 from .oci import ImageDigests, read_image
-from .planner import RECORD_NAME, build_env, plan, project_digest
+from .planner import RECORD_NAME, build_env, plan, project_digest, replaced_wheels, venv_install_argv
 from .rootfs import chroot_argv, copy_prefix, extract_base, mounted, remove_stale
 from .verify import check_digests, missing_in_image, verify_layout
 
@@ -78,5 +79,6 @@ __all__ = [
     "check_host", "chroot_argv", "copy_prefix", "elf_files", "entrypoint", "epoch_iso", "extract_base", "image_dir",
     "image_env", "image_requirements", "include_option", "is_elf", "labels", "layout_tag", "library_packages",
     "missing_in_image", "mounted", "oci_arch", "owning_package", "parse_ldd", "plan", "prepare", "project_digest",
-    "read_image", "remove_stale", "resolve_settings", "snapshot", "tag_slug", "verify_layout", "write_layer",
+    "read_image", "remove_stale", "replaced_wheels", "resolve_settings", "snapshot", "tag_slug", "venv_install_argv",
+    "verify_layout", "write_layer",
 ]

@@ -72,14 +72,19 @@ def resolve_settings(ref: str) -> tuple[str, dict[str, Any], tuple[Path, ...]]:
 def prepare(build: str, *, settings: str = "default", tag: str | None = None, archive: Path | None = None,
             work: WorkArea | None = None, runner: Runner | None = None,
             host_check=check_host, sources: Sequence[AptSource] | None = None,
-            scan_libraries: bool = True) -> ImageInputs:
+            scan_libraries: bool = True, wheels: Sequence[Path] = ()) -> ImageInputs:
     """The inputs of the image of installed build `build` (a profile name or a prefix path).
+
+    `wheels` are rewritten wheels (bolt-wheel's kept ones) the venv installs instead of the stock builds.
 
     `scan_libraries=False` (a dry run) leaves the base's packages unresolved instead of running ldd and
     dpkg -S over the prefix and the runtime's dependencies; the plan then shows them as resolved at run time.
     """
     work = work or WorkArea.from_env()
     host_check()
+    missing_wheels = [str(w) for w in wheels if not Path(w).is_file()]
+    if missing_wheels:
+        raise ImageError(f"wheel(s) to install in the image do not exist: {', '.join(missing_wheels)}")
     pattern = re.compile(r"cpython-\d+\.\d+\.\d+-" + re.escape(build) + "$")
     candidates = (sorted(p for p in work.install.glob("cpython-*") if pattern.match(p.name))
                   if "/" not in build else [Path(build)])
@@ -151,4 +156,5 @@ def prepare(build: str, *, settings: str = "default", tag: str | None = None, ar
                        requirements=reqs, work=work,
                        tag=tag or f"hostpgo/{stem}:{sname}", verify_workloads=verify,
                        unresolved=tuple(sorted(unresolved)), archive=archive,
-                       notes=tuple(notes), allocator_builds=tuple(allocator_builds))
+                       notes=tuple(notes), allocator_builds=tuple(allocator_builds),
+                       wheels=tuple(Path(w).resolve() for w in wheels))

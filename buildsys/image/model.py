@@ -96,6 +96,9 @@ class ImageInputs:
     """hostpgo-built allocator prefixes the host settings name (`allocator.build`), shipped under
     DATA_DIR/install/<name> so the entrypoint's hostenv finds them there ($HOSTPGO_HOME is DATA_DIR)."""
     """Printed with the plan."""
+    wheels: tuple[Path, ...] = ()
+    """Rewritten wheels the venv installs instead of the stock builds of their distributions (the ones
+    bolt-wheel's decision kept); put into the venv's wheelhouse and named in the image record."""
 
     @property
     def minor(self) -> str:
@@ -124,7 +127,8 @@ def labels(inp: ImageInputs) -> dict[str, str]:
             "org.opencontainers.image.created": epoch_iso(),
             "io.hostpgo.build": inp.build_id, "io.hostpgo.profile": inp.build,
             "io.hostpgo.host-settings": inp.settings_name,
-            "io.hostpgo.build-manifest-sha256": sha256_of(inp.prefix / manifest_mod.FILE_NAME)}
+            "io.hostpgo.build-manifest-sha256": sha256_of(inp.prefix / manifest_mod.FILE_NAME),
+            **({"io.hostpgo.wheels": " ".join(w.name for w in inp.wheels)} if inp.wheels else {})}
 
 
 def tag_slug(tag: str) -> str:

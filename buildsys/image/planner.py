@@ -66,6 +66,26 @@ def build_env(settings: dict[str, Any] | None = None) -> dict[str, str]:
     return {**image_env(settings or {}), "SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH}
 
 
+def venv_install_argv(vpy: str, inp: ImageInputs) -> list[str]:
+    """The venv layer's pip command (pure): hostpgo[runtime] from the staged wheels, each rewritten wheel named
+    as a requirement of its own so pip installs it instead of the stock build of its distribution."""
+    return [vpy, "-m", "pip", "install", "--no-index", "--find-links", "/tmp/hostpgo-wheels", "--no-cache-dir",
+            "--disable-pip-version-check", "hostpgo[runtime]", *(f"/tmp/hostpgo-wheels/{w.name}" for w in inp.wheels)]
+
+
+def replaced_wheels(inp: ImageInputs) -> list[dict[str, str]]:
+    """The image record's names of the rewritten wheels, with their sha256 and the bolt-wheel manifest beside each."""
+    out = []
+    for w in inp.wheels:
+        manifest = w.parent / "hostpgo-wheelbolt.json"
+        doc = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        out.append({"file": w.name, "sha256": sha256_of(w), "distribution": w.name.split("-", 1)[0],
+                    "version": w.name.split("-")[1],
+                    **({"wheelbolt_manifest_sha256": sha256_of(manifest),
+                        "decision": (doc.get("decision") or {}).get("verdict")} if doc else {})})
+    return out
+
+
 def plan(inp: ImageInputs) -> BuildPlan:
     work = inp.work
     epoch = int(REPRODUCIBLE_EPOCH)
@@ -88,7 +108,8 @@ def plan(inp: ImageInputs) -> BuildPlan:
                            "settings_name": inp.settings_name, "settings": dict(inp.settings),
                            "settings_files": settings_digest, "project": project_digest(), "tag": inp.tag,
                            **({"allocator_builds": {p.name: sha256_of(p / manifest_mod.FILE_NAME)
-                                                    for p in inp.allocator_builds}} if inp.allocator_builds else {})})
+                                                    for p in inp.allocator_builds}} if inp.allocator_builds else {}),
+                           **({"wheels": {w.name: sha256_of(w) for w in inp.wheels}} if inp.wheels else {})})
     out = image_dir(inp, assemble_key)
     layout = out / "oci"
     ltag = layout_tag(inp.tag)
@@ -135,6 +156,8 @@ def plan(inp: ImageInputs) -> BuildPlan:
             # From wheels only; the project's own wheel is built reproducibly for the image.
             stage_dir = rootfs / "tmp" / "hostpgo-wheels"
             shutil.copytree(wheels, stage_dir)
+            for w in inp.wheels:  # beside the stock build of the same distribution; named below, so pip takes it
+                shutil.copy2(w, stage_dir / w.name)
             r.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(stage_dir), str(REPO_ROOT)],
                   env=epoch_env, timeout=900)
             cenv = build_env()
@@ -142,9 +165,7 @@ def plan(inp: ImageInputs) -> BuildPlan:
                 r.run(chroot_argv(rootfs, {**cenv, "PYTHONDONTWRITEBYTECODE": "1"},
                                   [py, "-c", "import sys; print(sys.prefix, sys.version)"]), timeout=120)
                 r.run(chroot_argv(rootfs, cenv, [py, "-m", "venv", VENV_DIR]), timeout=600)
-                r.run(chroot_argv(rootfs, cenv, [vpy, "-m", "pip", "install", "--no-index", "--find-links",
-                                                 "/tmp/hostpgo-wheels", "--no-cache-dir",
-                                                 "--disable-pip-version-check", "hostpgo[runtime]"]), timeout=3600)
+                r.run(chroot_argv(rootfs, cenv, venv_install_argv(vpy, inp)), timeout=3600)
             shutil.rmtree(stage_dir)
 
         def runtime(rootfs: Path) -> None:
@@ -176,13 +197,15 @@ def plan(inp: ImageInputs) -> BuildPlan:
                            "packages": dict(ln.split(" ", 1) for ln in packages.splitlines() if " " in ln)},
                 "python_packages": {p["name"]: p["version"]
                                     for p in json.loads((pip_list.strip().splitlines() or ["[]"])[0])},
-                "unresolved_on_build_host": list(inp.unresolved)})
+                "unresolved_on_build_host": list(inp.unresolved),
+                **({"replaced_wheels": replaced_wheels(inp)} if inp.wheels else {})})
             write_json(rootfs / ROOT.lstrip("/") / RECORD_NAME, record)
 
         n = len(inp.packages or ())
         return [LayerStep("base", f"debian {suite} minbase + {n} runtime library packages", base),
                 LayerStep("python", f"CPython {inp.build_id} (hostpgo profile {inp.build})", python),
-                LayerStep("venv", f"venv: hostpgo[runtime] ({', '.join(inp.requirements)})", venv),
+                LayerStep("venv", f"venv: hostpgo[runtime] ({', '.join(inp.requirements)})"
+                          + (f", rewritten: {', '.join(w.name for w in inp.wheels)}" if inp.wheels else ""), venv),
                 LayerStep("runtime", f"host settings ({inp.settings_name}), "
                           + "".join(f"allocator build {p.name}, " for p in inp.allocator_builds)
                           + "built-in checkpoint, image record", runtime)]
@@ -218,7 +241,8 @@ def plan(inp: ImageInputs) -> BuildPlan:
                                       workloads=inp.verify_workloads, unresolved=inp.unresolved))
 
     assemble_what = (f"extract {base_tar} | copy {inp.prefix} -> {PYTHON_DIR} | chroot: {py} -m venv {VENV_DIR}; "
-                     f"pip install --no-index hostpgo[runtime] | host settings -> {HOST_DIR}, checkpoint -> "
+                     f"pip install --no-index hostpgo[runtime]"
+                     + "".join(f" {w.name}" for w in inp.wheels) + f" | host settings -> {HOST_DIR}, checkpoint -> "
                      f"{DATA_DIR} | each step one layer (sorted tar, mtimes clamped to {REPRODUCIBLE_EPOCH}, "
                      f"numeric owners, gzip mtime 0) | config, manifest, index.json -> {layout}")
     stages = [
@@ -268,5 +292,6 @@ def plan(inp: ImageInputs) -> BuildPlan:
     summary = {"prefix": str(out), "layout": str(layout), "tag": inp.tag, "base": str(base_tar),
                "base_command": base_argv, "wheels": str(wheels),
                "packages": list(inp.packages) if inp.packages is not None else None,
-               "layers": list(LAYER_NAMES), "entrypoint": entrypoint(inp.settings_name)}
+               "layers": list(LAYER_NAMES), "entrypoint": entrypoint(inp.settings_name),
+               **({"replaced_wheels": [str(w) for w in inp.wheels]} if inp.wheels else {})}
     return BuildPlan(f"image-{tag_slug(inp.tag)}", tuple(stages), inp.notes, summary, finish)

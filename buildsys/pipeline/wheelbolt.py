@@ -23,6 +23,11 @@ Stages (a BuildPlan executed by buildsys.stages.execute, each stamped by its inp
     wheelbolt-verify   the new wheel installed with pip into a scratch directory put first on PYTHONPATH:
                        the package imports, the rewritten libraries are the ones loaded, every runtime
                        workload reproduces its golden token digest
+    wheelbolt-decide   only with --keep-if-faster: an interleaved A/B (python -m perf bench, stock vs
+                       rewritten wheel, decode-b1/decode-b8/serve-mixed; --quick for fewer rounds) and the
+                       keep rule of buildsys/pipeline/wheeldecide.py: kept only when significantly faster on
+                       the geometric mean and significantly slower on no workload; the verdict, its figures
+                       and the perf run directory go into the manifest's `decision`
 
 `--interp` is the interpreter of the environment the wheel is installed in (a venv's python, not
 resolved through its symlink): training and verification run there, so they see the package's own
@@ -60,7 +65,7 @@ from hostpgo import fsutil
 from hostpgo.errors import CommandError, HostpgoError, InputError, SettingsError
 from hostpgo.runner import Runner, format_command, which
 
-from . import callgrind
+from . import callgrind, wheeldecide
 from ..toolchain.profile import BoltStock
 from ..toolchain import facts as facts_mod
 from .bolt import BOLT_NOTE, Sampling, check_gnu_stack, read_elf
@@ -201,6 +206,8 @@ class Inputs:
     """Digest of what the training runs execute (e.g. the runtime's sources)."""
     env: tuple[tuple[str, str], ...] = ()
     """Extra environment for every run (e.g. PYTHONPATH of a test's site directory)."""
+    decide: wheeldecide.DecideSettings | None = None
+    """With --keep-if-faster: how the decide stage times stock against rewritten; None plans no decide stage."""
 
 
 def choose_collector(requested: str, sampling: Sampling, *, valgrind: bool) -> tuple[str, str]:
@@ -449,13 +456,30 @@ def plan(inp: Inputs) -> BuildPlan:
     stages.append(Stage("wheelbolt-verify", "install the new wheel aside; import it; golden digests", ykey,
                         tuple(checks), outputs=(verify_dir,)))
 
+    # 6. decide (only with --keep-if-faster)
+    if inp.decide is not None:
+        d = inp.decide
+        decide_dir = w / "decide"
+        shown = wheeldecide.bench_command(d.perf_python, inp.python, f"{dist_dir}/<the wheel>", decide_dir / "run",
+                                          workloads=d.workloads, quick=d.quick)
+        dkey = digest({"stage": "wheelbolt-decide", "prev": ykey, "workloads": list(d.workloads), "quick": d.quick,
+                       "rule": wheeldecide.RULE_VERSION, "python": inp.python})
+        stages.append(Stage("wheelbolt-decide", "interleaved A/B of stock vs rewritten; keep only when faster", dkey,
+                            (Call(f"{format_command(shown, {'HOSTPGO_HOME': d.home})}; then the rule on "
+                                  f"{decide_dir}/run/comparison.json: {wheeldecide.RULE}",
+                                  _decide(inp, dist_dir, decide_dir)),),
+                            outputs=(decide_dir,),
+                            notes=("a timed A/B on a shared machine is noise unless the t-tests say otherwise: "
+                                   "only a significant geometric mean keeps the wheel",)))
+
     summary = {"package": inp.package, "version": inp.installed.version, "python": inp.python,
                "installed": str(inp.installed.location / inp.installed.dist_info),
                "profile": inp.profile_name, "profile_digest": inp.profile_digest,
                "collector": inp.collector, "collector_why": inp.collector_why,
                "training": [" ".join(r.driver_args) for r in inp.training],
                "libraries": [lib.name for lib in inp.libraries], "apply": list(st.apply),
-               "bolt_stock": asdict(st), "work_dir": str(w)}
+               "bolt_stock": asdict(st), "work_dir": str(w),
+               **({"decide": asdict(inp.decide)} if inp.decide is not None else {})}
     notes = tuple(f"{lib.name}: "
                   f"{'stripped (--allow-stripped; functions from .eh_frame)' if lib.stripped else 'symbols'}"
                   f", {'has' if lib.code_relocations else 'no'} .rela.text" for lib in inp.libraries)
@@ -711,6 +735,25 @@ def _verified(inp: Inputs, verify_dir: Path, site: Path):
     return fn
 
 
+def _decide(inp: Inputs, dist_dir: Path, decide_dir: Path):
+    def fn(ctx: StageContext) -> None:
+        d = inp.decide
+        assert d is not None
+        wheel = _built_wheel(ctx, dist_dir)
+        run_dir = decide_dir / "run"
+        decide_dir.mkdir(parents=True, exist_ok=True)
+        cmd = wheeldecide.bench_command(d.perf_python, inp.python, wheel, run_dir, workloads=d.workloads,
+                                        quick=d.quick)
+        ctx.runner.run(cmd, env={"HOSTPGO_HOME": d.home}, cwd=inp.repo, timeout=d.timeout)
+        comparison = run_dir / "comparison.json"
+        if not comparison.is_file():
+            raise HostpgoError(f"python -m perf bench wrote no {comparison}")
+        decision = wheeldecide.decide(json.loads(comparison.read_text()), d.workloads)
+        ctx.info["decision"] = {**decision.to_json(), "run": str(run_dir), "command": cmd, "quick": d.quick,
+                                "wheel": str(wheel)}
+    return fn
+
+
 # ---------------------------------------------------------------------------------------------
 # The manifest.
 
@@ -721,6 +764,7 @@ def write_manifest(ex: Execution, inp: Inputs) -> dict:
     app = res.get("wheelbolt-apply")
     pack = res.get("wheelbolt-pack")
     ver = res.get("wheelbolt-verify")
+    dec = res.get("wheelbolt-decide")
     libs = []
     for lib in inp.libraries:
         a = (app.info.get("libraries", {}) if app else {}).get(lib.name, {})
@@ -741,6 +785,7 @@ def write_manifest(ex: Execution, inp: Inputs) -> dict:
            "collector": {"method": inp.collector, "why": inp.collector_why},
            "apply": list(inp.stock.apply), "tools": dict(inp.tools.versions), "libraries": libs,
            "verified": ver.info.get("checks_passed") if ver else None,
+           "decision": dec.info.get("decision") if dec else None,
            "stages": {n: {"seconds": round(r.seconds, 1), "skipped": r.skipped, "key": r.key} for n, r in res.items()},
            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     validate_manifest(doc)
@@ -763,6 +808,14 @@ def validate_manifest(doc: Mapping[str, Any]) -> None:
     for lib in doc["libraries"]:
         if lib.get("rewritten") and not (lib.get("input_sha256") and lib.get("output_sha256")):
             raise HostpgoError(f"wheelbolt manifest: {lib.get('name')} lacks its input or output sha256")
+    decision = doc.get("decision")
+    if decision is not None:
+        if decision.get("verdict") not in wheeldecide.VERDICTS or not isinstance(decision.get("kept"), bool):
+            raise HostpgoError(f"wheelbolt manifest: decision verdict {decision.get('verdict')!r} / kept "
+                               f"{decision.get('kept')!r} is not one of {wheeldecide.VERDICTS}")
+        if decision["kept"] != (decision["verdict"] == "faster") or not decision.get("run"):
+            raise HostpgoError("wheelbolt manifest: a decision keeps the wheel exactly when it is 'faster', and "
+                               "names its perf run")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -859,13 +912,17 @@ def prepare(args: argparse.Namespace, runner: Runner, work: WorkArea) -> Inputs:
     files_digest = hashlib.sha256(b"".join(Path(f).read_bytes() for f in prof.files)).hexdigest()
     training_digest = training.runtime_digest() if not args.call else ""
     build = f"{args.package}-{installed.version}-{prof.name}"
+    decide = None
+    if getattr(args, "keep_if_faster", False):
+        decide = wheeldecide.DecideSettings(workloads=tuple(args.decide_workloads or wheeldecide.DECIDE_WORKLOADS),
+                                            quick=bool(args.quick), perf_python=sys.executable, home=str(work.root))
     return Inputs(package=args.package, python=python, installed=installed, libraries=libraries,
                   training=tuple(runs), checks=tuple(checks), import_name=import_name, stock=stock,
                   collector=collector, collector_why=why, tools=tools, work_dir=work.root / "wheelbolt" / build,
                   stamps=work.stamps, logs=work.logs, profile_name=prof.name,
                   profile_digest=digest({"files": files_digest, "stock": asdict(stock),
                                          "runs": [asdict(r) for r in runs]}),
-                  training_digest=training_digest)
+                  training_digest=training_digest, decide=decide)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -882,29 +939,54 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="measured steps per workload (default bolt.stock.steps)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a profile key, e.g. bolt.stock.steps=8")
+    p.add_argument("--keep-if-faster", action="store_true",
+                   help="add the decide stage: an interleaved A/B (python -m perf bench) of stock vs rewritten on "
+                        f"{','.join(wheeldecide.DECIDE_WORKLOADS)}; the wheel is kept only when significantly faster "
+                        "on the geometric mean and significantly slower on no workload (the manifest's `decision`)")
+    p.add_argument("--quick", action="store_true", help="with --keep-if-faster: perf bench --quick (fewer rounds)")
+    p.add_argument("--decide-workloads", nargs="+", metavar="WORKLOAD",
+                   help="with --keep-if-faster: the A/B's workloads (default "
+                        f"{' '.join(wheeldecide.DECIDE_WORKLOADS)})")
     p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+
+
+def arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """bolt-wheel's options from a command line (what the pipeline runs in-process), parsed by its own parser."""
+    p = argparse.ArgumentParser(prog="python -m buildsys bolt-wheel")
+    add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def build(args: argparse.Namespace, *, live: bool | None = None) -> tuple[Execution, dict, Path]:
+    """Prepare, plan and execute: (the execution, the manifest written, its path in the work directory)."""
+    work = WorkArea.from_env()
+    inp = prepare(args, Runner(None), work)
+    ex = execute(plan(inp), inp.stamps, inp.logs, live=sys.stderr.isatty() if live is None else live)
+    return ex, json.loads((inp.work_dir / MANIFEST_NAME).read_text()), inp.work_dir / MANIFEST_NAME
 
 
 def run(args: argparse.Namespace) -> int:
     """Prepare, plan and execute (or print the plan); errors propagate to the CLI, which maps them."""
-    work = WorkArea.from_env()
-    inp = prepare(args, Runner(None), work)
-    bp = plan(inp)
     if args.dry_run:
-        print(render_plan(bp))
+        inp = prepare(args, Runner(None), WorkArea.from_env())
+        print(render_plan(plan(inp)))
         return 0
-    ex = execute(bp, inp.stamps, inp.logs, live=sys.stderr.isatty())
-    doc = json.loads((inp.work_dir / MANIFEST_NAME).read_text())
+    ex, doc, manifest = build(args)
     for lib in doc["libraries"]:
         print(f"{lib['name']}: " + (f"{lib['functions_overwritten']} of {lib['functions_total']} functions "
                                     f"rewritten in {lib['apply_seconds']}s" if lib["rewritten"] else
                                     f"left as shipped ({lib['why']})"))
     conv = ex.results["wheelbolt-convert"].info
-    listed = {str(lib.path) for lib in inp.libraries}
+    listed = {str(Path(doc["input"]["location"]) / lib["name"]) for lib in doc["libraries"]}
     for o in conv.get("top_objects", []):
         mark = "" if o["object"] in listed else "  (not rewritten)"
         print(f"  window share {o['share_of_window']:7.2%}  {o['object']}{mark}")
     print(f"wheel: {doc['output']['wheel']}  (sha256 {doc['output']['sha256']})")
     print(f"verified: {', '.join(doc['verified'] or [])}")
-    print(f"manifest: {inp.work_dir / MANIFEST_NAME}")
+    decision = doc.get("decision")
+    if decision:
+        print(f"decision: {'KEPT' if decision['kept'] else 'not kept'} ({decision['verdict']}): {decision['why']}")
+        print(f"  rule: {decision['rule']}")
+        print(f"  perf run: {decision['run']}" + ("  (--quick: fewer rounds)" if decision.get("quick") else ""))
+    print(f"manifest: {manifest}")
     return 0

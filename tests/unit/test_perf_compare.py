@@ -85,3 +85,27 @@ def test_refuses_different_units_and_disjoint_suites():
         compare_suites(suite(bench("a", FAST)), suite(bench("a", [100, 101, 102], unit="byte")))
     with pytest.raises(IncompatibleResults, match="no benchmark in common"):
         compare_suites(suite(bench("a", FAST)), suite(bench("b", FAST)))
+
+
+def test_geometric_mean_significance():
+    from perf.compare import geomean_significance
+
+    # Every benchmark a third faster: the geometric mean is, significantly.
+    c = compare_suites(suite(bench("a", SLOW), bench("b", SLOW)), suite(bench("a", FAST), bench("b", FAST)))
+    assert c.geomean_significant and c.geomean_t > 0 and c.geomean_df > 1  # signed as the rows: faster > 0
+    assert c.rows[0].t_score > 0
+    # Overlapping samples: not significant, whatever the ratio.
+    c = compare_suites(suite(bench("a", FAST), bench("b", FAST)), suite(bench("a", NOISY), bench("b", NOISY)))
+    assert not c.geomean_significant and c.geomean_t is not None
+    # One faster, one as much slower: the logs cancel, so the geometric mean is not significant.
+    half = [v / 1.5 for v in SLOW]
+    sig, t, _ = geomean_significance([(SLOW, half), (half, SLOW)])
+    assert not sig and abs(t) < 1e-9
+    # A single value each cannot be tested.
+    assert geomean_significance([([1.0], [0.5])]) == (False, None, None)
+    # Hand-checked: d = log 2 for one benchmark, variances zero -> significant, t = +inf (faster).
+    sig, t, df = geomean_significance([([2.0, 2.0], [1.0, 1.0])])
+    assert sig and t == math.inf and df is None
+    # By hand: logs [0, 1] and [1, 2]: d = -1 (slower), variance 0.25 + 0.25, t = 1/sqrt(0.5), df = 0.5**2 / (2 * 0.25**2) = 2.
+    sig, t, df = geomean_significance([([1.0, math.e], [math.e, math.e**2])])
+    assert t == pytest.approx(-1 / math.sqrt(0.5)) and df == pytest.approx(2.0) and not sig  # t95(2) = 4.30

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from rich.console import Console
 
@@ -15,13 +15,13 @@ from hostenv import allocators as allocator
 from hostpgo.errors import CommandError
 from hostpgo.runner import Runner, format_command
 
-from . import targets, toolchain
 from . import image as imagemod
+from . import targets, toolchain
 from .core import stages
 from .core.paths import PROFILES_DIR, WorkArea
+from .errors import HostpgoError, InputError, ToolchainError
 from .pipeline import wheelbolt, wheeldecide
 from .targets.cpython import runtime_requirements
-from .errors import HostpgoError, InputError, ToolchainError
 from .toolchain import facts, flags
 from .toolchain import profile as profmod
 

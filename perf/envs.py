@@ -30,7 +30,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from buildsys.core.paths import REPRODUCIBLE_EPOCH  # the image builds the same wheel with the same epoch
-
 from hostpgo import runner
 
 from .errors import CommandError, SpecError

@@ -192,7 +192,7 @@ class Interpreter:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> "Interpreter":
+    def from_json(cls, data: dict) -> Interpreter:
         data = dict(data)
         data["notes"] = tuple(data.get("notes", ()))
         data["host_env"] = tuple((data.get("host_env") or {}).items())
@@ -301,7 +301,7 @@ def python_in_prefix(prefix: Path, manifest: dict) -> Path | None:
     return None
 
 
-def assert_unchanged(interp: "Interpreter", during: str) -> None:
+def assert_unchanged(interp: Interpreter, during: str) -> None:
     """Raise when the interpreter's executable is no longer the one measured at the start (rebuilt or reinstalled
     in the meantime): results from before and after would mix two binaries under one name."""
     exe = Path(os.path.realpath(interp.python))

@@ -35,7 +35,7 @@ class LatencySettings:
     """Fixed loops per value for every target; None calibrates on the baseline."""
 
     @classmethod
-    def quick(cls) -> "LatencySettings":
+    def quick(cls) -> LatencySettings:
         return cls(rounds=4, values=3, warmups=1, min_time=0.05)
 
 

@@ -9,10 +9,10 @@ import re
 from pathlib import Path
 
 from . import plots, results
-from .compare import Comparison, compare_suites
-from .errors import ResultsError
 from .attribute import group_of
+from .compare import Comparison, compare_suites
 from .counters import IPC_MODEL_TEXT
+from .errors import ResultsError
 
 REPORT = "report.md"
 COMPARISON = "comparison.json"

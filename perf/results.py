@@ -39,7 +39,7 @@ def new_record(run_dir: Path, interpreters: list[dict], targets: list[str], argv
     return {
         "schema": SCHEMA,
         "run": run_dir.name,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": argv,
         "host": host_info(),
         "baseline": interpreters[0]["name"],

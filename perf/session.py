@@ -64,7 +64,7 @@ PER_PROCESS_SKIP = {
 """Why the counters and attribution stages skip `command` (per-process) targets."""
 
 
-def stage_targets(plan: "Plan", stage: str) -> tuple[tuple[Target, ...], tuple[Target, ...]]:
+def stage_targets(plan: Plan, stage: str) -> tuple[tuple[Target, ...], tuple[Target, ...]]:
     """(targets the stage measures, targets it skips as per-process) - pure."""
     chosen = plan.count_targets if stage == "counters" else plan.targets
     if stage not in PER_PROCESS_SKIP:

@@ -32,7 +32,7 @@ def new_run_dir(out: str | None) -> Path:
     With no name, a UTC timestamp names the run.
     """
     if out is None:
-        out = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        out = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     if "/" in out or out.startswith("."):
         return Path(out).resolve()
     if not _RUN_NAME.match(out):

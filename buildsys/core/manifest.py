@@ -65,7 +65,7 @@ class BuildRecord:
     """Target-specific top-level fields (CPython: `allocator`)."""
 
 
-def build(execution: "Execution", inp: Any, prefix: Path, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+def build(execution: Execution, inp: Any, prefix: Path, tasks: list[dict[str, Any]]) -> dict[str, Any]:
     """The manifest of one install prefix: `inp.record()` (the target's inputs) plus what the stages did."""
     rec: BuildRecord = inp.record()
     plan = execution.plan
@@ -126,7 +126,7 @@ def read(prefix: Path) -> dict[str, Any]:
     return doc
 
 
-def write_for_execution(execution: "Execution", inp: Any, prefixes: list[Path],
+def write_for_execution(execution: Execution, inp: Any, prefixes: list[Path],
                         tasks: list[dict[str, Any]]) -> None:
     for prefix in prefixes:
         if prefix.is_dir():

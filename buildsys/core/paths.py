@@ -23,7 +23,7 @@ class WorkArea:
     root: Path
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "WorkArea":
+    def from_env(cls, environ: dict[str, str] | None = None) -> WorkArea:
         return cls(fsutil.work_root(environ))
 
     @property

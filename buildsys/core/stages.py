@@ -6,9 +6,10 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -62,7 +63,7 @@ class Call:
     """An in-process step of a stage (unpack, publish by rename, merge, ...), described for the plan."""
 
     what: str
-    fn: Callable[["StageContext"], None]
+    fn: Callable[[StageContext], None]
 
     def describe(self) -> str:
         return f"[hostpgo] {self.what}"
@@ -98,7 +99,7 @@ class BuildPlan:
     notes: tuple[str, ...]
     summary: dict[str, Any]
     """Profile, toolchain, source, patches, tasks, prefixes: what the manifest records."""
-    finish: Callable[["Execution"], None] | None = None
+    finish: Callable[[Execution], None] | None = None
     """Run after all stages (e.g. write manifests); not a stage, always runs."""
 
 

@@ -16,9 +16,9 @@ from hostenv import settings as hostenv_settings
 from hostpgo.runner import Runner, which
 
 from ..core import manifest as manifest_mod
-from ..targets.cpython import runtime_requirements
-from ..errors import HostpgoError
 from ..core.paths import REPO_ROOT, WorkArea
+from ..errors import HostpgoError
+from ..targets.cpython import runtime_requirements
 from ..toolchain import Host, detect_host
 from .base import UNRESOLVED_PACKAGES, apt_sources, library_packages
 from .model import IMAGE_TOOLS, AptSource, ImageError, ImageInputs

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core import manifest as manifest_mod
-from ..errors import HostpgoError
 from ..core.paths import REPRODUCIBLE_EPOCH, WorkArea
+from ..errors import HostpgoError
 from ..pipeline.sources import sha256_of
 
 IMAGE_SCHEMA = 2

@@ -16,8 +16,8 @@ from hostpgo.runner import Runner, format_command
 
 from ..core import manifest as manifest_mod
 from ..core.paths import REPO_ROOT, REPRODUCIBLE_EPOCH
-from ..pipeline.sources import sha256_of
 from ..core.stages import BuildPlan, Call, Execution, Stage, StageContext, digest
+from ..pipeline.sources import sha256_of
 from . import oci
 from .assemble import LayerStep, assemble_layout
 from .base import base_command, base_suite

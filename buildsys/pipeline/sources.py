@@ -8,9 +8,9 @@ import re
 import shutil
 import tarfile
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from hostpgo import fsutil
 from hostpgo.fsutil import move_into_place

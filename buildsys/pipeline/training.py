@@ -39,9 +39,10 @@ import hashlib
 import json
 import re
 import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from hostpgo import fsutil
 from hostpgo.runner import format_command

@@ -65,10 +65,6 @@ from hostpgo import fsutil
 from hostpgo.errors import CommandError, HostpgoError, InputError, SettingsError
 from hostpgo.runner import Runner, format_command, which
 
-from . import callgrind, wheeldecide
-from ..toolchain.profile import BoltStock
-from ..toolchain import facts as facts_mod
-from .bolt import BOLT_NOTE, Sampling, check_gnu_stack, read_elf
 from ..core.paths import REPO_ROOT, REPRODUCIBLE_EPOCH, WorkArea
 from ..core.stages import (
     BuildPlan,
@@ -81,6 +77,10 @@ from ..core.stages import (
     execute,
     render_plan,
 )
+from ..toolchain import facts as facts_mod
+from ..toolchain.profile import BoltStock
+from . import callgrind, wheeldecide
+from .bolt import BOLT_NOTE, Sampling, check_gnu_stack, read_elf
 
 PACKAGES_FILE = Path(__file__).with_name("wheelbolt.toml")
 DRIVER = Path(__file__).with_name("wheelbolt_driver.py")

@@ -8,8 +8,9 @@ variable* LDFLAGS_NODIST, so link flags may travel as a make variable too.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..core.stages import Call, ChannelFlag, Cmd, Stage, StageContext, digest
 from ..toolchain.flags import ResolvedFlags

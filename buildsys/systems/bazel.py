@@ -7,7 +7,7 @@ through --action_env (CC) and --repo_env.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..core.stages import ChannelFlag
 from ..toolchain.flags import ResolvedFlags

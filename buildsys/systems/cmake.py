@@ -20,8 +20,9 @@ import json
 import re
 import shlex
 import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..core.stages import Call, ChannelFlag, Cmd, Stage, StageContext, digest
 from ..errors import HostpgoError

@@ -9,8 +9,8 @@ cpp_args, c_link_args and cpp_link_args, which meson puts after its own.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from ..core.stages import ChannelFlag
 from ..toolchain.flags import ResolvedFlags

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from ..core.stages import ChannelFlag
 from ..toolchain.flags import ResolvedFlags

@@ -35,9 +35,10 @@ import sys
 import tarfile
 import tomllib
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from hostpgo import fsutil
 from hostpgo.runner import Runner, format_command

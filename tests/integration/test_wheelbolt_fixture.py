@@ -11,7 +11,6 @@ library and computes the same value. Takes well under a minute.
 from __future__ import annotations
 
 import argparse
-
 import base64
 import dataclasses
 import hashlib

@@ -16,8 +16,7 @@ from buildsys.core.paths import WorkArea
 from buildsys.errors import ProfileError
 from buildsys.pipeline import sources, training
 from buildsys.targets import cpython
-from buildsys.toolchain import Host
-from buildsys.toolchain import profile
+from buildsys.toolchain import Host, profile
 from hostenv import allocators as allocator
 
 DEBIAN = Host("x86_64", "debian")

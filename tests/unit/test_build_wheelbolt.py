@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from buildsys.pipeline import bolt, callgrind, wheelbolt
-from buildsys.toolchain import profile
 from buildsys.pipeline.callgrind import AddressMapping, CallgrindError
+from buildsys.toolchain import profile
 from hostpgo.errors import InputError, SettingsError
 
 RECORDED = Path(__file__).resolve().parent.parent / "fixtures" / "callgrind" / "hotpkg.callgrind"

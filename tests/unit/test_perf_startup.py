@@ -7,11 +7,11 @@ from pathlib import Path
 import pyperf
 import pytest
 
+import hostenv
 from perf import catalog, envs, session
 from perf.__main__ import main
 from perf.benchmarks import latency as bench_latency
 from perf.interpreters import Interpreter
-import hostenv
 
 
 def test_startup_targets_are_per_process_commands():

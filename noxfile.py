@@ -42,7 +42,9 @@ def pipeline(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def image(session: nox.Session) -> None:
-    """OCI image of an installed build, verified by chroot: `-- [--build PROFILE] [--host-settings NAME] [--archive F]`."""
+    # One docstring line for `nox -l`, split into two adjacent literals to fit the line length.
+    """OCI image of an installed build, verified by chroot: """ \
+        """`-- [--build PROFILE] [--host-settings NAME] [--archive F]`."""
     _install(session)
     session.run("python", "-m", "buildsys", "image", *session.posargs)
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import copy
 import shlex
 import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from .errors import SettingsError
 
@@ -172,8 +173,8 @@ class Loader:
                 raise self.error(f"{where}: unknown key '{sect}'; allowed: {', '.join(allowed)}")
             if not isinstance(body, dict):
                 raise self.error(f"{where}: '{sect}' must be a table ([{sect}])")
-            for name, body in self.sections(sect, body):
-                for key, value in body.items():
+            for name, section in self.sections(sect, body):
+                for key, value in section.items():
                     self.check(where, name, key, value)
 
     def sections(self, sect: str, body: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:

@@ -11,9 +11,9 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from .errors import CommandError
 
@@ -201,6 +201,8 @@ class Runner:
         return done
 
 
-def capture(argv: Sequence[str | os.PathLike[str]], *, log: Path | None = None, **kw) -> subprocess.CompletedProcess[str]:
+def capture(
+    argv: Sequence[str | os.PathLike[str]], *, log: Path | None = None, **kw
+) -> subprocess.CompletedProcess[str]:
     """`Runner(log).capture(argv, ...)`: a short query or a captured tool run, logged where a log is given."""
     return Runner(log).capture(argv, **kw)

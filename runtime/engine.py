@@ -24,7 +24,7 @@ from runtime import kernels as K
 from runtime.errors import EngineError
 from runtime.executor import EXECUTORS, ExecuteTiming, Executor, LocalExecutor
 from runtime.inputs import StepInputs, eager_batch, prepare_inputs  # noqa: F401 (re-exported: their old home)
-from runtime.model import NEG, BatchInputs, DeepseekV3Model
+from runtime.model import DeepseekV3Model
 from runtime.ray_executor import RayExecutorConfig
 from runtime.sampling import SamplingParams
 from runtime.sampling_ops import DeviceSampler
@@ -411,7 +411,7 @@ class RunSummary:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def of(cls, metrics: list[StepMetrics]) -> "RunSummary":
+    def of(cls, metrics: list[StepMetrics]) -> RunSummary:
         s = cls()
         for m in metrics:
             s.steps += 1

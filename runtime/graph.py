@@ -97,7 +97,9 @@ class _Layer(nn.Cell):
             q = self.q_a(x)
         q = ops.reshape(q, (t, self.nh, self.qk_dim))
         q_nope = q[:, :, : self.nope]
-        q_pe = self.rope(q[:, :, self.nope :], ops.reshape(cos, (t, 1, self.rope_d)), ops.reshape(sin, (t, 1, self.rope_d)))
+        q_pe = self.rope(
+            q[:, :, self.nope :], ops.reshape(cos, (t, 1, self.rope_d)), ops.reshape(sin, (t, 1, self.rope_d))
+        )
         kv_a = self.kv_a(x)
         latent = self.norm(kv_a[:, : self.lora], self.kv_a_norm)
         k_pe = self.rope(kv_a[:, self.lora :], cos, sin)

@@ -231,7 +231,9 @@ class BlockManager:
             sorted(slots + self.host_free) == list(range(self.host_blocks)),
             "host slots are lost or doubly used (held by a hash and free, or by two hashes)",
         )
-        _require(not (self.host_cached.keys() & self.cached.keys()), "a block is cached both on the device and the host")
+        _require(
+            not (self.host_cached.keys() & self.cached.keys()), "a block is cached both on the device and the host"
+        )
 
     def state(self) -> dict:
         """Everything the manager knows, as plain values: reference counts, each block's hash, the hash map, the

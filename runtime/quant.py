@@ -1,4 +1,5 @@
-"""Quantized checkpoints: the W8A8, A16W4 (GPTQ) and FP8-block layouts, their tensor sets, RTN quantizers and NumPy dequantizers.
+"""Quantized checkpoints: the W8A8, A16W4 (GPTQ) and FP8-block layouts, their tensor sets, RTN quantizers and NumPy
+dequantizers.
 
 A checkpoint says it is quantized with `quantization_config` in config.json:
 
@@ -84,7 +85,9 @@ class QuantConfig:
                 "desc_act": False,
                 "checkpoint_format": "gptq" if self.zero_offset == 1 else "gptq_v2",
             }
-        return {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": list(self.block)}
+        return {
+            "quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": list(self.block)
+        }
 
 
 def parse_quantization_config(raw: Any, err: Callable[[str], Exception]) -> QuantConfig | None:
@@ -155,7 +158,9 @@ def quantized_linears(qc: QuantConfig, float_shapes: Mapping[str, tuple[int, ...
     return out
 
 
-def linear_tensors(qc: QuantConfig, kind: str, out_features: int, in_features: int) -> dict[str, tuple[tuple[int, ...], str]]:
+def linear_tensors(
+    qc: QuantConfig, kind: str, out_features: int, in_features: int
+) -> dict[str, tuple[tuple[int, ...], str]]:
     """Suffix (`weight`, `deq_scale`, ...) -> (shape, safetensors dtype) of one quantized linear."""
     n, k = out_features, in_features
     if kind == "static":
@@ -199,7 +204,9 @@ def quantized_tensor_set(
             continue
         n, k = shape
         if kinds[base] == "gptq" and (k % 8 or n % 8):
-            raise ValueError(f"{base}: GPTQ packs eight 4-bit values per int32, so [{n}, {k}] needs both widths divisible by 8")
+            raise ValueError(
+                f"{base}: GPTQ packs eight 4-bit values per int32, so [{n}, {k}] needs both widths divisible by 8"
+            )
         for suffix, (s, dt) in linear_tensors(qc, kinds[base], n, k).items():
             shapes[f"{base}.{suffix}"] = s
             dtypes[f"{base}.{suffix}"] = dt
@@ -410,7 +417,9 @@ def decode_raw(dtype: str, raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarra
     raise ValueError(f"no raw decoding for {dtype}")
 
 
-def save_safetensors(tensors: Mapping[str, np.ndarray | RawTensor], path: str | Path, metadata: Mapping[str, str]) -> None:
+def save_safetensors(
+    tensors: Mapping[str, np.ndarray | RawTensor], path: str | Path, metadata: Mapping[str, str]
+) -> None:
     """Write a safetensors file whose tensors may include RawTensors (safetensors.numpy cannot write F8_E4M3)."""
     header: dict[str, Any] = {"__metadata__": dict(metadata)}
     blobs: list[bytes] = []

@@ -132,7 +132,8 @@ def _parts(cfg: DeepseekV3Config, weights: dict[str, np.ndarray], base: str, kin
 
 
 def graph_linear(cfg: DeepseekV3Config, weights: dict[str, np.ndarray], base: str, name: str) -> nn.Cell:
-    """The Cell for linear `base` (`model.layers.0.self_attn.o_proj`): float, W8A8 or A16W4 as the checkpoint holds it."""
+    """The Cell for linear `base` (`model.layers.0.self_attn.o_proj`): float, W8A8 or A16W4 as the checkpoint holds
+    it."""
     kind = _layout(cfg)[1].get(base)
     if kind is None:
         return FloatLinear(weights[base + ".weight"], name)
@@ -172,8 +173,9 @@ class W8A8DynamicExperts(nn.Cell):
 
         for proj in ("gate_proj", "up_proj", "down_proj"):
             short = proj.split("_")[0]
-            setattr(self, short + "_codes", _param(stack(proj, "weight", True), f"{name}.{short}.codes"))  # [E, in, out]
-            setattr(self, short + "_scale", _param(stack(proj, "weight_scale", True), f"{name}.{short}.scale"))  # [E, 1, out]
+            # codes [E, in, out], scale [E, 1, out]
+            setattr(self, short + "_codes", _param(stack(proj, "weight", True), f"{name}.{short}.codes"))
+            setattr(self, short + "_scale", _param(stack(proj, "weight_scale", True), f"{name}.{short}.scale"))
             offset = stack(proj, "weight_offset", True)
             if np.any(offset):
                 raise EngineError(f"{name}: graph-mode experts take symmetric weights (weight_offset all zero)")
@@ -205,7 +207,9 @@ class GPTQExperts(nn.Cell):
             if any(not np.array_equal(weights[f"{p}{proj}.g_idx"], g_idx) for p in prefixes):
                 raise EngineError(f"{name}: graph-mode experts need the same g_idx in every expert")
             setattr(self, short + "_qweight", _param(qw.reshape(e, k8, 1, n), f"{name}.{short}.qweight", np.int32))
-            setattr(self, short + "_qzeros", _param(qz.reshape(e, groups, n // 8, 1), f"{name}.{short}.qzeros", np.int32))
+            setattr(
+                self, short + "_qzeros", _param(qz.reshape(e, groups, n // 8, 1), f"{name}.{short}.qzeros", np.int32)
+            )
             scales = np.stack([weights[f"{p}{proj}.scales"] for p in prefixes])
             setattr(self, short + "_scales", _param(scales, f"{name}.{short}.scales", np.float16))
             setattr(self, short + "_g_idx", _param(g_idx, f"{name}.{short}.g_idx", np.int32))

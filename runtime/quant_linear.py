@@ -1,4 +1,5 @@
-"""Quantized linears run per call with MindSpore ops (W8A8 static and per-token, A16W4 GPTQ), and the RTN checkpoint quantizer.
+"""Quantized linears run per call with MindSpore ops (W8A8 static and per-token, A16W4 GPTQ), and the RTN checkpoint
+quantizer.
 
 Each linear keeps its checkpoint tensors on the device as stored and does on every call what a deployment's
 quantized layer does on its host path, one counted dispatch per operator (runtime/kernels.py):
@@ -152,7 +153,9 @@ CALIBRATION_TOKENS = 64
 """Random prompt tokens whose activations calibrate the static W8A8 input ranges."""
 
 
-def calibrate(cfg: DeepseekV3Config, tensors: dict[str, np.ndarray], bases: list[str], seed: int) -> dict[str, tuple[float, float]]:
+def calibrate(
+    cfg: DeepseekV3Config, tensors: dict[str, np.ndarray], bases: list[str], seed: int
+) -> dict[str, tuple[float, float]]:
     """(min, max) of the input of each linear in `bases` over a random prompt run through the float model."""
     from runtime.model import DeepseekV3Model, contiguous_batch
 

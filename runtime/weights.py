@@ -231,7 +231,8 @@ def load_weights(ckpt: str | Path, cfg: DeepseekV3Config) -> tuple[dict[str, np.
                 want = expected.get(name) or mtp[name]
                 if shape != want:
                     raise CheckpointError(
-                        f"{ckpt}: tensor {name!r} in {path.name} has shape {list(shape)}, config.json implies {list(want)}"
+                        f"{ckpt}: tensor {name!r} in {path.name} has shape {list(shape)}, "
+                        f"config.json implies {list(want)}"
                     )
                 dtype = sl.get_dtype()
                 if name in quant_dtypes:

@@ -30,9 +30,10 @@ processed: prompt chunks plus decode tokens), `generated_tokens`, wall and host 
 CPU) time per token, dispatches per token and per step, tokens/s, mean TTFT/TPOT and prefix-cache
 hits, and `executor`: for ray-decode (the Ray executor, runtime/ray_executor.py) the round trip of
 the remote calls per step beside each stage actor's own compute. `Workload.close()` (or
-`shutdown()`) stops the Ray executor's actors and cluster; ray-decode needs `pip install ray==2.60.0`. `host_path` names the host hot path that ran ("cython" or "python", runtime/hostpath.py) and
-`host_path_reason` why. Versions change whenever a workload's requests or engine settings change, so the digests
-pinned in tests/unit/test_runtime_workloads.py move together with them.
+`shutdown()`) stops the Ray executor's actors and cluster; ray-decode needs `pip install ray==2.60.0`. `host_path`
+names the host hot path that ran ("cython" or "python", runtime/hostpath.py) and `host_path_reason` why. Versions
+change whenever a workload's requests or engine settings change, so the digests pinned in
+tests/unit/test_runtime_workloads.py move together with them.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -253,7 +254,10 @@ class WorkloadSpec:
         line = f"{self.name:18s} v{self.version}  {self.default_steps:3d} steps  {self.summary}"
         if self.needs_compile:
             buckets = self.engine.buckets
-            line += f"  [compiles {len(buckets) + 1} graphs in warm-up: token buckets {', '.join(map(str, buckets))} and the sampler]"
+            line += (
+                f"  [compiles {len(buckets) + 1} graphs in warm-up: "
+                f"token buckets {', '.join(map(str, buckets))} and the sampler]"
+            )
         if self.needs_ray:
             from runtime.ray_executor import RAY_REQUIREMENT
 
@@ -609,7 +613,8 @@ class Workload:
             "host_runtime_threads_us_per_token": 1e6 * (run["process_s"] - run["host_s"]) / tokens,
             "host_total_us_per_step": 1e6 * run["process_s"] / steps,
             "phases_us_per_step": {
-                name: {"wall": 1e6 * wall / steps, "thread": 1e6 * cpu / steps} for name, (wall, cpu) in run["phases"].items()
+                name: {"wall": 1e6 * wall / steps, "thread": 1e6 * cpu / steps}
+                for name, (wall, cpu) in run["phases"].items()
             },
             "graphs": None
             if graph is None

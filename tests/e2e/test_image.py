@@ -38,8 +38,8 @@ def _installed_build() -> None:
 
 def _image(*extra: str) -> Path:
     """Build (or reuse) the image; the path of its hostpgo-image.json."""
-    done = subprocess.run([sys.executable, "-m", "buildsys", "image", "--build", BUILD, *extra], cwd=REPO_ROOT, check=False,
-                          env=ENV, timeout=3 * 3600, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "buildsys", "image", "--build", BUILD, *extra],
+                          cwd=REPO_ROOT, check=False, env=ENV, timeout=3 * 3600, capture_output=True, text=True)
     print(done.stdout[-3000:], done.stderr[-3000:])
     assert done.returncode == 0, f"image build failed; logs in {WORK / 'logs'}"
     record_line = next(ln for ln in done.stdout.splitlines() if ln.startswith("image "))
@@ -76,7 +76,8 @@ def test_the_image_built_again_from_the_same_inputs_has_the_same_digests(tmp_pat
     assert [layer["name"] for layer in second["layers"]] == ["base", "python", "venv", "runtime"]
     assert second["manifest_digest"] == first["manifest_digest"]
     assert second["config_digest"] == first["config_digest"]
-    assert [(x["digest"], x["diff_id"]) for x in second["layers"]] == [(x["digest"], x["diff_id"]) for x in first["layers"]]
+    assert ([(x["digest"], x["diff_id"]) for x in second["layers"]]
+            == [(x["digest"], x["diff_id"]) for x in first["layers"]])
     blobs = sorted(p.name for p in (second_record.parent / "oci" / "blobs" / "sha256").iterdir())
     assert blobs == sorted(p.name for p in (aside / "oci" / "blobs" / "sha256").iterdir())
     for name in ("index.json", "oci-layout"):

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from buildsys import image
-from buildsys.image import layers, oci
 from buildsys.core.paths import REPRODUCIBLE_EPOCH
+from buildsys.image import layers, oci
 from hostpgo.fsutil import write_json
 from hostpgo.runner import Runner
 
@@ -94,7 +94,8 @@ def _build(work: Path, base_tar: Path, prefix: Path, settings: Path, reverse: bo
         write_json(rootfs / "opt/hostpgo/hostpgo-image.json", {"schema": image.IMAGE_SCHEMA, "tag": "t"})
 
     steps = [image.LayerStep("base", "debian bookworm minbase", lambda r: image.extract_base(base_tar, r, runner)),
-             image.LayerStep("python", "CPython", lambda r: image.copy_prefix(prefix, r / "opt/hostpgo/python", "3.11")),
+             image.LayerStep("python", "CPython",
+                             lambda r: image.copy_prefix(prefix, r / "opt/hostpgo/python", "3.11")),
              image.LayerStep("venv", "venv", venv),
              image.LayerStep("runtime", "host settings", runtime)]
 
@@ -132,12 +133,14 @@ def test_same_inputs_give_the_same_manifest_config_and_layer_digests(two_builds)
         print(a.name, a.digest, a.diff_id, a.size, a.entries)
     assert [layer.name for layer in first.layers] == ["base", "python", "venv", "runtime"]
     assert first.manifest == second.manifest and first.config == second.config
-    assert [(x.digest, x.diff_id, x.size) for x in first.layers] == [(x.digest, x.diff_id, x.size) for x in second.layers]
+    assert ([(x.digest, x.diff_id, x.size) for x in first.layers]
+            == [(x.digest, x.diff_id, x.size) for x in second.layers])
     assert len({x.digest for x in first.layers}) == 4
     # The layout files themselves are byte-identical.
     for name in ("index.json", "oci-layout"):
         assert (tmp_path / "a/oci" / name).read_bytes() == (tmp_path / "b/oci" / name).read_bytes()
-    assert sorted(os.listdir(oci.blobs_dir(tmp_path / "a/oci"))) == sorted(os.listdir(oci.blobs_dir(tmp_path / "b/oci")))
+    assert (sorted(os.listdir(oci.blobs_dir(tmp_path / "a/oci")))
+            == sorted(os.listdir(oci.blobs_dir(tmp_path / "b/oci"))))
 
 
 def test_the_manifest_and_config_describe_four_layers_with_fixed_dates(two_builds) -> None:
@@ -259,9 +262,9 @@ def test_the_assemble_stage_publishes_the_layout_and_records_its_digests(tmp_pat
     """The plan's own image-assemble and finish, with the two chroot steps (venv, runtime) replaced by tiny trees:
     the layout is published under the keyed directory and hostpgo-image.json holds the digests umoci would read."""
     from buildsys.core import manifest as manifest_mod
-    from buildsys.image import planner as plan_mod
     from buildsys.core.paths import WorkArea
     from buildsys.core.stages import Execution, StageContext, StageResult
+    from buildsys.image import planner as plan_mod
 
     prefix = _fake_prefix(tmp_path / "install" / "cpython-3.11.2-workload-pgo-lto", time.time())
     (prefix / manifest_mod.FILE_NAME).write_text('{"version": "3.11.2"}\n')

@@ -25,7 +25,8 @@ def test_table_rows_and_the_names_every_list_reads():
 def test_bad_table_row_is_named(tmp_path):
     bad = tmp_path / "a.toml"
     bad.write_text('[x]\nsonames = []\n')
-    with pytest.raises(HostSettingsError, match=r"a.toml: \[x\] must have exactly the keys packages, sonames, tunables"):
+    with pytest.raises(HostSettingsError,
+                       match=r"a.toml: \[x\] must have exactly the keys packages, sonames, tunables"):
         allocators.table(bad)
     bad.write_text('[x]\nsonames = []\ntunables = "LD_PRELOAD"\npackages = {}\n')
     with pytest.raises(HostSettingsError, match=r"\[x\] tunables = 'LD_PRELOAD'"):
@@ -73,7 +74,8 @@ def test_find_prefers_the_first_soname_then_the_first_dir(tmp_path):
     ("openEuler", "jemalloc", "install the openeuler package jemalloc (dnf install -y jemalloc)"),
     ("openEuler", "tcmalloc", "install the openeuler package gperftools (dnf install -y gperftools)"),
     ("openEuler", "mimalloc", ("no openeuler package is recorded for mimalloc (recorded: debian: libmimalloc2.0); "
-                               "install mimalloc and give its shared object's path (host settings: allocator.library)")),
+                               "install mimalloc and give its shared object's path "
+                               "(host settings: allocator.library)")),
 ])
 def test_missing_allocator_names_the_package_one_hint(tmp_path, os_id, name, hint):
     host = Host("aarch64", os_id)
@@ -104,6 +106,7 @@ def test_link_flags_and_mapped_check():
     alloc = allocators.Allocator("jemalloc", Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"))
     assert allocators.link_flags(alloc) == ("-Wl,--push-state,--no-as-needed",
                                             "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "-Wl,--pop-state")
-    assert allocators.mapped_check(alloc)[0] == "-c" and "'libjemalloc.so.2' in maps" in allocators.mapped_check(alloc)[1]
+    assert allocators.mapped_check(alloc)[0] == "-c"
+    assert "'libjemalloc.so.2' in maps" in allocators.mapped_check(alloc)[1]
     assert allocators.link_flags(allocators.Allocator("glibc", None)) == ()
     assert allocators.mapped_check(allocators.Allocator("glibc", None)) == ()

@@ -79,7 +79,8 @@ def test_interpreter_options_go_after_the_interpreter_or_fail_clearly(program, o
         assert hostenv.with_interpreter_args(s, [program, "-m", "runtime"]) == \
             [program, "-X", "frozen_modules=on", "-m", "runtime"]
     else:
-        with pytest.raises(HostSettingsError, match=rf"startup.frozen_modules.*{program!r} is not a Python interpreter"):
+        with pytest.raises(HostSettingsError,
+                           match=rf"startup.frozen_modules.*{program!r} is not a Python interpreter"):
             hostenv.with_interpreter_args(s, [program, "-c", "true"])
 
 

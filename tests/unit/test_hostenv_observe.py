@@ -62,8 +62,8 @@ def _record_in_child(settings_ref, env_extra=(), xopts=()):
             f"print(json.dumps(observe.record(hostenv.resolve({settings_ref!r}, env={{}}))))")
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", hostenv.ENV_SETTINGS)}
     env.update(dict(env_extra))
-    p = subprocess.run([sys.executable, *xopts, "-c", code], check=False, capture_output=True, text=True, env=env, cwd=REPO,
-                       timeout=60)
+    p = subprocess.run([sys.executable, *xopts, "-c", code], check=False, capture_output=True, text=True, env=env,
+                       cwd=REPO, timeout=60)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
 
@@ -164,8 +164,8 @@ def test_precompile_subcommand_interface(tmp_path):
 
     def launcher(*args):
         env = {k: v for k, v in os.environ.items() if k != hostenv.ENV_SETTINGS}
-        return subprocess.run([sys.executable, "-m", "hostenv", *args], check=False, capture_output=True, text=True, cwd=REPO,
-                              env=env, timeout=120)
+        return subprocess.run([sys.executable, "-m", "hostenv", *args], check=False, capture_output=True, text=True,
+                              cwd=REPO, env=env, timeout=120)
 
     p = launcher("precompile", str(settings), str(pkg), "--workers", "1")
     assert p.returncode == 0, p.stderr

@@ -8,10 +8,12 @@ import pytest
 np = pytest.importorskip("numpy")
 pytest.importorskip("safetensors")
 
-from runtime import quant as Q
-from runtime.config import PRESETS, load_config, parse_config
-from runtime.errors import CheckpointError, ConfigError
-from runtime.weights import (
+# Deliberately after the importorskip calls: without NumPy or safetensors the module is skipped before the runtime
+# modules (which need them) are imported.
+from runtime import quant as Q  # noqa: E402
+from runtime.config import PRESETS, load_config, parse_config  # noqa: E402
+from runtime.errors import CheckpointError, ConfigError  # noqa: E402
+from runtime.weights import (  # noqa: E402
     expected_tensors,
     load_weights,
     random_tensors,
@@ -43,7 +45,8 @@ def test_gptq_round_trip_and_v1_zero_points():
     assert np.all(t["qzeros"].view(np.uint32) == 0x77777777)  # symmetric zero 8, stored minus one (GPTQ v1)
     back = Q.dequantize_linear(A16W4, "gptq", t)
     step = t["scales"].astype(np.float32)[t["g_idx"]].T  # [out, in]
-    assert np.all(np.abs(back - w) <= 0.5 * step * 1.01)  # +1%: a group's largest |w| may sit 7.5 steps out (float16 scales)
+    # +1%: a group's largest |w| may sit 7.5 steps out (float16 scales)
+    assert np.all(np.abs(back - w) <= 0.5 * step * 1.01)
     v2 = Q.dequantize_linear(replace(A16W4, zero_offset=0), "gptq", Q.quantize_gptq(w, 64, zero_offset=0))
     assert np.array_equal(v2, back)
 
@@ -153,7 +156,8 @@ def _fake_quantized(qc):
     out = {}
     for name, shape in shapes.items():
         dt = dtypes.get(name, "F32")
-        out[name] = Q.RawTensor(dt, shape, bytes(int(np.prod(shape)))) if dt == "F8_E4M3" else np.ones(shape, np_dtypes[dt])
+        out[name] = (Q.RawTensor(dt, shape, bytes(int(np.prod(shape)))) if dt == "F8_E4M3"
+                     else np.ones(shape, np_dtypes[dt]))
     return out
 
 
@@ -175,10 +179,12 @@ def test_quantized_checkpoint_loads_with_its_dtypes(tmp_path):
          (r"tensor 'model\.layers\.2\.mlp\.experts\.3\.up_proj\.qweight' in model\.safetensors has shape \[4, 32\], "
           r"config\.json implies \[8, 32\]")),
         (A16W4, "model.layers.1.self_attn.o_proj.scales", np.ones((1, 64), np.float32),
-         r"'model\.layers\.1\.self_attn\.o_proj\.scales' in model\.safetensors is F32; the a16w4 layout stores it as F16"),
+         (r"'model\.layers\.1\.self_attn\.o_proj\.scales' in model\.safetensors is F32; "
+          r"the a16w4 layout stores it as F16")),
         (W8A8, "model.layers.1.self_attn.q_a_proj.weight", np.ones((48, 64), np.float32),
          r"q_a_proj\.weight' in model\.safetensors is F32; the w8a8 layout stores it as I8"),
-        (W8A8, "model.layers.0.mlp.up_proj.quant_bias", np.ones((129,), np.int32), r"up_proj\.quant_bias' .* has shape \[129\]"),
+        (W8A8, "model.layers.0.mlp.up_proj.quant_bias", np.ones((129,), np.int32),
+         r"up_proj\.quant_bias' .* has shape \[129\]"),
     ],
 )
 def test_loader_errors_name_tensor_and_file(tmp_path, qc, name, bad, match):
@@ -193,7 +199,8 @@ def test_fp8_tensors_need_an_fp8_config(tmp_path, float_tensors):
     main = {k: v for k, v in float_tensors.items() if k in expected_tensors(CFG)}
     main["model.layers.1.self_attn.o_proj.weight"] = Q.RawTensor("F8_E4M3", (64, 64), bytes(64 * 64))
     _write(tmp_path, CFG, main)
-    with pytest.raises(CheckpointError, match=r"o_proj\.weight' in model\.safetensors is F8_E4M3; .*FP8 quantization_config"):
+    with pytest.raises(CheckpointError,
+                       match=r"o_proj\.weight' in model\.safetensors is F8_E4M3; .*FP8 quantization_config"):
         load_weights(tmp_path, CFG)
     main["model.layers.1.self_attn.o_proj.weight"] = float_tensors["model.layers.1.self_attn.o_proj.weight"]
     main["model.layers.1.self_attn.o_proj.weight_scale_inv"] = np.ones((1, 1), np.float32)
@@ -340,7 +347,8 @@ def test_graph_mode_runs_the_quantized_arithmetic_as_eager_does(float_tensors, m
     from runtime.sampling import SamplingParams
     from runtime.scheduler import SchedulerConfig
 
-    cfg, tensors = quantize_checkpoint(CFG, {k: v for k, v in float_tensors.items() if k in expected_tensors(CFG)}, method)
+    main = {k: v for k, v in float_tensors.items() if k in expected_tensors(CFG)}
+    cfg, tensors = quantize_checkpoint(CFG, main, method)
     logits = {}
     tokens = {}
     for mode in ("eager", "graph"):
@@ -363,7 +371,8 @@ def test_graph_mode_runs_the_quantized_arithmetic_as_eager_does(float_tensors, m
         logits[mode] = seen
         assert eng.graphs_compiled == (3 if mode == "graph" else 0)  # two token buckets and the sampler
     assert tokens["graph"] == tokens["eager"]
-    worst = max(float(np.abs(g - e).max() / np.abs(e).max()) for e, g in zip(logits["eager"], logits["graph"], strict=True))
+    worst = max(float(np.abs(g - e).max() / np.abs(e).max())
+                for e, g in zip(logits["eager"], logits["graph"], strict=True))
     assert worst < GRAPH_LOGITS_TOLERANCE, worst  # measured 1.0e-7 (w8a8), 6.1e-7 (a16w4)
 
 

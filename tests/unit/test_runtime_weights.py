@@ -85,7 +85,8 @@ def test_misshaped_tensor_is_named(tmp_path, tensors):
     _write(tmp_path, {**tensors, "model.layers.2.mlp.experts.5.gate_proj.weight": np.zeros((33, 64), np.float32)})
     with pytest.raises(
         CheckpointError,
-        match=r"'model.layers.2.mlp.experts.5.gate_proj.weight' in model.safetensors has shape \[33, 64\], config.json implies \[32, 64\]",
+        match=(r"'model.layers.2.mlp.experts.5.gate_proj.weight' in model.safetensors has shape \[33, 64\], "
+               r"config.json implies \[32, 64\]"),
     ):
         load_weights(tmp_path, CFG)
 

@@ -305,7 +305,8 @@ def _print_image(ex, console: Console) -> None:
     if oci_rec:
         print(f"  manifest {oci_rec['manifest_digest']}  config {oci_rec['config_digest']}")
         for layer in oci_rec["layers"]:
-            print(f"  layer {layer['name']:<8} {layer['digest']}  {layer['size']:>12,} bytes  {layer['entries']} entries")
+            print(f"  layer {layer['name']:<8} {layer['digest']}  {layer['size']:>12,} bytes  "
+                  f"{layer['entries']} entries")
     for w in ex.results["image-verify"].info.get("workloads", []):
         print(f"  verified in chroot: {w['name']} golden_match={w['golden_match']} "
               f"allocator_in_effect={w['allocator_in_effect']} ({w['host_settings']})")
@@ -317,7 +318,8 @@ def cmd_bolt_check(args, console: Console) -> int:
     """0: every file can be BOLT-optimized; 1: at least one cannot (reasons printed); 2: bad input."""
     verdicts = [bolt.assess(bolt.read_elf(f)) for f in args.files]
     if args.json:
-        print(json.dumps([{"file": v.facts.path, "ok": v.ok, "route": v.route, "kind": v.facts.kind, "machine": v.facts.machine,
+        print(json.dumps([{"file": v.facts.path, "ok": v.ok, "route": v.route, "kind": v.facts.kind,
+                           "machine": v.facts.machine,
                            "symbols": v.facts.symbols, "code_relocations": list(v.facts.code_relocations),
                            "bolted": v.facts.bolted, "reasons": list(v.reasons), "needs": list(v.needs)}
                           for v in verdicts], indent=2))
@@ -367,7 +369,8 @@ def cmd_docs(args, console: Console) -> int:
     return 0
 
 
-COMMANDS = {"targets": cmd_targets, "docs": cmd_docs, "toolchain": cmd_toolchain, "show-profile": cmd_show_profile, "build": cmd_build,
+COMMANDS = {"targets": cmd_targets, "docs": cmd_docs, "toolchain": cmd_toolchain, "show-profile": cmd_show_profile,
+            "build": cmd_build,
             "pipeline": cmd_pipeline, "image": cmd_image, "bolt-check": cmd_bolt_check,
             "bolt-wheel": lambda args, console: wheelbolt.run(args)}
 

@@ -1,4 +1,5 @@
-"""Command line of perf/: `python -m perf {bench,counters,attribute,guard,report,tune-host}`; errors become exit codes."""
+"""Command line of perf/: `python -m perf {bench,counters,attribute,guard,report,tune-host}`;
+errors become exit codes."""
 
 # Everything imported here loads without the `perf` extra (pyperf and matplotlib are imported where used, through
 # perf.extra), so `--help` and `tune-host --dry-run` work without it; the other commands check for it first.

@@ -194,8 +194,8 @@ def measure(backend: Backend, python: Path, target_name: str, units: tuple[int, 
             log: Path | None = None, timeout: float = 3600, reuse_key: str | None = None) -> dict:
     """Count one target in one venv at two unit counts; return totals and per-unit figures.
 
-    With `reuse_key` (what else the count depends on: the executable and the venv's wheelhouse digest), a unit count whose
-    output file an interrupted earlier command left complete, made by the same command line, environment
+    With `reuse_key` (what else the count depends on: the executable and the venv's wheelhouse digest), a unit
+    count whose output file an interrupted earlier command left complete, made by the same command line, environment
     and key, is read instead of run again (each valgrind run of a runtime target takes minutes).
     """
     work.mkdir(parents=True, exist_ok=True)

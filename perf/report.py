@@ -368,8 +368,9 @@ def _attribution_section(record: dict, out: dict | None = None) -> list[str]:
                     keys.append(key)
         lines += ["Hottest functions (share of samples; `-` where below the listing threshold):", ""]
         lines += _table(["function", "object"] + names,
-                        [[f"`{sym}`", dso if dso == "CPython" else f"`{dso}`"] + [f"{share[n][(dso, sym)]:.1f}%" if (dso, sym) in share[n] else "-"
-                                                     for n in names] for dso, sym in keys])
+                        [[f"`{sym}`", dso if dso == "CPython" else f"`{dso}`"]
+                         + [f"{share[n][(dso, sym)]:.1f}%" if (dso, sym) in share[n] else "-" for n in names]
+                         for dso, sym in keys])
         for n in names:
             unresolved = att[n][target].get("unresolved", {})
             if unresolved:
@@ -396,7 +397,8 @@ def _guard_section(run_dir: Path, record: dict, out: dict) -> list[str]:
         lines += [f"### {i['name']} vs {base}", ""] + _comparison_table(comp) + [""]
     out["guard"] = [_comparison_json(c) for c in comps]
     if comps:
-        p = plots.speedups(comps, run_dir / record.get("_plots", "plots") / "guard_speedup.png", "pyperformance subset speedup")
+        p = plots.speedups(comps, run_dir / record.get("_plots", "plots") / "guard_speedup.png",
+                           "pyperformance subset speedup")
         lines += [f"![pyperformance speedups]({p.relative_to(run_dir)})", ""]
     return lines
 

@@ -134,7 +134,8 @@ def load_space(path: Path) -> tuple[Lever, ...]:
     """A search-space file (profiles/host/search/*.toml): `[[lever]]` with name, counts, choices.
 
     Read by a hostpgo.layered loader of the host-settings schema, and every `set` item parsed by its
-    assignment parser (the one `--set` and HOSTPGO_HOST_SET go through), so a bad item is an error naming the file, the lever and the choice.
+    assignment parser (the one `--set` and HOSTPGO_HOST_SET go through), so a bad item is an error naming the file,
+    the lever and the choice.
     """
     data = SPACE_LOADER.read(path)
     unknown = set(data) - SPACE_KEYS
@@ -152,7 +153,8 @@ def load_space(path: Path) -> tuple[Lever, ...]:
         for c in lv["choices"]:
             extra = set(c) - CHOICE_KEYS
             if extra or not isinstance(c.get("label"), str) or not isinstance(c.get("set", []), list):
-                raise SpecError(f"{where} ({lv['name']}): a choice is {{ label = \"...\", set = [\"key=value\", ...] }}")
+                raise SpecError(f"{where} ({lv['name']}): a choice is "
+                                "{ label = \"...\", set = [\"key=value\", ...] }")
             origin = Origin("file", f"{path} lever {lv['name']!r} choice {c['label']!r}")
             for item in c.get("set", []):
                 if not isinstance(item, str):
@@ -389,7 +391,8 @@ def dry_run(*, budget_s: float, workloads: Sequence[str] = DEFAULT_WORKLOADS, sp
 
 def run(interp: Interpreter, *, budget_s: float, workloads: Sequence[str] = DEFAULT_WORKLOADS,
         space: Path | None = None, out: str | None = None, use_venv: bool = True, use_counts: bool = False,
-        quick: bool = True, rounds: int | None = None, say: Callable[[str], None] = print, argv: Sequence[str] = ()) -> Path:
+        quick: bool = True, rounds: int | None = None, say: Callable[[str], None] = print,
+        argv: Sequence[str] = ()) -> Path:
     """Golden-check, measure and choose; returns the path of best-host.toml."""
     levers = load_space(space or default_space_file())
     targets = _golden_targets(workloads)
@@ -505,18 +508,21 @@ def run(interp: Interpreter, *, budget_s: float, workloads: Sequence[str] = DEFA
                 record["candidates"][combo.label]["verdict"] = asdict(v)
                 say(f"  {combo.label}: geomean {v.geomean_ratio:.3f} ({v.metric}: {v.reason})")
                 if v.wins and (v.geomean_ratio or 1) <= (best_ratio or 1):
-                    best, best_ratio, best_rows, decided = combo, v.geomean_ratio, m2["comparisons"][combo.label], "time"
+                    best, best_ratio, best_rows, decided = (combo, v.geomean_ratio, m2["comparisons"][combo.label],
+                                                            "time")
             else:
                 record["stage2"] = {"skipped": f"golden check failed: {g.get('error')}"}
                 say(f"stage 2: {combo.label} failed its golden check: {g.get('error')}")
     save()
 
     chosen = r.settings(best)
-    gain = "no setting beat the defaults significantly; the defaults are kept" if best is defaults else \
-        f"{1 / best_ratio:.3f}x faster (geometric mean of median step time over {', '.join(workloads)}; decided by {decided})"
+    gain = "no setting beat the defaults significantly; the defaults are kept" if best is defaults else (
+        f"{1 / best_ratio:.3f}x faster (geometric mean of median step time over {', '.join(workloads)}; "
+        f"decided by {decided})")
     header = [f"hostpgo tune-host {run_dir.name}: best of {len(alive)} golden-clean candidates on {platform.node()}",
               f"interpreter {interp.python} ({interp.name}); measured gain vs the defaults: {gain}"]
-    header += [f"  {row['name']}: ratio {row['ratio']:.3f}{'' if row['significant'] else ' (n.s.)'}" for row in best_rows]
+    header += [f"  {row['name']}: ratio {row['ratio']:.3f}{'' if row['significant'] else ' (n.s.)'}"
+               for row in best_rows]
     header += [f"strategy: {STRATEGY}", f"settings: {chosen.summary()}"]
     text = chosen.to_toml(header)
     dest = run_dir / "best-host.toml"
@@ -562,7 +568,8 @@ def render(record: Mapping) -> str:
             p = v["per_workload"].get(w)
             cells.append("-" if p is None else f"{p['ratio']:.3f}" + ("" if p["significant"] else " (n.s.)"))
         geo = "-" if v["geomean_ratio"] is None else f"{v['geomean_ratio']:.3f}"
-        rows.append([f"`{label}`", golden] + cells + [geo, v["metric"], ("**wins**: " if v["wins"] else "") + v["reason"]])
+        rows.append([f"`{label}`", golden] + cells
+                    + [geo, v["metric"], ("**wins**: " if v["wins"] else "") + v["reason"]])
     lines += ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
     lines += ["Ratios are median step time under the candidate / under the defaults (interleaved pyperf, "

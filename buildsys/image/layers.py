@@ -179,7 +179,8 @@ class _Hashing(io.RawIOBase):
         return len(b)
 
 
-def _tarinfo(root: Path, rel: str, epoch: int, first_link: dict[tuple[int, int], str]) -> tuple[tarfile.TarInfo, bytes | Path | None] | None:
+def _tarinfo(root: Path, rel: str, epoch: int,
+             first_link: dict[tuple[int, int], str]) -> tuple[tarfile.TarInfo, bytes | Path | None] | None:
     full = root / rel
     st = os.lstat(full)
     ti = tarfile.TarInfo(rel)

@@ -286,7 +286,8 @@ def check_input(path: Path) -> None:
 
 
 def read_elf(path: Path, run: Callable[[list[str]], str] | None = None) -> ElfFacts:
-    """ElfFacts of `path`; `run` returns a command's stdout (a stage's runner.capture; default: the runner, unlogged)."""
+    """ElfFacts of `path`; `run` returns a command's stdout (a stage's runner.capture; default: the runner,
+    unlogged)."""
     check_input(path)
     argv = [readelf_tool(), "-hlSW", str(path)]
     text = run(argv) if run is not None else capture(argv, timeout=120).stdout

@@ -101,7 +101,8 @@ def _admit(candidate: Path, pin: PinnedSource, cache: Path, *, keep_candidate: b
     if digest != pin.sha256:
         tmp.unlink()
         raise SourceError(f"checksum mismatch for {candidate}: sha256 {digest}, pinned {pin.sha256} "
-                          f"({pin.target} {pin.version} in buildsys/targets/{pin.target}.toml); the bad copy was deleted"
+                          f"({pin.target} {pin.version} in buildsys/targets/{pin.target}.toml); "
+                          "the bad copy was deleted"
                           + ("" if keep_candidate else " (it was a download)"))
     return move_into_place(tmp, dest)
 

@@ -99,7 +99,8 @@ class TrainingTask:
             d["runtime_sources"] = runtime_digest()
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
-    def commands(self, *, python: str, prefix: str, repo: str, venv: str = "") -> list[tuple[list[str], dict[str, str], str | None]]:
+    def commands(self, *, python: str, prefix: str, repo: str,
+                 venv: str = "") -> list[tuple[list[str], dict[str, str], str | None]]:
         """Every (argv, env, cwd) the task runs: one for interpreter/command tasks, one per workload."""
         if self.kind != "workloads":
             return [self.command(python=python, prefix=prefix, repo=repo, venv=venv)]
@@ -107,7 +108,8 @@ class TrainingTask:
         env = {k: v.format(python=python, prefix=prefix, repo=repo, venv=venv) for k, v in self.env}
         return [([python, "-m", "runtime", "workload", name, "--json", *extra], env, repo) for name in self.workloads]
 
-    def command(self, *, python: str, prefix: str, repo: str, venv: str = "") -> tuple[list[str], dict[str, str], str | None]:
+    def command(self, *, python: str, prefix: str, repo: str,
+                venv: str = "") -> tuple[list[str], dict[str, str], str | None]:
         """argv, env and cwd with placeholders filled in."""
         subst = {"python": python, "prefix": prefix, "repo": repo, "venv": venv}
         argv = [a.format(**subst) for a in self.argv]

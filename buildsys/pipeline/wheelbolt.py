@@ -8,7 +8,8 @@ Stages (a BuildPlan executed by buildsys.stages.execute, each stamped by its inp
 
     wheelbolt-collect  the profile's training workloads, run by the interpreter the wheel is installed
                        in; exact counts: valgrind --tool=callgrind --instr-atstart=no, instrumentation
-                       switched on only around `open_workload(...).run_steps(n)` (buildsys/pipeline/wheelbolt_driver.py);
+                       switched on only around `open_workload(...).run_steps(n)`
+                       (buildsys/pipeline/wheelbolt_driver.py);
                        where perf can sample branch stacks (LBR, BRBE): perf record -j any,u instead
     wheelbolt-convert  callgrind -> BOLT's pre-aggregated profile per library (buildsys.callgrind) ->
                        perf2bolt --pa --ba --allow-stripped -> one .fdata per library (perf: perf2bolt
@@ -631,8 +632,8 @@ def _pack(inp: Inputs, dist_dir: Path):
             raise HostpgoError(f"packing {dest.name}: {e}") from e
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        ctx.info.update({"wheel": str(dest), "version": version, "sha256": fsutil.sha256_of(dest), "members": len(members) + 1,
-                         "notes": notes})
+        ctx.info.update({"wheel": str(dest), "version": version, "sha256": fsutil.sha256_of(dest),
+                         "members": len(members) + 1, "notes": notes})
     return fn
 
 
@@ -906,7 +907,8 @@ def prepare(args: argparse.Namespace, runner: Runner, work: WorkArea) -> Inputs:
     versions = {"llvm-bolt": runner.capture([tools.llvm_bolt, "--version"], timeout=60).stdout.strip()[:200]}
     if tools.valgrind:
         versions["valgrind"] = runner.capture([tools.valgrind, "--version"], timeout=60).stdout.strip()
-    collector, why = choose_collector(stock.collector, facts_mod.host_facts(work.facts, work.logs / "host-facts.log").branch_sampling,
+    collector, why = choose_collector(stock.collector,
+                                   facts_mod.host_facts(work.facts, work.logs / "host-facts.log").branch_sampling,
                                    valgrind=bool(tools.valgrind))
     tools = Tools(tools.llvm_bolt, tools.perf2bolt, tools.merge_fdata, tools.valgrind, tuple(sorted(versions.items())))
     files_digest = hashlib.sha256(b"".join(Path(f).read_bytes() for f in prof.files)).hexdigest()

@@ -2,7 +2,7 @@
 
     python buildsys/pipeline/wheelbolt_driver.py [--callgrind] [--maps FILE] workload NAME STEPS
     python buildsys/pipeline/wheelbolt_driver.py [--callgrind] [--maps FILE] call MODULE:FUNC [ARG ...]
-    python buildsys/pipeline/wheelbolt_driver.py loaded MODULE             # import it; print the loaded .so files (JSON)
+    python buildsys/pipeline/wheelbolt_driver.py loaded MODULE            # import it; print the loaded .so files (JSON)
 
 `workload` opens a runtime workload (`runtime.workloads.open_workload`: import MindSpore, load the
 checkpoint, build and warm up the engine) and then runs STEPS engine steps. `call` imports MODULE and

@@ -121,4 +121,5 @@ def install_stage(name: str, *, prev_key: str, build_dir: Path, prefix: Path, st
                   Cmd(install_argv(staging, make_vars), env=dict(run_env), cwd=build_dir, timeout=3600),
                   Call(publish_what, publish)),
                  outputs=(prefix,),
-                 flags=(ChannelFlag("make-var", "DESTDIR", str(staging), "engine: staged install, published by rename"),))
+                 flags=(ChannelFlag("make-var", "DESTDIR", str(staging),
+                                    "engine: staged install, published by rename"),))

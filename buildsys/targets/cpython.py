@@ -34,7 +34,8 @@ from . import Request
 # Stages in order, with what each does (the pipeline prints them in this order).
 STAGE_ORDER = ("source", "runtime-deps", "configure-instrumented", "build-instrumented", "install-instrumented",
                "train", "merge", "configure", "build", "verify", "install")
-BOLT_STAGE_ORDER = (*STAGE_ORDER[:STAGE_ORDER.index("verify")], *boltmod.STAGES, *STAGE_ORDER[STAGE_ORDER.index("verify"):])
+BOLT_STAGE_ORDER = (*STAGE_ORDER[:STAGE_ORDER.index("verify")], *boltmod.STAGES,
+                    *STAGE_ORDER[STAGE_ORDER.index("verify"):])
 """The order with optimize.bolt = true (instrumentation collection)."""
 SPEC = targets_registry.get("cpython")
 """This target's data (buildsys/targets/cpython.toml)."""
@@ -344,7 +345,8 @@ def plan(inp: Inputs) -> BuildPlan:
         verify_actions = list(boltmod.verify_keeping_pgo(verify_actions, bolt_plan.target))
     stages.append(Stage("verify", "verify: CPython's `-m test --pgo` set must pass and every runtime workload "
                         "must reproduce its golden tokens", verify_key,
-                        tuple(verify_actions), flags=tuple(ChannelFlag("env", k, v, "optimize.shared: run the uninstalled build")
+                        tuple(verify_actions),
+                        flags=tuple(ChannelFlag("env", k, v, "optimize.shared: run the uninstalled build")
                                     for k, v in venv_.items())))
     install_stage("install", obuild, prefix, verify_key, {}, omake_vars)
 

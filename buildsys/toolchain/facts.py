@@ -45,7 +45,8 @@ class HostFacts:
     """True when read from the work area's cache (no probe ran in this process)."""
 
     def describe(self) -> dict[str, str]:
-        return {"branch_sampling": f"{'yes' if self.branch_sampling.available else 'no'} ({self.branch_sampling.detail})",
+        return {"branch_sampling": f"{'yes' if self.branch_sampling.available else 'no'} "
+                                   f"({self.branch_sampling.detail})",
                 "hardware_counters": f"{'yes' if self.hardware_counters.available else 'no'} "
                                      f"({self.hardware_counters.detail})",
                 "probed_with": self.tool + (" (cached)" if self.cached else "")}

@@ -133,9 +133,9 @@ def resolve(profile: Profile, comp: Compiler, host: Host, variant: str, *, build
     notes: list[str] = []
 
     def add(feature: str, why: str) -> None:
-        c, l = row(feature, fam)
+        c, ld = row(feature, fam)
         cflags.extend(Flag(v.format(**subst), why) for v in c)
-        ldflags.extend(Flag(v.format(**subst), why) for v in l)
+        ldflags.extend(Flag(v.format(**subst), why) for v in ld)
 
     flags, note = arch_flags(o.arch, host)
     cflags.extend(Flag(f, "optimize.arch") for f in flags)

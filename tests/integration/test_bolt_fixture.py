@@ -40,8 +40,8 @@ def _link(comp: toolchain.Compiler, out: Path) -> Path:
     cflags, ldflags = bolt.build_flags("clang")
     runner = Runner(out / "build.log")
     ld = [f.value for f in ldflags]
-    runner.run([comp.cc, "-O2", *(f.value for f in cflags), "-fPIC", "-c", str(FIXTURE / "libdemo.c"), "-o", "libdemo.o"],
-               cwd=out)
+    runner.run([comp.cc, "-O2", *(f.value for f in cflags), "-fPIC", "-c", str(FIXTURE / "libdemo.c"),
+                "-o", "libdemo.o"], cwd=out)
     runner.run([comp.cc, "-O2", "-c", str(FIXTURE / "demo.c"), "-o", "demo.o"], cwd=out)
     runner.run([comp.cc, *ld, "-shared", "libdemo.o", "-o", "libdemo.so"], cwd=out)
     runner.run([comp.cc, *ld, "demo.o", "-L.", "-ldemo", "-Wl,-rpath,$ORIGIN", "-o", "demo"], cwd=out)

@@ -157,7 +157,8 @@ def test_bolt_profile_adds_the_stages_after_the_optimized_build(tmp_path: Path) 
     assert f"{obuild}/python-bolt-instrumented -m venv --clear {venv}" in train[1]
     assert "hostpgo-runtime.pth" in train[2]
     runs = [w for w in train if "-m runtime workload" in w]
-    assert len(runs) == len(training.registry()["runtime-workloads"].workloads) and all(f"{venv}/bin/python" in w and "LLVM_PROFILE_FILE" not in w for w in runs)
+    assert len(runs) == len(training.registry()["runtime-workloads"].workloads)
+    assert all(f"{venv}/bin/python" in w and "LLVM_PROFILE_FILE" not in w for w in runs)
     apply = st["bolt-apply"].actions[0].what
     assert f"-data={fdata.parent}/merged.fdata" in apply
     assert "-reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions -split-all-cold" in apply
@@ -175,7 +176,8 @@ def test_bolt_options_are_profile_data_and_enter_the_keys(tmp_path: Path) -> Non
     assert "-reorder-blocks=cache+" in b["bolt-apply"].actions[0].what
     assert a["bolt-merge"].key == b["bolt-merge"].key and a["bolt-apply"].key != b["bolt-apply"].key
     assert a["verify"].key != b["verify"].key and a["build"].key == b["build"].key
-    c = by_name(cpython.plan(inputs(tmp_path, "workload-pgo-lto-bolt", set=['bolt.instrument=["-conservative-instrumentation"]'])))
+    c = by_name(cpython.plan(inputs(tmp_path, "workload-pgo-lto-bolt",
+                                    set=['bolt.instrument=["-conservative-instrumentation"]'])))
     assert c["bolt-instrument"].key != a["bolt-instrument"].key
     assert "-conservative-instrumentation" in c["bolt-instrument"].actions[-1].what
 
@@ -234,7 +236,8 @@ def test_perf_collection_wraps_each_task_in_perf_record(tmp_path: Path) -> None:
     st = by_name(cpython.plan(inputs(tmp_path, "workload-pgo-lto-bolt", bolt_sampling=LBR)))
     assert "bolt-instrument" not in st
     runs = [a.what for a in st["bolt-train"].actions if "-m runtime workload" in a.what]
-    assert len(runs) == len(training.registry()["runtime-workloads"].workloads) and all("perf record -q -e cycles:u -j any,u -o " in w for w in runs)
+    assert len(runs) == len(training.registry()["runtime-workloads"].workloads)
+    assert all("perf record -q -e cycles:u -j any,u -o " in w for w in runs)
     assert "perf-001.data" in runs[0] and "perf-005.data" in runs[4]
     assert "perf2bolt" in st["bolt-merge"].actions[0].what
 

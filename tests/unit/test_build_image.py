@@ -45,7 +45,8 @@ LDD = """\tlinux-vdso.so.1 (0x00007ffc)
 def test_apt_sources_read_deb822_and_one_line_files(tmp_path: Path) -> None:
     (tmp_path / "sources.list.d").mkdir()
     (tmp_path / "sources.list.d" / "debian.sources").write_text(DEB822)
-    (tmp_path / "sources.list").write_text("# comment\ndeb [arch=amd64] http://mirror.example/debian bookworm main non-free\n"
+    (tmp_path / "sources.list").write_text("# comment\n"
+                                           "deb [arch=amd64] http://mirror.example/debian bookworm main non-free\n"
                                            "deb-src http://mirror.example/debian bookworm main\n")
     got = image.apt_sources(tmp_path)
     assert [s.line() for s in got] == [
@@ -154,7 +155,10 @@ def _manifest(name: str, shared: bool) -> str:
 
 def test_prepare_refuses_missing_shared_and_instrumented_builds(tmp_path: Path) -> None:
     work = WorkArea(tmp_path)
-    ok = lambda: None
+
+    def ok() -> None:
+        return None
+
     with pytest.raises(image.ImageError, match="--build workload-pgo-lto: no installed build.*build it first: "
                                                "python -m buildsys build cpython --profile workload-pgo-lto"):
         image.prepare("workload-pgo-lto", work=work, host_check=ok)

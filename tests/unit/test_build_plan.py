@@ -31,7 +31,8 @@ def test_pgo_plan_stage_order_and_channels(tmp_path: Path) -> None:
     assert [s.name for s in plan.stages] == list(cpython.STAGE_ORDER)
     by = {s.name: s for s in plan.stages}
     cfg_i = {(f.channel, f.value) for f in by["configure-instrumented"].flags}
-    assert ("CFLAGS_NODIST", f"-fprofile-instr-generate={tmp_path}/pgo/cpython-3.11.2-generic-pgo-lto/raw/cpython-%p-%m.profraw") in cfg_i
+    assert ("CFLAGS_NODIST", f"-fprofile-instr-generate={tmp_path}/pgo/cpython-3.11.2-generic-pgo-lto/raw/"
+                             "cpython-%p-%m.profraw") in cfg_i
     cfg = by["configure"].flags
     # PGO/LTO flags travel only through the *_NODIST channels, never through configure args or CFLAGS.
     for f in cfg:
@@ -210,7 +211,8 @@ def test_command_task_runs_in_a_venv_of_the_instrumented_interpreter(tmp_path: P
     instr_python = f"{tmp_path}/install/cpython-3.11.2-generic-pgo-lto-instrumented/bin/python3"
     venv_python = f"{tmp_path}/pgo/cpython-3.11.2-generic-pgo-lto/venv/bin/python"
     assert cmds[0].argv[:4] == (instr_python, "-m", "test", "--pgo")
-    assert cmds[1].argv == (instr_python, "-m", "venv", "--clear", f"{tmp_path}/pgo/cpython-3.11.2-generic-pgo-lto/venv")
+    assert cmds[1].argv == (instr_python, "-m", "venv", "--clear",
+                            f"{tmp_path}/pgo/cpython-3.11.2-generic-pgo-lto/venv")
     assert cmds[2].argv[:4] == (venv_python, "-m", "pip", "install") and cmds[2].argv[-1].endswith("[runtime]")
     assert cmds[3].argv == (venv_python, "-m", "runtime", "workload", "decode")
     assert all(c.env["LLVM_PROFILE_FILE"].endswith("cpython-%p-%m.profraw") for c in cmds)

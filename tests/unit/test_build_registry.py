@@ -83,7 +83,8 @@ def test_bolt_plan_refuses_to_probe(tmp_path: Path) -> None:
         cpython.plan(inp)
 
 
-def test_host_facts_are_probed_once_and_cached_by_tool_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_host_facts_are_probed_once_and_cached_by_tool_identity(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
     def fake_probe(runner):

@@ -123,7 +123,8 @@ def test_private_apt_sources_from_deb822_and_one_line(tmp_path: Path) -> None:
     text = sources.apt_private_sources([deb822, one, tmp_path / "absent.list"])
     stanzas = text.strip().split("\n\n")
     assert len(stanzas) == 2
-    assert stanzas[0].startswith("Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates")
+    assert stanzas[0].startswith("Types: deb-src\nURIs: http://deb.debian.org/debian\n"
+                                 "Suites: bookworm bookworm-updates")
     assert "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" in stanzas[0]
     assert stanzas[1] == ("Types: deb-src\nURIs: http://archive.ubuntu.com/ubuntu\nSuites: jammy\n"
                           "Components: main universe\nSigned-By: /k.gpg")
@@ -152,7 +153,8 @@ def _tree(tmp_path: Path) -> Path:
 def _patch(d: Path, name: str, old: str, new: str) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     p = d / name
-    p.write_text(f"--- a/a.c\n+++ b/a.c\n@@ -1,4 +1,4 @@\n int a(void)\n {{\n-    return {old};\n+    return {new};\n }}\n")
+    p.write_text("--- a/a.c\n+++ b/a.c\n@@ -1,4 +1,4 @@\n int a(void)\n {\n"
+                 f"-    return {old};\n+    return {new};\n }}\n")
     return p
 
 

@@ -101,5 +101,6 @@ def test_bazel_copts_come_after_its_compilation_mode() -> None:
     assert args.index("--copt=-O3") > args.index("--compilation_mode=opt")
     rc = bazel.bazelrc(rf, config="hostpgo")
     assert rc.splitlines()[0] == "build:hostpgo --compilation_mode=opt" and "build:hostpgo --copt=-O3\n" in rc
-    assert bazel.build_argv(["//:all"], rf)[:2] == ["bazel", "build"] and bazel.build_argv(["//:all"], rf)[-1] == "//:all"
+    assert bazel.build_argv(["//:all"], rf)[:2] == ["bazel", "build"]
+    assert bazel.build_argv(["//:all"], rf)[-1] == "//:all"
     assert {f.channel for f in bazel.channel_flags(rf)} <= set(bazel.CHANNELS)

@@ -82,7 +82,8 @@ def test_workload_profile_trains_in_a_venv_that_sees_the_runtime_deps(tmp_path: 
     # The task's venv_install (Ray, for ray-decode) goes into the same venv before the first workload runs.
     assert train[3].argv == (f"{venv}/bin/python", "-m", "pip", "install", "ray==2.60.0")
     runs = [a.what for a in train[4:]]
-    assert len(runs) == len(training.registry()["runtime-workloads"].workloads) and all(f"{venv}/bin/python -m runtime workload" in w for w in runs)
+    assert len(runs) == len(training.registry()["runtime-workloads"].workloads)
+    assert all(f"{venv}/bin/python -m runtime workload" in w for w in runs)
     assert all("LLVM_PROFILE_FILE=" in w and f"HOSTPGO_HOME={tmp_path}" in w for w in runs)
     # Only the training set differs from the generic profile: everything before training is shared.
     gen = by_name(cpython.plan(inputs(tmp_path, "generic-pgo-lto")))
@@ -235,7 +236,8 @@ def test_pipeline_measures_baseline_first_then_system_then_builds(tmp_path: Path
     interps = [cmd[i + 1] for i, c in enumerate(cmd) if c == "--interp"]
     # Debian's interpreter twice: as it is, and with the optimized default's allocator preloaded.
     assert interps == ["baseline=/i/baseline/bin/python3", f"debian={system}", f"debian+tcmalloc={system}@tcmalloc",
-                       "generic-pgo-lto=/i/generic-pgo-lto/bin/python3", "workload-pgo-lto=/i/workload-pgo-lto/bin/python3",
+                       "generic-pgo-lto=/i/generic-pgo-lto/bin/python3",
+                       "workload-pgo-lto=/i/workload-pgo-lto/bin/python3",
                        "workload-pgo-lto-tcmalloc=/i/workload-pgo-lto-tcmalloc/bin/python3"]
     assert cmd[cmd.index("--workloads") + 1] == "decode-b1,decode-b8,serve-mixed,op-dispatch,decode-b8-graph"
     assert cmd[cmd.index("--counter-workloads") + 1] == "pure-python,pure-dispatch,decode-b1"

@@ -106,6 +106,7 @@ def test_geometric_mean_significance():
     # Hand-checked: d = log 2 for one benchmark, variances zero -> significant, t = +inf (faster).
     sig, t, df = geomean_significance([([2.0, 2.0], [1.0, 1.0])])
     assert sig and t == math.inf and df is None
-    # By hand: logs [0, 1] and [1, 2]: d = -1 (slower), variance 0.25 + 0.25, t = 1/sqrt(0.5), df = 0.5**2 / (2 * 0.25**2) = 2.
+    # By hand: logs [0, 1] and [1, 2]: d = -1 (slower), variance 0.25 + 0.25, t = 1/sqrt(0.5),
+    # df = 0.5**2 / (2 * 0.25**2) = 2.
     sig, t, df = geomean_significance([([1.0, math.e], [math.e, math.e**2])])
     assert t == pytest.approx(-1 / math.sqrt(0.5)) and df == pytest.approx(2.0) and not sig  # t95(2) = 4.30

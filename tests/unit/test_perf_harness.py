@@ -90,7 +90,8 @@ def test_counter_runs_go_in_parallel_and_count_exactly(tmp_path):
     assert list(res) == ["a", "b"]  # in interpreter order whatever finished first
     # Start-up differs by a few instructions (the subject's name is in its paths); the per-unit cost,
     # the difference of two runs, is exact even with another valgrind on the other core.
-    assert res["a"]["pure-dispatch"]["per_unit"]["instructions"] == res["b"]["pure-dispatch"]["per_unit"]["instructions"]
+    assert (res["a"]["pure-dispatch"]["per_unit"]["instructions"]
+            == res["b"]["pure-dispatch"]["per_unit"]["instructions"])
 
 
 def test_counter_workloads_choose_the_counted_targets_apart_from_the_timed_ones(tmp_path):

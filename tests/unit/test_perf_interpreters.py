@@ -54,7 +54,7 @@ def test_hostpgo_build_by_name(tmp_path):
     assert interp.python == str(prefix / "bin" / "python3")
     assert len(interp.manifest_digest) == 64 and interp.build_id == "id-cpython-3.11.2-baseline"
     assert resolve(parse_spec("id-cpython-3.11.2-baseline"), tmp_path).python == interp.python
-    assert interp.version == "%d.%d.%d" % sys.version_info[:3]
+    assert interp.version == f"{sys.version_info[0]}.{sys.version_info[1]}.{sys.version_info[2]}"
     # The prefix directory itself works too, and a path inside a prefix picks up its manifest.
     assert resolve(parse_spec(f"b={prefix}"), tmp_path).manifest_digest == interp.manifest_digest
     assert resolve(parse_spec(f"c={prefix}/bin/python3"), tmp_path).origin == "hostpgo-build"
@@ -73,7 +73,8 @@ def test_hostpgo_build_by_profile_name_skips_instrumented(tmp_path):
         manifest = prefix / "hostpgo-manifest.json"
         manifest.write_text(json.dumps({"schema": 1, "build_id": name, "profile": {"name": "generic-pgo-lto"}}))
     builds = find_builds(tmp_path)
-    assert builds["generic-pgo-lto"] == tmp_path / "install" / "cpython-3.11.2-generic-pgo-lto" / "hostpgo-manifest.json"
+    assert (builds["generic-pgo-lto"]
+            == tmp_path / "install" / "cpython-3.11.2-generic-pgo-lto" / "hostpgo-manifest.json")
     assert resolve(parse_spec("generic-pgo-lto"), tmp_path).build_id == "cpython-3.11.2-generic-pgo-lto"
 
 

@@ -25,7 +25,8 @@ def test_startup_targets_are_per_process_commands():
 def _plan(targets, counter_targets=None, stages=("latency", "counters", "attribute")):
     return session.Plan(interpreters=(), targets=tuple(catalog.parse_targets(targets)), stages=stages,
                         run_dir=Path("/nonexistent"),
-                        counter_targets=None if counter_targets is None else tuple(catalog.parse_targets(counter_targets)))
+                        counter_targets=(None if counter_targets is None
+                                         else tuple(catalog.parse_targets(counter_targets))))
 
 
 def test_counters_and_attribution_skip_start_up_targets():

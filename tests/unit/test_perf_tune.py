@@ -220,7 +220,8 @@ def test_report_shows_host_settings_and_the_attribution_shift(run_dir):
     target = next(iter(shift))
     base_total = sum(shift[target]["base"].values())
     lat = next(r for r in comp["latency"][0]["rows"] if r["name"] == target)
-    assert base_total == pytest.approx(lat["base_median"] * sum(rec["attribution"]["base"][target]["groups"].values()) / 100)
+    assert base_total == pytest.approx(
+        lat["base_median"] * sum(rec["attribution"]["base"][target]["groups"].values()) / 100)
 
 
 def test_preloaded_allocators_have_their_own_attribution_group():
@@ -259,7 +260,8 @@ def test_each_subject_runs_under_its_own_environment(tmp_path):
                                   provider="envprobe", env={"PYTHONPATH": str(tmp_path)})
     names = {p.name.split("-")[0] for p in seen.iterdir()}
     assert names == {"a", "b"}
-    assert pyperf.BenchmarkSuite.load(str(tmp_path / rec["files"]["other"])).get_benchmark("decode-b1").get_nvalue() == 4
+    suite = pyperf.BenchmarkSuite.load(str(tmp_path / rec["files"]["other"]))
+    assert suite.get_benchmark("decode-b1").get_nvalue() == 4
 
 
 def test_run_orchestrates_golden_stage1_stage2_and_keeps_the_best(tmp_path, monkeypatch):

@@ -116,7 +116,8 @@ def ensure_toolchain(profile_refs: Sequence[str], console: Console) -> toolchain
     """Detect; as root on Debian/Ubuntu, install what a profile lacks; otherwise fail with the command."""
     tcs = toolchain.detect()
     missing = []
-    packages = toolchain.missing_packages(tcs.host)
+    # The builds' packages, and what the measurement runs (valgrind's cachegrind, perf record).
+    packages = [*toolchain.missing_packages(tcs.host), *toolchain.missing_packages(tcs.host, "measure")]
     if packages:
         missing.append(f"missing packages: {' '.join(packages)} (needed for the toolchains and for CPython's "
                        f"optional modules). Install them: {toolchain.install_hint(tcs.host)}")
@@ -142,6 +143,7 @@ def ensure_toolchain(profile_refs: Sequence[str], console: Console) -> toolchain
         work = WorkArea.from_env()
         runner = Runner(work.logs / "toolchain-install.log")
         toolchain.install(tcs.host, runner)
+        toolchain.install(tcs.host, runner, "measure")
         if alloc_packages:
             runner.run(["apt-get", "install", "-y", *alloc_packages], timeout=1800)
         tcs = toolchain.detect()

@@ -240,8 +240,10 @@ def detect(environ: dict[str, str] | None = None) -> Toolchains:
     return Toolchains(host=detect_host(), compilers=tuple(compilers))
 
 
-PURPOSES = ("pipeline", "tests")
-"""What a machine is set up for: `pipeline` builds CPython and images; `tests` runs the test suite."""
+PURPOSES = ("pipeline", "tests", "measure")
+"""What a machine is set up for: `pipeline` builds CPython and images; `tests` runs the test suite; `measure`
+is what the pipeline's measurement runs (cachegrind counters, perf attribution)."""
+MEASURE_PACKAGES = {"debian": ("valgrind", "linux-perf"), "dnf": ("valgrind", "perf")}
 TEST_TOOL_PACKAGES = ("build-essential", "valgrind", "linux-perf", "umoci", "cmake", "bazel-bootstrap")
 """Beside LLVM, what the tests run for real: gcc fixtures, cachegrind counters, perf's probe and
 attribution, umoci unpacking the image fixtures, CMake and Bazel 4 building the MindSpore and Ray fixture trees
@@ -256,6 +258,8 @@ def wanted_packages(host: Host, purpose: str = "pipeline") -> tuple[str, ...]:
 
     fam = allocators.family(host)
     alloc = tuple(dict.fromkeys(p for spec in allocators.table().values() if (p := spec.packages.get(fam))))
+    if purpose == "measure":
+        return MEASURE_PACKAGES["debian" if host.is_debian_like else "dnf"]
     if host.is_debian_like:
         if purpose == "tests":
             return (*LLVM_PACKAGES, *TEST_TOOL_PACKAGES, *alloc)

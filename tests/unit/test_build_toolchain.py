@@ -81,13 +81,13 @@ def test_pipeline_toolchain_check_installs_as_root_or_names_the_command(monkeypa
     clang = toolchain.Compiler("clang", "/usr/bin/clang-22", None, "22.1.8", "clang 22",
                                {r: f"/usr/bin/{n}-22" for r, n in toolchain.LLVM_TOOLS.items()})
     state = {"installed": False, "commands": []}
-    monkeypatch.setattr(toolchain, "missing_packages", lambda h: [])
+    monkeypatch.setattr(toolchain, "missing_packages", lambda h, purpose="pipeline": [])
     monkeypatch.setattr(toolchain, "detect", lambda environ=None: toolchain.Toolchains(
         host, (gcc, clang) if state["installed"] else (gcc,)))
 
-    def fake_install(h, runner):
+    def fake_install(h, runner, purpose="pipeline"):
         state["installed"] = True
-        state["commands"].append(toolchain.install_command(h))
+        state["commands"].append(toolchain.install_command(h, purpose))
 
     monkeypatch.setattr(toolchain, "install", fake_install)
     console = Console(file=open(os.devnull, "w"))
@@ -113,3 +113,9 @@ def test_the_tests_purpose_installs_what_the_suite_runs_and_the_allocators_from_
     assert toolchain.install_command(debian, "tests") == ["apt-get", "install", "-y", *tests]
     with pytest.raises(toolchain.ToolchainError, match="--for 'nightly'"):
         toolchain.wanted_packages(debian, "nightly")
+
+
+def test_the_pipeline_also_installs_what_its_measurement_runs():
+    debian = toolchain.Host("x86_64", "debian")
+    assert toolchain.wanted_packages(debian, "measure") == ("valgrind", "linux-perf")
+    assert toolchain.install_command(debian, "measure") == ["apt-get", "install", "-y", "valgrind", "linux-perf"]

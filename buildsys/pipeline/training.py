@@ -202,19 +202,26 @@ def last_json(lines: list[str]) -> dict | None:
     return None
 
 
-def run_workload(argv: list[str], env: dict[str, str], cwd: str | None, timeout: float, where: str):
-    """Call body: run one runtime workload, keep its record (digest, golden match) in the stage info."""
+def run_workload(argv: list[str], env: dict[str, str], cwd: str | None, timeout: float, where: str,
+                 expect_host_path: str | None = None):
+    """Call body: run one runtime workload, keep its record (digest, golden match, which host hot path ran) in the
+    stage info. `expect_host_path` ("cython" or "python"): fail unless the record's `host_path` is that one (a
+    build of runtime._hostpath must be trained and verified on the compiled path, not the reference)."""
     def fn(ctx: StageContext) -> None:
         lines: list[str] = []
         rc = ctx.runner.run(argv, env=env, cwd=Path(cwd) if cwd else None, timeout=timeout, ok_codes=(0, 1),
                             nice=True, collect=lines)
         rec = last_json(lines) or {}
         entry = {k: rec.get(k) for k in ("name", "version", "steps", "seed", "token_digest", "golden_digest",
-                                          "golden_match", "tokens", "dispatches_per_token")}
+                                          "golden_match", "tokens", "dispatches_per_token", "host_path",
+                                          "host_path_reason")}
         entry["exit_code"] = rc
         ctx.info.setdefault("workloads", []).append(entry)
+        name = argv[argv.index("workload") + 1] if "workload" in argv else argv[-1]
+        if expect_host_path is not None and rec and rec.get("host_path") != expect_host_path:
+            raise HostpgoError(f"{where}: workload {name} ran the {rec.get('host_path')!r} host hot path, not "
+                               f"{expect_host_path!r} ({rec.get('host_path_reason')})")
         if rc != 0:
-            name = argv[argv.index("workload") + 1] if "workload" in argv else argv[-1]
             if not rec:  # exit 1 without a record: the workload crashed, it did not produce other tokens
                 tail = "\n".join(lines[-5:])
                 raise HostpgoError(f"{where}: workload {name} failed with exit code {rc} before printing its "

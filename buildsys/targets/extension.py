@@ -4,12 +4,18 @@ Cython through them) by a chosen interpreter, with the profile's flags through t
 
     python -m buildsys build extension --package NAME[==VERSION] --profile NAME [--interp PYTHON]
     python -m buildsys build extension --source DIR|SDIST --profile NAME [--interp PYTHON]
+    python -m buildsys build extension --package hostpgo --profile NAME [--source CHECKOUT] [--interp PYTHON]
+
+A local project named in extension.toml's [recipe.projects] (hostpgo: this checkout, whose wheel carries
+runtime._hostpath) is built from its tree, never from the index: `--package NAME` takes the entry's tree (relative
+to the checkout), `--source DIR` another checkout of it; only the entry's `include` paths are copied and digested.
 
 Stages (PGO profiles; without PGO only build -> verify -> install follow build-env):
 
     source                 the sdist (fetched into .hostpgo/sources/extension/ by prepare: pip download
                            --no-binary NAME --no-deps; its sha256 checked against extension.toml when pinned there,
-                           recorded always) or the local tree, unpacked into .hostpgo/src/extension-NAME-VER-<key>
+                           recorded always) or the local tree (a project's `include` only), unpacked or copied
+                           into .hostpgo/src/extension-NAME-VER-<key>
     runtime-deps           the runtime's wheels (shared with cpython), when a training task or verify runs workloads
     build-env              a venv of the interpreter with `build` and the back end's requirements from the index
                            (static from pyproject.toml, then the back end's get_requires_for_build_wheel)
@@ -19,8 +25,9 @@ Stages (PGO profiles; without PGO only build -> verify -> install follow build-e
     train, merge           buildsys.pipeline.pgo: the package's task (profiles/tasks/extension-NAME.toml) or the
                            profile's tasks, one raw profile per process; merged into the profile store
     build                  the same directory, the same path, with -fprofile-instr-use (or -fprofile-use)
-    verify                 a venv with the optimized wheel: import, the package's check snippet, the runtime
-                           workloads' golden digests
+    verify                 a venv with the optimized wheel: import, the package's check snippet, its `tests`
+                           (pytest, against the installed wheel), the runtime workloads' golden digests (and, with
+                           `host_path`, that each record names that host hot path)
     install                the wheel into .hostpgo/wheels/<build id>/ with hostpgo-manifest.json (sdist sha256,
                            flags per stage with channel, profile data digest, compile-line proof)
 """
@@ -60,6 +67,11 @@ from . import Request
 TARGET = "extension"
 SPEC = targets_registry.get(TARGET)
 """This target's data (buildsys/targets/extension.toml)."""
+PROJECTS: Mapping[str, Mapping[str, Any]] = SPEC.recipe.get("projects", {})
+"""Local projects built from a tree by name (extension.toml [recipe.projects.NAME]: tree, include, ships_runtime)."""
+LOCAL_SKIP_DIRS = (".git", "build", "__pycache__")
+LOCAL_SKIP_SUFFIXES = (".so", ".pyc")
+"""What is never copied from a local tree (a compiled module there would shadow the build's own)."""
 STAGE_ORDER = ("source", "runtime-deps", "build-env", "build-instrumented", "install-instrumented", "train",
                "merge", "build", "verify", "install")
 PACKAGE_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(==([A-Za-z0-9.+!_-]+))?$")
@@ -110,6 +122,11 @@ class Package:
     """The sha256 was checked against extension.toml's [sources]."""
     cython: bool = False
     """Cython is among its build requirements (it generates C during the build)."""
+    include: tuple[str, ...] = ()
+    """A local project's paths (relative to its tree) that are copied and digested; empty: the whole tree."""
+    ships_runtime: bool = False
+    """The wheel holds the runtime itself (hostpgo): its workloads run from the venv, without the checkout on
+    sys.path, so the wheel's runtime is the one imported."""
 
     @property
     def import_name(self) -> str:
@@ -148,7 +165,8 @@ class Inputs:
             target=TARGET, version=pk.version, profile=self.profile.to_dict(),
             toolchain={**self.compiler.identity(), "host": {"machine": self.host.machine, "os": self.host.os_id}},
             source={"file": pk.sdist.name if pk.sdist else str(pk.tree), "sha256": pk.sha256,
-                    "kind": "sdist" if pk.sdist else "tree", "pinned": pk.pinned},
+                    "kind": "sdist" if pk.sdist else "tree", "pinned": pk.pinned,
+                    **({"include": list(pk.include)} if pk.include else {})},
             extra={"package": {"name": pk.name, "version": pk.version, "backend": pk.backend,
                                "requires": list(pk.requires), "cython": pk.cython},
                    "interpreter": self.interp.identity()})
@@ -267,12 +285,56 @@ def describe_package(*, name: str | None, version: str | None, sdist: Path | Non
     if not data and not (tree / "setup.py").is_file():
         raise InputError(f"--source {tree}: neither pyproject.toml nor setup.py there")
     proj = data.get("project", {})
-    name = name or proj.get("name") or tree.name
-    version = version or proj.get("version") or _pkg_info_version(tree) or "0+local"
+    declared = proj.get("name") or tree.name
+    if name is not None and declared.lower() != name.lower():
+        raise InputError(f"--source {tree}: its pyproject.toml names project {declared!r}, not {name!r}")
+    name = name or declared
+    have = proj.get("version") or _pkg_info_version(tree) or "0+local"
+    if version is not None and version != have:
+        raise InputError(f"{name}=={version}: the tree {tree} is version {have}")
     backend, requires = describe_build(data)
-    return Package(name=name, version=version, backend=backend, requires=requires, sdist=None, tree=tree,
-                   sha256=manifest.tree_digest(tree, skip_dirs=(".git", "build", "__pycache__")), origin="user",
-                   cython=any(r.lower().startswith("cython") for r in requires))
+    entry = PROJECTS.get(name.lower(), {})
+    include = tuple(entry.get("include", ()))
+    sha = (files_digest(tree, local_files(tree, include)) if include
+           else manifest.tree_digest(tree, skip_dirs=LOCAL_SKIP_DIRS))
+    return Package(name=name, version=have, backend=backend, requires=requires, sdist=None, tree=tree,
+                   sha256=sha, origin="user", cython=any(r.lower().startswith("cython") for r in requires),
+                   include=include, ships_runtime=bool(entry.get("ships_runtime", False)))
+
+
+def local_files(tree: Path, include: tuple[str, ...]) -> list[Path]:
+    """The files (relative to `tree`) a local project's build is given: every file of each `include` path, less
+    LOCAL_SKIP_DIRS and LOCAL_SKIP_SUFFIXES, sorted."""
+    out: list[Path] = []
+    for rel in include:
+        top = tree / rel
+        if not top.exists():
+            raise InputError(f"{tree}: {rel!r} (extension.toml [recipe.projects] include) does not exist")
+        for p in [top] if top.is_file() else top.rglob("*"):
+            r = p.relative_to(tree)
+            if p.is_file() and not set(r.parts) & set(LOCAL_SKIP_DIRS) and not p.name.endswith(LOCAL_SKIP_SUFFIXES):
+                out.append(r)
+    return sorted(set(out))
+
+
+def files_digest(tree: Path, files: list[Path]) -> str:
+    """sha256 over the relative paths and contents of `files` below `tree` (as manifest.tree_digest does)."""
+    import hashlib
+    h = hashlib.sha256()
+    for r in files:
+        h.update(str(r).encode() + b"\0")
+        h.update(hashlib.sha256((tree / r).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def project_tree(name: str, source: Path | None) -> Path:
+    """The tree of the local project `name` (extension.toml [recipe.projects]): `source` when given, else the
+    entry's tree relative to this checkout."""
+    entry = PROJECTS[name.lower()]
+    tree = source if source is not None else REPO_ROOT / str(entry.get("tree", "."))
+    if not tree.is_dir():
+        raise InputError(f"project {name}: {tree} is not a directory")
+    return tree.resolve()
 
 
 def _pkg_info_version(tree: Path) -> str | None:
@@ -297,12 +359,20 @@ def prepare(req: Request) -> Inputs:
     opts = {"package": req.arg("package"), "interp": req.arg("interp")}  # [cli_args] in extension.toml
     runner = Runner(req.work.logs / "extension-prepare.log")
     standin = req.allow_missing and opts.get("package") is None and req.user_source is None
-    if (opts.get("package") is None) == (req.user_source is None) and not standin:
-        raise InputError("build extension needs exactly one of --package NAME[==VERSION] and --source DIR|SDIST")
-    interp = probe_interpreter(Path(opts.get("interp") or default_interpreter(req.work)), runner)
+    project = parse_package(opts["package"]) if opts.get("package") else None
+    if project is not None and project[0].lower() not in PROJECTS:
+        project = None
+    if (opts.get("package") is None) == (req.user_source is None) and not standin and project is None:
+        raise InputError("build extension needs exactly one of --package NAME[==VERSION] and --source DIR|SDIST "
+                         f"(both only for a local project: {', '.join(sorted(PROJECTS)) or 'none'})")
+    interp = probe_interpreter(Path(opts.get("interp") or default_interpreter(req.work)).absolute(), runner)
     if standin:  # planning only (show-profile): a setuptools package stands in for the one a build names
         pkg = Package(name="PACKAGE", version="VERSION", backend="setuptools", requires=("setuptools",), sdist=None,
                       tree=Path("<--source DIR>"), sha256="0" * 64, origin="user")
+    elif project is not None:
+        name, version = project
+        tree = project_tree(name, req.user_source.resolve() if req.user_source is not None else None)
+        pkg = describe_package(name=name, version=version, sdist=None, tree=tree, origin="user")
     elif req.user_source is not None:
         src = req.user_source.resolve()
         if src.is_dir():
@@ -340,11 +410,20 @@ def _unpack_or_copy(pkg: Package, dest: Path):
             for p in top.iterdir():
                 p.rename(tmp / p.name)
             top.rmdir()
+        elif pkg.include:
+            assert pkg.tree is not None
+            files = local_files(pkg.tree, pkg.include)
+            if files_digest(pkg.tree, files) != pkg.sha256:
+                raise HostpgoError(f"{pkg.tree} changed since the build was planned")
+            for r in files:
+                (tmp / r).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(pkg.tree / r, tmp / r)
         else:
             shutil.rmtree(tmp)
             shutil.copytree(pkg.tree, tmp, ignore=shutil.ignore_patterns(".git", "build", "__pycache__", "*.so"))
         fsutil.move_into_place(tmp, dest)
-        ctx.info.update({"tree": str(dest), "origin": pkg.origin, "sha256": pkg.sha256})
+        ctx.info.update({"tree": str(dest), "origin": pkg.origin, "sha256": pkg.sha256,
+                         **({"include": list(pkg.include)} if pkg.include else {})})
     return fn
 
 
@@ -393,6 +472,26 @@ def _build_wheel(*, tree: Path, build_dir: Path, outdir: Path, argv: list[str], 
         if not check.ok:
             raise HostpgoError(f"the profile's flags did not win on the compile lines of {build_dir} "
                                f"({check.lines} found): " + "; ".join(check.failures[:5]))
+    return fn
+
+
+def _run_tests(argv: list[str], cwd: Path, report: Path, timeout: float):
+    """Run the package's tests (pytest) in the verify venv; its JUnit report must show tests, none of them failed,
+    errored or skipped (a skip would hide a test that did not run against the wheel)."""
+    def fn(ctx: StageContext) -> None:
+        import xml.etree.ElementTree as ET
+        report.unlink(missing_ok=True)
+        rc = ctx.runner.run(argv, cwd=cwd, timeout=timeout, ok_codes=(0, 1), nice=True)
+        try:
+            root = ET.parse(report).getroot()
+        except (OSError, ET.ParseError) as e:
+            raise HostpgoError(f"the tests left no readable report {report} ({e}); exit code {rc}") from None
+        suite = root if root.tag == "testsuite" else root.find("testsuite")
+        counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+        ctx.info["tests"] = {**counts, "exit_code": rc, "report": str(report)}
+        if rc != 0 or counts["tests"] == 0 or counts["failures"] or counts["errors"] or counts["skipped"]:
+            raise HostpgoError(f"the package's tests against the installed wheel: {counts}, exit code {rc} "
+                               f"(log: {ctx.runner.log_path})")
     return fn
 
 
@@ -462,7 +561,8 @@ def plan(inp: Inputs) -> BuildPlan:
     src_key = digest({"stage": "source", "target": TARGET, "package": pkg.name, "version": pkg.version,
                       "sha256": pkg.sha256})
     tree = work.src / f"{TARGET}-{pkg.name}-{pkg.version}-{src_key[:12]}"
-    what = f"verify {pkg.sdist} (sha256 {pkg.sha256[:12]}…) and unpack" if pkg.sdist else f"copy {pkg.tree}"
+    what = (f"verify {pkg.sdist} (sha256 {pkg.sha256[:12]}…) and unpack" if pkg.sdist
+            else f"copy {' '.join(pkg.include)} of {pkg.tree}" if pkg.include else f"copy {pkg.tree}")
     stages.append(Stage("source", f"the source of {pkg.name} {pkg.version}", src_key,
                         (Call(f"{what}; rename into {tree}", _unpack_or_copy(pkg, tree)),), requires=(tree,)))
 
@@ -473,8 +573,12 @@ def plan(inp: Inputs) -> BuildPlan:
         from .cpython import runtime_deps_stage
         deps_stage, deps_dir, deps_key = runtime_deps_stage(work, interp.minor)
         stages.append(deps_stage)
-    pth_text = f"{deps_dir}\n{REPO_ROOT}\n" if deps_dir else ""
+    # The venvs see the runtime's dependencies and this checkout's runtime, except when the wheel is the runtime
+    # (ships_runtime): then only the dependencies, and workloads run from the venv, so the checkout's runtime
+    # (which has no compiled module) cannot shadow the wheel's.
+    pth_text = (f"{deps_dir}\n" if pkg.ships_runtime else f"{deps_dir}\n{REPO_ROOT}\n") if deps_dir else ""
     runtime_env = {"HOSTPGO_HOME": str(work.root)}
+    expect_host_path = pkg.verify.get("host_path")
 
     # 3. build-env: the isolated build environment (fixed path, requirements from the index).
     build_dir = work.build / build_id
@@ -547,8 +651,11 @@ def plan(inp: Inputs) -> BuildPlan:
                                                   venv=str(ivenv)):
                     if t.kind == "workloads":
                         wenv = {**env, **runtime_env, **tenv}
-                        acts.append(Call(f"{format_command(argv, wenv, Path(cwd))} (record kept)",
-                                         training.run_workload(argv, wenv, cwd, t.timeout, f"training task {t.name}")))
+                        cwd = str(ivenv) if pkg.ships_runtime else cwd
+                        note = f", host_path must be {expect_host_path}" if expect_host_path else ""
+                        acts.append(Call(f"{format_command(argv, wenv, Path(cwd))} (record kept{note})",
+                                         training.run_workload(argv, wenv, cwd, t.timeout, f"training task {t.name}",
+                                                               expect_host_path=expect_host_path)))
                     else:
                         acts.append(Cmd(tuple(argv), env={**env, **tenv}, cwd=Path(cwd) if cwd else ivenv,
                                         timeout=t.timeout, ok_codes=t.ok_codes))
@@ -573,19 +680,35 @@ def plan(inp: Inputs) -> BuildPlan:
     vpth = vvenv / "lib" / f"python{interp.minor}" / "site-packages" / "hostpgo-runtime.pth" if deps_dir else None
     check = str(pkg.verify.get("check", f"import {pkg.import_name}"))
     vtimeout = float(SPEC.verify.get("timeout", 1800))
+    tests = tuple(str(x) for x in pkg.verify.get("tests", ()))
+    test_requires = tuple(str(x) for x in pkg.verify.get("test_requires", ()))
     vkey = digest({"stage": "verify", "prev": bstage.key, "check": check, "workloads": list(inp.verify_workloads),
-                   "deps": deps_key, "runtime": runtime_digest() if inp.verify_workloads else ""})
+                   "deps": deps_key, "runtime": runtime_digest() if inp.verify_workloads else "",
+                   **({"tests": list(tests), "test_requires": list(test_requires),
+                       "test_sources": files_digest(REPO_ROOT, [Path(x) for x in tests])} if tests else {}),
+                   **({"host_path": expect_host_path} if expect_host_path else {})})
     vactions: list[Cmd | Call] = [
         Call(f"{interp.python} -m venv --clear {vvenv}; pip install --no-deps <optimized wheel>"
              + (f"; write {vpth}" if vpth else ""), _venv_with_wheel(interp.python, vvenv, "build", vpth, pth_text)),
         Cmd((vpy, "-c", f"import {pkg.import_name}, sys; print({pkg.import_name}.__file__)"), cwd=vvenv,
             timeout=300),
         Cmd((vpy, "-c", check), cwd=vvenv, timeout=vtimeout)]
+    if tests:
+        if test_requires:
+            vactions.append(Cmd((vpy, "-m", "pip", "install", *test_requires), cwd=vvenv, timeout=1800))
+        report = vvenv / "tests-junit.xml"
+        targv = [vpy, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+                 *(str(REPO_ROOT / x) for x in tests)]
+        vactions.append(Call(f"{format_command(targv, {}, vvenv)}; read {report.name}: tests > 0, none failed, "
+                             "errored or skipped", _run_tests(targv, vvenv, report, vtimeout)))
     wenv = {**runtime_env}
+    wcwd = vvenv if pkg.ships_runtime else REPO_ROOT
+    note = f", host_path {expect_host_path}" if expect_host_path else ""
     for name in inp.verify_workloads:
         argv = [vpy, "-m", "runtime", "workload", name, "--json", "--check-golden"]
-        vactions.append(Call(f"{format_command(argv, wenv, REPO_ROOT)} (must match the pinned digest)",
-                             training.run_workload(argv, wenv, str(REPO_ROOT), vtimeout, f"verify of {build_id}")))
+        vactions.append(Call(f"{format_command(argv, wenv, wcwd)} (must match the pinned digest{note})",
+                             training.run_workload(argv, wenv, str(wcwd), vtimeout, f"verify of {build_id}",
+                                                   expect_host_path=expect_host_path)))
     stages.append(Stage("verify", f"verify: import {pkg.import_name}, its check, and the runtime workloads' golden "
                         "digests with the wheel installed", vkey, tuple(vactions), outputs=(vvenv,)))
 
@@ -612,6 +735,8 @@ def plan(inp: Inputs) -> BuildPlan:
         doc["compile_proof"] = {n: ex.results[n].info.get("compile_proof") for n in ("build-instrumented", "build")
                                 if n in ex.results}
         doc["wheel"] = {k: ex.results["install"].info.get(k) for k in ("wheel", "wheel_sha256")}
+        if tests and "verify" in ex.results:
+            doc["verify_tests"] = ex.results["verify"].info.get("tests")
         manifest.write(dest, doc)
 
     return BuildPlan(build_id=build_id, stages=tuple(stages), notes=tuple(notes), summary=summary, finish=finish)

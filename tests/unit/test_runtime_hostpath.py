@@ -302,8 +302,9 @@ def test_checkout_on_sys_path_without_the_build_runs_the_reference(tmp_path):
     compiled module lies, so the reference runs and says why."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from runtime import hostpath; import runtime; "
             "hp = hostpath.selected(); print(runtime.__file__); print(hp.name); print(hp.reason)")
-    site = [p for p in sys.path if p.endswith("site-packages")]
-    # -S: no site, so no editable-install hook; numpy comes from the site-packages put after the checkout
+    # -S: no site, so no editable-install hook (nor .pth files); numpy comes from the site-packages, or the directory
+    # it was found in (a build's verify venv sees the runtime's dependencies through a .pth), put after the checkout
+    site = [p for p in sys.path if p.endswith("site-packages")] + [str(Path(np.__file__).parents[1])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(site)}
     env.pop(hostpath.FORCE_REFERENCE_ENV, None)
     out = subprocess.run([sys.executable, "-S", "-c", code, str(ROOT)], capture_output=True, text=True, env=env,

@@ -138,6 +138,29 @@ def test_a_workload_that_crashes_is_not_reported_as_a_digest_mismatch(tmp_path: 
     assert "SyntaxError" in str(e.value) and "pinned token digest" not in str(e.value)
 
 
+def test_a_workload_on_the_wrong_host_path_fails_when_one_is_required(tmp_path: Path) -> None:
+    """A build of runtime._hostpath trains and verifies on the compiled path: a record naming the reference fails."""
+    import sys
+    fake = tmp_path / "fake.py"  # fake.py workload HOST_PATH: a record as `python -m runtime workload` prints it
+    fake.write_text("import json, sys\nprint(json.dumps({'name': 'decode-b8', 'token_digest': 'abc', 'golden_digest':"
+                    " 'abc', 'golden_match': True, 'host_path': sys.argv[2], 'host_path_reason': 'why ' + sys.argv[2]},"
+                    " indent=2))\n")
+
+    def run(key: str, host_path: str, expect: str | None) -> stages.Execution:
+        body = training.run_workload([sys.executable, str(fake), "workload", host_path], {}, None, 60, "verify of t",
+                                     expect_host_path=expect)
+        st = stages.Stage("verify", "v", key, (stages.Call(host_path, body),))
+        return stages.execute(stages.BuildPlan(key, (st,), (), {}), tmp_path / "s", tmp_path / "l", live=False)
+
+    rec = run("t4", "cython", "cython").results["verify"].info["workloads"][0]
+    assert (rec["host_path"], rec["host_path_reason"]) == ("cython", "why cython")
+    with pytest.raises(HostpgoError, match=r"workload python ran the 'python' host hot path, not 'cython' "
+                                           r"\(why python\)"):
+        run("t5", "python", "cython")
+    # Without a requirement the record is only kept.
+    assert run("t6", "python", None).results["verify"].info["workloads"][0]["host_path"] == "python"
+
+
 def test_last_json_finds_the_record_among_log_lines() -> None:
     lines = ["noise {", "{", '  "a": 1', "}", "more", "{", '  "b": [', "    2", "  ]", "}", "tail"]
     assert training.last_json(lines) == {"b": [2]}

@@ -333,7 +333,9 @@ def task_actions(tasks, *, python: str, env: dict[str, str], where: str,
     brings its packages); `env` carries LD_PRELOAD and the raw-profile pattern into every task process.
 
     A task's `venv_install` (ray for ray-decode) goes into `extra_dir/<task>` by `pip install --target` and is put
-    LAST on that task's PYTHONPATH, so what the interpreter already imports (the runtime's dependencies) wins."""
+    after the interpreter's PYTHONPATH entries, so a hostpgo build's runtime dependencies (on PYTHONPATH) win over
+    its copies of them; a venv interpreter's own site-packages comes after every PYTHONPATH entry, so there the
+    directory's copies of ray's dependencies (pip --target installs them all) shadow the venv's."""
     actions: list[Cmd | Call] = []
     for t in tasks:
         tenv_extra: dict[str, str] = {}

@@ -433,9 +433,9 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
     def make_image() -> stages.Execution | None:
         if not image:
             return None
-        if built is not None:
+        if built is not None:  # the stack's image; a kept bolt-wheel rides along
             args = stack_image_args(built)
-            iinp = imagemod.prepare(args["build"], settings=args["settings"], wheels=tuple(args["wheels"]))
+            iinp = imagemod.prepare(args["build"], settings=args["settings"], wheels=(*args["wheels"], *kept))
         else:
             iinp = imagemod.prepare(optimized, settings=image_settings, wheels=tuple(kept))
         return stages.execute(imagemod.plan(iinp), iinp.work.stamps, iinp.work.logs, console=console, live=live)

@@ -402,6 +402,10 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
     chosen = stackmod.resolve(optimized, stack_wheels) if stack else None  # refused before any build
     refs = pipeline_profiles(optimized, compare, chosen)
     tcs = ensure_toolchain(refs, console)
+    for name in ((chosen.allocator, "extension") if chosen else ()):  # the stack's targets, checked before any build
+        here = targets.availability(targets.get(name), tcs)
+        if not here.ok:
+            raise ToolchainError(f"--stack: target {name} cannot be built here: {here.why}")
     if image:  # the image stages need root and their tools: checked before any build
         try:
             imagemod.check_host()

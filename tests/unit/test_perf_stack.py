@@ -20,7 +20,7 @@ from perf.errors import SpecError
 FIXTURE = Path(__file__).resolve().parent.parent / "perf" / "fixtures" / "run-small"
 C = "workload-pgo-lto+tcmalloc-hostpgo"
 D = "workload-pgo-lto+tcmalloc-hostpgo+pgo-numpy"
-SUBJECTS = {  # name -> (fixture suite, factor on its values, instructions factor, CPython / libtcmalloc shares)
+SUBJECTS = {  # name -> (fixture suite, factor on its values, instructions factor, CPython / allocator-group shares)
     "baseline": ("base", 1.0, 1.0, (100.0, 0.0)),
     "debian": ("base", 0.97, 0.96, (100.0, 0.0)),
     "workload-pgo-lto": ("opt", 1.0, 1.0, (95.0, 0.0)),
@@ -57,7 +57,7 @@ def stack_run(tmp_path):
         per = {t: {**r, "per_unit": {**r["per_unit"], "instructions": r["per_unit"]["instructions"] * ifactor}}
                for t, r in cnt[src].items()}
         rec["counters"]["results"][name] = per
-        groups = {"CPython": cpy, **({"libtcmalloc": tc} if tc else {}), "libc": 100.0 - cpy - tc}
+        groups = {"CPython": cpy, **({"allocator": tc} if tc else {}), "libc": 100.0 - cpy - tc}
         rec["attribution"][name] = {t: {**r, "groups": {g: v for g, v in groups.items() if v}}
                                     for t, r in att[src].items()}
     rec["baseline"] = "baseline"
@@ -133,9 +133,9 @@ def test_stack_section_counts_instructions_per_step_and_shifts_attribution(stack
     shift = comp["attribution"]["decode-b8"]
     whole = next(r for r in comp["latency"] if r["whole"])
     med = {r["name"]: (r["base_median"], r["changed_median"]) for r in whole["rows"]}["decode-b8"]
-    assert shift["libtcmalloc"] == {"a": 0.0, "d": pytest.approx(0.20 * med[1])}
+    assert shift["allocator"] == {"a": 0.0, "d": pytest.approx(0.20 * med[1])}
     assert shift["CPython"] == {"a": pytest.approx(1.0 * med[0]), "d": pytest.approx(0.74 * med[1])}
-    assert "### Attribution shift by library, (a) → (d)" in section and "| libtcmalloc | 0.0% |" in section
+    assert "### Attribution shift by library, (a) → (d)" in section and "| allocator | 0.0% |" in section
 
 
 def test_a_run_without_steps_has_no_stack_section(tmp_path):

@@ -142,3 +142,14 @@ def test_a_run_without_steps_has_no_stack_section(tmp_path):
     dest = tmp_path / "run-small"
     shutil.copytree(FIXTURE, dest)
     assert "## stack (a)-(d)" not in report.build(dest).read_text()
+
+
+def test_bench_refuses_bad_stack_steps_before_measuring(tmp_path, capsys):
+    import sys
+
+    from perf.__main__ import main
+    out = tmp_path / "run"
+    rc = main(["bench", "--interp", f"stock={sys.executable}", "--interp", f"opt={sys.executable}", "--workloads",
+               "pure-dispatch", "--no-venv", "--stack-step", "a=stock", "--stack-step", "c=opt", "--out", str(out)])
+    assert rc == 2 and "no subject for step (b)" in capsys.readouterr().err
+    assert not (out / results.RUN_FILE).exists()

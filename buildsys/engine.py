@@ -302,9 +302,11 @@ def build_stack(stack: stackmod.Stack, builds: Sequence[stages.Execution], tcs: 
         try:
             winp = prepare(stack.optimized, target="extension", jobs=jobs, detected=tcs,
                            target_args=stackmod.extension_args(package, opt_python))
-        except HostpgoError as e:
+        except CommandError as e:  # the sdist's download or the interpreter's probe
             raise CommandError(f"--stack: the wheel of {package} could not be prepared: {e}",
-                               log_path=work.logs / "extension-prepare.log") from None
+                               log_path=e.log_path or work.logs / "extension-prepare.log") from None
+        except HostpgoError as e:  # bad input stays bad input (exit 2)
+            raise type(e)(f"--stack: the wheel of {package}: {e}") from None
         wplan = plan(winp)
         try:
             done.append(stages.execute(wplan, work.stamps, work.logs, console=console, live=live))

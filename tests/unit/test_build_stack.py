@@ -255,3 +255,19 @@ def test_build_stack_stops_on_a_failed_wheel_naming_it_and_a_rerun_rebuilds_noth
     assert ran == ["tcmalloc", "msgspec==0.23.0", "msgpack==1.2.4"]
     assert [w.name.split("-")[0] for w in got.wheel_files] == ["numpy", "msgspec", "msgpack"]
     assert all(r.skipped for r in got.wheels[0].results.values())
+
+
+def test_a_stack_wheel_that_cannot_be_prepared_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOSTPGO_HOME", str(tmp_path / "h"))
+
+    def fake_prepare(ref, *, target, target_args=None, **kw):
+        if target == "extension":
+            raise InputError("--package 'numpy==1.26.4': no such sdist")
+        return None
+
+    monkeypatch.setattr(engine, "prepare", fake_prepare)
+    monkeypatch.setattr(engine, "build", lambda inp, **kw: _ex("tcmalloc-built"))
+    monkeypatch.setattr(stackmod, "verify_plan", lambda st, **kw: stages.BuildPlan("stack-verify-x", (), (), {}))
+    with pytest.raises(InputError, match="^--stack: the wheel of numpy==1.26.4: --package 'numpy==1.26.4'") as e:
+        engine.build_stack(stackmod.resolve(OPT), BUILDS, None, live=False)
+    assert e.value.exit_code == 2

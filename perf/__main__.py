@@ -72,9 +72,9 @@ def _add_measure_args(p: argparse.ArgumentParser, default_stages: str | None) ->
                         "(by default a rerun keeps them and measures only what is missing)")
     p.add_argument(stackmod.FLAG, action="append", default=[], metavar="STEP=NAME", dest="stack_steps",
                    help="name a subject as a step of the optimized stack for the report's `stack (a)-(d)` section: "
-                        + "; ".join(f"({k}) {v}" for k, v in stackmod.STEPS.items()) + "; repeatable, in order, "
-                        "every step once or more (the first subject of a step is its own, a further one a reference "
-                        "measured beside it), e.g. --stack-step a=debian --stack-step b=workload-pgo-lto ...")
+                        + "; ".join(f"({k}) {v}" for k, v in stackmod.STEPS.items()) + "; repeatable, in order "
+                        "from (a) with no step skipped (the first subject of a step is its own, a further one a "
+                        "reference measured beside it), e.g. --stack-step a=debian --stack-step b=workload-pgo-lto")
     p.add_argument("--provider", default=None, help=argparse.SUPPRESS)
     if default_stages is not None:
         p.add_argument("--stages", default=default_stages,

@@ -20,6 +20,7 @@ from .core import stages
 from .core.paths import REPO_ROOT, WorkArea
 from .errors import HostpgoError, InputError
 from .pipeline import bolt, wheelbolt
+from .pipeline import stack as stackmod
 from .toolchain import profile as profmod
 
 EXIT_CODES = """\
@@ -112,6 +113,15 @@ def parser() -> argparse.ArgumentParser:
                          "builds, bolt-wheel --keep-if-faster rewrites each package's stock wheel in a venv of the "
                          "optimized build; a wheel the interleaved A/B keeps is measured as one more subject and "
                          "installed in the image (default: none)")
+    pl.add_argument("--stack", action=argparse.BooleanOptionalAction, default=engine.DEFAULT_STACK,
+                    help="also build the optimized profile's allocator (its target, workload PGO) and the extension "
+                         "wheels (--stack-wheels) with it, check the allocator is in effect, and measure in the same "
+                         "run (a) the stock stack, (b) the interpreter only, (c) + the hostpgo-built allocator, (d) + "
+                         "the wheels (the report's `stack (a)-(d)` section); the image then ships the stack "
+                         f"(default: {'on' if engine.DEFAULT_STACK else 'off'})")
+    pl.add_argument("--stack-wheels", default=",".join(stackmod.STACK_WHEELS), metavar="PACKAGES",
+                    help="with --stack: comma-separated NAME==VERSION rebuilt by the extension target (default "
+                         "%(default)s)")
     pl.add_argument("--out", default=None, help="measurement run name under .hostpgo/results (default: "
                                                 "pipeline-<UTC time>; an existing run is resumed)")
     pl.add_argument("--system", type=Path, default=engine.SYSTEM_PYTHON,
@@ -251,25 +261,22 @@ def cmd_pipeline(args, console: Console) -> int:
     _check_jobs(args)
     compare = tuple(c.strip() for c in args.compare.split(",") if c.strip())
     bolt_wheels = tuple(dict.fromkeys(c.strip() for c in args.bolt_wheels.split(",") if c.strip()))
+    stack_wheels = tuple(dict.fromkeys(c.strip() for c in args.stack_wheels.split(",") if c.strip()))
     if args.dry_run:
-        tcs = toolchain.detect()
-        for ref in dict.fromkeys((engine.BASELINE_PROFILE, *compare, args.optimized)):
-            inp = engine.prepare(ref, target=engine.PIPELINE_TARGET, jobs=args.jobs, user_source=args.source,
-                                 detected=tcs, allow_missing_compiler=True)
-            plan = engine.plan(inp)
-            print(stages.render_plan(plan, stages.would_skip(plan, inp.work.stamps)))
-            print()
-        for package in bolt_wheels:
-            argv = engine.bolt_wheel_argv(package, args.optimized, "<venv of the optimized build>/bin/python",
-                                          quick=args.quick)
-            print(f"after the builds: python -m buildsys bolt-wheel {' '.join(argv)}  (its plan is printed by "
-                  "bolt-wheel --dry-run once the venv exists); a kept wheel joins the measurement and the image")
+        for line in engine.pipeline_dry_run(optimized=args.optimized, compare=compare, jobs=args.jobs,
+                                            user_source=args.source, quick=args.quick, system=args.system,
+                                            image=not args.no_image, image_settings=args.image_settings,
+                                            bolt_wheels=bolt_wheels, stack=args.stack, stack_wheels=stack_wheels):
+            print(line)
         return 0
     res = engine.pipeline(optimized=args.optimized, compare=compare, jobs=args.jobs, user_source=args.source,
                           console=console, live=console.is_terminal, measure=not args.no_measure,
                           quick=args.quick, run_name=args.out, system=args.system, image=not args.no_image,
-                          image_settings=args.image_settings, bolt_wheels=bolt_wheels)
+                          image_settings=args.image_settings, bolt_wheels=bolt_wheels, stack=args.stack,
+                          stack_wheels=stack_wheels)
     _print_timings(res.builds, console)
+    if res.stack is not None:
+        _print_timings([res.stack.allocator, res.stack.verify, *res.stack.wheels], console)
     for doc in res.wheels:
         d = doc["decision"]
         print(f"bolt-wheel {doc['package']}: {doc['output']['wheel']} {'KEPT' if d['kept'] else 'not kept'} "

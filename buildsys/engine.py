@@ -20,6 +20,7 @@ from . import targets, toolchain
 from .core import stages
 from .core.paths import PROFILES_DIR, WorkArea
 from .errors import HostpgoError, InputError, ToolchainError
+from .pipeline import stack as stackmod
 from .pipeline import wheelbolt, wheeldecide
 from .targets.cpython import runtime_requirements
 from .toolchain import facts, flags
@@ -52,6 +53,10 @@ graph-mode decode (mindspore.jit, how vLLM-MindSpore runs decode)."""
 # counts depend on scheduling, so the interpreter-only targets come first and decode-b1 stands for the runtime.
 PIPELINE_COUNTER_WORKLOADS = ("pure-python", "pure-dispatch", "decode-b1")
 PIPELINE_STAGES = ("latency", "counters", "attribute", "guard")
+DEFAULT_STACK = False
+"""Whether `pipeline` builds and measures the whole stack (`--stack`: the allocator and the extension wheels built
+with the optimized profile, steps (a)-(d) in the report); off while the default pipeline's fresh-machine evidence
+run is in progress. Turning it on is this one line (`--no-stack` then gives the interpreter-only pipeline)."""
 BOLT_WHEEL_PACKAGES = ("mindspore",)
 """Packages `pipeline --bolt-wheels` can rewrite (those with a [packages.NAME] list in wheelbolt.toml that the
 runtime's workloads exercise). Off by default: see `pipeline`."""
@@ -154,6 +159,21 @@ def ensure_toolchain(profile_refs: Sequence[str], console: Console) -> toolchain
 
 
 @dataclass(frozen=True)
+class StackResult:
+    """What `pipeline --stack` built besides the interpreters."""
+
+    stack: stackmod.Stack
+    allocator: stages.Execution
+    """The allocator target's build with the optimized profile."""
+    verify: stages.Execution
+    """stack-verify: the interpreter-only build under the stack's host settings, the built allocator in effect."""
+    wheels: tuple[stages.Execution, ...]
+    """The extension target's build of each stack wheel, in `stack.wheels` order."""
+    wheel_files: tuple[Path, ...]
+    """The installed wheels (.hostpgo/wheels/<build id>/*.whl), same order."""
+
+
+@dataclass(frozen=True)
 class PipelineResult:
     builds: tuple[stages.Execution, ...]
     report: Path | None = None
@@ -162,6 +182,8 @@ class PipelineResult:
     """The optimized build's OCI image (None with --no-image)."""
     wheels: tuple[dict, ...] = ()
     """With --bolt-wheels: each package's hostpgo-wheelbolt.json (its `decision` says whether it was kept)."""
+    stack: StackResult | None = None
+    """With --stack: the allocator, its check and the extension wheels."""
 
 
 def bolt_wheel_subject(optimized: stages.Execution, wheels: Sequence[Path]) -> str:
@@ -196,14 +218,32 @@ def bolt_wheel_argv(package: str, profile: str, interp: Path | str, *, quick: bo
             *(["--quick"] if quick else [])]
 
 
+def stack_subjects(builds: Sequence[stages.Execution], stack: stackmod.Stack, stack_wheels: Sequence[Path], *,
+                   system: Path | None = SYSTEM_PYTHON) -> stackmod.Subjects:
+    """Steps (a)-(d) of `stack` among the pipeline's builds (pure): (a) `debian` (when measured) and the baseline,
+    (b) the interpreter-only build, (c) it with the hostpgo-built allocator (beside the optimized build, which
+    links the distribution's), (d) (c) with `stack_wheels`."""
+    by = {ex.plan.summary["profile"]: ex.plan.summary for ex in builds}
+    if stack.interpreter not in by:
+        raise InputError(f"--stack: step (b) is build {stack.interpreter}, which this pipeline did not build")
+    return stackmod.subjects(stack, interpreter_prefix=by[stack.interpreter]["prefix"],
+                             baseline=builds[0].plan.summary["profile"],
+                             system="debian" if system is not None and system.exists() else None,
+                             linked_reference=stack.optimized if stack.optimized in by else None,
+                             wheels=stack_wheels)
+
+
 def measure_command(builds: Sequence[stages.Execution], *, run_name: str, quick: bool = False,
                     system: Path | None = SYSTEM_PYTHON, system_settings: str | None = SYSTEM_SETTINGS,
                     workloads: Sequence[str] = PIPELINE_WORKLOADS,
                     counter_workloads: Sequence[str] = PIPELINE_COUNTER_WORKLOADS,
-                    wheels: Sequence[Path] = ()) -> list[str]:
+                    wheels: Sequence[Path] = (), stack: stackmod.Subjects | None = None) -> list[str]:
     """The `python -m perf bench` line that compares the builds (the first is the baseline) and the system python
     (as it is, and with `system_settings` applied: the same allocator preloaded), in one interleaved run; with
-    `wheels` (kept rewritten wheels), the last build once more with them in its venv, as the last subject."""
+    `wheels` (kept rewritten wheels), the last build once more with them in its venv, as the last subject.
+
+    With `stack` (`pipeline --stack`), its subjects (c) and (d) come last, the workloads gain graph-mode
+    decode-b1 (stackmod.EXTRA_WORKLOADS), and `--stack-step` names each step's subjects for the report."""
     cmd = [sys.executable, "-m", "perf", "bench"]
     first, *rest = builds
     cmd += ["--interp", f"{first.plan.summary['profile']}={first.plan.summary['prefix']}/bin/python3"]
@@ -215,20 +255,145 @@ def measure_command(builds: Sequence[stages.Execution], *, run_name: str, quick:
         cmd += ["--interp", f"{ex.plan.summary['profile']}={ex.plan.summary['prefix']}/bin/python3"]
     if wheels:
         cmd += ["--interp", bolt_wheel_subject(builds[-1], wheels)]
+    if stack is not None:
+        for spec in stack.interps:
+            cmd += ["--interp", spec]
+        workloads = tuple(dict.fromkeys((*workloads, *stackmod.EXTRA_WORKLOADS)))
     cmd += ["--workloads", ",".join(workloads), "--counter-workloads", ",".join(counter_workloads),
             "--stages", ",".join(PIPELINE_STAGES), "--guard-fast", "--out", run_name]
+    if stack is not None:
+        cmd += stack.argv()
     if quick:
         cmd.append("--quick")
     return cmd
+
+
+def pipeline_profiles(optimized: str, compare: Sequence[str], stack: stackmod.Stack | None = None) -> list[str]:
+    """The CPython profiles the pipeline builds, in order (pure): baseline, the comparison ones, with --stack the
+    interpreter-only profile of step (b) when it is not among them, then the optimized one."""
+    extra = (stack.interpreter,) if stack is not None else ()
+    return list(dict.fromkeys((BASELINE_PROFILE, *compare, *extra, optimized)))
+
+
+def stack_image_args(stack: StackResult) -> dict:
+    """The image of --stack (pure): the interpreter-only build, the host settings that preload the hostpgo-built
+    allocator (the image ships that build), and every stack wheel in its venv."""
+    return {"build": stack.stack.interpreter, "settings": stack.stack.settings, "wheels": stack.wheel_files}
+
+
+def build_stack(stack: stackmod.Stack, builds: Sequence[stages.Execution], tcs: toolchain.Toolchains, *,
+                jobs: int | None = None, console: Console | None = None, live: bool = True) -> StackResult:
+    """The allocator of the optimized profile (its registry target), the check that the interpreter-only build
+    runs with it in effect, then each stack wheel (the extension target, built for the optimized interpreter).
+    Every stage is stamped: a rerun rebuilds nothing that is done. A wheel that fails is a CommandError naming the
+    package and the failed stage's log."""
+    from .targets.cpython import runtime_deps_stage
+    work = WorkArea.from_env()
+    by = {ex.plan.summary["profile"]: ex for ex in builds}
+    alloc = build(prepare(stack.optimized, target=stack.allocator, jobs=jobs, detected=tcs), console=console,
+                  live=live)
+    interp = by[stack.interpreter].plan.summary
+    _, deps, _ = runtime_deps_stage(work, ".".join(str(interp["version"]).split(".")[:2]))
+    vplan = stackmod.verify_plan(stack, python=Path(interp["prefix"]) / "bin" / "python3", deps=deps, work=work)
+    verify = stages.execute(vplan, work.stamps, work.logs, console=console, live=live)
+    opt_python = Path(by[stack.optimized].plan.summary["prefix"]) / "bin" / "python3"
+    done: list[stages.Execution] = []
+    for package in stack.wheels:
+        try:
+            winp = prepare(stack.optimized, target="extension", jobs=jobs, detected=tcs,
+                           target_args=stackmod.extension_args(package, opt_python))
+        except CommandError as e:  # the sdist's download or the interpreter's probe
+            raise CommandError(f"--stack: the wheel of {package} could not be prepared: {e}",
+                               log_path=e.log_path or work.logs / "extension-prepare.log") from None
+        except HostpgoError as e:  # bad input stays bad input (exit 2)
+            raise type(e)(f"--stack: the wheel of {package}: {e}") from None
+        wplan = plan(winp)
+        try:
+            done.append(stages.execute(wplan, work.stamps, work.logs, console=console, live=live))
+        except HostpgoError as e:
+            raise stackmod.build_failed(package, wplan, work, e) from None
+    return StackResult(stack, alloc, verify, tuple(done), tuple(stackmod.wheel_of(ex) for ex in done))
+
+
+def planned_wheel(work: WorkArea, package: str, profile: str) -> Path:
+    """The installed wheel of a stack package when it is built, else a stand-in path of the same distribution
+    (for the dry run's measure line): .hostpgo/wheels/extension-NAME-VERSION-PROFILE/NAME-VERSION-<...>.whl."""
+    name, _, version = package.partition("==")
+    dest = work.root / "wheels" / f"extension-{name}-{version}-{profile}"
+    have = sorted(dest.glob("*.whl"))
+    return have[-1] if have else dest / f"{name}-{version}-NOT-BUILT-YET.whl"
+
+
+def pipeline_dry_run(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[str] = DEFAULT_COMPARE_PROFILES,
+                     jobs: int | None = None, user_source: Path | None = None, quick: bool = False,
+                     system: Path | None = SYSTEM_PYTHON, image: bool = True,
+                     image_settings: str = DEFAULT_IMAGE_SETTINGS, bolt_wheels: Sequence[str] = (),
+                     stack: bool = DEFAULT_STACK, stack_wheels: Sequence[str] = stackmod.STACK_WHEELS) -> list[str]:
+    """What `pipeline` would do, as text: every build's plan (which stages its stamps would skip), the stack's
+    wheel builds as their commands (their prepare fetches the sdist), the measure line and the image; runs no
+    build (it probes the toolchains and, for a library target, the training interpreter's version)."""
+    chosen = stackmod.resolve(optimized, stack_wheels) if stack else None
+    tcs = toolchain.detect()
+    work = WorkArea.from_env()
+    out: list[str] = []
+    execs = []
+    for ref in pipeline_profiles(optimized, compare, chosen):
+        inp = prepare(ref, target=PIPELINE_TARGET, jobs=jobs, user_source=user_source, detected=tcs,
+                      allow_missing_compiler=True)
+        p = plan(inp)
+        execs.append(stages.Execution(p, {}))
+        out += [stages.render_plan(p, stages.would_skip(p, inp.work.stamps)), ""]
+    for package in bolt_wheels:
+        argv = bolt_wheel_argv(package, optimized, "<venv of the optimized build>/bin/python", quick=quick)
+        out.append(f"after the builds: python -m buildsys bolt-wheel {' '.join(argv)}  (its plan is printed by "
+                   "bolt-wheel --dry-run once the venv exists); a kept wheel joins the measurement and the image")
+    subjects = None
+    if chosen is not None:
+        out += [stackmod.describe(chosen), ""]
+        ainp = prepare(chosen.optimized, target=chosen.allocator, jobs=jobs, detected=tcs, allow_missing_compiler=True)
+        ap = plan(ainp)
+        out += [stages.render_plan(ap, stages.would_skip(ap, work.stamps)), ""]
+        by = {ex.plan.summary["profile"]: ex.plan.summary for ex in execs}
+        interp = by[chosen.interpreter]
+        from .targets.cpython import runtime_deps_stage
+        _, deps, _ = runtime_deps_stage(work, ".".join(str(interp["version"]).split(".")[:2]))
+        vp = stackmod.verify_plan(chosen, python=Path(interp["prefix"]) / "bin" / "python3", deps=deps, work=work)
+        out += [stages.render_plan(vp, stages.would_skip(vp, work.stamps)), ""]
+        opt_python = Path(by[chosen.optimized]["prefix"]) / "bin" / "python3"
+        for package in chosen.wheels:
+            out.append(f"stack wheel: python -m buildsys build extension --package {package} --profile "
+                       f"{chosen.optimized} --interp {opt_python}  (its plan: the same with --dry-run)")
+        out.append("")
+        wheels = [planned_wheel(work, w, chosen.optimized) for w in chosen.wheels]
+        subjects = stack_subjects(execs, chosen, wheels, system=system)
+        if subjects.unmeasured:
+            out.append("built and shipped in the image, not measured (no measured venv installs their "
+                       f"distribution): {', '.join(Path(w).name for w in subjects.unmeasured)}")
+    name = "pipeline-<UTC time>"
+    out.append("measure: " + format_command(measure_command(execs, run_name=name, quick=quick, system=system,
+                                                             stack=subjects)))
+    if image:
+        if chosen is not None:
+            img = ["python", "-m", "buildsys", "image", "--build", chosen.interpreter, "--host-settings",
+                   chosen.settings, *[a for w in wheels for a in ("--wheel", str(w))]]
+        else:
+            img = ["python", "-m", "buildsys", "image", "--build", optimized, "--host-settings", image_settings]
+        out.append("image: " + format_command(img))
+    return out
 
 
 def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[str] = DEFAULT_COMPARE_PROFILES,
              jobs: int | None = None, user_source: Path | None = None, console: Console | None = None,
              live: bool = True, measure: bool = True, quick: bool = False, run_name: str | None = None,
              system: Path | None = SYSTEM_PYTHON, image: bool = True,
-             image_settings: str = DEFAULT_IMAGE_SETTINGS, bolt_wheels: Sequence[str] = ()) -> PipelineResult:
+             image_settings: str = DEFAULT_IMAGE_SETTINGS, bolt_wheels: Sequence[str] = (),
+             stack: bool = DEFAULT_STACK, stack_wheels: Sequence[str] = stackmod.STACK_WHEELS) -> PipelineResult:
     """Build baseline, the comparison profiles and the optimized one; measure them side by side; then the
     optimized build's OCI image.
+
+    `stack` (`--stack`): also the optimized profile's allocator and the `stack_wheels` built with it (build_stack),
+    measured in the same run as steps (a)-(d) (stack_subjects; the report's `stack (a)-(d)` section); the image is
+    then the stack's (stack_image_args) instead of the optimized build's.
 
     `bolt_wheels` (opt-in, `--bolt-wheels mindspore`): after the builds, bolt-wheel rewrites each package's
     stock wheel in a venv of the optimized build and times stock against rewritten (its decide stage); a wheel
@@ -236,8 +401,13 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
     Off by default: the decision needs an interleaved A/B of its own (tens of minutes, more under valgrind's
     collection), and no real run of it has shown a kept wheel yet."""
     console = console or Console(stderr=True)
-    refs = list(dict.fromkeys((BASELINE_PROFILE, *compare, optimized)))
+    chosen = stackmod.resolve(optimized, stack_wheels) if stack else None  # refused before any build
+    refs = pipeline_profiles(optimized, compare, chosen)
     tcs = ensure_toolchain(refs, console)
+    for name in ((chosen.allocator, "extension") if chosen else ()):  # the stack's targets, checked before any build
+        here = targets.availability(targets.get(name), tcs)
+        if not here.ok:
+            raise ToolchainError(f"--stack: target {name} cannot be built here: {here.why}")
     if image:  # the image stages need root and their tools: checked before any build
         try:
             imagemod.check_host()
@@ -264,17 +434,26 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
             d = doc["decision"]
             console.print(f"  {package}: {'kept' if d['kept'] else 'not kept'} ({d['verdict']}): {d['why']}")
     kept = [w for w in (wheeldecide.kept_wheel(m) for m in manifests) if w is not None]
+    built = build_stack(chosen, out, tcs, jobs=jobs, console=console, live=live) if chosen else None
 
     def make_image() -> stages.Execution | None:
         if not image:
             return None
-        iinp = imagemod.prepare(optimized, settings=image_settings, wheels=tuple(kept))
+        if built is not None:  # the stack's image; a kept bolt-wheel rides along
+            args = stack_image_args(built)
+            iinp = imagemod.prepare(args["build"], settings=args["settings"], wheels=(*args["wheels"], *kept))
+        else:
+            iinp = imagemod.prepare(optimized, settings=image_settings, wheels=tuple(kept))
         return stages.execute(imagemod.plan(iinp), iinp.work.stamps, iinp.work.logs, console=console, live=live)
 
     if not measure:
-        return PipelineResult(tuple(out), None, make_image(), tuple(manifests))
+        return PipelineResult(tuple(out), None, make_image(), tuple(manifests), built)
     name = run_name or "pipeline-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    cmd = measure_command(out, run_name=name, quick=quick, system=system, wheels=kept)
+    subjects = stack_subjects(out, built.stack, built.wheel_files, system=system) if built else None
+    if subjects is not None and subjects.unmeasured:
+        console.print("[yellow]--stack:[/] built and shipped in the image, not measured (no measured venv installs "
+                      f"their distribution, so no workload imports them): {', '.join(subjects.unmeasured)}")
+    cmd = measure_command(out, run_name=name, quick=quick, system=system, wheels=kept, stack=subjects)
     log = WorkArea.from_env().logs / f"measure-{name}.log"
     console.print(f"[bold]measure:[/] {format_command(cmd)}  (log {log})")
     lines: list[str] = []
@@ -286,4 +465,4 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
                            log_path=e.log_path) from None
     # perf bench prints the report's path as its last line on stdout (its progress goes to stderr, merged here).
     report = next((Path(ln.strip()) for ln in reversed(lines) if ln.strip() and Path(ln.strip()).exists()), None)
-    return PipelineResult(tuple(out), report, make_image(), tuple(manifests))
+    return PipelineResult(tuple(out), report, make_image(), tuple(manifests), built)

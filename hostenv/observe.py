@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import allocators
+from .errors import HostSettingsError
 from .settings import HostSettings, show_value
 
 STARTUP_PACKAGES = ("runtime", "hostenv", "hostpgo")
@@ -135,18 +136,44 @@ def allocator_in_effect(name: str, mapped: Sequence[str]) -> bool:
     return any(b.startswith(tuple(stems)) for b in loaded)
 
 
+def asked_library(settings: HostSettings, install_root: Path | None = None) -> str | None:
+    """The real path of the one shared object the settings name (`allocator.library`, or the library of the
+    hostpgo build `allocator.build`), or None when any build of the allocator will do (the distribution's,
+    discovered). A build that cannot be found gives its expected name, so the check below fails naming it."""
+    a = settings.allocator
+    if a.name == "glibc":
+        return None
+    if a.library:
+        return os.path.realpath(a.library)
+    if a.build:
+        try:
+            return os.path.realpath(allocators.find_built(a.name, a.build, install_root=install_root).library)
+        except HostSettingsError:  # AllocatorNotFound too
+            return f"{a.build} (hostpgo build of {a.name}, not found)"
+    return None
+
+
 def record(settings: HostSettings, applied: Sequence[Mapping] = (), *, observed: Mapping | None = None,
-           startup: Mapping | None = None) -> dict:
+           startup: Mapping | None = None, install_root: Path | None = None) -> dict:
     """The `host_settings` field of a workload record: what was asked, what was called (`applied`, from the
-    runtime's host_apply), what is observed (`observe()` and `observe_startup()` unless given), and warnings."""
+    runtime's host_apply), what is observed (`observe()` and `observe_startup()` unless given), and warnings.
+
+    `allocator_in_effect` needs the asked allocator mapped; when the settings name one shared object (a
+    hostpgo build, `allocator.build`, or `allocator.library`), that very file (by real path): the distribution's
+    build of the same allocator does not count for a hostpgo-built one (`allocator_library` says which it was)."""
     observed = dict(observe() if observed is None else observed)
     startup = dict(observe_startup() if startup is None else startup)
     want = settings.allocator.name
-    ok = allocator_in_effect(want, observed["allocator_libraries"])
+    mapped = observed["allocator_libraries"]
+    ok = allocator_in_effect(want, mapped)
+    library = asked_library(settings, install_root)
     warnings = []
     if not ok:
-        loaded = [os.path.basename(p) for p in observed["allocator_libraries"]]
+        loaded = [os.path.basename(p) for p in mapped]
         warnings.append(f"allocator {want!r} asked for, but the process maps {loaded or 'no allocator library'}")
+    elif library is not None and library not in {os.path.realpath(p) for p in mapped}:
+        ok = False
+        warnings.append(f"allocator {want!r} from {library} asked for, but the process maps {list(mapped)}")
     if settings.mindspore.affinity:
         everywhere = sorted(os.sched_getaffinity(0))
         bound = [n for n, t in observed["threads"].items() if any(c != everywhere for c in t["cpus"])]
@@ -157,4 +184,5 @@ def record(settings: HostSettings, applied: Sequence[Mapping] = (), *, observed:
     warnings += startup_warnings(settings, startup)
     return {"name": settings.name, "source": settings.source, "summary": settings.summary(),
             "settings": settings.to_json(), "applied": [dict(a) for a in applied],
-            "observed": observed, "startup": startup, "allocator_in_effect": ok, "warnings": warnings}
+            "observed": observed, "startup": startup, "allocator_in_effect": ok,
+            **({"allocator_library": library} if library is not None else {}), "warnings": warnings}

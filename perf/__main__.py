@@ -16,6 +16,7 @@ from rich.markup import escape
 from hostpgo.errors import HostpgoError
 
 from . import catalog, extra, guard, report, session, tune
+from . import stack as stackmod
 from .interpreters import resolve_all
 from .workspace import new_run_dir
 
@@ -69,6 +70,11 @@ def _add_measure_args(p: argparse.ArgumentParser, default_stages: str | None) ->
     p.add_argument("--redo", action="store_true",
                    help="with --out naming an earlier run: measure again the stages it already holds "
                         "(by default a rerun keeps them and measures only what is missing)")
+    p.add_argument(stackmod.FLAG, action="append", default=[], metavar="STEP=NAME", dest="stack_steps",
+                   help="name a subject as a step of the optimized stack for the report's `stack (a)-(d)` section: "
+                        + "; ".join(f"({k}) {v}" for k, v in stackmod.STEPS.items()) + "; repeatable, in order "
+                        "from (a) with no step skipped (the first subject of a step is its own, a further one a "
+                        "reference measured beside it), e.g. --stack-step a=debian --stack-step b=workload-pgo-lto")
     p.add_argument("--provider", default=None, help=argparse.SUPPRESS)
     if default_stages is not None:
         p.add_argument("--stages", default=default_stages,
@@ -115,8 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _plan(args: argparse.Namespace, argv: list[str]) -> session.Plan:
     stages = session.parse_stages(args.stages) if args.command == "bench" else (args.command,)
+    interps = tuple(resolve_all(args.interp))
     return session.Plan(
-        interpreters=tuple(resolve_all(args.interp)),
+        interpreters=interps,
+        stack=stackmod.parse_steps(args.stack_steps, [i.name for i in interps]),
         targets=tuple(catalog.parse_targets(args.workloads)),
         counter_targets=(None if args.counter_workloads is None
                          else tuple(catalog.parse_targets(args.counter_workloads, "--counter-workloads"))),

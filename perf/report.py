@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from . import plots, results
+from . import stack as stackmod
 from .attribute import group_of
 from .compare import Comparison, compare_suites
 from .counters import IPC_MODEL_TEXT
@@ -472,7 +473,7 @@ def build(run_dir: Path, baseline: str | None = None) -> Path:
     body += _counters_section(run_dir, record, out)
     body += _attribution_section(record, out)
     body += _guard_section(run_dir, record, out)
-    lines += _headline(record, out) + body
+    lines += _headline(record, out) + stackmod.section(run_dir, record, out) + body
     if record.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in record["notes"]] + [""]
     (run_dir / comparison_name).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")

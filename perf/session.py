@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import attribute, counters, envs, guard, interpreters, latency, report, results
+from . import stack as stackmod
 from .catalog import Target
 from .errors import IncompatibleResults, ResultsError, SpecError
 from .interpreters import Interpreter
@@ -45,6 +46,9 @@ class Plan:
     counter_targets: tuple[Target, ...] | None = None
     """Targets of the counters stage when they differ from `targets` (a runtime target costs minutes
     per interpreter under valgrind; the pure-Python ones isolate the interpreter for seconds)."""
+    stack: tuple[stackmod.StackStep, ...] = ()
+    """Which subjects are steps (a)-(d) of the optimized stack (`--stack-step`), kept in run.json for the report's
+    stack section; empty for a run without one."""
 
     @property
     def count_targets(self) -> tuple[Target, ...]:
@@ -158,6 +162,8 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "commands.log"
     record = _open_record(plan)
+    if plan.stack:
+        record["stack"] = [s.to_json() for s in plan.stack]
     results.save(run_dir, record)
     targets = list(plan.targets)
 

@@ -274,7 +274,8 @@ def plan(inp: Inputs) -> BuildPlan:
         def train(env: dict[str, str]) -> list[Cmd | Call]:
             lib = ibuild / built
             wenv = {**env, **run_env, "LD_PRELOAD": str(lib)}
-            return task_actions(inp.tasks, python=str(interp.python), env=wenv, where=f"training of {build_id}")
+            return task_actions(inp.tasks, python=str(interp.python), env=wenv, where=f"training of {build_id}",
+                                extra_dir=where.venv_dir)
 
         pp = pgomod.plan(build_id=build_id, profile_name=p.name, comp=comp, work=work, where=where, prev_key=prev,
                          tasks=inp.tasks, instrument=instrument, train=train,
@@ -326,13 +327,30 @@ def plan(inp: Inputs) -> BuildPlan:
     return BuildPlan(build_id=build_id, stages=tuple(stages), notes=tuple(notes), summary=summary, finish=finish)
 
 
-def task_actions(tasks, *, python: str, env: dict[str, str], where: str) -> list[Cmd | Call]:
+def task_actions(tasks, *, python: str, env: dict[str, str], where: str,
+                 extra_dir: Path | None = None) -> list[Cmd | Call]:
     """Training tasks run directly in `python` (no venv: the library is what is trained, and the interpreter
-    brings its packages); `env` carries LD_PRELOAD and the raw-profile pattern into every task process."""
+    brings its packages); `env` carries LD_PRELOAD and the raw-profile pattern into every task process.
+
+    A task's `venv_install` (ray for ray-decode) goes into `extra_dir/<task>` by `pip install --target` and is put
+    after the interpreter's PYTHONPATH entries, so a hostpgo build's runtime dependencies (on PYTHONPATH) win over
+    its copies of them; a venv interpreter's own site-packages comes after every PYTHONPATH entry, so there the
+    directory's copies of ray's dependencies (pip --target installs them all) shadow the venv's."""
     actions: list[Cmd | Call] = []
     for t in tasks:
+        tenv_extra: dict[str, str] = {}
+        if t.venv_install:
+            if extra_dir is None:
+                raise InputError(f"{where}: task {t.name} installs {' '.join(t.venv_install)} but no directory "
+                                 "was given for it")
+            target = extra_dir / f"{t.name}-{digest(list(t.venv_install))[:12]}"
+            subst = dict(python=python, prefix="", repo=str(REPO_ROOT), venv=str(target))
+            actions.append(Cmd((python, "-m", "pip", "install", "--disable-pip-version-check", "--upgrade",
+                                "--target", str(target), *[a.format(**subst) for a in t.venv_install]),
+                               env={k: v for k, v in env.items() if k != "LD_PRELOAD"}, timeout=3600))
+            tenv_extra["PYTHONPATH"] = ":".join(x for x in (env.get("PYTHONPATH", ""), str(target)) if x)
         for argv, tenv, cwd in t.commands(python=python, prefix="", repo=str(REPO_ROOT)):
-            full = {**env, **tenv}
+            full = {**env, **tenv, **tenv_extra}
             if t.kind == "workloads":
                 actions.append(Call(f"{format_command(argv, full, Path(cwd))} (record kept)",
                                     training.run_workload(argv, full, cwd, t.timeout, f"{where}, task {t.name}")))

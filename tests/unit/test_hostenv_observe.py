@@ -200,3 +200,38 @@ def test_unchecked_hash_outside_site_packages_is_warned_about(tmp_path, monkeypa
     monkeypatch.setattr(pc, "site_packages", lambda: [tmp_path / "elsewhere"])
     (warning,) = pc.precompile(s, [pkg], workers=1)["warnings"]
     assert str(pkg.resolve()) in warning and "not seen until precompiled again" in warning
+
+
+def _built_allocator(tmp_path, name="tcmalloc", build="tcmalloc-2.10-workload-pgo-lto-tcmalloc"):
+    """An install prefix as `python -m buildsys build tcmalloc` leaves it: the manifest naming the library."""
+    prefix = tmp_path / "install" / build
+    lib = prefix / "lib" / "libtcmalloc_minimal.so.4"
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b"\x7fELF")
+    (prefix / "hostpgo-manifest.json").write_text(json.dumps(
+        {"build_id": build, "allocator": name, "library": str(lib), "prefix": str(prefix), "version": "2.10"}))
+    return lib
+
+
+def test_a_hostpgo_built_allocator_counts_only_when_that_file_is_mapped(tmp_path):
+    """allocator.build asks for one shared object: Debian's build of the same allocator (same soname) is not it."""
+    lib = _built_allocator(tmp_path)
+    s = hostenv.resolve(None, ["allocator.name=tcmalloc", "allocator.build=tcmalloc-2.10-workload-pgo-lto-tcmalloc"],
+                        env={})
+    debian = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+    rec = observe.record(s, observed={**observe.observe(), "allocator_libraries": [debian]},
+                         install_root=tmp_path / "install")
+    assert rec["allocator_in_effect"] is False and rec["allocator_library"] == str(lib)
+    assert rec["warnings"][0] == (f"allocator 'tcmalloc' from {lib} asked for, but the process maps ['{debian}']")
+    rec = observe.record(s, observed={**observe.observe(), "allocator_libraries": [str(lib)]},
+                         install_root=tmp_path / "install")
+    assert rec["allocator_in_effect"] is True and not any("asked for" in w for w in rec["warnings"])
+    # A build that is not installed cannot be in effect; the record names what was looked for.
+    gone = hostenv.resolve(None, ["allocator.name=tcmalloc", "allocator.build=tcmalloc-9-none"], env={})
+    rec = observe.record(gone, observed={**observe.observe(), "allocator_libraries": [str(lib)]},
+                         install_root=tmp_path / "install")
+    assert rec["allocator_in_effect"] is False and rec["allocator_library"].startswith("tcmalloc-9-none")
+    # The distribution's allocator (no build, no library named) is matched by its soname, as before.
+    plain = hostenv.resolve(None, ["allocator.name=tcmalloc"], env={})
+    rec = observe.record(plain, observed={**observe.observe(), "allocator_libraries": [debian]})
+    assert rec["allocator_in_effect"] is True and "allocator_library" not in rec

@@ -30,9 +30,11 @@ from ..errors import HostpgoError, InputError
 from ..toolchain import profile as profmod
 from . import sources, training
 
-STACK_WHEELS = ("numpy==1.26.4", "msgspec==0.23.0", "msgpack==1.2.4")
-"""The extension wheels of the stack (NAME==VERSION known to buildsys/targets/extension.toml), rebuilt with the
-optimized profile; another package joins by adding its name here (or `pipeline --stack-wheels`)."""
+STACK_WHEELS = ("numpy==1.26.4", "msgspec==0.23.0", "msgpack==1.2.4", "hostpgo")
+"""The extension wheels of the stack, rebuilt with the optimized profile: NAME==VERSION sdists known to
+buildsys/targets/extension.toml, and local projects by name (its [recipe.projects]: `hostpgo` is this checkout,
+whose wheel carries the runtime's Cython hot path); another package joins by adding it here (or
+`pipeline --stack-wheels`)."""
 EXTRA_WORKLOADS = ("decode-b1-graph",)
 """Measured with --stack besides the pipeline's workloads: graph-mode decode at batch 1 too (decode-b8-graph is
 already measured), so eager and graph are both seen at both batch sizes."""
@@ -114,18 +116,21 @@ def resolve(optimized: str, wheels: Sequence[str] = STACK_WHEELS, *,
         raise InputError(f"--stack: profiles/host/{name}.toml preloads allocator {hs.allocator.name!r} build "
                          f"{hs.allocator.build!r}, not {build} (what --optimized {prof.name} builds); set "
                          f"allocator.build = \"{build}\" there")
+    from ..targets import extension
     for w in wheels:
-        if "==" not in w:
-            raise InputError(f"--stack-wheels {w!r}: give NAME==VERSION (a pinned sdist of extension.toml)")
+        if "==" not in w and w not in extension.PROJECTS:
+            raise InputError(f"--stack-wheels {w!r}: give NAME==VERSION (a pinned sdist of extension.toml) or a "
+                             f"local project's name ({', '.join(extension.PROJECTS) or 'none is registered'})")
     return Stack(optimized=prof.name, interpreter=interpreter_only(prof), allocator=alloc, allocator_build=build,
                  settings=name, wheels=tuple(dict.fromkeys(wheels)))
 
 
 def measured_distributions(pyproject: Path = REPO_ROOT / "pyproject.toml") -> frozenset[str]:
-    """Distributions the measurement's venvs install by name (hostpgo's dependencies, its runtime and perf
-    extras): a rebuilt wheel replaces one of these in a subject's venv (perf refuses to add one that is not)."""
+    """Distributions the measurement's venvs install by name (the project's own wheel, its dependencies, its
+    runtime and perf extras): a rebuilt wheel replaces one of these in a subject's venv (perf refuses to add one
+    that is not)."""
     data = tomllib.loads(pyproject.read_text())["project"]
-    reqs = [*data.get("dependencies", ()), *data.get("optional-dependencies", {}).get("runtime", ()),
+    reqs = [data["name"], *data.get("dependencies", ()), *data.get("optional-dependencies", {}).get("runtime", ()),
             *data.get("optional-dependencies", {}).get("perf", ())]
     return frozenset(dist_name(r) for r in reqs)
 

@@ -34,7 +34,7 @@ def test_the_default_stack_is_tcmalloc_preloaded_into_the_interpreter_only_build
     st = stackmod.resolve(OPT)
     assert st == stackmod.Stack(optimized=OPT, interpreter="workload-pgo-lto", allocator="tcmalloc",
                                 allocator_build=BUILD, settings="tcmalloc-hostpgo",
-                                wheels=("numpy==1.26.4", "msgspec==0.23.0", "msgpack==1.2.4"))
+                                wheels=("numpy==1.26.4", "msgspec==0.23.0", "msgpack==1.2.4", "hostpgo"))
     assert st.allocator_subject == "workload-pgo-lto+tcmalloc-hostpgo"
     # The wheel list is data: another package is added by name.
     assert stackmod.resolve(OPT, ("msgpack==1.2.4", "hostpgo-hostpath==0.1.0")).wheels == (
@@ -44,7 +44,8 @@ def test_the_default_stack_is_tcmalloc_preloaded_into_the_interpreter_only_build
 def test_a_stack_needs_an_allocator_target_and_settings_that_preload_its_build(tmp_path):
     with pytest.raises(InputError, match="profile workload-pgo-lto has optimize.allocator = 'glibc'"):
         stackmod.resolve("workload-pgo-lto")
-    with pytest.raises(InputError, match="--stack-wheels 'numpy': give NAME==VERSION"):
+    with pytest.raises(InputError, match="--stack-wheels 'numpy': give NAME==VERSION .* or a local project's name "
+                                         r"\(hostpgo\)"):
         stackmod.resolve(OPT, ("numpy",))
     host = tmp_path / "host"
     host.mkdir()
@@ -114,7 +115,7 @@ def test_the_stack_builds_its_interpreter_only_profile_and_its_default_is_one_co
     assert engine.pipeline_profiles(OPT, (), st) == ["baseline", "workload-pgo-lto", OPT]
     # The default follows engine.DEFAULT_STACK alone (flipping it is one line; this test needs no change).
     args = cli.parser().parse_args(["pipeline"])
-    assert args.stack is engine.DEFAULT_STACK and args.stack_wheels == "numpy==1.26.4,msgspec==0.23.0,msgpack==1.2.4"
+    assert args.stack is engine.DEFAULT_STACK and args.stack_wheels == "numpy==1.26.4,msgspec==0.23.0,msgpack==1.2.4,hostpgo"
     assert cli.parser().parse_args(["pipeline", "--stack"]).stack is True
     assert cli.parser().parse_args(["pipeline", "--no-stack"]).stack is False
 
@@ -252,8 +253,8 @@ def test_build_stack_stops_on_a_failed_wheel_naming_it_and_a_rerun_rebuilds_noth
     got = engine.build_stack(st, BUILDS, None, live=False)
     # numpy's stages and stack-verify are stamped: only what failed and what follows runs again (the
     # allocator build is stood in for here, without stamps; in the pipeline it goes through the same executor).
-    assert ran == ["tcmalloc", "msgspec==0.23.0", "msgpack==1.2.4"]
-    assert [w.name.split("-")[0] for w in got.wheel_files] == ["numpy", "msgspec", "msgpack"]
+    assert ran == ["tcmalloc", "msgspec==0.23.0", "msgpack==1.2.4", "hostpgo"]
+    assert [w.name.split("-")[0] for w in got.wheel_files] == ["numpy", "msgspec", "msgpack", "hostpgo"]
     assert all(r.skipped for r in got.wheels[0].results.values())
 
 
@@ -271,3 +272,18 @@ def test_a_stack_wheel_that_cannot_be_prepared_is_named(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="^--stack: the wheel of numpy==1.26.4: --package 'numpy==1.26.4'") as e:
         engine.build_stack(stackmod.resolve(OPT), BUILDS, None, live=False)
     assert e.value.exit_code == 2
+
+
+def test_the_projects_own_wheel_is_measured_in_step_d():
+    """The perf venvs install this project's wheel (the runtime, with its Cython hot path), so its PGO rebuild
+    replaces it in (d), beside numpy; msgspec and msgpack are built but no measured venv installs them."""
+    assert "hostpgo" in stackmod.measured_distributions()
+    wheels = ["/w/numpy-1.26.4-cp311-cp311-linux_x86_64.whl", "/w/msgspec-0.23.0-cp311-cp311-linux_x86_64.whl",
+              "/w/hostpgo-0.1.0-cp311-cp311-linux_x86_64.whl"]
+    sub = stackmod.subjects(stackmod.resolve(OPT), interpreter_prefix="/i/workload-pgo-lto", baseline="baseline",
+                            system=None, linked_reference=None, wheels=wheels)
+    assert sub.steps[-1] == ("d", "workload-pgo-lto+tcmalloc-hostpgo+pgo-numpy-hostpgo")
+    assert sub.interps[-1] == ("workload-pgo-lto+tcmalloc-hostpgo+pgo-numpy-hostpgo=/i/workload-pgo-lto/bin/python3"
+                               "+wheel:/w/numpy-1.26.4-cp311-cp311-linux_x86_64.whl"
+                               "+wheel:/w/hostpgo-0.1.0-cp311-cp311-linux_x86_64.whl@tcmalloc-hostpgo")
+    assert sub.unmeasured == ("/w/msgspec-0.23.0-cp311-cp311-linux_x86_64.whl",)

@@ -82,7 +82,8 @@ def configure_stage(name: str, title: str, *, key_inputs: Mapping[str, Any], tre
     `bootstrap` (e.g. `autoreconf -fi`) runs first in the source tree when it has no configure script (a tree
     from a git tag, as gperftools' Debian orig is)."""
     env = configure_env(rf, extra_env, flag_vars)
-    key_doc = {"stage": "configure", **key_inputs, "args": list(args), "env": env}
+    key_doc = {"stage": "configure", **key_inputs, "args": list(args), "env": env,
+               **(rf.wrapper.key_doc() if rf.wrapper else {})}
     if bootstrap:
         key_doc["bootstrap"] = list(bootstrap)
     key = digest(key_doc)
@@ -94,6 +95,7 @@ def configure_stage(name: str, title: str, *, key_inputs: Mapping[str, Any], tre
         pre = (Call(f"unless {tree}/configure exists: {' '.join(bootstrap)} (in {tree})", boot),)
     return Stage(name, title, key,
                  (*pre, Call(f"mkdir {build_dir}", lambda ctx: build_dir.mkdir(parents=True, exist_ok=True)),
+                  *((rf.wrapper.write_call(),) if rf.wrapper else ()),
                   configure(tree, build_dir, args, env)),
                  outputs=(build_dir,), flags=channel_flags(rf, args, extra_env, flag_vars, target_args),
                  notes=rf.notes)

@@ -148,6 +148,8 @@ def prepare(req: Request) -> Inputs:
     if req.user_source is not None:
         sources.check_user_source(pin, req.user_source)
     if req.profile_data is not None:
+        if prof.optimize.pgo == "on":
+            pgomod.require_reusable(prof, req.profile_data, req.compiler)
         pgomod.check_profile_data(req.profile_data, req.compiler, flag="--profile-data")
     return Inputs(
         profile=prof, compiler=req.compiler, host=tcs.host, work=req.work, pin=pin,
@@ -193,7 +195,7 @@ def plan(inp: Inputs) -> BuildPlan:
         build_dir = work.build / f"{build_id}-{variant}"
         rf = flagmod.resolve(p, comp, host, variant, build_dir=str(build_dir),
                              raw_pattern=where.raw_pattern, raw_dir=str(where.raw_dir),
-                             profdata=profdata,
+                             profdata=profdata, work=work, profile_reused=inp.profile_data is not None,
                              allocator_flags=alloc_mod.link_flags(inp.allocator) if inp.allocator else ())
         # --- BOLT (optimize.bolt only): the optimized build keeps its relocations for BOLT.
         if p.optimize.bolt and variant != "instrumented":
@@ -268,6 +270,8 @@ def plan(inp: Inputs) -> BuildPlan:
     pgo_plan = None
     if pgo and reuse is not None:
         # Reuse: no instrumented build and no training; the given data is checked and recorded.
+        if reuse.exists():  # missing data: reuse_plan's own message
+            pgomod.require_reusable(p, reuse, comp)
         pgo_plan = pgomod.reuse_plan(data=reuse, comp=comp, prev_key=prev)
     elif pgo:
         def instrument(prev_key: str) -> tuple[list[Stage], str]:

@@ -20,9 +20,8 @@ from ..core import manifest
 from ..core.paths import REPO_ROOT, WorkArea
 from ..core.stages import BuildPlan, Call, ChannelFlag, Cmd, Stage, StageContext, digest
 from ..errors import HostpgoError
-from ..pipeline import autotune
+from ..pipeline import autotune, patches, sources, training
 from ..pipeline import bolt as boltmod
-from ..pipeline import patches, sources, training
 from ..pipeline import pgo as pgomod
 from ..pipeline.patches import Patch
 from ..pipeline.training import TrainingTask, runtime_digest, tasks_digest

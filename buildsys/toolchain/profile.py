@@ -100,7 +100,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "tuning": {
         "inline_threshold": Key(int, 0, "inliner budget (0 = the compiler's default). clang: `-mllvm "
-                                "-inline-threshold=N` (cost units; clang's default is 225, 250 at -O3); gcc: "
+                                "-inline-threshold=N` (cost units; clang-22's option default is 225); gcc: "
                                 "`--param=max-inline-insns-auto=N --param=max-inline-insns-single=N` (insns; gcc 12 "
                                 "defaults at -O3: auto 30, single 200), the same N for both, so one knob moves both "
                                 "the automatic and the `inline`-declared limits. Under LTO the inliner also runs at "
@@ -126,8 +126,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                         "flags appended to that file's compile line only (after every other flag, so an -O here "
                         "wins), e.g. `[tuning.per_file]` `\"Python/ceval.c\" = [\"-O2\"]`, or on the command line "
                         "`--set 'tuning.per_file={\"Python/ceval.c\" = [\"-O2\"]}'`. Applied by a compiler wrapper "
-                        "hostpgo writes into the build directory (`.hostpgo-cc`, passed as CC/CXX), which works for "
-                        "autotools, CMake and meson alike; the wrapper's text is in the configure stage's key",
+                        "hostpgo writes into the build directory (`.hostpgo-wrap/<compiler name>`, passed as CC/CXX), "
+                        "which works for autotools, CMake and meson alike (targets whose recipe passes no build "
+                        "directory refuse the key); the wrapper's text is in the configure stage's key",
                         check=per_file_ok, check_doc=PER_FILE_DOC, convert=per_file_tuple),
     },
     "bisheng": {

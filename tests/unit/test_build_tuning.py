@@ -209,8 +209,10 @@ def _fixture(tmp_path: Path) -> Path:
     (src / "Python").mkdir(parents=True)
     (src / "Objects").mkdir()
     # Each file fails to compile unless it got exactly the flags meant for it.
-    (src / "Python" / "ceval.c").write_text("#ifndef HOT\n#error per-file flag missing\n#endif\nint hot(void){return HOT;}\n")
-    (src / "Objects" / "dictobject.c").write_text("#ifdef HOT\n#error flag leaked\n#endif\nint cold(void){return 0;}\n")
+    (src / "Python" / "ceval.c").write_text("#ifndef HOT\n#error per-file flag missing\n#endif\n"
+                                            "int hot(void){return HOT;}\n")
+    (src / "Objects" / "dictobject.c").write_text("#ifdef HOT\n#error flag leaked\n#endif\n"
+                                                  "int cold(void){return 0;}\n")
     return src
 
 

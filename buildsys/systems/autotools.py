@@ -37,7 +37,10 @@ def channel_flags(rf: ResolvedFlags, configure_args: Sequence[str], extra_env: M
                        "target data (build.configure)" if a in target_args else
                        "optimize.shared" if a.endswith("-shared") else "flags.configure")
            for a in configure_args]
+    wrapped = rf.wrapper.tools if rf.wrapper else {}
     out += [ChannelFlag("configure-env", k, v, "optimize.shared (rpath, as pyenv)" if k == "LDFLAGS"
+                        else "generated compiler wrapper (tuning.per_file, optimize.compiler_cache) around "
+                             f"{rf.wrapper.cc if k == 'CC' else rf.wrapper.cxx}" if k in wrapped
                         else "toolchain (detected)")
             for k, v in sorted({**rf.tools, **extra_env}.items())]
     out += [ChannelFlag(var, var, f.value, f.why) for var in flag_vars["cflags"] for f in rf.cflags]

@@ -254,7 +254,12 @@ def resolve(profile: Profile, comp: Compiler, host: Host, variant: str, *, build
             cache_dir = work.thinlto_cache / digest([f.value for f in ldflags])[:16]
             ldflags.append(Flag(f"-Wl,--thinlto-cache-dir={cache_dir}", "optimize.compiler_cache = 'ccache' "
                                 "(ThinLTO backend objects cached, directory keyed by the link flags)"))
-        elif cache and o.lto == "full" and variant != "instrumented":
+        if cache and fam == "gcc" and o.pgo == "on" and variant != "plain":
+            notes.append("optimize.compiler_cache with GCC PGO: ccache 4.7 (Debian 12) runs these compiles "
+                         "uncached, as it does not know -fprofile-update, -fprofile-prefix-path or "
+                         "-fprofile-partial-training (its debug log: 'Unknown profiling option'); clang's PGO "
+                         "compiles and GCC's plain ones are cached")
+        if cache and o.lto == "full" and variant != "instrumented":
             notes.append("optimize.compiler_cache: full LTO has no link-time cache (every candidate's link "
                          "re-optimizes the whole program); ThinLTO's link keeps one")
     return ResolvedFlags(cflags=tuple(cflags), ldflags=tuple(ldflags), tools=tools, notes=tuple(notes),

@@ -189,6 +189,7 @@ def test_compiler_cache_wraps_ccache_and_keeps_a_thinlto_cache(tmp_path: Path) -
     st = plan_of(tmp_path, "gcc-pgo-lto", GCC, ['optimize.compiler_cache="ccache"'])
     assert not [f for f in lines(st)[1] if "thinlto" in f]
     assert any("full LTO has no link-time cache" in n for n in st["_notes"])
+    assert any("ccache 4.7 (Debian 12) runs these compiles uncached" in n for n in st["_notes"])
 
 
 def test_compiler_cache_needs_ccache_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -381,3 +382,22 @@ def test_profile_reference_documents_the_new_keys() -> None:
         assert f"`{key}`" in ref
     assert json.dumps(profile.load("workload-pgo-lto", overrides=[PER_FILE], environ={}).to_dict()["tuning"])
 
+
+
+@pytest.mark.skipif(CC is None or shutil.which("cmake") is None, reason="needs a C compiler and cmake")
+def test_cmake_takes_the_wrapper_as_its_c_compiler(tmp_path: Path) -> None:
+    src = _fixture(tmp_path)
+    (src / "CMakeLists.txt").write_text("cmake_minimum_required(VERSION 3.13)\nproject(fixture C)\n"
+                                        "add_library(fixture STATIC Python/ceval.c Objects/dictobject.c)\n")
+    build = tmp_path / "build"
+    w = wrapper.CompilerWrapper(directory=str(build / ".hostpgo-wrap"), cc=CC, cxx=None,
+                                per_file=(("Python/ceval.c", ("-DHOT=1",)),))
+    _write(w, tmp_path)
+    env = {**os.environ, "CC": w.tools["CC"]}
+    subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON"], check=True,
+                   env=env, capture_output=True)
+    subprocess.run(["cmake", "--build", str(build)], check=True, env=env, capture_output=True)
+    commands = json.loads((build / "compile_commands.json").read_text())
+    assert {Path(c["file"]).name for c in commands} == {"ceval.c", "dictobject.c"}
+    assert all(c["command"].startswith(w.tools["CC"]) for c in commands)
+    assert (build / "libfixture.a").is_file()  # dictobject.c errors if the flag leaked, ceval.c if it is missing

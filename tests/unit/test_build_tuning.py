@@ -401,3 +401,25 @@ def test_cmake_takes_the_wrapper_as_its_c_compiler(tmp_path: Path) -> None:
     assert {Path(c["file"]).name for c in commands} == {"ceval.c", "dictobject.c"}
     assert all(c["command"].startswith(w.tools["CC"]) for c in commands)
     assert (build / "libfixture.a").is_file()  # dictobject.c errors if the flag leaked, ceval.c if it is missing
+
+
+def test_cmake_and_autotools_configure_stages_write_the_wrapper_and_key_it(tmp_path: Path) -> None:
+    from buildsys.systems import autotools, cmake
+
+    prof = profile.load("workload-pgo-lto", overrides=[PER_FILE], environ={})
+    rf = flags.resolve(prof, CLANG, X86, "optimized", build_dir=str(tmp_path / "b"), profdata="/p",
+                       work=WorkArea(tmp_path))
+    bare = dataclasses.replace(rf, wrapper=None, tools={"CC": CLANG.cc})
+    common = dict(key_inputs={"v": 1}, build_dir=tmp_path / "b")
+    for make in (lambda r: cmake.configure_stage("configure", "c", source=tmp_path, prefix=tmp_path / "i", rf=r,
+                                                 opt="-O3", defines={}, generator=None, **common),
+                 lambda r: autotools.configure_stage("configure", "c", tree=tmp_path, args=[], rf=r, extra_env={},
+                                                     **common)):
+        with_w, without = make(rf), make(bare)
+        described = [a.describe() for a in with_w.actions]
+        assert any("write the compiler wrapper" in d for d in described)
+        assert not any("write the compiler wrapper" in a.describe() for a in without.actions)
+        assert with_w.key != without.key
+        changed = dataclasses.replace(rf.wrapper, per_file=(("Python/ceval.c", ("-O1",)),))
+        other = dataclasses.replace(rf, wrapper=changed)
+        assert make(other).key != with_w.key  # only the wrapper's text differs

@@ -65,13 +65,14 @@ def tool_path(comp: Compiler) -> str:
     return str(Path(comp.cc).with_name(TOOL))
 
 
-BuildFn = Callable[[str, str, tuple[str, ...], dict[str, str]], tuple[list[Stage], str, Path]]
-"""(stage-name suffix, prev key, extra compile flags, build env) -> (configure+build stages, last key, build dir)."""
+BuildFn = Callable[[str, str, tuple[str, ...], dict[str, str]], tuple[list[Stage], str, Path, tuple[str, ...]]]
+"""(stage-name suffix, prev key, extra compile flags, build env) -> (configure+build stages, last key, build dir,
+the build's make command: the iterations rebuild with the same make variables)."""
 TrainFn = Callable[[str], list[Cmd | Call]]
 """python of a build -> the actions of the [pgo] training tasks on it."""
 
 
-def plan(*, profile: Profile, comp: Compiler, data_dir: Path, prev_key: str, jobs: int, build: BuildFn,
+def plan(*, profile: Profile, comp: Compiler, data_dir: Path, prev_key: str, build: BuildFn,
          train: TrainFn, timeout: float = 7200) -> AutotunePlan:
     """The loop's stages (pure). `build` makes the configure+build stages of a copy of the optimized variant with
     extra flags; `train` the timed workload."""
@@ -81,13 +82,13 @@ def plan(*, profile: Profile, comp: Compiler, data_dir: Path, prev_key: str, job
     tool = tool_path(comp)
     env = {DATADIR_ENV: str(data_dir)}
     stages: list[Stage] = []
-    gen_stages, gen_key, _ = build("-autotune-generate", prev_key, (GENERATE_FLAG,), env)
+    gen_stages, gen_key, _, _ = build("-autotune-generate", prev_key, (GENERATE_FLAG,), env)
     stages.extend(gen_stages)
     init_key = digest({"stage": "autotune-init", "prev": gen_key, "tool": tool})
     stages.append(Stage("autotune-init", "llvm-autotune minimize: start the search over the generated opportunities",
                         init_key, (Cmd((tool, "minimize"), env=env, timeout=600),),
                         notes=(f"autotune data directory {data_dir} ({DATADIR_ENV})",)))
-    tune_stages, key, tune_dir = build("-autotune", init_key, (USE_FLAG,), env)
+    tune_stages, key, tune_dir, make = build("-autotune", init_key, (USE_FLAG,), env)
     stages.extend(tune_stages)
     python = str(tune_dir / "python")
     for i in range(1, n + 1):
@@ -96,7 +97,7 @@ def plan(*, profile: Profile, comp: Compiler, data_dir: Path, prev_key: str, job
             f"autotune-{i}", f"autotune iteration {i} of {n}: rebuild with the search's configuration, time the "
             "training tasks, feed the time back", key,
             (Cmd(("make", "clean"), env=env, cwd=tune_dir, timeout=1800),
-             Cmd(("make", f"-j{jobs}"), env=env, cwd=tune_dir, timeout=4 * 3600),
+             Cmd(make, env=env, cwd=tune_dir, timeout=4 * 3600),
              Call(f"time the [pgo] training tasks on {python}; {tool} feedback <seconds>",
                   _timed_feedback(train(python), tool, env, timeout)))))
     fkey = digest({"stage": "autotune-finalize", "prev": key})

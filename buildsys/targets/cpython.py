@@ -315,13 +315,13 @@ def plan(inp: Inputs) -> BuildPlan:
         tune_tasks = inp.tasks or training.resolve(p.pgo.tasks)
 
         def tune_build(tag: str, prev_key: str, extra: tuple[str, ...],
-                       env: dict[str, str]) -> tuple[list[Stage], str, Path]:
+                       env: dict[str, str]) -> tuple[list[Stage], str, Path, tuple[str, ...]]:
             before = len(stages)
-            key, bdir, _, _ = build_stages(variant, tag, work.install / f"{build_id}{tag}", prev_key, profdata_path,
-                                           extra_cflags=extra, extra_run_env=env, dir_tag=tag)
+            key, bdir, _, make_vars = build_stages(variant, tag, work.install / f"{build_id}{tag}", prev_key,
+                                                   profdata_path, extra_cflags=extra, extra_run_env=env, dir_tag=tag)
             made = stages[before:]
             del stages[before:]
-            return made, key, bdir
+            return made, key, bdir, autotools.make_argv(inp.jobs, make_vars)
 
         def tune_train(python: str) -> list[Cmd | Call]:
             venv_dir = work.pgo / build_id / "autotune-venv"
@@ -332,7 +332,7 @@ def plan(inp: Inputs) -> BuildPlan:
                                          pth_dirs=(deps_dir, REPO_ROOT))
 
         tune_plan = autotune.plan(profile=p, comp=comp, data_dir=work.pgo / build_id / "autotune", prev_key=prev,
-                                  jobs=inp.jobs, build=tune_build, train=tune_train)
+                                  build=tune_build, train=tune_train)
         stages.extend(tune_plan.stages)
         notes.extend(tune_plan.notes)
         prev, tune_flags, tune_env = tune_plan.key, tune_plan.cflags, tune_plan.env

@@ -343,7 +343,8 @@ def test_bisheng_plan_drives_the_autotuner_loop(tmp_path: Path) -> None:
     st = plan_of(tmp_path, "bisheng-kunpeng920", BISHENG, ["bisheng.autotune=2"],
                  host=Host("aarch64", "openEuler", kunpeng="tsv110"))
     names = [n for n in st if n != "_notes"]
-    loop = ["configure-autotune-generate", "build-autotune-generate", "autotune-init", "configure-autotune",
+    loop = ["autotune-datadir", "configure-autotune-generate", "build-autotune-generate", "autotune-init",
+            "configure-autotune",
             "build-autotune", "autotune-1", "autotune-2", "autotune-finalize"]
     assert names[names.index("merge") + 1:names.index("configure")] == loop
     gen_cf = st["configure-autotune-generate"].actions[-1].env["CFLAGS_NODIST"].split()
@@ -353,9 +354,10 @@ def test_bisheng_plan_drives_the_autotuner_loop(tmp_path: Path) -> None:
     assert st["autotune-init"].actions[0].env == {"AUTOTUNE_DATADIR": datadir}
     it = st["autotune-1"].actions
     assert it[0].argv == ("make", "clean")
-    assert it[1].argv == st["build-autotune"].actions[0].argv  # the build's make variables (LTO's NOLTO links)
-    assert it[1].argv[:2] == ("make", "-j2") and it[1].argv[2].startswith("LDFLAGS_NODIST=")
-    assert "llvm-autotune feedback" in it[2].describe()
+    make = " ".join(st["build-autotune"].actions[0].argv)  # the build's make variables (LTO's NOLTO links)
+    assert make.startswith("make -j2 LDFLAGS_NODIST=") and it[1].describe().startswith(f"[hostpgo] {make} (in ")
+    assert "llvm-autotune feedback <seconds> (9999 when the rebuild or a task fails)" in it[1].describe()
+    assert st["autotune-datadir"].outputs == (Path(datadir),)  # emptied before the loop starts
     assert st["autotune-finalize"].actions[0].argv == ("/opt/bisheng/bin/llvm-autotune", "finalize")
     cf, _, _ = lines(st)
     assert "-fautotune" in cf and "-fautotune-generate" not in cf
@@ -425,3 +427,37 @@ def test_cmake_and_autotools_configure_stages_write_the_wrapper_and_key_it(tmp_p
         changed = dataclasses.replace(rf.wrapper, per_file=(("Python/ceval.c", ("-O1",)),))
         other = dataclasses.replace(rf, wrapper=changed)
         assert make(other).key != with_w.key  # only the wrapper's text differs
+
+
+def test_autotune_iterations_feed_back_the_time_or_the_worst_value(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bisheng" / "bin"
+    bin_dir.mkdir(parents=True)
+    log = tmp_path / "autotune.log"
+    tool = bin_dir / "llvm-autotune"
+    tool.write_text(f'#!/bin/sh\necho "$AUTOTUNE_DATADIR $*" >> {log}\n')
+    tool.chmod(0o755)
+    comp = dataclasses.replace(BISHENG, cc=str(bin_dir / "clang"))
+    tune_dir = tmp_path / "tune"
+    tune_dir.mkdir()
+    (tune_dir / "Makefile").write_text("clean:\n\ttrue\n")
+    prof = profile.load("bisheng-kunpeng920", overrides=["bisheng.autotune=2"], environ={})
+
+    def build(tag: str, prev: str, extra: tuple[str, ...], env: dict[str, str]):
+        fails = tag == "-autotune" and (tmp_path / "break").exists()
+        return [], f"{prev}{tag}", tune_dir, (("false",) if fails else ("true",))
+
+    def run(make_fails: bool) -> list[str]:
+        if make_fails:
+            (tmp_path / "break").touch()
+        data = tmp_path / ("data-b" if make_fails else "data-a")
+        plan = autotune.plan(profile=prof, comp=comp, data_dir=data, prev_key="p", build=build,
+                             train=lambda python: [stages.Cmd(("true",))])
+        stages.execute(stages.BuildPlan(f"t{make_fails}", plan.stages, (), {}), tmp_path / "st", tmp_path / "lg",
+                       live=False)
+        return [ln for ln in log.read_text().splitlines() if ln.startswith(str(data))]
+
+    calls = run(make_fails=False)
+    assert [c.split()[1] for c in calls] == ["minimize", "feedback", "feedback", "finalize"]
+    assert all(float(c.split()[2]) < 60 for c in calls if " feedback " in c)
+    calls = run(make_fails=True)  # a configuration that does not build: the worst value, and the loop goes on
+    assert [c.split(" ", 1)[1] for c in calls] == ["minimize", "feedback 9999", "feedback 9999", "finalize"]

@@ -106,9 +106,9 @@ def ccache_env(*, cache_dir: str, base_dir: str, extra_files: str = "") -> tuple
     CCACHE_BASEDIR rewrites absolute paths below the work area relative to the compile's directory, so a source
     compiled from two sibling build directories hashes the same; CCACHE_NOHASHDIR keeps the working directory out
     of the hash of -g compiles (the cost: an object's DW_AT_comp_dir may name the build directory that filled the
-    cache); CCACHE_EXTRAFILES hashes the profile data's digest, so a new training never hits old objects (ccache
-    also hashes the data named by -fprofile-use/-fprofile-instr-use itself; this covers GCC's .gcda trees found
-    through -fprofile-prefix-path too)."""
+    cache); CCACHE_EXTRAFILES hashes the profile data's digest, so a new training never hits old objects whatever
+    ccache's version does with profile options (4.7.5 adds the .profdata of -fprofile-instr-use to its hash itself,
+    its debug log says "Adding profile data ... to the hash"; it runs GCC's profile compiles uncached)."""
     env = [("CCACHE_DIR", cache_dir), ("CCACHE_BASEDIR", base_dir), ("CCACHE_NOHASHDIR", "1")]
     if extra_files:
         env.append(("CCACHE_EXTRAFILES", extra_files))

@@ -198,7 +198,8 @@ def _print_profile(inp, console: Console) -> None:
     if p.description:
         print("  " + " ".join(p.description.split()))
     d = p.to_dict()
-    for sect in ("toolchain", "optimize", "flags", "bisheng", "pgo", "verify", *(("bolt",) if p.optimize.bolt else ())):
+    for sect in ("toolchain", "optimize", "flags", *(("tuning",) if p.tuning.used else ()), "bisheng", "pgo", "verify",
+                 *(("bolt",) if p.optimize.bolt else ())):
         print(f"  [{sect}] " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d[sect].items()))
     if p.overrides:
         print("  overrides: " + " ".join(p.overrides))

@@ -73,6 +73,16 @@ class WorkArea:
         return self.root / "install"
 
     @property
+    def ccache(self) -> Path:
+        """ccache's cache (optimize.compiler_cache = "ccache"): shared by every build, so candidates hit."""
+        return self.root / "ccache"
+
+    @property
+    def thinlto_cache(self) -> Path:
+        """lld's ThinLTO caches, one directory per set of link flags (optimize.compiler_cache, clang ThinLTO)."""
+        return self.root / "thinlto-cache"
+
+    @property
     def stamps(self) -> Path:
         return self.root / "stamps"
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hostpgo import fsutil
 from hostpgo.errors import CommandError
@@ -34,9 +34,14 @@ from ..toolchain import Compiler
 from .sources import sha256_of
 from .training import TrainingTask, runtime_digest, tasks_digest
 
+if TYPE_CHECKING:
+    from ..toolchain.profile import Profile
+
 PROFILE_DATA_SCHEMA = "hostpgo-profile-data/1"
 GCDA_MAGIC = (b"adcg", b"gcda")
 """.gcda files start with the 32-bit word 'gcda' in the writer's byte order (little-endian: b'adcg')."""
+PROFDATA_MAGIC = b"\xfflprofi\x81"
+"""llvm-profdata's indexed profile starts with this 64-bit word (little-endian; seen in a clang-22 .profdata)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,77 @@ def check_profile_data(data: Path, comp: Compiler, *, flag: str = "--profile-dat
         with g.open("rb") as f:
             if f.read(4) not in GCDA_MAGIC:
                 raise InputError(f"{flag} {data}: {g} is not a .gcda file (no gcda magic)")
+
+
+def profile_data_kind(data: Path) -> str:
+    """What a --profile-data path holds, from its shape alone: `llvm` (a file: llvm-profdata's format, made by
+    clang or BiSheng), `gcc` (a directory: a .gcda tree), or `missing`."""
+    if not data.exists():
+        return "missing"
+    return "llvm" if data.is_file() else "gcc"
+
+
+def profile_data_reusable(profile: Profile, profile_data: Path, compiler: Compiler | None = None) -> tuple[bool, str]:
+    """Whether a candidate profile can build with stored profile data instead of its own training, and why.
+
+    Pure apart from reading the path's shape, its first bytes and its sidecar: no compiler runs. The family is
+    `compiler`'s when given (the one the build would select), else the profile's toolchain.family. Not reusable:
+    the profile has no PGO; the data is missing; its format is not the family's (GCC cannot read clang's
+    .profdata, clang cannot read a .gcda tree); its sidecar names another compiler family or major version
+    (profile formats change between them). Reusable data trained with other flags still loses the profile of
+    each function whose shape changed (clang warns, GCC's coverage-mismatch is made a warning): the reason says so.
+    """
+    return _reusable(profile, Path(profile_data), compiler.family if compiler is not None else profile.toolchain.family,
+                     compiler.version if compiler is not None else None)
+
+
+def _reusable(profile: Profile, data: Path, family: str, version: str | None) -> tuple[bool, str]:
+    if profile.optimize.pgo != "on":
+        return False, (f"profile '{profile.name}' has optimize.pgo = \"off\": profile data does not apply to it")
+    kind = profile_data_kind(data)
+    if kind == "missing":
+        return False, f"{data}: no such file or directory"
+    if kind == "gcc" and not any(data.rglob("*.gcda")):
+        return False, f"{data}: a directory without .gcda files, not profile data"
+    wants = "gcc" if family == "gcc" else "llvm"
+    if kind != wants:
+        made = "an llvm-profdata file (clang or BiSheng)" if kind == "llvm" else "a GCC .gcda tree"
+        return False, (f"{data} is {made} and profile '{profile.name}' compiles with {family}, which cannot read "
+                       f"it: this candidate needs its own training (build it without --profile-data, or give "
+                       f"data {family} made)")
+    if kind == "llvm":
+        with data.open("rb") as f:
+            head = f.read(len(PROFDATA_MAGIC))
+        if head.startswith(b"\xfflprof") and head != PROFDATA_MAGIC:
+            return False, (f"{data} is a raw profile (.profraw), not merged data: merge it with llvm-profdata "
+                           "merge first, or train")
+    try:
+        side = read_sidecar(data) or {}
+    except InputError as e:
+        return False, str(e)
+    was = side.get("compiler", {})
+    if was:
+        was_family = was.get("family")
+        if (was_family == "gcc") != (family == "gcc") or (family != "gcc" and was_family != family):
+            return False, (f"{data} was made by {was_family} {was.get('version')} and profile '{profile.name}' "
+                           f"compiles with {family}: this candidate needs its own training")
+        if version is not None and str(was.get("version", "")).split(".")[0] != str(version).split(".")[0]:
+            return False, (f"{data} was made by {was_family} {was.get('version')} and the build would use "
+                           f"{family} {version}: profile formats differ between major versions; "
+                           "this candidate needs its own training")
+    trained = ", ".join(t.get("name", "?") for t in side.get("training", [])) or "unknown tasks"
+    by = f"{was.get('family')} {was.get('version')}" if was else "an unrecorded compiler (no sidecar)"
+    return True, (f"{data} ({kind} format, made by {by}, trained on {trained}) fits {family}; functions whose "
+                  "code the candidate's flags change lose their profile with a warning (the optimized build "
+                  "tolerates the mismatch), the rest keep it")
+
+
+def require_reusable(profile: Profile, data: Path, comp: Compiler) -> None:
+    """InputError naming --profile-data when `profile_data_reusable` says no for `comp`'s family (the major
+    version is checked when the profile-data stage runs: a plan may be made with a stand-in compiler)."""
+    ok, why = _reusable(profile, data, comp.family, None)
+    if not ok:
+        raise InputError(f"--profile-data {data}: {why}")
 
 
 def _merge_llvm(comp: Compiler, raw_dir: Path, out: Path, sidecar: dict):

@@ -253,7 +253,7 @@ def plan(inp: Inputs) -> BuildPlan:
 
     def variant_flags(variant: str, build_dir: Path, profdata: str) -> flagmod.ResolvedFlags:
         rf = flagmod.resolve(p, comp, host, variant, build_dir=str(build_dir), raw_pattern=where.raw_pattern,
-                             raw_dir=str(where.raw_dir), profdata=profdata)
+                             raw_dir=str(where.raw_dir), profdata=profdata, work=work)
         notes.extend(n for n in rf.notes if n not in notes)
         return rf
 

@@ -37,7 +37,10 @@ def channel_flags(rf: ResolvedFlags, configure_args: Sequence[str], extra_env: M
                        "target data (build.configure)" if a in target_args else
                        "optimize.shared" if a.endswith("-shared") else "flags.configure")
            for a in configure_args]
+    wrapped = rf.wrapper.tools if rf.wrapper else {}
     out += [ChannelFlag("configure-env", k, v, "optimize.shared (rpath, as pyenv)" if k == "LDFLAGS"
+                        else "generated compiler wrapper (tuning.per_file, optimize.compiler_cache) around "
+                             f"{rf.wrapper.cc if k == 'CC' else rf.wrapper.cxx}" if k in wrapped
                         else "toolchain (detected)")
             for k, v in sorted({**rf.tools, **extra_env}.items())]
     out += [ChannelFlag(var, var, f.value, f.why) for var in flag_vars["cflags"] for f in rf.cflags]
@@ -82,7 +85,8 @@ def configure_stage(name: str, title: str, *, key_inputs: Mapping[str, Any], tre
     `bootstrap` (e.g. `autoreconf -fi`) runs first in the source tree when it has no configure script (a tree
     from a git tag, as gperftools' Debian orig is)."""
     env = configure_env(rf, extra_env, flag_vars)
-    key_doc = {"stage": "configure", **key_inputs, "args": list(args), "env": env}
+    key_doc = {"stage": "configure", **key_inputs, "args": list(args), "env": env,
+               **(rf.wrapper.key_doc() if rf.wrapper else {})}
     if bootstrap:
         key_doc["bootstrap"] = list(bootstrap)
     key = digest(key_doc)
@@ -94,6 +98,7 @@ def configure_stage(name: str, title: str, *, key_inputs: Mapping[str, Any], tre
         pre = (Call(f"unless {tree}/configure exists: {' '.join(bootstrap)} (in {tree})", boot),)
     return Stage(name, title, key,
                  (*pre, Call(f"mkdir {build_dir}", lambda ctx: build_dir.mkdir(parents=True, exist_ok=True)),
+                  *((rf.wrapper.write_call(),) if rf.wrapper else ()),
                   configure(tree, build_dir, args, env)),
                  outputs=(build_dir,), flags=channel_flags(rf, args, extra_env, flag_vars, target_args),
                  notes=rf.notes)

@@ -131,9 +131,10 @@ def configure_stage(name: str, title: str, *, key_inputs: Mapping[str, Any], sou
     entries["CMAKE_EXPORT_COMPILE_COMMANDS"] = ("ON", "engine: the build stage checks every compile line")
     entries.update({k: (v, "target data (build.defines)") for k, v in defines.items()})
     argv = configure_argv(source, build_dir, entries, prefix=prefix, generator=generator)
-    key = digest({"stage": "configure", **key_inputs, "argv": argv})
+    key = digest({"stage": "configure", **key_inputs, "argv": argv, **(rf.wrapper.key_doc() if rf.wrapper else {})})
     return Stage(name, title, key,
                  (Call(f"clear and mkdir {build_dir}", lambda ctx: build_dir.mkdir(parents=True, exist_ok=True)),
+                  *((rf.wrapper.write_call(),) if rf.wrapper else ()),
                   Cmd(tuple(argv), cwd=build_dir, timeout=1800)),
                  outputs=(build_dir,), flags=channel_flags(entries), notes=rf.notes)
 

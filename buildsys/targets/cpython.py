@@ -20,8 +20,8 @@ from ..core import manifest
 from ..core.paths import REPO_ROOT, WorkArea
 from ..core.stages import BuildPlan, Call, ChannelFlag, Cmd, Stage, StageContext, digest
 from ..errors import HostpgoError
+from ..pipeline import autotune, patches, sources, training
 from ..pipeline import bolt as boltmod
-from ..pipeline import patches, sources, training
 from ..pipeline import pgo as pgomod
 from ..pipeline.patches import Patch
 from ..pipeline.training import TrainingTask, runtime_digest, tasks_digest
@@ -148,6 +148,8 @@ def prepare(req: Request) -> Inputs:
     if req.user_source is not None:
         sources.check_user_source(pin, req.user_source)
     if req.profile_data is not None:
+        if prof.optimize.pgo == "on":
+            pgomod.require_reusable(prof, req.profile_data, req.compiler)
         pgomod.check_profile_data(req.profile_data, req.compiler, flag="--profile-data")
     return Inputs(
         profile=prof, compiler=req.compiler, host=tcs.host, work=req.work, pin=pin,
@@ -187,19 +189,24 @@ def plan(inp: Inputs) -> BuildPlan:
     stages.append(source.stage)
     src_key, tree = source.key, source.tree
 
-    def build_stages(variant: str, suffix: str, prefix: Path, prev_key: str,
-                     profdata: str) -> tuple[str, Path, dict[str, str], dict[str, str]]:
-        """Append configure+build stages for a variant; return (build key, build dir, run env, make vars)."""
-        build_dir = work.build / f"{build_id}-{variant}"
+    def build_stages(variant: str, suffix: str, prefix: Path, prev_key: str, profdata: str,
+                     extra_cflags: tuple[str, ...] = (), extra_run_env: dict[str, str] | None = None,
+                     dir_tag: str = "") -> tuple[str, Path, dict[str, str], dict[str, str]]:
+        """Append configure+build stages for a variant; return (build key, build dir, run env, make vars).
+        `extra_cflags`/`extra_run_env`: the BiSheng Autotuner's flags and data directory (bisheng.autotune)."""
+        build_dir = work.build / f"{build_id}-{variant}{dir_tag}"
         rf = flagmod.resolve(p, comp, host, variant, build_dir=str(build_dir),
                              raw_pattern=where.raw_pattern, raw_dir=str(where.raw_dir),
-                             profdata=profdata,
+                             profdata=profdata, work=work, profile_reused=inp.profile_data is not None,
                              allocator_flags=alloc_mod.link_flags(inp.allocator) if inp.allocator else ())
         # --- BOLT (optimize.bolt only): the optimized build keeps its relocations for BOLT.
         if p.optimize.bolt and variant != "instrumented":
             bc, bl = boltmod.build_flags("gcc" if comp.family == "gcc" else "clang")
             rf = dataclasses.replace(rf, cflags=(*rf.cflags, *bc), ldflags=(*rf.ldflags, *bl))
         # --- end BOLT
+        if extra_cflags:
+            rf = dataclasses.replace(rf, cflags=(*rf.cflags, *(flagmod.Flag(v, "bisheng.autotune (BiSheng "
+                                                                            "Autotuner)") for v in extra_cflags)))
         notes.extend(n for n in rf.notes if n not in notes)
         args = [f"--prefix={prefix}", "--enable-shared" if p.optimize.shared else "--disable-shared",
                 *p.flags.configure]
@@ -210,6 +217,7 @@ def plan(inp: Inputs) -> BuildPlan:
         # Instrumented binaries also run during the build (setup.py, compileall): keep those runs'
         # profiles out of the training data.
         run_env = pgomod.build_time_env(comp, build_dir) if variant == "instrumented" else {}
+        run_env = {**run_env, **(extra_run_env or {})}
         cfg = autotools.configure_stage(
             f"configure{suffix}", f"configure ({variant})", tree=tree, build_dir=build_dir, args=args, rf=rf,
             extra_env=extra_env, key_inputs={"variant": variant, "prev": prev_key, "src": src_key, "compiler": comp_id})
@@ -268,6 +276,8 @@ def plan(inp: Inputs) -> BuildPlan:
     pgo_plan = None
     if pgo and reuse is not None:
         # Reuse: no instrumented build and no training; the given data is checked and recorded.
+        if reuse.exists():  # missing data: reuse_plan's own message
+            pgomod.require_reusable(p, reuse, comp)
         pgo_plan = pgomod.reuse_plan(data=reuse, comp=comp, prev_key=prev)
     elif pgo:
         def instrument(prev_key: str) -> tuple[list[Stage], str]:
@@ -295,7 +305,40 @@ def plan(inp: Inputs) -> BuildPlan:
         profdata_path = pgo_plan.profile_data
         prev = pgo_plan.key
     variant = "optimized" if pgo else "plain"
-    bkey, obuild, _, omake_vars = build_stages(variant, "", prefix, prev, profdata_path)
+    # --- BiSheng Autotuner (bisheng.autotune > 0 on a BiSheng compiler only; elsewhere a note).
+    tune_flags: tuple[str, ...] = ()
+    tune_env: dict[str, str] = {}
+    run_loop, tune_note = autotune.wanted(p, comp)
+    if tune_note:
+        notes.append(tune_note)
+    if run_loop:
+        tune_tasks = inp.tasks or training.resolve(p.pgo.tasks)
+
+        def tune_build(tag: str, prev_key: str, extra: tuple[str, ...],
+                       env: dict[str, str]) -> tuple[list[Stage], str, Path, tuple[str, ...]]:
+            before = len(stages)
+            key, bdir, _, make_vars = build_stages(variant, tag, work.install / f"{build_id}{tag}", prev_key,
+                                                   profdata_path, extra_cflags=extra, extra_run_env=env, dir_tag=tag)
+            made = stages[before:]
+            del stages[before:]
+            return made, key, bdir, autotools.make_argv(inp.jobs, make_vars)
+
+        def tune_train(python: str) -> list[Cmd | Call]:
+            venv_dir = work.pgo / build_id / "autotune-venv"
+            pth = (venv_dir / "lib" / f"python{minor}" / "site-packages" / "hostpgo-runtime.pth"
+                   if deps_dir is not None else None)
+            return training.task_actions(tune_tasks, base_python=python, prefix=str(Path(python).parent),
+                                         venv_dir=venv_dir, env={}, runtime_env=runtime_env, pth=pth,
+                                         pth_dirs=(deps_dir, REPO_ROOT))
+
+        tune_plan = autotune.plan(profile=p, comp=comp, data_dir=work.pgo / build_id / "autotune", prev_key=prev,
+                                  build=tune_build, train=tune_train)
+        stages.extend(tune_plan.stages)
+        notes.extend(tune_plan.notes)
+        prev, tune_flags, tune_env = tune_plan.key, tune_plan.cflags, tune_plan.env
+    # --- end BiSheng Autotuner
+    bkey, obuild, _, omake_vars = build_stages(variant, "", prefix, prev, profdata_path,
+                                               extra_cflags=tune_flags, extra_run_env=tune_env)
     vpython = str(obuild / "python")
     venv_ = {"LD_LIBRARY_PATH": str(obuild)} if p.optimize.shared else {}
     # --- BOLT (optimize.bolt only): instrument -> train -> merge -> apply on the optimized build; the

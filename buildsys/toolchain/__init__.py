@@ -27,6 +27,8 @@ CPYTHON_BUILD_DEPS = ("build-essential", "pkg-config", "libbz2-dev", "libffi-dev
 IMAGE_PACKAGES = ("mmdebstrap", "umoci", "skopeo")
 # What the library targets' build systems run: CMake (mimalloc), autoreconf/libtoolize (gperftools' tcmalloc).
 TARGET_TOOL_PACKAGES = ("cmake", "autoconf", "automake", "libtool")
+# What candidate rebuilds compile through with optimize.compiler_cache = "ccache" (same name on Debian and dnf).
+CACHE_PACKAGES = ("ccache",)
 # MIDR_EL1 part numbers of HiSilicon (implementer 0x48) cores and the -mcpu name for each.
 KUNPENG_PARTS = {0xD01: "tsv110", 0xD02: "hip09"}
 HISILICON_IMPLEMENTER = 0x48
@@ -244,10 +246,10 @@ PURPOSES = ("pipeline", "tests", "measure")
 """What a machine is set up for: `pipeline` builds CPython and images; `tests` runs the test suite; `measure`
 is what the pipeline's measurement runs (cachegrind counters, perf attribution)."""
 MEASURE_PACKAGES = {"debian": ("valgrind", "linux-perf"), "dnf": ("valgrind", "perf")}
-TEST_TOOL_PACKAGES = ("build-essential", "valgrind", "linux-perf", "umoci", "cmake", "bazel-bootstrap")
+TEST_TOOL_PACKAGES = ("build-essential", "valgrind", "linux-perf", "umoci", "cmake", "bazel-bootstrap", "ccache")
 """Beside LLVM, what the tests run for real: gcc fixtures, cachegrind counters, perf's probe and
 attribution, umoci unpacking the image fixtures, CMake and Bazel 4 building the MindSpore and Ray fixture trees
-(the allocator packages come from hostenv's table)."""
+(the allocator packages come from hostenv's table; ccache for the compiler-wrapper fixture)."""
 
 
 def wanted_packages(host: Host, purpose: str = "pipeline") -> tuple[str, ...]:
@@ -263,12 +265,12 @@ def wanted_packages(host: Host, purpose: str = "pipeline") -> tuple[str, ...]:
     if host.is_debian_like:
         if purpose == "tests":
             return (*LLVM_PACKAGES, *TEST_TOOL_PACKAGES, *alloc)
-        return (*LLVM_PACKAGES, *CPYTHON_BUILD_DEPS, *TARGET_TOOL_PACKAGES, *IMAGE_PACKAGES)
+        return (*LLVM_PACKAGES, *CPYTHON_BUILD_DEPS, *TARGET_TOOL_PACKAGES, *CACHE_PACKAGES, *IMAGE_PACKAGES)
     base = ("clang", "lld", "llvm", "llvm-bolt", "gcc", "make")
     if purpose == "tests":
         return (*base, "valgrind", "perf", *alloc)
     return (*base, "bzip2-devel", "libffi-devel", "xz-devel", "ncurses-devel", "readline-devel",
-            "sqlite-devel", "openssl-devel", "zlib-devel", "libuuid-devel", "gdbm-devel")
+            "sqlite-devel", "openssl-devel", "zlib-devel", "libuuid-devel", "gdbm-devel", *CACHE_PACKAGES)
 
 
 def missing_packages(host: Host, purpose: str = "pipeline") -> list[str]:

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import ToolchainError
+from hostpgo.runner import which
+
+from ..core.paths import WorkArea
+from ..core.stages import digest
+from ..errors import ProfileError, ToolchainError
 from ..toolchain import Compiler, Host, Toolchains, install_hint
 from ..toolchain.profile import Profile
+from .wrapper import WRAP_DIR, CompilerWrapper, ccache_env
 
 # One table: feature -> family -> (compile flags, link flags). `bisheng` uses the `clang` row.
 # Placeholders: {raw_pattern} per-process raw profile path (clang %m/%p), {raw_dir} gcda directory,
-# {build_dir} the build tree (GCC mangles gcda names relative to it), {profdata} merged profile data.
+# {build_dir} the build tree (GCC mangles gcda names relative to it), {profdata} merged profile data,
+# {n} a [tuning] key's number, {thinlto_cache} the ThinLTO cache directory.
+# A `*-lto-link` row is what the same feature needs on the link line when LTO is on: the LTO link runs the
+# inliner and the code generator again, and reads only what the IR or the link line carries (clang keeps
+# function alignment and -fno-plt in the IR, loop alignment and the inliner's threshold it does not; GCC
+# gets its codegen options at the LTO link as at compile time).
 FEATURE_FLAGS: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "pgo-generate": {
         "clang": (("-fprofile-instr-generate={raw_pattern}",), ("-fprofile-instr-generate={raw_pattern}",)),
@@ -31,6 +41,32 @@ FEATURE_FLAGS: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "linker-gold": {"clang": ((), ("-fuse-ld=gold",)), "gcc": ((), ("-fuse-ld=gold",))},
     "no-semantic-interposition": {"clang": (("-fno-semantic-interposition",), ("-fno-semantic-interposition",)),
                                   "gcc": (("-fno-semantic-interposition",), ("-fno-semantic-interposition",))},
+    # [tuning]
+    "inline-threshold": {"clang": (("-mllvm", "-inline-threshold={n}"), ()),
+                         "gcc": (("--param=max-inline-insns-auto={n}", "--param=max-inline-insns-single={n}"), ())},
+    "inline-threshold-lto-link": {"clang": ((), ("-Wl,-mllvm,-inline-threshold={n}",)),
+                                  "gcc": ((), ("--param=max-inline-insns-auto={n}",
+                                               "--param=max-inline-insns-single={n}"))},
+    "align-functions": {"clang": (("-falign-functions={n}",), ()), "gcc": (("-falign-functions={n}",), ())},
+    "align-functions-lto-link": {"clang": ((), ()), "gcc": ((), ("-falign-functions={n}",))},
+    "align-loops": {"clang": (("-falign-loops={n}",), ()), "gcc": (("-falign-loops={n}",), ())},
+    "align-loops-lto-link": {"clang": ((), ("-Wl,-mllvm,-align-loops={n}",)), "gcc": ((), ("-falign-loops={n}",))},
+    "no-plt": {"clang": (("-fno-plt",), ()), "gcc": (("-fno-plt",), ())},
+    "no-plt-lto-link": {"clang": ((), ()), "gcc": ((), ("-fno-plt",))},
+    "split-machine-functions": {"clang": (("-fsplit-machine-functions",), ()),
+                                "gcc": (("-freorder-blocks-and-partition",), ())},
+    # clang's driver turns -fsplit-machine-functions on an LTO link into -plugin-opt=-split-machine-functions for
+    # lld (seen with `clang-22 -### -flto=thin -fuse-ld=lld -fsplit-machine-functions`); ld.lld-22's -mllvm also
+    # takes -enable-split-machine-functions, but the driver's own spelling follows the driver.
+    "split-machine-functions-lto-link": {"clang": ((), ("-fsplit-machine-functions",)),
+                                         "gcc": ((), ("-freorder-blocks-and-partition",))},
+    # Profile data reused from a training with other flags (--profile-data): functions whose shape changed lose
+    # their profile with a warning; these keep the warning from becoming an error (clang's are warnings unless
+    # -Werror; GCC's coverage-mismatch is an error by default, verified with gcc-12 on a two-function fixture).
+    "profile-reuse": {"clang": (("-Wno-error=profile-instr-out-of-date", "-Wno-error=profile-instr-unprofiled",
+                                 "-Wno-error=profile-instr-missing"), ()),
+                      "gcc": (("-Wno-error=coverage-mismatch",), ("-Wno-error=coverage-mismatch",))},
+    "thinlto-cache": {"clang": ((), ("-Wl,--thinlto-cache-dir={thinlto_cache}",)), "gcc": ((), ())},
 }
 KUNPENG_CPUS = ("tsv110", "hip09")
 X86_PREFIXES = ("x86-64", "haswell", "skylake", "icelake", "znver", "sapphirerapids", "alderlake", "native")
@@ -52,6 +88,9 @@ class ResolvedFlags:
     tools: dict[str, str] = field(default_factory=dict)
     """Tool variables for configure's environment: CC, CXX, AR, RANLIB, NM."""
     notes: tuple[str, ...] = ()
+    wrapper: CompilerWrapper | None = None
+    """The generated compiler wrapper CC/CXX point at (tuning.per_file, optimize.compiler_cache), which the
+    configure stage writes and hashes into its key; None when the real compilers are used directly."""
 
 
 def row(feature: str, family: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -91,6 +130,10 @@ def select_compiler(profile: Profile, toolchains: Toolchains) -> tuple[Compiler,
     if profile.optimize.linker == "lld" and "lld" not in comp.tools and family == "clang":
         raise ToolchainError(f"profile '{profile.name}' sets optimize.linker = \"lld\" but ld.lld was not "
                              f"found next to {comp.cc}. Install it: {hint}")
+    if profile.optimize.compiler_cache == "ccache" and which("ccache") is None:
+        raise ToolchainError(f"profile '{profile.name}' sets optimize.compiler_cache = \"ccache\" and ccache is "
+                             f"not on PATH. Install it: {install_hint(toolchains.host)} (or set "
+                             "optimize.compiler_cache = \"off\")")
     if family == "gcc" and profile.optimize.linker == "lld" and profile.optimize.lto != "off":
         raise ToolchainError(f"profile '{profile.name}': optimize.linker = \"lld\" cannot link GCC LTO "
                              f"objects (lld has no GCC LTO plugin); allowed with GCC LTO: default, bfd, gold")
@@ -116,11 +159,15 @@ def arch_flags(arch: str, host: Host) -> tuple[tuple[str, ...], str | None]:
 
 def resolve(profile: Profile, comp: Compiler, host: Host, variant: str, *, build_dir: str = "{build_dir}",
             raw_pattern: str = "{raw_pattern}", raw_dir: str = "{raw_dir}",
-            profdata: str = "{profdata}", allocator_flags: tuple[str, ...] = ()) -> ResolvedFlags:
+            profdata: str = "{profdata}", allocator_flags: tuple[str, ...] = (), work: WorkArea | None = None,
+            profile_reused: bool = False) -> ResolvedFlags:
     """Pure: the flags for `variant` (plain, instrumented, optimized) of a profile on a compiler.
 
     `allocator_flags` are the link flags of the allocator found on this host (hostenv.allocators);
     every variant links it, so training runs with the allocator the optimized build will use.
+    `work` is the work area (the compiler cache's directories; recipes that pass it and a real `build_dir`
+    can take tuning.per_file and optimize.compiler_cache, which need the generated compiler wrapper).
+    `profile_reused`: the optimized build reads --profile-data trained with other flags (mismatch tolerated).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown build variant {variant!r}; allowed: {', '.join(VARIANTS)}")
@@ -169,14 +216,84 @@ def resolve(profile: Profile, comp: Compiler, host: Host, variant: str, *, build
         else:
             notes.append(f"left out bisheng.options {list(profile.bisheng.options)}: they are BiSheng-only and "
                          f"the detected compiler is {comp.family} ({comp.version_text})")
+    lto_link = o.lto != "off" and variant != "instrumented"
+    tuning_flags(profile, fam, variant, lto_link, cflags, ldflags, notes)
+    if profile_reused and variant == "optimized" and o.pgo == "on":
+        add("profile-reuse", "--profile-data reused from a training with other flags: mismatched functions "
+            "lose their profile with a warning, not an error")
     ldflags.extend(Flag(v, f"optimize.allocator = {o.allocator!r} (linked ahead of libc)") for v in allocator_flags)
     cflags.extend(Flag(v, "flags.cflags") for v in profile.flags.cflags)
     ldflags.extend(Flag(v, "flags.ldflags") for v in profile.flags.ldflags)
     tools = {"CC": comp.cc}
     if comp.cxx:
         tools["CXX"] = comp.cxx
-    if o.lto != "off" and variant != "instrumented":
+    if lto_link:
         for var, role in (("AR", "ar"), ("RANLIB", "ranlib"), ("NM", "nm")):
             if role in comp.tools:
                 tools[var] = comp.tools[role]
-    return ResolvedFlags(cflags=tuple(cflags), ldflags=tuple(ldflags), tools=tools, notes=tuple(notes))
+    wrapper = None
+    cache = o.compiler_cache == "ccache"
+    if cache or profile.tuning.per_file:
+        if work is None or "{" in build_dir:
+            raise ProfileError(f"profile '{profile.name}': tuning.per_file and optimize.compiler_cache need the "
+                               f"generated compiler wrapper, and target '{profile.target}''s recipe does not give "
+                               "the flag table its build directory and work area; drop those keys for this target "
+                               "(cpython and the allocator targets take them)")
+        wrap_dir = f"{build_dir}/{WRAP_DIR}"
+        uses_profile = cache and variant == "optimized" and o.pgo == "on"
+        wrapper = CompilerWrapper(
+            directory=wrap_dir, cc=comp.cc, cxx=comp.cxx, per_file=profile.tuning.per_file,
+            launcher=("ccache",) if cache else (),
+            env=ccache_env(cache_dir=str(work.ccache), base_dir=str(work.root),
+                           extra_files=f"{wrap_dir}/profile-data.sha256" if uses_profile else "") if cache else (),
+            profile_data=profdata if uses_profile else "")
+        tools.update(wrapper.tools)
+        if cache and fam == "clang" and o.lto == "thin" and variant != "instrumented":
+            # One ThinLTO cache per set of link flags: lld's cache key covers the modules and the LTO
+            # configuration; keying the directory by the flags too keeps -mllvm options from ever sharing.
+            cache_dir = work.thinlto_cache / digest([f.value for f in ldflags])[:16]
+            ldflags.append(Flag(f"-Wl,--thinlto-cache-dir={cache_dir}", "optimize.compiler_cache = 'ccache' "
+                                "(ThinLTO backend objects cached, directory keyed by the link flags)"))
+        if cache and fam == "gcc" and o.pgo == "on" and variant != "plain":
+            notes.append("optimize.compiler_cache with GCC PGO: ccache 4.7 (Debian 12) runs these compiles "
+                         "uncached, as it does not know -fprofile-update, -fprofile-prefix-path or "
+                         "-fprofile-partial-training (its debug log: 'Unknown profiling option'); clang's PGO "
+                         "compiles and GCC's plain ones are cached")
+        if cache and o.lto == "full" and variant != "instrumented":
+            notes.append("optimize.compiler_cache: full LTO has no link-time cache (every candidate's link "
+                         "re-optimizes the whole program); ThinLTO's link keeps one")
+    return ResolvedFlags(cflags=tuple(cflags), ldflags=tuple(ldflags), tools=tools, notes=tuple(notes),
+                         wrapper=wrapper)
+
+
+def tuning_flags(profile: Profile, fam: str, variant: str, lto_link: bool, cflags: list[Flag], ldflags: list[Flag],
+                 notes: list[str]) -> None:
+    """[tuning]'s flags, appended in place: every variant compiles with them (so a candidate trained on its own
+    has profiles that match its optimized build: GCC checks each function's CFG); the *-lto-link rows join the
+    link only when it runs LTO; split_machine_functions only in the optimized build (it needs the profile)."""
+    t = profile.tuning
+
+    def add(feature: str, n: int, why: str) -> None:
+        c, ld = row(feature, fam)
+        cflags.extend(Flag(v.format(n=n), why) for v in c)
+        if lto_link:
+            _, ld2 = row(f"{feature}-lto-link", fam)
+            ldflags.extend(Flag(v.format(n=n), f"{why} (LTO link)") for v in ld2)
+
+    if t.inline_threshold:
+        add("inline-threshold", t.inline_threshold, f"tuning.inline_threshold = {t.inline_threshold}")
+    if t.align_functions:
+        add("align-functions", t.align_functions, f"tuning.align_functions = {t.align_functions}")
+    if t.align_loops:
+        add("align-loops", t.align_loops, f"tuning.align_loops = {t.align_loops}")
+    if t.no_plt:
+        add("no-plt", 0, "tuning.no_plt = true")
+    if t.split_machine_functions:
+        if variant == "optimized":
+            add("split-machine-functions", 0, "tuning.split_machine_functions = true (profile-driven)")
+            if fam == "gcc":
+                notes.append("tuning.split_machine_functions on gcc is -freorder-blocks-and-partition, which gcc "
+                             "already enables at -O2 on x86_64: the candidate may equal its base there")
+        elif variant == "instrumented":
+            notes.append("instrumented build: tuning.split_machine_functions left out (it splits by the profile "
+                         "this build collects)")

@@ -20,6 +20,34 @@ ENV_VAR = "HOSTPGO_SET"
 """The environment variable whose shell words are `section.key=value` overrides (before --set)."""
 ARCH_RE = re.compile(r"^(march|mcpu|mtune)=[A-Za-z0-9_.+-]+$")
 SKIP_RE = re.compile(r"^[A-Za-z_.$][A-Za-z0-9_.$/]*(@(llvm<\d+|x86_64|aarch64)(,(llvm<\d+|x86_64|aarch64))*)?$")
+PER_FILE_PATH_RE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+/-]*\.(c|cc|cpp|cxx|C)$")
+"""A `tuning.per_file` source path: relative to the source tree, no `..`, no shell or glob characters (the
+generated compiler wrapper matches it literally as the trailing components of the compiled file's path)."""
+PER_FILE_DOC = ("a table of relative source paths (e.g. \"Python/ceval.c\", a C/C++ file, no `..`) -> lists of "
+                "compiler flags without whitespace or quotes")
+
+
+def power_of_two_or_zero(v: int) -> bool:
+    return v == 0 or (v > 0 and v & (v - 1) == 0)
+
+
+def per_file_ok(v: Any) -> bool:
+    """`tuning.per_file`: {relative source path: [flag, ...]} with paths and flags the wrapper can match and pass."""
+    if not isinstance(v, dict):
+        return False
+    for path, flags in v.items():
+        if not PER_FILE_PATH_RE.match(path) or ".." in path.split("/") or "//" in path:
+            return False
+        if not isinstance(flags, list) or not flags:
+            return False
+        if not all(isinstance(f, str) and f and not re.search(r"[\s'\"\\`$]", f) for f in flags):
+            return False
+    return True
+
+
+def per_file_tuple(v: Mapping[str, Sequence[str]]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The model's form of `tuning.per_file`: sorted (path, flags) pairs (hashable, stable in stage keys)."""
+    return tuple((path, tuple(v[path])) for path in sorted(v))
 
 
 # The schema: section -> key -> Key. Anything not here is an error naming file and key.
@@ -57,15 +85,61 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "bolt": Key(bool, False, "BOLT post-link optimization of the built interpreter (or libpython where "
                     "shared): link with relocations, profile the [pgo] tasks, re-lay out the binary "
                     "([bolt] section)", allowed=(True, False)),
+        "compiler_cache": Key(str, "off", "compile through a compiler cache: `ccache` runs every compile through "
+                              "ccache (apt package ccache, in the pipeline package set) with its cache "
+                              "in the work area (.hostpgo/ccache), the profile data hashed by content for "
+                              "-fprofile-use builds, and paths below the work area rewritten relative (base_dir), so "
+                              "candidate builds in other build directories hit; with clang ThinLTO the link also "
+                              "keeps a ThinLTO cache (.hostpgo/thinlto-cache/<digest of the link flags>)",
+                              allowed=("off", "ccache")),
     },
     "flags": {
         "cflags": Key(list, [], "extra compiler flags (CFLAGS_NODIST)"),
         "ldflags": Key(list, [], "extra linker flags (LDFLAGS_NODIST)"),
         "configure": Key(list, [], "extra configure arguments"),
     },
+    "tuning": {
+        "inline_threshold": Key(int, 0, "inliner budget (0 = the compiler's default). clang: `-mllvm "
+                                "-inline-threshold=N` (cost units; clang-22's option default is 225); gcc: "
+                                "`--param=max-inline-insns-auto=N --param=max-inline-insns-single=N` (insns; gcc 12 "
+                                "defaults at -O3: auto 30, single 200), the same N for both, so one knob moves both "
+                                "the automatic and the `inline`-declared limits. Under LTO the inliner also runs at "
+                                "link time, so it reaches the link too (`-Wl,-mllvm,-inline-threshold=N` for lld, "
+                                "the params for gcc -flto)",
+                                check=lambda v: v >= 0, check_doc="an integer >= 0 (0 = compiler default)"),
+        "align_functions": Key(int, 0, "`-falign-functions=N` (0 = default). Under gcc LTO also at link; clang "
+                               "records it as each function's alignment in the IR, so ThinLTO/LTO keeps it",
+                               check=power_of_two_or_zero, check_doc="0 or a power of two (1, 2, 4, ... bytes)"),
+        "align_loops": Key(int, 0, "`-falign-loops=N` (0 = default). Under LTO also at link: gcc gets the flag, "
+                           "clang's lld gets `-Wl,-mllvm,-align-loops=N` (clang keeps loop alignment in the "
+                           "code generator's options, which the LTO link does not see)",
+                           check=power_of_two_or_zero, check_doc="0 or a power of two (1, 2, 4, ... bytes)"),
+        "no_plt": Key(bool, False, "`-fno-plt`: call external functions through the GOT, no PLT stubs (also at the "
+                      "gcc LTO link; clang keeps it in the IR)", allowed=(True, False)),
+        "split_machine_functions": Key(bool, False, "split each function's cold blocks (by the profile) into "
+                                       ".text.split: clang `-fsplit-machine-functions` (compile, and the LTO link, "
+                                       "where clang passes it to lld as -plugin-opt=-split-machine-functions); gcc "
+                                       "`-freorder-blocks-and-partition` (already on at -O2 on x86_64, so mostly a "
+                                       "no-op there). Needs optimize.pgo = \"on\"; only the optimized build gets it",
+                                       allowed=(True, False)),
+        "per_file": Key(dict, {}, "per-translation-unit compiler flags: source path relative to the source tree -> "
+                        "flags appended to that file's compile line only (after every other flag, so an -O here "
+                        "wins), e.g. `[tuning.per_file]` `\"Python/ceval.c\" = [\"-O2\"]`, or on the command line "
+                        "`--set 'tuning.per_file={\"Python/ceval.c\" = [\"-O2\"]}'`. Applied by a compiler wrapper "
+                        "hostpgo writes into the build directory (`.hostpgo-wrap/<compiler name>`, passed as CC/CXX), "
+                        "which works for autotools, CMake and meson alike (targets whose recipe passes no build "
+                        "directory refuse the key); the wrapper's text is in the configure stage's key",
+                        check=per_file_ok, check_doc=PER_FILE_DOC, convert=per_file_tuple),
+    },
     "bisheng": {
         "options": Key(list, [], "Bisheng-only compiler options (e.g. -mllvm ..., -fautotune*); "
                        "used only when the detected compiler is BiSheng"),
+        "autotune": Key(int, 0, "iterations of BiSheng's Autotuner loop (0 = off): build with -fautotune-generate "
+                        "(tuning opportunities), `llvm-autotune minimize`, then per iteration a build with "
+                        "-fautotune, the [pgo] training tasks timed and `llvm-autotune feedback`, then "
+                        "`llvm-autotune finalize` and the optimized build with the tuned configuration; only where "
+                        "the detected compiler is BiSheng (elsewhere the plan notes it was left out)",
+                        check=lambda v: v >= 0, check_doc="an integer >= 0 (0 = off)"),
     },
     "pgo": {
         "tasks": Key(list, ["cpython-pgo"], "training tasks (profiles/tasks/NAME.toml), run in order"),
@@ -162,6 +236,8 @@ class Optimize:
     """'' (the distribution's allocator) or the profile/prefix of a hostpgo-built one."""
     bolt: bool
     """BOLT stages after the optimized build (settings in [bolt])."""
+    compiler_cache: str = "off"
+    """off, or ccache: every compile through ccache (cache in the work area; ThinLTO cache at the link)."""
 
 
 @dataclass(frozen=True)
@@ -175,9 +251,34 @@ class ExtraFlags:
 
 
 @dataclass(frozen=True)
+class Tuning:
+    """[tuning]: code-generation knobs the autotune search varies (each 0/false/empty = the compiler's default)."""
+
+    inline_threshold: int = 0
+    """Inliner budget (clang -inline-threshold, gcc max-inline-insns-auto/-single); 0 = default."""
+    align_functions: int = 0
+    """-falign-functions=N; 0 = default."""
+    align_loops: int = 0
+    """-falign-loops=N; 0 = default."""
+    no_plt: bool = False
+    """-fno-plt."""
+    split_machine_functions: bool = False
+    """Profile-driven hot/cold splitting (clang -fsplit-machine-functions; gcc -freorder-blocks-and-partition)."""
+    per_file: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(source path relative to the tree, extra compile flags) pairs, sorted by path."""
+
+    @property
+    def used(self) -> bool:
+        """Any key away from its default."""
+        return self != Tuning()
+
+
+@dataclass(frozen=True)
 class Bisheng:
     options: tuple[str, ...]
     """Bisheng-only options, dropped (with a note in the plan) on any other compiler."""
+    autotune: int = 0
+    """Iterations of BiSheng's Autotuner loop (0 = off); planned only on a BiSheng compiler."""
 
 
 @dataclass(frozen=True)
@@ -245,6 +346,7 @@ class Profile:
     verify: Verify
     bolt: Bolt
     bolt_stock: BoltStock
+    tuning: Tuning = field(default=Tuning())
     overrides: tuple[str, ...] = field(default=())
     """Overrides applied from the environment (HOSTPGO_SET) and the command line (--set)."""
 
@@ -308,13 +410,13 @@ def load(name_or_path: str, *, target: str = "cpython", overrides: Sequence[str]
                      sets=overrides, set_flag="--set", scope=("targets", target))
     v = got.values
     f = v["flags"]
-    return Profile(
+    prof = Profile(
         name=got.files[0].stem, target=target, description=got.description,
         files=tuple(str(p) for p in got.files),
         toolchain=ToolchainSpec(**v["toolchain"]),
         optimize=Optimize(**v["optimize"]),
         flags=ExtraFlags(cflags=tuple(f["cflags"]), ldflags=tuple(f["ldflags"]), configure=tuple(f["configure"])),
-        bisheng=Bisheng(options=tuple(v["bisheng"]["options"])),
+        bisheng=Bisheng(options=tuple(v["bisheng"]["options"]), autotune=v["bisheng"]["autotune"]),
         pgo=Pgo(tasks=tuple(v["pgo"]["tasks"]), interpreter=v["pgo"]["interpreter"]),
         verify=Verify(tests=tuple(v["verify"]["tests"]), timeout=v["verify"]["timeout"],
                       workloads=tuple(v["verify"]["workloads"])),
@@ -322,8 +424,20 @@ def load(name_or_path: str, *, target: str = "cpython", overrides: Sequence[str]
                   instrument=tuple(v["bolt"]["instrument"]),
                   skip_functions=tuple(v["bolt"]["skip_functions"]), timeout=v["bolt"]["timeout"]),
         bolt_stock=BoltStock(**{**v["bolt.stock"], "apply": tuple(v["bolt.stock"]["apply"])}),
+        tuning=Tuning(**v["tuning"]),
         overrides=tuple(o.tag for o in got.overrides),
     )
+    check_combinations(prof, got.origins)
+    return prof
+
+
+def check_combinations(prof: Profile, origins: Mapping[str, Any]) -> None:
+    """Keys that are valid alone but not together: ProfileError naming the key, where it was set, and the fix."""
+    if prof.tuning.split_machine_functions and prof.optimize.pgo != "on":
+        where = origins.get("tuning.split_machine_functions", "the profile")
+        raise ProfileError(f"{where}: key 'tuning.split_machine_functions' = true needs profile data, and "
+                           f"profile '{prof.name}' has optimize.pgo = \"off\"; set optimize.pgo = \"on\" (or extend "
+                           "a PGO profile such as workload-pgo-lto), or drop tuning.split_machine_functions")
 
 
 DOCS_TITLE = "Build profiles"

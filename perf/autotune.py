@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 import re
 import shutil
@@ -975,6 +976,22 @@ def render(state: Mapping) -> str:
     for n in s.get("notes", []):
         lines.append(f"- {n}")
     lines.append("")
+    conf = s.get("confirm")
+    if conf:
+        base = conf["subjects"][0]
+        lines += [f"## Confirmation run (one interleaved run; ratios to {base}, below 1 is faster)", "",
+                  "| subject | latency vs base | pyperformance guard vs base | latency vs Debian |",
+                  "|---|---|---|---|"]
+
+        def cell(c: Mapping | None) -> str:
+            return "-" if not c else f"{c['geomean_ratio']:.3f}" + ("" if c.get("geomean_significant") else " (n.s.)")
+
+        for name in conf["subjects"][1:]:
+            lines.append(f"| `{name}` | {cell(_pick(conf['vs_base'], name))} | "
+                         f"{cell(_pick(conf['vs_base'], name, 'guard'))} | "
+                         f"{'-' if name == 'debian' else cell(_pick(conf.get('vs_debian'), name))} |")
+        lines += ["", "Geometric means over the confirmation targets (latency) and the guard's benchmarks; "
+                  "`(n.s.)`: not significant at 95% (perf.compare's geometric-mean test).", ""]
     best = s.get("best")
     lines += [f"**Best:** `{best['id']}` ({best['label']}): `{best['file']}`" if best else
               "**Best:** no candidate beat the base significantly; no best.toml was written.", ""]
@@ -1024,13 +1041,16 @@ class _Session:
     def spent(self) -> float:
         return time.monotonic() - self.started
 
-    def fits(self, what: str, estimate: float) -> bool:
+    def fits(self, what: str, estimate: float, cid: str, phase: str) -> bool:
+        """Whether `estimate` seconds fit in what is left; if not, the skip is said and logged (a skip is not
+        finished work: a resumed run with budget left does it)."""
         left = self.budget_s - self.spent()
         if estimate <= left:
             return True
         msg = f"{what} (~{estimate / 60:.0f} min, {max(left, 0) / 60:.0f} min left)"
         self.skipped.append(msg)
         self.say(f"skipped for the budget: {msg}")
+        self.log.add({"id": cid, "phase": phase, "verdict": "skipped", "why": f"budget: {msg}"})
         return False
 
 
@@ -1061,6 +1081,13 @@ def with_options(space: Space, *, finalists: int | None = None, starting_points:
         starting_points=s.starting_points if starting_points is None else tuple(starting_points)))
 
 
+def base_reference(ref: str) -> str:
+    """A base given as a path becomes absolute (candidate files live elsewhere); a profile name stays a name."""
+    if ref.endswith(".toml") or "/" in ref:
+        return str(profmod.profile_path(ref))
+    return ref
+
+
 def dry_run(*, budget_s: float, space_path: Path | None = None, base: str | None = None,
             starting_points: Sequence[str] | None = None, host: HostFacts | None = None, work: WorkArea | None = None,
             check: Callable[[profmod.Profile, Path], tuple[bool, str]] | None = None) -> list[str]:
@@ -1068,7 +1095,7 @@ def dry_run(*, budget_s: float, space_path: Path | None = None, base: str | None
     space = with_options(load_space(space_path or DEFAULT_SPACE), starting_points=starting_points)
     host = host or HostFacts.detect()
     work = work or WorkArea.from_env()
-    base_ref = base or space.settings.base
+    base_ref = base_reference(base or space.settings.base)
     manifest = read_manifest(build_id_of(profmod.load(base_ref, environ={}).name), work)
     return describe(plan_search(space, budget_s=budget_s, host=host, work=work, base_ref=base_ref,
                                 manifest=manifest, check=check), space, host)
@@ -1081,6 +1108,10 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
         check: Callable[[profmod.Profile, Path], tuple[bool, str]] | None = None,
         say: Callable[[str], None] = print, argv: Sequence[str] = ()) -> dict:
     """Run (or resume) a search; returns the final state (also autotune.md / best.toml in the run dir)."""
+    if os.environ.get(profmod.ENV_VAR):
+        raise InputError(f"environment variable {profmod.ENV_VAR} is set ({os.environ[profmod.ENV_VAR]!r}): every "
+                         "build the search starts would apply it on top of its candidate file; unset it and put "
+                         "the items in the space's [search] common list instead")
     work = work or WorkArea.from_env()
     host = host or HostFacts.detect()
     actions = actions or real_actions(work)
@@ -1100,7 +1131,7 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, run_dir / "space.toml")  # the search the log belongs to, kept with it
         log = SearchLog(run_dir / LOG_FILE)
-        base = base or space0.settings.base
+        base = base_reference(base or space0.settings.base)
         log.add({"phase": "run", "schema": LOG_SCHEMA, "run": run_dir.name, "space": str(src.resolve()),
                  "base": base, "finalists": finalists or space0.settings.finalists,
                  "starting_points": list(starting_points) if starting_points is not None else None,
@@ -1108,6 +1139,7 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
                  "host": {"machine": host.machine, "compilers": list(host.families)}})
     space = with_options(load_space(space_path), finalists=finalists, starting_points=starting_points)
     settings = space.settings
+    say(f"run directory {run_dir}: an interrupted search continues with --resume {run_dir}")
     sess = _Session(run_dir, log, actions, budget_s, say)
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -1152,7 +1184,7 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
     base_counts_rec = log.done("base", "screen")
     t0 = time.monotonic()
     if base_counts_rec is None:
-        if not sess.fits("screening count of the base", costs_from(manifest, settings).count_s):
+        if not sess.fits("screening count of the base", costs_from(manifest, settings).count_s, "base", "screen"):
             finish()
             raise HostpgoError(f"the budget ({budget_s:.0f}s) does not hold even the base's screening count: "
                                "give a larger --budget")
@@ -1183,9 +1215,7 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
                                  header=[f"autotune run {run_dir.name}: {cand.dimension}={cand.label}"])
         b = log.done(cand.id, "build")
         if b is None:
-            if not sess.fits(f"build of {cand.id}", p.estimate_s - plan.costs.count_s):
-                log.add({"id": cand.id, "phase": "build", "sets": cand.sets, "verdict": "skipped",
-                         "why": "budget"})
+            if not sess.fits(f"build of {cand.id}", p.estimate_s - plan.costs.count_s, cand.id, "build"):
                 entry["verdict"], entry["why"] = "skipped", "budget"
                 return entry
             say(f"building {cand.id} ({cand.dimension}={cand.label}); profile data "
@@ -1194,6 +1224,7 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
             sess.builds += 1
             b = log.add({"id": cand.id, "phase": "build", "sets": cand.sets, **asdict(out), "reuse": p.reuse,
                          "reuse_why": p.reuse_why, "verdict": "built" if out.ok else "rejected",
+                         "decided_by": None if out.ok else (out.failed_stage or "build"),
                          "why": "" if out.ok else f"{out.failed_stage or 'build'} failed (log {out.log})"})
         entry["build"] = b
         if not b.get("ok"):
@@ -1202,7 +1233,7 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
             return entry
         sc = log.done(cand.id, "screen")
         if sc is None:
-            if not sess.fits(f"screening of {cand.id}", plan.costs.count_s):
+            if not sess.fits(f"screening of {cand.id}", plan.costs.count_s, cand.id, "screen"):
                 entry["verdict"], entry["why"] = "skipped", "budget"
                 return entry
             t1 = time.monotonic()
@@ -1247,8 +1278,8 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
     confirm_id = "confirm:" + "+".join(p.candidate.id for p in finals)
     confirm = log.done(confirm_id, "confirm")
     best: PlannedCandidate | None = None
-    if finals:
-        subjects: list[tuple[str, str]] = [("base", base_python)]
+    if finals or plan.starting_points:
+        subjects: list[tuple[str, str]] = [(base_prof.name, base_python)]
         if SYSTEM_PYTHON.exists():
             subjects.append(("debian", str(SYSTEM_PYTHON)))
         else:
@@ -1256,11 +1287,14 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
         subjects += [(p.candidate.id, entries[p.candidate.id]["build"]["python"]) for p in finals]
         for sp, _ in plan.starting_points:
             sprof = profmod.load(sp, environ={})
+            if sprof.name == base_prof.name:
+                continue
             sbid = build_id_of(sprof.name)
             if read_manifest(sbid, work) is None:
                 sb = log.done(sp, "build")
                 if sb is None:
-                    if not sess.fits(f"build of starting point {sp}", plan.costs.build_s + plan.costs.train_s):
+                    if not sess.fits(f"build of starting point {sp}", plan.costs.build_s + plan.costs.train_s,
+                                     sp, "build"):
                         continue
                     o = actions.build(Path(sprof.files[0]), None, logs / f"{sp}.build.log")
                     sess.builds += 1
@@ -1269,23 +1303,29 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
                     state["notes"].append(f"starting point {sp} failed to build (log {sb.get('log')}): not measured")
                     continue
             subjects.append((sp, str(work.install / sbid / "bin" / "python3")))
-        if confirm is None and sess.fits("confirmation run", plan.costs.confirm_subject_s * len(subjects)):
+        measured = [n for n, _ in subjects if n not in (base_prof.name, "debian")]
+        if not measured:
+            state["notes"].append("no finalist and no starting point to confirm: no confirmation run")
+        elif confirm is None and sess.fits("confirmation run", plan.costs.confirm_subject_s * len(subjects),
+                                         confirm_id, "confirm"):
             say(f"confirming {', '.join(n for n, _ in subjects[1:])} against the base (interleaved latency + guard)")
+            t_confirm = time.monotonic()
             res = actions.confirm(subjects, run_dir / "confirm", settings.confirm, logs / "confirm.log")
             verdicts = {p.candidate.id: confirm_verdict(p.candidate.id, res["vs_base"]) for p in finals}
             confirm = log.add({"id": confirm_id, "phase": "confirm", "subjects": [n for n, _ in subjects],
+                               "seconds": time.monotonic() - t_confirm,
                                "vs_base": res["vs_base"], "vs_debian": res.get("vs_debian"), "verdicts": verdicts,
                                "verdict": "measured"})
         if confirm is not None:
             state["confirm_run"] = confirm["vs_base"]
+            state["confirm"] = {"subjects": confirm["subjects"], "vs_base": confirm["vs_base"],
+                                "vs_debian": confirm.get("vs_debian")}
             for cid, v in confirm["verdicts"].items():
                 if cid in entries:
                     entries[cid]["confirm"] = v
             winners_c = [by_id[c] for c, v in confirm["verdicts"].items() if v["wins"] and c in by_id]
             if winners_c:
                 best = min(winners_c, key=lambda p: confirm["verdicts"][p.candidate.id]["latency"])
-            state["starting_points"] = {n: _pick(confirm["vs_base"], n) for n, _ in subjects
-                                        if n in space.settings.starting_points}
 
     if best is not None:
         cid = best.candidate.id

@@ -600,6 +600,19 @@ def read_manifest(build_id: str, work: WorkArea) -> dict | None:
         raise InputError(f"{path}: not valid JSON ({exc}); rebuild {build_id} or delete its install prefix") from None
 
 
+def base_profile_data(manifest: Mapping | None, work: WorkArea) -> str | None:
+    """The base's merged profile data: its manifest's `profile_data.path` when that file is there, else the newest
+    `<build id>-<key>.profdata` (or `.gcda` tree) of the base in the profile store; None without either."""
+    if not manifest:
+        return None
+    path = (manifest.get("profile_data") or {}).get("path")
+    if path and Path(path).exists():
+        return str(path)
+    stored = sorted((p for p in work.profiles.glob(f"{manifest.get('build_id')}-*")
+                     if p.suffix in (".profdata", ".gcda")), key=lambda p: p.stat().st_mtime)
+    return str(stored[-1]) if stored else None
+
+
 def bisheng_note(host: HostFacts) -> str:
     """Whether BiSheng's -fautotune-generate / llvm-autotune loop is part of the plan, and why."""
     if host.bisheng is None:
@@ -620,7 +633,7 @@ def plan_search(space: Space, *, budget_s: float, host: HostFacts, work: WorkAre
     base_prof = profmod.load(base, environ={})
     base_cmp = _comparable(base_prof)
     bid = build_id_of(base_prof.name)
-    data = ((manifest or {}).get("profile_data") or {}).get("path")
+    data = base_profile_data(manifest, work)
     check = check or reuse_check()
     costs = costs_from(manifest, space.settings, count_s)
     common = space.usable_common
@@ -654,6 +667,9 @@ def plan_search(space: Space, *, budget_s: float, host: HostFacts, work: WorkAre
             if data:
                 full = profmod.load(base, overrides=override_items((*ch.items, *common), base_prof), environ={})
                 reuse, rwhy = check(full, Path(data))
+            elif manifest:
+                reuse, rwhy = False, "the base's manifest names no profile data that exists (and the profile store " \
+                                     "holds none of it)"
             else:
                 reuse, rwhy = False, "the base is not built yet: decided against its profile data once it exists"
             pc = PlannedCandidate(cand, build_id_of(cand.id), rebuilds(ch.items), reuse, rwhy,

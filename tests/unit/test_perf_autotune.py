@@ -81,10 +81,12 @@ def base_manifest(work: WorkArea, build_id: str = BASE_BID, data: Path | None = 
     prefix = work.install / build_id
     (prefix / "bin").mkdir(parents=True, exist_ok=True)
     (prefix / "bin" / "python3").write_text("")
+    data = data or work.profiles / f"{build_id}-30d75ab64a9f.profdata"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_bytes(b"")
     doc = {"build_id": build_id, "stages": {k: {"seconds": v, "skipped": True, "key": "k"}
                                             for k, v in RECORDED_STAGES.items()},
-           "profile_data": {"path": str(data or work.profiles / f"{build_id}-30d75ab64a9f.profdata"),
-                            "sha256": "0" * 64, "reused": False}}
+           "profile_data": {"path": str(data), "sha256": "0" * 64, "reused": False}}
     (prefix / "hostpgo-manifest.json").write_text(json.dumps(doc))
     return doc
 
@@ -237,6 +239,20 @@ choices = [{ label = "gcc", set = ["toolchain.family=gcc", "optimize.linker=defa
     assert (gcc.reuse, gcc.reuse_why) == (False, "another compiler family cannot read clang's data")
     assert gcc.estimate_s > plan.singles[0].estimate_s
     assert gcc.rebuilds.startswith("everything")
+
+
+def test_base_profile_data_from_the_manifest_else_the_store(tmp_path):
+    work = WorkArea(tmp_path / "home")
+    doc = base_manifest(work)
+    assert at.base_profile_data(doc, work) == doc["profile_data"]["path"]
+    Path(doc["profile_data"]["path"]).unlink()
+    assert at.base_profile_data(doc, work) is None
+    kept = work.profiles / f"{BASE_BID}-aaaaaaaaaaaa.profdata"
+    kept.write_bytes(b"")
+    (work.profiles / f"{BASE_BID}-aaaaaaaaaaaa.profdata.json").write_text("{}")
+    assert at.base_profile_data(doc, work) == str(kept)
+    plan, _ = plan_of(tmp_path / "p")
+    assert plan.profile_data.endswith("-30d75ab64a9f.profdata")
 
 
 def test_reuse_check_falls_back_only_when_missing(monkeypatch):

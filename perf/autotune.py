@@ -578,7 +578,8 @@ class Plan:
     starting_points: tuple[tuple[str, bool], ...]
     """(profile, installed)."""
     reserve_s: float
-    """The combined candidate, the starting points' builds and the confirmation run."""
+    """The combined candidate (when two or more dimensions have candidates), the starting points' builds and the
+    confirmation run."""
     estimate_s: float
     budget_s: float
     notes: tuple[str, ...] = ()
@@ -666,7 +667,10 @@ def plan_search(space: Space, *, budget_s: float, host: HostFacts, work: WorkAre
                              ch.items, (*dim.requires, *ch.requires))
             if data:
                 full = profmod.load(base, overrides=override_items((*ch.items, *common), base_prof), environ={})
-                reuse, rwhy = check(full, Path(data))
+                try:
+                    reuse, rwhy = check(full, Path(data))
+                except HostpgoError as exc:
+                    reuse, rwhy = False, f"the reuse check refused it: {exc}"
             elif manifest:
                 reuse, rwhy = False, "the base's manifest names no profile data that exists (and the profile store " \
                                      "holds none of it)"
@@ -680,9 +684,10 @@ def plan_search(space: Space, *, budget_s: float, host: HostFacts, work: WorkAre
     for sp in space.settings.starting_points:
         sprof = profmod.load(sp, environ={})
         starting.append((sp, read_manifest(build_id_of(sprof.name), work) is not None))
-    base_cost = 0.0 if manifest else costs.build_s + costs.train_s + costs.count_s
+    # The base: built unless installed, counted unless its count was measured (`count_s`).
+    base_cost = (0.0 if manifest else costs.build_s + costs.train_s) + (0.0 if count_s is not None else costs.count_s)
     n_confirm = 2 + space.settings.finalists + len(starting)
-    reserve = (max((p.estimate_s for p in singles), default=0.0)
+    reserve = (max((p.estimate_s for p in singles), default=0.0) * (len(kept_by_dim) > 1)
                + sum(costs.build_s + costs.train_s for _, installed in starting if not installed)
                + costs.confirm_subject_s * n_confirm)
     left_s = budget_s - spent_s
@@ -1278,8 +1283,12 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
     state["notes"] += notes
     if combo is not None:
         full = profmod.load(base, overrides=override_items((*combo.items, *space.usable_common), base_prof), environ={})
-        reuse, rwhy = (check or reuse_check())(full, Path(plan.profile_data)) if plan.profile_data else (
-            False, "the base has no profile data")
+        reuse, rwhy = False, "the base has no profile data"
+        if plan.profile_data:
+            try:
+                reuse, rwhy = (check or reuse_check())(full, Path(plan.profile_data))
+            except HostpgoError as exc:
+                reuse, rwhy = False, f"the reuse check refused it: {exc}"
         pc = PlannedCandidate(combo, build_id_of(combo.id), rebuilds(combo.items), reuse, rwhy,
                               plan.costs.candidate(reuse, full.optimize.bolt))
         entries[combo.id] = evaluate(pc)

@@ -540,3 +540,82 @@ def test_base_build_failure_stops_the_run(tmp_path, monkeypatch):
         at.run(budget_s=1e6, space_path=write_space(tmp_path), out=str(tmp_path / "r"), actions=rec.actions(),
                host=X86, work=work, check=always_reusable, say=lambda m: None)
     assert rec.builds == [(BASE, None)]
+
+
+# ------------------------------------------------------------------------------------------ the real actions
+
+class FakeRunner:
+    """Stands in for hostpgo.runner.Runner: records argv, plays a side effect."""
+
+    calls: list[list[str]] = []
+    effect = None
+
+    def __init__(self, log_path=None):
+        self.log_path = log_path
+
+    def run(self, argv, *, collect=None, **kw):
+        FakeRunner.calls.append([str(a) for a in argv])
+        return FakeRunner.effect(argv, collect)
+
+
+def test_real_build_reports_the_failed_stage_and_its_log(tmp_path, monkeypatch):
+    from hostpgo.errors import CommandError
+
+    bid = at.build_id_of("at-arch-v3-abc123")
+    stage_log = tmp_path / "logs" / bid / "verify.log"
+
+    def fail(argv, collect):
+        collect.append("  build                       559.4 s  ran")
+        collect.append(f"error: stage 'verify' of {bid} failed (log: {stage_log}):")
+        raise CommandError("exit 4", argv=list(argv), returncode=4, log_tail="test_sys failed")
+
+    FakeRunner.calls, FakeRunner.effect = [], fail
+    monkeypatch.setattr(at, "Runner", FakeRunner)
+    build = at._real_build(WorkArea(tmp_path / "home"))
+    out = build(tmp_path / "at-arch-v3-abc123.toml", "/s/base.profdata", tmp_path / "b.log")
+    assert (out.ok, out.failed_stage, out.log, out.build_id) == (False, "verify", str(stage_log), bid)
+    assert FakeRunner.calls[0][-6:] == ["build", "cpython", "--profile", str(tmp_path / "at-arch-v3-abc123.toml"),
+                                        "--profile-data", "/s/base.profdata"]
+
+    FakeRunner.effect = lambda argv, collect: 0
+    out = build(tmp_path / "at-arch-v3-abc123.toml", None, tmp_path / "b.log")
+    assert out.ok and out.python == str(tmp_path / "home" / "install" / bid / "bin" / "python3")
+    assert "--profile-data" not in FakeRunner.calls[-1]
+
+
+def test_real_count_and_confirm_read_what_perf_wrote(tmp_path, monkeypatch):
+    def counters(argv, collect):
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        res = {t: {"per_unit": {"instructions": n}} for t, n in BASE_COUNTS.items()}
+        (out / "run.json").write_text(json.dumps({"counters": {"results": {"at-x": res}}}))
+        return 0
+
+    FakeRunner.calls, FakeRunner.effect = [], counters
+    monkeypatch.setattr(at, "Runner", FakeRunner)
+    got = at._real_count("at-x", "/p/bin/python3", tmp_path / "c", list(BASE_COUNTS), tmp_path / "l.log")
+    assert got == BASE_COUNTS
+    argv = FakeRunner.calls[0]
+    assert argv[2:4] == ["perf", "counters"] and argv[argv.index("--backend") + 1] == "cachegrind"
+    assert argv[argv.index("--interp") + 1] == "at-x=/p/bin/python3"
+
+    def bench(argv, collect):
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "comparison.json").write_text(json.dumps({"latency": [], "guard": []}))
+        return 0
+
+    def report_vs(run_dir, baseline=None):
+        (Path(run_dir) / f"comparison-vs-{baseline}.json").write_text(json.dumps({"latency": ["x"]}))
+
+    from perf import report
+
+    monkeypatch.setattr(report, "build", report_vs)
+    FakeRunner.calls, FakeRunner.effect = [], bench
+    res = at._real_confirm([(BASE, "/b"), ("debian", "/usr/bin/python3.11"), ("at-x", "/p")], tmp_path / "f",
+                           ["decode-b1"], tmp_path / "l.log")
+    assert res == {"vs_base": {"latency": [], "guard": []}, "vs_debian": {"latency": ["x"]}}
+    argv = FakeRunner.calls[0]
+    assert argv[argv.index("--stages") + 1] == "latency,guard"
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--interp"] == [
+        f"{BASE}=/b", "debian=/usr/bin/python3.11", "at-x=/p"]

@@ -985,7 +985,8 @@ def render(state: Mapping) -> str:
         ratio = "-" if sc.get("geomean") is None else f"{sc['geomean']:.4f}"
         cf = c.get("confirm") or {}
         conf = "-" if not cf else (("**wins**: " if cf.get("wins") else "") + cf.get("why", ""))
-        lines.append(f"| `{c['id']}` | {c['dimension']}={c['label']} | {build} | {c.get('reuse_why', '-')} | "
+        data = ("reused" if c.get("reuse") else "trained") + (f" ({c['reuse_why']})" if c.get("reuse_why") else "")
+        lines.append(f"| `{c['id']}` | {c['dimension']}={c['label']} | {build} | {data} | "
                      f"{ratio} | {sc.get('verdict', c.get('verdict', '-'))}: {sc.get('why', c.get('why', ''))} | "
                      f"{conf} |".replace("\n", " "))
     lines += ["", "Instructions: geometric mean over the screening targets of the candidate's cachegrind "

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.core.paths import PROFILES_DIR, WorkArea
+from buildsys.engine import SYSTEM_PYTHON
 from buildsys.toolchain import profile as profmod
 from hostpgo import fsutil
 from hostpgo.errors import CommandError, HostpgoError, InputError
@@ -55,13 +56,12 @@ from hostpgo.layered import Key, Loader, Origin, fmt
 from hostpgo.runner import Runner
 
 from .catalog import TARGETS
+from .tune import drop_longest_first, unique_path
 from .workspace import new_run_dir, safe_name
 
 LOG_SCHEMA = "hostpgo-autotune/1"
 LOG_FILE = "autotune.jsonl"
 DEFAULT_SPACE = PROFILES_DIR / "search" / "autotune.toml"
-SYSTEM_PYTHON = Path("/usr/bin/python3.11")
-"""Debian's own PGO+LTO build of the same CPython source (buildsys.engine.SYSTEM_PYTHON)."""
 STRATEGY = ("one dimension at a time against the base, screened by exact instruction counts; the per-dimension "
             "winners combined; the top finalists confirmed by one interleaved latency run and the pyperformance "
             "guard beside the base, Debian's interpreter and the starting points")
@@ -695,11 +695,8 @@ def plan_search(space: Space, *, budget_s: float, host: HostFacts, work: WorkAre
     def estimate() -> float:
         return base_cost + sum(p.estimate_s for ps in kept_by_dim.values() for p in ps) + reserve
 
-    dropped: list[PlannedCandidate] = []
-    order = [d.name for d in space.dimensions]
-    while estimate() > left_s and any(kept_by_dim.values()):
-        name = max((n for n in order if kept_by_dim.get(n)), key=lambda n: (len(kept_by_dim[n]), order.index(n)))
-        dropped.append(kept_by_dim[name].pop())
+    lists = [kept_by_dim.get(d.name, []) for d in space.dimensions]  # the same lists, in priority order
+    dropped = [p for _, p in drop_longest_first(lists, lambda: estimate() > left_s)]
     kept = {p.candidate.id for ps in kept_by_dim.values() for p in ps}
     if dropped:
         notes.append(f"budget {budget_s:.0f}s (left {left_s:.0f}s): dropped {len(dropped)} candidate(s) from the "
@@ -761,8 +758,10 @@ def describe(plan: Plan, space: Space, host: HostFacts) -> list[str]:
     lines.append("stage 2: the best survivor of each dimension combined into one candidate (if two or more survive)")
     lines.append(f"finalists: the top {space.settings.finalists} by counts, in one interleaved latency run on "
                  f"{', '.join(space.settings.confirm)} plus the pyperformance guard, beside {plan.base}, "
-                 f"Debian's {SYSTEM_PYTHON} and the starting points "
-                 + ", ".join(f"{n} ({'installed' if ok else 'built first'})" for n, ok in plan.starting_points))
+                 f"Debian's {SYSTEM_PYTHON} and "
+                 + (("the starting points " + ", ".join(f"{n} ({'installed' if ok else 'built first'})"
+                                                        for n, ok in plan.starting_points))
+                    if plan.starting_points else "no starting points"))
     lines.append(f"estimate {plan.estimate_s / 60:.0f} min (reserve {plan.reserve_s / 60:.0f} min for the "
                  f"combination, starting points and confirmation) of a {plan.budget_s / 60:.0f} min budget")
     for p in plan.dropped:
@@ -1367,8 +1366,6 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
         dest = write_best(run_dir / "best.toml", best.candidate, base_ref=base, header=header)
         state["best"] = {"id": cid, "label": f"{best.candidate.dimension}={best.candidate.label}", "file": str(dest)}
         if write_profile:
-            from .tune import unique_path
-
             name = run_dir.name if run_dir.name.startswith("autotune") else f"autotune-{run_dir.name}"
             copy = unique_path(PROFILES_DIR / f"{safe_name(name)}.toml")
             shutil.copyfile(dest, copy)

@@ -184,7 +184,7 @@ def _targets_ok(v: list[str]) -> bool:
 
 SEARCH_SCHEMA: dict[str, dict[str, Key]] = {"search": {
     "base": Key(str, "workload-pgo-lto", "the base profile (a name from profiles/ or a path)"),
-    "screen": Key(list, ["pure-python", "pure-dispatch", "op-dispatch", "decode-b1", "decode-b1-graph"],
+    "screen": Key(list, ["pure-python", "pure-dispatch", "decode-b1", "decode-b1-graph"],
                   "perf targets whose instruction counts screen the candidates", check=_targets_ok,
                   check_doc="a perf target name (python -m perf bench --help lists them)"),
     "threshold": Key((int, float), 0.005, "relative lowering of the count geometric mean a candidate needs",
@@ -477,6 +477,7 @@ REBUILDS = (
     ("tuning.", "every object and the link"),
     ("flags.cflags", "every object and the link"),
     ("flags.ldflags", "the link only (objects from the compiler cache)"),
+    ("optimize.linker", "the link"),
     ("optimize.allocator", "the link only (objects from the compiler cache; the allocator is linked ahead of libc)"),
     ("optimize.bolt", "the link (with relocations) plus BOLT's instrument, train and apply stages"),
     ("bolt.", "BOLT's apply stage (layout options)"),
@@ -494,7 +495,8 @@ def rebuilds(items: Sequence[Item]) -> str:
                 break
         else:
             said.append(f"what {it.dotted} changes")
-    return "; ".join(said) or "nothing"
+    everything = [t for t in said if t.startswith("everything")]
+    return "; ".join(everything or said) or "nothing"
 
 
 def reuse_check() -> Callable[[profmod.Profile, Path], tuple[bool, str]]:
@@ -625,11 +627,15 @@ def bisheng_note(host: HostFacts) -> str:
 
 def plan_search(space: Space, *, budget_s: float, host: HostFacts, work: WorkArea, base_ref: str | None = None,
                 manifest: Mapping | None = None, count_s: float | None = None, spent_s: float = 0.0,
+                remaining: Mapping[str, float] | None = None,
                 check: Callable[[profmod.Profile, Path], tuple[bool, str]] | None = None) -> Plan:
     """The candidates of one-at-a-time stage, what the budget drops, and the estimate (no builds, no counts).
 
     `manifest` is the base's (None when it is not built: the base is then part of the estimate); `count_s` the
-    base's measured screening time. Pure apart from reading profiles and the starting points' manifests."""
+    base's measured screening time; `remaining` the seconds a resumed run still needs per candidate id (0 when
+    its log holds its screening or its rejection: such a candidate costs nothing and is never dropped). Pure
+    apart from reading profiles and the starting points' manifests."""
+    remaining = remaining or {}
     base = base_ref or space.settings.base
     base_prof = profmod.load(base, environ={})
     base_cmp = _comparable(base_prof)
@@ -643,6 +649,8 @@ def plan_search(space: Space, *, budget_s: float, host: HostFacts, work: WorkAre
     singles: list[PlannedCandidate] = []
     left: list[tuple[str, str]] = []
     kept_by_dim: dict[str, list[PlannedCandidate]] = {}
+    """Candidates still to do, per dimension (what the budget may drop)."""
+    done: list[PlannedCandidate] = []
     for dim in space.dimensions:
         for ch in dim.choices:
             label = f"{dim.name}={ch.label}"
@@ -679,25 +687,37 @@ def plan_search(space: Space, *, budget_s: float, host: HostFacts, work: WorkAre
             pc = PlannedCandidate(cand, build_id_of(cand.id), rebuilds(ch.items), reuse, rwhy,
                                   costs.candidate(reuse, prof.optimize.bolt))
             singles.append(pc)
-            kept_by_dim.setdefault(dim.name, []).append(pc)
+            if remaining.get(cand.id) == 0:
+                done.append(pc)
+            else:
+                kept_by_dim.setdefault(dim.name, []).append(pc)
     starting = []
     for sp in space.settings.starting_points:
         sprof = profmod.load(sp, environ={})
         starting.append((sp, read_manifest(build_id_of(sprof.name), work) is not None))
     # The base: built unless installed, counted unless its count was measured (`count_s`).
     base_cost = (0.0 if manifest else costs.build_s + costs.train_s) + (0.0 if count_s is not None else costs.count_s)
-    n_confirm = 2 + space.settings.finalists + len(starting)
-    reserve = (max((p.estimate_s for p in singles), default=0.0) * (len(kept_by_dim) > 1)
-               + sum(costs.build_s + costs.train_s for _, installed in starting if not installed)
-               + costs.confirm_subject_s * n_confirm)
+    builds_of_starting = sum(costs.build_s + costs.train_s for _, installed in starting if not installed)
+
+    def reserve() -> float:
+        """The combination (when two or more dimensions keep candidates), the starting points' builds, and the
+        confirmation run of the base, Debian, the finalists the kept candidates can give and the starting points."""
+        kept = [p for ps in kept_by_dim.values() for p in ps] + done
+        dims = {p.candidate.dimension for p in kept}
+        combined = max((p.estimate_s for p in kept), default=0.0) if len(dims) > 1 else 0.0
+        finals = min(space.settings.finalists, len(kept) + (combined > 0))
+        measured = finals + len(starting)
+        return combined + builds_of_starting + (costs.confirm_subject_s * (2 + measured) if measured else 0.0)
+
     left_s = budget_s - spent_s
 
     def estimate() -> float:
-        return base_cost + sum(p.estimate_s for ps in kept_by_dim.values() for p in ps) + reserve
+        return base_cost + sum(remaining.get(p.candidate.id, p.estimate_s) for ps in kept_by_dim.values()
+                               for p in ps) + reserve()
 
     lists = [kept_by_dim.get(d.name, []) for d in space.dimensions]  # the same lists, in priority order
     dropped = [p for _, p in drop_longest_first(lists, lambda: estimate() > left_s)]
-    kept = {p.candidate.id for ps in kept_by_dim.values() for p in ps}
+    kept = {p.candidate.id for ps in kept_by_dim.values() for p in ps} | {p.candidate.id for p in done}
     if dropped:
         notes.append(f"budget {budget_s:.0f}s (left {left_s:.0f}s): dropped {len(dropped)} candidate(s) from the "
                      "end of the longest dimensions")
@@ -706,7 +726,7 @@ def plan_search(space: Space, *, budget_s: float, host: HostFacts, work: WorkAre
                      "run stops at the first step that does not fit")
     return Plan(STRATEGY, base, bid, manifest is not None, data, costs,
                 tuple(p for p in singles if p.candidate.id in kept), tuple(dropped), tuple(left),
-                tuple(starting), reserve, estimate(), budget_s, tuple(notes))
+                tuple(starting), reserve(), estimate(), budget_s, tuple(notes))
 
 
 def combine(space: Space, winners: Sequence[PlannedCandidate], base_ref: str, host: HostFacts
@@ -745,7 +765,7 @@ def describe(plan: Plan, space: Space, host: HostFacts) -> list[str]:
              f"base: {plan.base} ({plan.base_build_id}; "
              + ("installed" if plan.base_installed else "not installed: built first") + ")",
              "base profile data: " + (plan.profile_data or "none yet (made by the base's build)"),
-             f"costs ({c.source}): build+verify {c.build_s:.0f}s, training {c.train_s:.0f}s, BOLT {c.bolt_s:.0f}s, "
+             f"costs from {c.source}: build+verify {c.build_s:.0f}s, training {c.train_s:.0f}s, BOLT {c.bolt_s:.0f}s, "
              f"screening {c.count_s:.0f}s per candidate, confirmation {c.confirm_subject_s:.0f}s per subject",
              f"screening: cachegrind instructions per unit on {', '.join(space.settings.screen)}; a candidate stays "
              f"when the geometric mean of its ratios to the base is below {1 - space.settings.threshold:.4g}",
@@ -1215,8 +1235,17 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
         base_counts_rec = log.add({"id": "base", "phase": "screen", "counts": counts,
                                    "seconds": time.monotonic() - t0, "verdict": "reference"})
     base_counts = base_counts_rec["counts"]
+    count_s = base_counts_rec.get("seconds")
+    remaining = {}
+    for rec in log.records:
+        if rec.get("verdict") == "skipped" or rec.get("phase") not in ("build", "screen"):
+            continue
+        if rec["phase"] == "screen" or not rec.get("ok"):
+            remaining[rec["id"]] = 0.0
+        else:
+            remaining.setdefault(rec["id"], costs_from(manifest, settings, count_s).count_s)
     plan = plan_search(space, budget_s=budget_s, host=host, work=work, base_ref=base, manifest=manifest,
-                       count_s=base_counts_rec.get("seconds"), spent_s=sess.spent(), check=check)
+                       count_s=count_s, spent_s=sess.spent(), remaining=remaining, check=check)
     for line in describe(plan, space, host)[1:]:
         say("plan: " + line)
     state["left_out"] = list(plan.left_out)

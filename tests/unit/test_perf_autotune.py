@@ -220,6 +220,20 @@ def test_budget_drops_from_the_end_of_the_longest_dimension(tmp_path):
     assert any("dropped 3 candidate(s)" in n for n in plan.notes)
 
 
+def test_finished_candidates_of_a_resumed_run_cost_nothing_and_stay(tmp_path):
+    full, _ = plan_of(tmp_path)
+    one = full.singles[0].estimate_s
+    budget = full.estimate_s - 3 * one + 1
+    v2 = next(p.candidate.id for p in full.singles if p.candidate.label == "v2")
+    full_id = full.singles[0].candidate.id
+    plan, _ = plan_of(tmp_path, budget_s=budget, remaining={v2: 0.0, full_id: 0.0})
+    # v2 and lto-full are screened already: kept and free, so only one of the other five must go (the first
+    # plan dropped v2 first; now the longest unfinished lists are arch and allocator, and the later one loses).
+    assert [p.candidate.label for p in plan.dropped] == ["mimalloc"]
+    assert [p.candidate.label for p in plan.singles] == ["full", "v3", "native", "v2", "tcmalloc", "no-plt-flag"]
+    assert plan.estimate_s <= budget
+
+
 def test_unbuilt_base_is_estimated_and_trains(tmp_path):
     plan, _ = plan_of(tmp_path, manifest=False)
     assert not plan.base_installed and plan.profile_data is None
@@ -360,7 +374,7 @@ def test_dry_run_with_an_installed_base_uses_its_data(tmp_path):
     doc = base_manifest(work)
     text = "\n".join(at.dry_run(budget_s=1e6, host=X86, work=work, check=always_reusable))
     assert f"base profile data: {doc['profile_data']['path']}" in text
-    assert "costs (the base build's recorded stages (cpython-3.11.2-workload-pgo-lto))" in text
+    assert "costs from the base build's recorded stages (cpython-3.11.2-workload-pgo-lto):" in text
     assert "profile data: reused (same compiler family" in text
     assert "profile data: trains itself (another compiler family" in text
 

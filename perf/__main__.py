@@ -86,17 +86,17 @@ def _autotune(args: argparse.Namespace, argv: list[str]) -> int:
     """`autotune`: the dry-run plan, or the search (which needs the perf extra: pyperf, matplotlib)."""
     from . import autotune
 
-    if args.resume and (args.out or args.space or args.base):
+    if args.resume and (args.out or args.space or args.base or args.finalists):
         from hostpgo.errors import InputError
 
-        raise InputError("--resume RUN continues a run with its own space, base and directory: drop "
-                         "--out/--space/--base, or start a new run without --resume")
+        raise InputError("--resume RUN continues a run with its own space, base, finalists and directory: drop "
+                         "--out/--space/--base/--finalists, or start a new run without --resume")
     budget = autotune.parse_budget(args.budget)
     starting = (None if args.starting_points is None
                 else [n.strip() for n in args.starting_points.split(",") if n.strip()])
     if args.dry_run:
         for line in autotune.dry_run(budget_s=budget, space_path=Path(args.space) if args.space else None,
-                                     base=args.base, starting_points=starting):
+                                     base=args.base, starting_points=starting, resume=args.resume):
             print(line)
         return 0
     extra.require()

@@ -1122,6 +1122,19 @@ def with_options(space: Space, *, finalists: int | None = None, starting_points:
         starting_points=s.starting_points if starting_points is None else tuple(starting_points)))
 
 
+def remaining_work(log: SearchLog, count_s: float) -> dict[str, float]:
+    """Seconds each candidate of a resumed run still needs: 0 once screened or rejected, `count_s` once built."""
+    out: dict[str, float] = {}
+    for rec in log.records:
+        if rec.get("verdict") == "skipped" or rec.get("phase") not in ("build", "screen"):
+            continue
+        if rec["phase"] == "screen" or not rec.get("ok"):
+            out[rec["id"]] = 0.0
+        else:
+            out.setdefault(rec["id"], count_s)
+    return out
+
+
 def base_reference(ref: str) -> str:
     """A base given as a path becomes absolute (candidate files live elsewhere); a profile name stays a name."""
     if ref.endswith(".toml") or "/" in ref:
@@ -1130,16 +1143,29 @@ def base_reference(ref: str) -> str:
 
 
 def dry_run(*, budget_s: float, space_path: Path | None = None, base: str | None = None,
-            starting_points: Sequence[str] | None = None, host: HostFacts | None = None, work: WorkArea | None = None,
+            starting_points: Sequence[str] | None = None, resume: str | None = None, host: HostFacts | None = None,
+            work: WorkArea | None = None,
             check: Callable[[profmod.Profile, Path], tuple[bool, str]] | None = None) -> list[str]:
-    """The whole plan against the base's real manifest where it is installed; builds and measures nothing."""
-    space = with_options(load_space(space_path or DEFAULT_SPACE), starting_points=starting_points)
+    """The whole plan against the base's real manifest where it is installed (with `resume`, what that run still
+    has to do); builds and measures nothing."""
+    count_s, remaining, finalists = None, None, None
+    if resume:
+        run_dir = resume_dir(resume)
+        log = SearchLog(run_dir / LOG_FILE)
+        space_path, base, finalists = run_dir / "space.toml", log.header["base"], log.header.get("finalists")
+        if starting_points is None:
+            starting_points = log.header.get("starting_points")
+        count_s = (log.done("base", "screen") or {}).get("seconds")
+    space = with_options(load_space(space_path or DEFAULT_SPACE), finalists=finalists,
+                         starting_points=starting_points)
     host = host or HostFacts.detect()
     work = work or WorkArea.from_env()
     base_ref = base_reference(base or space.settings.base)
     manifest = read_manifest(build_id_of(profmod.load(base_ref, environ={}).name), work)
+    if resume:
+        remaining = remaining_work(log, costs_from(manifest, space.settings, count_s).count_s)
     return describe(plan_search(space, budget_s=budget_s, host=host, work=work, base_ref=base_ref,
-                                manifest=manifest, check=check), space, host)
+                                manifest=manifest, count_s=count_s, remaining=remaining, check=check), space, host)
 
 
 def run(*, budget_s: float, space_path: Path | None = None, base: str | None = None, out: str | None = None,
@@ -1236,14 +1262,7 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
                                    "seconds": time.monotonic() - t0, "verdict": "reference"})
     base_counts = base_counts_rec["counts"]
     count_s = base_counts_rec.get("seconds")
-    remaining = {}
-    for rec in log.records:
-        if rec.get("verdict") == "skipped" or rec.get("phase") not in ("build", "screen"):
-            continue
-        if rec["phase"] == "screen" or not rec.get("ok"):
-            remaining[rec["id"]] = 0.0
-        else:
-            remaining.setdefault(rec["id"], costs_from(manifest, settings, count_s).count_s)
+    remaining = remaining_work(log, costs_from(manifest, settings, count_s).count_s)
     plan = plan_search(space, budget_s=budget_s, host=host, work=work, base_ref=base, manifest=manifest,
                        count_s=count_s, spent_s=sess.spent(), remaining=remaining, check=check)
     for line in describe(plan, space, host)[1:]:

@@ -474,6 +474,13 @@ def test_interrupted_run_resumes_without_rebuilding_or_recounting(tmp_path, monk
         at.run(budget_s=1e6, space_path=space, out=str(run_dir), actions=first.actions(), host=X86, work=work,
                check=always_reusable, say=lambda m: None)
 
+    # The plan of what the interrupted run still has to do: its screened and rejected candidates stay, free.
+    plan = "\n".join(at.dry_run(budget_s=1, resume=str(run_dir), host=X86, work=work, check=always_reusable))
+    dropped = [ln.split()[4] for ln in plan.splitlines() if ln.startswith("dropped for the budget")]
+    assert sorted(d.rsplit("-", 1)[0] for d in dropped) == ["at-allocator-tcmalloc", "at-arch-v2",
+                                                            "at-cflags-no-plt-flag"]
+    assert "stage 1: 3 candidate(s)" in plan
+
     second = Recorder(work, ratios, fail={"at-arch-native"})
     state = at.run(budget_s=1e6, resume=str(run_dir), actions=second.actions(), host=X86, work=work,
                    check=always_reusable, say=lambda m: None)

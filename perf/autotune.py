@@ -1383,7 +1383,10 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
                                          confirm_id, "confirm"):
             say(f"confirming {', '.join(n for n, _ in subjects[1:])} against the base (interleaved latency + guard)")
             t_confirm = time.monotonic()
-            res = actions.confirm(subjects, run_dir / "confirm", settings.confirm, logs / "confirm.log")
+            # One directory per set of subjects: an interrupted confirmation resumes in it (perf bench keeps the
+            # stages it holds), a later one with other finalists gets its own.
+            res = actions.confirm(subjects, run_dir / f"confirm-{_digest([n for n, _ in subjects])[:8]}",
+                                  settings.confirm, logs / "confirm.log")
             verdicts = {p.candidate.id: confirm_verdict(p.candidate.id, res["vs_base"]) for p in finals}
             confirm = log.add({"id": confirm_id, "phase": "confirm", "subjects": [n for n, _ in subjects],
                                "seconds": time.monotonic() - t_confirm,

@@ -518,8 +518,13 @@ def test_winner_becomes_best_toml_and_budget_skips_are_logged(tmp_path, monkeypa
     ratios = {"at-lto-full": 1.0, "at-arch-v3": 0.975, "at-arch-native": 0.999, "at-arch-v2": 0.999,
               "at-allocator-tcmalloc": 1.0, "at-allocator-mimalloc": 1.0, "at-cflags": 1.0}
     rec = Recorder(work, ratios)
+    monkeypatch.setattr(at, "PROFILES_DIR", tmp_path / "profiles")
+    (tmp_path / "profiles").mkdir()
     state = at.run(budget_s=1e6, space_path=space, out=str(tmp_path / "r1"), actions=rec.actions(), host=X86,
-                   work=work, check=always_reusable, say=lambda m: None, argv=["python", "-m", "perf", "autotune"])
+                   work=work, check=always_reusable, say=lambda m: None, argv=["python", "-m", "perf", "autotune"],
+                   write_profile=True)
+    copy = tmp_path / "profiles" / "autotune-r1.toml"
+    assert state["best"]["copy"] == str(copy) and copy.read_text() == (tmp_path / "r1" / "best.toml").read_text()
     assert state["best"]["label"] == "arch=v3"
     best = (tmp_path / "r1" / "best.toml").read_text()
     assert "1.053x faster (geometric mean ratio 0.950, significant at 95%)" in best

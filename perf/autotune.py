@@ -105,10 +105,13 @@ class Item:
     base's list)."""
 
     section: str
+    """The profile section (`optimize`, `bolt.stock`)."""
     key: str
+    """The key in it."""
     value: Any
     """The typed value (TOML-parsed for a pending key the schema does not have yet)."""
     append: bool = False
+    """Given with '+=': the value's entries go after the base's list instead of replacing it."""
     pending: bool = False
     """The key is one of PENDING_KEYS and the profile schema here lacks it."""
 
@@ -122,10 +125,13 @@ class Choice:
     """One value of a dimension: a label and its items."""
 
     label: str
+    """Its name within the dimension (unique there)."""
     sets: tuple[str, ...]
     """The items as the space file writes them."""
     items: tuple[Item, ...]
+    """The same, parsed and checked by the profile loader."""
     requires: tuple[str, ...] = ()
+    """Conditions (REQUIRE_RE) on the host and the candidate's resolved profile."""
 
 
 @dataclass(frozen=True)
@@ -133,8 +139,11 @@ class Dimension:
     """One build option searched, its choices in priority order."""
 
     name: str
+    """Names its candidates (`at-<name>-<label>-...`) and the combination's parts."""
     doc: str
+    """What the dimension varies, for people reading the space."""
     choices: tuple[Choice, ...]
+    """In priority order: under the budget the last ones go first."""
     requires: tuple[str, ...] = ()
     """Conditions every choice of the dimension needs (added to each choice's own)."""
     priority: int = 0
@@ -163,10 +172,15 @@ class SearchSettings:
 
 @dataclass(frozen=True)
 class Space:
+    """A search-space file, loaded and checked."""
+
     path: Path
+    """The file (resolved)."""
     settings: SearchSettings
     dimensions: tuple[Dimension, ...]
+    """Sorted by priority, then file order."""
     common: tuple[Item, ...] = ()
+    """[search] common, parsed."""
 
     @property
     def usable_common(self) -> tuple[Item, ...]:
@@ -329,6 +343,7 @@ class Candidate:
     dimension: str
     """The dimension varied, or `combined`."""
     label: str
+    """The choice's label (`+`-joined labels for the combination)."""
     items: tuple[Item, ...]
     """The choice's items (no common items); best.toml writes these."""
     requires: tuple[str, ...] = ()
@@ -433,6 +448,7 @@ class HostFacts:
     """What the plan's `requires` conditions read about this machine (probed once, passed in)."""
 
     machine: str
+    """platform.machine(): x86_64 or aarch64."""
     families: tuple[str, ...]
     """Compiler families installed (buildsys.toolchain.detect)."""
     bisheng: str | None = None
@@ -554,21 +570,31 @@ def costs_from(manifest: Mapping | None, settings: SearchSettings, count_s: floa
 
 @dataclass(frozen=True)
 class PlannedCandidate:
+    """A candidate as the plan sees it: its build, what it rebuilds, its profile data, its cost."""
+
     candidate: Candidate
     build_id: str
+    """`cpython-<version>-<candidate id>`: its install prefix under .hostpgo/install/."""
     rebuilds: str
+    """What its items change in the build (REBUILDS)."""
     reuse: bool
     """Whether it builds with the base's profile data (--profile-data)."""
     reuse_why: str
+    """profile_data_reusable's reason (or why it was not asked)."""
     estimate_s: float
+    """Build (+ training, + BOLT) and screening, in seconds."""
 
 
 @dataclass(frozen=True)
 class Plan:
+    """What a search will do, and what it leaves out, within the budget (`describe` prints it)."""
+
     strategy: str
     base: str
+    """The base profile reference (a name, or an absolute path)."""
     base_build_id: str
     base_installed: bool
+    """Whether the base's install prefix holds a manifest (else it is built first)."""
     profile_data: str | None
     """The base's merged profile data (its manifest's `profile_data.path`), None until it is built."""
     costs: Costs
@@ -583,6 +609,7 @@ class Plan:
     """The combined candidate (when two or more dimensions have candidates), the starting points' builds and the
     confirmation run."""
     estimate_s: float
+    """Everything the plan keeps, with the reserve, in seconds."""
     budget_s: float
     notes: tuple[str, ...] = ()
 
@@ -840,15 +867,21 @@ class SearchLog:
 
 @dataclass(frozen=True)
 class BuildOutcome:
+    """What one `python -m buildsys build cpython` did."""
+
     ok: bool
+    """Built, verified and installed."""
     seconds: float
+    """Wall time of the whole command (stamped stages it reused cost nothing)."""
     build_id: str
     python: str
     """The installed interpreter (`<prefix>/bin/python3`)."""
     log: str
+    """The failed stage's own log when it failed, else the command's log."""
     failed_stage: str | None = None
     """The stage that failed (`verify`: CPython's tests or a golden digest), None when it is unknown."""
     error: str = ""
+    """The tail of the failure's output."""
 
 
 @dataclass(frozen=True)

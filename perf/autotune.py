@@ -436,11 +436,10 @@ def write_candidate_file(dest: Path, cand: Candidate, *, base_ref: str, common: 
     return fsutil.write_text(dest, "\n".join(lines))
 
 
-def _comparable(p: profmod.Profile) -> dict:
-    d = p.to_dict()
-    for k in ("name", "files", "description", "overrides"):
-        d.pop(k, None)
-    return d
+def resolved_values(ref: str, overrides: Sequence[str] = ()) -> dict:
+    """Every key's value for the cpython target (the loader's own resolution, whatever the Profile model keeps):
+    what tells a candidate from its base."""
+    return profmod.loader().resolve(ref, environ={}, sets=overrides, scope=("targets", "cpython")).values
 
 
 @dataclass(frozen=True)
@@ -665,7 +664,7 @@ def plan_search(space: Space, *, budget_s: float, host: HostFacts, work: WorkAre
     remaining = remaining or {}
     base = base_ref or space.settings.base
     base_prof = profmod.load(base, environ={})
-    base_cmp = _comparable(base_prof)
+    base_values = resolved_values(base)
     bid = build_id_of(base_prof.name)
     data = base_profile_data(manifest, work)
     check = check or reuse_check()
@@ -691,7 +690,7 @@ def plan_search(space: Space, *, budget_s: float, host: HostFacts, work: WorkAre
                 prof = profmod.load(base, overrides=overrides, environ={})
             except HostpgoError as exc:
                 raise InputError(f"{space.path} dimension {dim.name!r} choice {ch.label!r}: {exc}") from None
-            if _comparable(prof) == base_cmp:
+            if resolved_values(base, overrides) == base_values:
                 left.append((label, f"the base itself ({base_prof.name} already has it)"))
                 continue
             why = unmet((*dim.requires, *ch.requires), prof, host)

@@ -309,7 +309,9 @@ def test_candidate_files_resolve_through_buildsys_and_have_their_own_build_ids(t
         assert prof.name == p.candidate.id
         assert prof.files[1] == str(PROFILES_DIR / f"{BASE}.toml")
         want = profmod.load(BASE, overrides=at.override_items(p.candidate.items, base), environ={})
-        assert at._comparable(prof) == at._comparable(want)
+        assert at.resolved_values(str(path)) == at.resolved_values(BASE, at.override_items(p.candidate.items, base))
+        assert prof.to_dict() | {"name": "", "files": "", "description": "", "overrides": ""} == \
+            want.to_dict() | {"name": "", "files": "", "description": "", "overrides": ""}
         ids.add(at.build_id_of(prof.name))
     assert len(ids) == len(plan.singles) and at.build_id_of(BASE) not in ids
     flags = next(p for p in plan.singles if p.candidate.label == "no-plt-flag")
@@ -645,3 +647,34 @@ def test_real_count_and_confirm_read_what_perf_wrote(tmp_path, monkeypatch):
     assert argv[argv.index("--stages") + 1] == "latency,guard"
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--interp"] == [
         f"{BASE}=/b", "debian=/usr/bin/python3.11", "at-x=/p"]
+
+
+def test_real_space_with_the_build_side_keys_plans_them_and_writes_loadable_files(tmp_path, monkeypatch):
+    """As after the merge with issue 14's build side: a [tuning] section in the schema (simulated here)."""
+    from hostpgo.layered import Key
+
+    if "tuning" not in profmod.SCHEMA:
+        monkeypatch.setitem(profmod.SCHEMA, "tuning", {
+            "inline_threshold": Key(int, 0, "inlining threshold"), "align_functions": Key(int, 0, "alignment"),
+            "align_loops": Key(int, 0, "alignment"), "no_plt": Key(bool, False, "-fno-plt"),
+            "split_machine_functions": Key(bool, False, "splitting"), "per_file": Key(dict, {}, "per-file flags")})
+    work = WorkArea(tmp_path / "home")
+    base_manifest(work)
+    space = at.load_space(at.DEFAULT_SPACE)
+    plan = at.plan_search(space, budget_s=1e9, host=X86, work=work, check=always_reusable)
+    labels = [f"{p.candidate.dimension}={p.candidate.label}" for p in plan.singles]
+    for want in ("inline=inline-500", "split=split-machine-functions", "plt=no-plt", "align=functions-64",
+                 "ceval=ceval-inline-1000", "dictobject=dict-unroll", "obmalloc=obmalloc-align-64"):
+        assert want in labels
+    assert dict(plan.left_out)["ceval=ceval-no-gcse"] == ("requires family=gcc: the candidate's compiler family "
+                                                          "is clang")
+    ceval = next(p for p in plan.singles if p.candidate.label == "ceval-inline-1000")
+    assert ceval.rebuilds.startswith("the named objects")
+    path = at.write_candidate_file(tmp_path / f"{ceval.candidate.id}.toml", ceval.candidate, base_ref=BASE,
+                                   common=space.usable_common, base_profile=profmod.load(BASE, environ={}))
+    per_file = at.resolved_values(str(path))["tuning"]["per_file"]
+    assert per_file == {"Python/ceval.c": ["-mllvm", "-inline-threshold=1000"]}
+    items, _ = at.merge_items([ceval.candidate.items, next(p for p in plan.singles
+                                                           if p.candidate.label == "dict-unroll").candidate.items])
+    assert items[0].value == {"Python/ceval.c": ["-mllvm", "-inline-threshold=1000"],
+                              "Objects/dictobject.c": ["-funroll-loops"]}

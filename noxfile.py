@@ -78,6 +78,14 @@ def tune_host(session: nox.Session) -> None:
     session.run("python", "-m", "perf", "tune-host", *session.posargs)
 
 
+@nox.session(default=False)
+def autotune(session: nox.Session) -> None:
+    """Search build options within a budget and keep the winner as a profile:
+    `-- --budget 2h [--space FILE] [--resume RUN] [--dry-run]`."""
+    _install(session, "perf")
+    session.run("python", "-m", "perf", "autotune", *session.posargs)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Unit and integration tests (no full CPython build); first installs, as root on Debian, the tools

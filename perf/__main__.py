@@ -1,8 +1,9 @@
-"""Command line of perf/: `python -m perf {bench,counters,attribute,guard,report,tune-host}`;
+"""Command line of perf/: `python -m perf {bench,counters,attribute,guard,report,tune-host,autotune}`;
 errors become exit codes."""
 
 # Everything imported here loads without the `perf` extra (pyperf and matplotlib are imported where used, through
-# perf.extra), so `--help` and `tune-host --dry-run` work without it; the other commands check for it first.
+# perf.extra), so `--help`, `tune-host --dry-run` and `autotune --dry-run` work without it; the other commands
+# check for it first.
 
 from __future__ import annotations
 
@@ -81,6 +82,41 @@ def _add_measure_args(p: argparse.ArgumentParser, default_stages: str | None) ->
                        help=f"comma-separated stages to run (from {', '.join(session.STAGES)})")
 
 
+def _autotune_doc() -> str:
+    from . import autotune
+
+    return autotune.__doc__ or ""
+
+
+def _autotune(args: argparse.Namespace, argv: list[str]) -> int:
+    """`autotune`: the dry-run plan, or the search (which needs the perf extra: pyperf, matplotlib)."""
+    from . import autotune
+
+    if args.resume and (args.out or args.space or args.base or args.finalists):
+        from hostpgo.errors import InputError
+
+        raise InputError("--resume RUN continues a run with its own space, base, finalists and directory: drop "
+                         "--out/--space/--base/--finalists, or start a new run without --resume")
+    budget = autotune.parse_budget(args.budget)
+    starting = (None if args.starting_points is None
+                else [n.strip() for n in args.starting_points.split(",") if n.strip()])
+    if args.dry_run:
+        for line in autotune.dry_run(budget_s=budget, space_path=Path(args.space) if args.space else None,
+                                     base=args.base, starting_points=starting, resume=args.resume):
+            print(line)
+        return 0
+    extra.require()
+    state = autotune.run(budget_s=budget, space_path=Path(args.space) if args.space else None, base=args.base,
+                         out=args.out, resume=args.resume, finalists=args.finalists, starting_points=starting,
+                         write_profile=args.write_profile, say=lambda m: console.print(m, markup=False),
+                         argv=("python", "-m", "perf", *argv))
+    best = state.get("best")
+    console.print(f"best: {best['id']} ({best['label']}): {best['file']}" if best else
+                  "best: no candidate beat the base significantly (no best.toml)")
+    print(Path(state["run_dir"]) / "autotune.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m perf", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -111,6 +147,31 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run the interpreter as given (it must import pyperf, hostpgo and the runtime deps)")
     tp.add_argument("--dry-run", action="store_true",
                     help="print the plan for an assumed 8 s per workload process and run nothing")
+    ap_ = sub.add_parser("autotune", help="search build options (compiler, LTO, -march, inlining, alignment, BOLT, "
+                         "allocator, per-file flags) within a budget; keeps the winner as a build profile",
+                         description=_autotune_doc(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap_.add_argument("--budget", required=True, metavar="TIME",
+                     help="wall-clock budget of this session: seconds, 90m, 2h or 1h30m")
+    ap_.add_argument("--space", default=None, metavar="FILE",
+                     help="search-space file (default: profiles/search/autotune.toml)")
+    ap_.add_argument("--base", default=None, metavar="PROFILE",
+                     help="the profile candidates extend and are measured against (default: the space's "
+                          "[search] base, workload-pgo-lto)")
+    ap_.add_argument("--finalists", type=_positive(int), default=None, metavar="N",
+                     help="candidates confirmed by the interleaved latency run (default: the space's, 3)")
+    ap_.add_argument("--starting-points", default=None, metavar="PROFILES",
+                     help="comma-separated profiles measured beside the finalists, built if missing (default: the "
+                          "space's, gcc-pgo-lto,native; '' for none)")
+    ap_.add_argument("--out", default=None, help="a new run name under $HOSTPGO_HOME/results, or a directory "
+                                                  "(never overwritten; default autotune-<UTC time>)")
+    ap_.add_argument("--resume", default=None, metavar="RUN",
+                     help="continue an earlier run (its directory or name): what its autotune.jsonl holds is "
+                          "neither rebuilt nor measured again")
+    ap_.add_argument("--write-profile", action="store_true",
+                     help="also copy the winner's best.toml to profiles/ (never over an existing file)")
+    ap_.add_argument("--dry-run", action="store_true",
+                     help="print the whole plan (candidates, what each rebuilds, estimates, what the budget "
+                          "drops, what is left out and why) and run nothing")
     rp = sub.add_parser("report", help="regenerate report.md, comparison.json and plots from a run's JSON")
     rp.add_argument("run_dir", help="a run directory, or a run name under $HOSTPGO_HOME/results")
     rp.add_argument("--baseline", default=None, metavar="NAME",
@@ -145,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "autotune":
+            return _autotune(args, argv)
         if args.command == "tune-host" and args.dry_run:
             for line in tune.dry_run(budget_s=args.budget, space=Path(args.space) if args.space else None,
                                      workloads=[t.name for t in catalog.parse_targets(args.workloads)],

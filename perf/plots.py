@@ -146,3 +146,28 @@ def counter_ratios(per_unit: dict[str, dict[str, dict[str, float | None]]], base
     fig.savefig(dest, dpi=110)
     plt.close(fig)
     return dest
+
+
+def search_counts(rows: list[tuple[str, float, str]], baseline: str, dest: Path) -> Path:
+    """autotune's screening: one bar per candidate, its instruction ratio to `baseline` (geometric mean over the
+    screening targets; below 1 is fewer); `rows` are (candidate, ratio, verdict), survivors coloured."""
+    plt = extra.pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, max(2.4, 0.36 * len(rows) + 1.2)))
+    for y, (_name, ratio, verdict) in enumerate(rows):
+        ax.barh(y, ratio - 1.0, left=1.0, color=_COLORS[2] if verdict == "survives" else "#BBBBBB",
+                edgecolor="white")
+        ax.text(ratio, y, f" {ratio:.4f}", va="center", ha="left" if ratio >= 1 else "right", fontsize=8)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    lo, hi = min(1.0, *(r[1] for r in rows)), max(1.0, *(r[1] for r in rows))
+    pad = max(0.005, (hi - lo) * 0.3)
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_xlabel(f"instructions per unit vs {baseline} (cachegrind; below 1 is fewer)")
+    ax.set_title("autotune screening (green: survives)", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+    return dest

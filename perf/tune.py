@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import hostenv
 from hostenv import settings as host_settings
@@ -50,6 +51,7 @@ from .errors import ResultsError, SpecError
 from .interpreters import Interpreter
 from .workspace import hostpgo_home, safe_name
 
+T = TypeVar("T")
 TUNE_SCHEMA = "hostpgo-tune-host/1"
 STRATEGY = ("one lever at a time against the defaults (stage 1), then the per-lever winners combined and "
             "measured against the defaults (stage 2)")
@@ -182,6 +184,17 @@ def stage1_candidates(levers: Sequence[Lever]) -> list[Candidate]:
     return out
 
 
+def drop_longest_first(kept: list[list[T]], over_budget: Callable[[], bool]) -> list[tuple[int, T]]:
+    """While `over_budget()`, pop the last item of the longest list (on a tie the later, lower-priority list), so
+    every list keeps its first items as long as possible; returns (list index, item) in the order dropped.
+    The budget rule of tune-host's levers and of autotune's dimensions."""
+    dropped: list[tuple[int, T]] = []
+    while over_budget() and any(kept):
+        i = max(range(len(kept)), key=lambda j: (len(kept[j]), j))
+        dropped.append((i, kept[i].pop()))
+    return dropped
+
+
 def plan_search(levers: Sequence[Lever], costs: Costs, budget_s: float, workloads: Sequence[str],
                 spent_s: float = 0.0) -> SearchPlan:
     """Fit stage 1 (and a stage-2 reserve) into what is left of the budget by dropping low-priority choices.
@@ -197,9 +210,7 @@ def plan_search(levers: Sequence[Lever], costs: Costs, budget_s: float, workload
         n = 1 + sum(len(k) for k in kept)
         return costs.golden(workloads) * (n - 1) + costs.latency(n, workloads) + reserve
 
-    while estimate() > left and any(kept):
-        i = max(range(len(kept)), key=lambda j: (len(kept[j]), j))  # ties: the later (lower-priority) lever
-        c = kept[i].pop()
+    for i, c in drop_longest_first(kept, lambda: estimate() > left):
         dropped.append(Candidate(f"{levers[i].name}={c.label}", c.sets, levers[i].name, c.label))
     notes = []
     if dropped:

@@ -243,6 +243,12 @@ def parse_item(text: str, origin: Origin, loader: Loader | None = None) -> Item:
             raise InputError(f"{origin}: {text!r} must look like section.key=value")
         return Item(sect, key, value, append, pending=True)
     s, k, value = loader.parse_assignment(f"{dotted}={raw}" if sep else text, origin)
+    # Keep the value as written where it is TOML: the loader hands back a key's converted model form (e.g.
+    # tuning.per_file's sorted (path, flags) pairs), which would not read back from a candidate profile file.
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        pass  # a bare word the loader accepts unquoted (optimize.lto=thin): its parsed value is the value
     if append and not isinstance(value, list):
         raise InputError(f"{origin}: {text!r}: '+=' appends to a list key; {dotted} is not one (use '=')")
     return Item(s, k, value, append)

@@ -673,7 +673,7 @@ def test_real_space_with_the_build_side_keys_plans_them_and_writes_loadable_file
     path = at.write_candidate_file(tmp_path / f"{ceval.candidate.id}.toml", ceval.candidate, base_ref=BASE,
                                    common=space.usable_common, base_profile=profmod.load(BASE, environ={}))
     per_file = at.resolved_values(str(path))["tuning"]["per_file"]
-    assert per_file == {"Python/ceval.c": ["-mllvm", "-inline-threshold=1000"]}
+    assert dict(per_file) == {"Python/ceval.c": ("-mllvm", "-inline-threshold=1000")}  # the model's pairs
     items, _ = at.merge_items([ceval.candidate.items, next(p for p in plan.singles
                                                            if p.candidate.label == "dict-unroll").candidate.items])
     assert items[0].value == {"Python/ceval.c": ["-mllvm", "-inline-threshold=1000"],

@@ -49,6 +49,7 @@ from typing import Any
 
 from buildsys.core.paths import PROFILES_DIR, WorkArea
 from buildsys.engine import SYSTEM_PYTHON
+from buildsys.pipeline.pgo import profile_data_reusable
 from buildsys.toolchain import profile as profmod
 from hostpgo import fsutil
 from hostpgo.errors import CommandError, HostpgoError, InputError
@@ -65,12 +66,6 @@ DEFAULT_SPACE = PROFILES_DIR / "search" / "autotune.toml"
 STRATEGY = ("one dimension at a time against the base, screened by exact instruction counts; the per-dimension "
             "winners combined; the top finalists confirmed by one interleaved latency run and the pyperformance "
             "guard beside the base, Debian's interpreter and the starting points")
-PENDING_KEYS = frozenset({
-    "tuning.inline_threshold", "tuning.align_functions", "tuning.align_loops", "tuning.no_plt",
-    "tuning.split_machine_functions", "tuning.per_file", "optimize.compiler_cache"})
-"""Build-profile keys issue 14 adds on the build side. A space item naming one of them is accepted while the
-profile schema lacks it, and the candidate is then left out of the plan with that reason (any other unknown key
-is an error)."""
 TRAINING_STAGES = ("configure-instrumented", "build-instrumented", "install-instrumented", "train", "merge")
 BUILD_STAGES = ("configure", "build", "verify", "install")
 ASSUMED_BUILD_S = 722.2
@@ -109,11 +104,9 @@ class Item:
     key: str
     """The key in it."""
     value: Any
-    """The typed value (TOML-parsed for a pending key the schema does not have yet)."""
+    """The value as the space file writes it (TOML), once the profile loader has checked it."""
     append: bool = False
     """Given with '+=': the value's entries go after the base's list instead of replacing it."""
-    pending: bool = False
-    """The key is one of PENDING_KEYS and the profile schema here lacks it."""
 
     @property
     def dotted(self) -> str:
@@ -182,11 +175,6 @@ class Space:
     common: tuple[Item, ...] = ()
     """[search] common, parsed."""
 
-    @property
-    def usable_common(self) -> tuple[Item, ...]:
-        """The common items this build's profile schema has (a pending key is left out, and the plan says so)."""
-        return tuple(i for i in self.common if not i.pending)
-
 
 def _positive_int(v: Any) -> bool:
     return isinstance(v, int) and v > 0
@@ -224,7 +212,7 @@ def _profile_loader() -> Loader:
 
 def parse_item(text: str, origin: Origin, loader: Loader | None = None) -> Item:
     """`section.key=value` or `section.key+=[...]`, checked by the build-profile loader (the parser `--set` goes
-    through); a pending key (PENDING_KEYS) the schema lacks is TOML-parsed and marked pending."""
+    through): an unknown key or a bad value is an InputError naming `origin` and the key."""
     loader = loader or _profile_loader()
     if not isinstance(text, str):
         raise InputError(f"{origin}: set item {text!r} is not a \"section.key=value\" string")
@@ -233,15 +221,6 @@ def parse_item(text: str, origin: Origin, loader: Loader | None = None) -> Item:
     if sep and dotted.endswith("+"):
         append, dotted = True, dotted[:-1]
     dotted = dotted.strip()
-    sect, _, key = dotted.rpartition(".")
-    if dotted in PENDING_KEYS and (sect not in loader.schema or key not in loader.schema[sect]):
-        try:
-            value = tomllib.loads(f"v = {raw.strip()}")["v"] if sep else None
-        except tomllib.TOMLDecodeError:
-            value = raw.strip()
-        if not sep:
-            raise InputError(f"{origin}: {text!r} must look like section.key=value")
-        return Item(sect, key, value, append, pending=True)
     s, k, value = loader.parse_assignment(f"{dotted}={raw}" if sep else text, origin)
     # Keep the value as written where it is TOML: the loader hands back a key's converted model form (e.g.
     # tuning.per_file's sorted (path, flags) pairs), which would not read back from a candidate profile file.
@@ -520,19 +499,6 @@ def rebuilds(items: Sequence[Item]) -> str:
     return "; ".join(everything or said) or "nothing"
 
 
-def reuse_check() -> Callable[[profmod.Profile, Path], tuple[bool, str]]:
-    """buildsys.pipeline.pgo.profile_data_reusable, or (where that function is missing) a check that refuses:
-    the candidate then trains itself."""
-    try:
-        from buildsys.pipeline.pgo import profile_data_reusable
-    except ImportError:
-        def unavailable(profile: profmod.Profile, path: Path) -> tuple[bool, str]:
-            return False, ("reuse check unavailable (buildsys.pipeline.pgo.profile_data_reusable is missing): "
-                           "the candidate trains itself")
-        return unavailable
-    return profile_data_reusable
-
-
 # ------------------------------------------------------------------------------------------ the plan
 
 @dataclass(frozen=True)
@@ -607,7 +573,7 @@ class Plan:
     dropped: tuple[PlannedCandidate, ...]
     """Left out to fit the budget."""
     left_out: tuple[tuple[str, str], ...]
-    """(dimension=label, why): a condition, a pending key, or the base itself."""
+    """(dimension=label, why): an unmet condition, or the base itself."""
     starting_points: tuple[tuple[str, bool], ...]
     """(profile, installed)."""
     reserve_s: float
@@ -673,11 +639,10 @@ def plan_search(space: Space, *, budget_s: float, host: HostFacts, work: WorkAre
     base_values = resolved_values(base)
     bid = build_id_of(base_prof.name)
     data = base_profile_data(manifest, work)
-    check = check or reuse_check()
+    check = check or profile_data_reusable
     costs = costs_from(manifest, space.settings, count_s)
-    common = space.usable_common
-    notes = [f"common item {render_item(i)} left out: {i.dotted} is not a key of this build's profile schema yet "
-             "(issue 14's build-side keys)" for i in space.common if i.pending]
+    common = space.common
+    notes: list[str] = []
     singles: list[PlannedCandidate] = []
     left: list[tuple[str, str]] = []
     kept_by_dim: dict[str, list[PlannedCandidate]] = {}
@@ -686,11 +651,6 @@ def plan_search(space: Space, *, budget_s: float, host: HostFacts, work: WorkAre
     for dim in space.dimensions:
         for ch in dim.choices:
             label = f"{dim.name}={ch.label}"
-            pending = [i.dotted for i in ch.items if i.pending]
-            if pending:
-                left.append((label, f"{', '.join(dict.fromkeys(pending))}: not a key of this build's profile schema "
-                                    "yet (issue 14's build-side keys)"))
-                continue
             overrides = override_items(ch.items, base_prof)
             try:
                 prof = profmod.load(base, overrides=overrides, environ={})
@@ -784,7 +744,7 @@ def combine(space: Space, winners: Sequence[PlannedCandidate], base_ref: str, ho
     items, merged = merge_items([c.candidate.items for c in chosen])
     notes += merged
     label = "+".join(c.candidate.label for c in chosen)
-    cid = candidate_id(base_ref, "combined", "", items, space.usable_common)
+    cid = candidate_id(base_ref, "combined", "", items, space.common)
     return Candidate(cid, "combined", label, items, tuple(r for c in chosen for r in c.candidate.requires),
                      tuple(c.candidate.id for c in chosen)), notes
 
@@ -1318,7 +1278,7 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
         state["candidates"].append(entry)
         path = cand_dir / f"{cand.id}.toml"
         if not path.is_file():
-            write_candidate_file(path, cand, base_ref=base, common=space.usable_common, base_profile=base_prof,
+            write_candidate_file(path, cand, base_ref=base, common=space.common, base_profile=base_prof,
                                  header=[f"autotune run {run_dir.name}: {cand.dimension}={cand.label}"])
         b = log.done(cand.id, "build")
         if b is None:
@@ -1368,11 +1328,11 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
     combo, notes = combine(space, ordered, base, host)
     state["notes"] += notes
     if combo is not None:
-        full = profmod.load(base, overrides=override_items((*combo.items, *space.usable_common), base_prof), environ={})
+        full = profmod.load(base, overrides=override_items((*combo.items, *space.common), base_prof), environ={})
         reuse, rwhy = False, "the base has no profile data"
         if plan.profile_data:
             try:
-                reuse, rwhy = (check or reuse_check())(full, Path(plan.profile_data))
+                reuse, rwhy = (check or profile_data_reusable)(full, Path(plan.profile_data))
             except HostpgoError as exc:
                 reuse, rwhy = False, f"the reuse check refused it: {exc}"
         pc = PlannedCandidate(combo, build_id_of(combo.id), rebuilds(combo.items), reuse, rwhy,

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from buildsys.core.paths import PROFILES_DIR, WorkArea
-from buildsys.pipeline import pgo
 from buildsys.toolchain import profile as profmod
 from hostpgo.errors import HostpgoError, InputError
 from perf import __main__ as cli
@@ -154,13 +153,39 @@ def test_no_dimensions_is_an_error(tmp_path):
         at.load_space(write_space(tmp_path, '[search]\nbase = "lto"\n'))
 
 
-def test_pending_keys_parse_and_are_marked_until_the_schema_has_them():
-    item = at.parse_item('tuning.per_file={"Python/ceval.c" = ["-fno-gcse"]}', at.Origin("file", "x"))
-    assert item.value == {"Python/ceval.c": ["-fno-gcse"]}
-    in_schema = "tuning" in profmod.SCHEMA and "per_file" in profmod.SCHEMA["tuning"]
-    assert item.pending is (not in_schema)
+def test_build_side_keys_parse_through_the_profile_loader_and_keep_their_written_value():
+    origin = at.Origin("file", "x")
+    item = at.parse_item('tuning.per_file={"Python/ceval.c" = ["-fno-gcse"]}', origin)
+    assert (item.section, item.key, item.value) == ("tuning", "per_file", {"Python/ceval.c": ["-fno-gcse"]})
+    assert at.parse_item("tuning.inline_threshold=500", origin) == at.Item("tuning", "inline_threshold", 500)
+    assert at.parse_item("optimize.compiler_cache=ccache", origin).value == "ccache"
     with pytest.raises(InputError, match="unknown key 'tuning.per_fil'"):
-        at.parse_item("tuning.per_fil=1", at.Origin("file", "x"))
+        at.parse_item("tuning.per_fil=1", origin)
+    with pytest.raises(InputError, match="tuning.inline_threshold"):
+        at.parse_item('tuning.inline_threshold="high"', origin)
+
+
+def test_misspelt_build_side_key_is_refused_naming_the_file_and_the_choice(tmp_path):
+    text = SPACE + """
+[[dimension]]
+name = "inline"
+choices = [{ label = "inline-500", set = ["tuning.inline_treshold=500"] }]
+"""
+    path = write_space(tmp_path, text)
+    with pytest.raises(InputError) as err:
+        at.load_space(path)
+    msg = str(err.value)
+    assert f"{path} dimension 'inline' choice 'inline-500'" in msg
+    assert "unknown key 'tuning.inline_treshold'" in msg
+
+
+def test_misspelt_common_item_is_refused_naming_the_file(tmp_path):
+    path = write_space(tmp_path, SPACE.replace("starting_points = []",
+                                               'starting_points = []\ncommon = ["optimize.compiler_cahe=ccache"]'))
+    with pytest.raises(InputError) as err:
+        at.load_space(path)
+    assert f"{path} [search] common" in str(err.value)
+    assert "unknown key 'optimize.compiler_cahe'" in str(err.value)
 
 
 @pytest.mark.parametrize("text, seconds", [("7200", 7200), ("90m", 5400), ("2h", 7200), ("1h30m", 5400),
@@ -269,12 +294,24 @@ def test_base_profile_data_from_the_manifest_else_the_store(tmp_path):
     assert plan.profile_data.endswith("-30d75ab64a9f.profdata")
 
 
-def test_reuse_check_falls_back_only_when_missing(monkeypatch):
-    monkeypatch.delattr(pgo, "profile_data_reusable", raising=False)
-    ok, why = at.reuse_check()(profmod.load(BASE, environ={}), Path("/x.profdata"))
-    assert ok is False and why.startswith("reuse check unavailable")
-    monkeypatch.setattr(pgo, "profile_data_reusable", lambda p, d: (True, "fine"), raising=False)
-    assert at.reuse_check()(None, Path("/x")) == (True, "fine")
+def test_the_plan_asks_buildsys_whether_the_base_data_is_reusable(tmp_path):
+    """Without a stand-in check the plan calls buildsys.pipeline.pgo.profile_data_reusable itself."""
+    text = SPACE + """
+[[dimension]]
+name = "compiler"
+choices = [{ label = "gcc", set = ["toolchain.family=gcc", "optimize.linker=default"] }]
+"""
+    work = WorkArea(tmp_path / "home")
+    doc = base_manifest(work)
+    plan = at.plan_search(at.load_space(write_space(tmp_path, text)), budget_s=1e6, host=X86, work=work, manifest=doc)
+    data = doc["profile_data"]["path"]
+    gcc = next(p for p in plan.singles if p.candidate.dimension == "compiler")
+    assert gcc.reuse is False
+    assert gcc.reuse_why.startswith(f"{data} is an llvm-profdata file (clang or BiSheng) and profile "
+                                    f"'{BASE}' compiles with gcc, which cannot read it")
+    full = next(p for p in plan.singles if p.candidate.label == "full")
+    assert full.reuse is True
+    assert full.reuse_why.startswith(f"{data} (llvm format, made by an unrecorded compiler (no sidecar)")
 
 
 def test_combination_merges_tables_and_drops_unmet_requirements():
@@ -291,8 +328,8 @@ def test_combination_merges_tables_and_drops_unmet_requirements():
     assert notes == ["lto=full left out of the combination: requires family=clang: the candidate's compiler "
                      "family is gcc"]
     items, _ = at.merge_items([
-        [at.Item("tuning", "per_file", {"Python/ceval.c": ["-O3"]}, pending=True)],
-        [at.Item("tuning", "per_file", {"Objects/obmalloc.c": ["-O2"]}, pending=True)]])
+        [at.Item("tuning", "per_file", {"Python/ceval.c": ["-O3"]})],
+        [at.Item("tuning", "per_file", {"Objects/obmalloc.c": ["-O2"]})]])
     assert items[0].value == {"Python/ceval.c": ["-O3"], "Objects/obmalloc.c": ["-O2"]}
 
 
@@ -304,7 +341,7 @@ def test_candidate_files_resolve_through_buildsys_and_have_their_own_build_ids(t
     ids = set()
     for p in plan.singles:
         path = at.write_candidate_file(tmp_path / "candidates" / f"{p.candidate.id}.toml", p.candidate,
-                                       base_ref=BASE, common=space.usable_common, base_profile=base)
+                                       base_ref=BASE, common=space.common, base_profile=base)
         prof = profmod.load(str(path), environ={})
         assert prof.name == p.candidate.id
         assert prof.files[1] == str(PROFILES_DIR / f"{BASE}.toml")
@@ -361,10 +398,8 @@ def test_dry_run_of_the_real_space_against_the_real_base(tmp_path):
     for label in ("compiler=gcc-12", "lto=full", "arch=x86-64-v3", "arch=native", "arch=x86-64-v2", "bolt=bolt",
                   "allocator=tcmalloc"):
         assert f"{label} [" in text
-    if "tuning" in profmod.SCHEMA:
-        assert "inline=inline-500 [" in text
-    else:
-        assert "left out: inline=inline-500: tuning.inline_threshold: not a key of this build's profile" in text
+    assert "inline=inline-500 [" in text
+    assert "not a key" not in text
     assert "dropped for the budget" not in text
     # A two-hour budget cannot hold them all here: the plan says what it drops.
     short = "\n".join(at.dry_run(budget_s=7200, host=X86, work=work, check=always_reusable))
@@ -649,15 +684,8 @@ def test_real_count_and_confirm_read_what_perf_wrote(tmp_path, monkeypatch):
         f"{BASE}=/b", "debian=/usr/bin/python3.11", "at-x=/p"]
 
 
-def test_real_space_with_the_build_side_keys_plans_them_and_writes_loadable_files(tmp_path, monkeypatch):
-    """As after the merge with issue 14's build side: a [tuning] section in the schema (simulated here)."""
-    from hostpgo.layered import Key
-
-    if "tuning" not in profmod.SCHEMA:
-        monkeypatch.setitem(profmod.SCHEMA, "tuning", {
-            "inline_threshold": Key(int, 0, "inlining threshold"), "align_functions": Key(int, 0, "alignment"),
-            "align_loops": Key(int, 0, "alignment"), "no_plt": Key(bool, False, "-fno-plt"),
-            "split_machine_functions": Key(bool, False, "splitting"), "per_file": Key(dict, {}, "per-file flags")})
+def test_real_space_with_the_build_side_keys_plans_them_and_writes_loadable_files(tmp_path):
+    """The real space's tuning.* and optimize.compiler_cache items against the real profile schema."""
     work = WorkArea(tmp_path / "home")
     base_manifest(work)
     space = at.load_space(at.DEFAULT_SPACE)
@@ -671,7 +699,7 @@ def test_real_space_with_the_build_side_keys_plans_them_and_writes_loadable_file
     ceval = next(p for p in plan.singles if p.candidate.label == "ceval-inline-1000")
     assert ceval.rebuilds.startswith("the named objects")
     path = at.write_candidate_file(tmp_path / f"{ceval.candidate.id}.toml", ceval.candidate, base_ref=BASE,
-                                   common=space.usable_common, base_profile=profmod.load(BASE, environ={}))
+                                   common=space.common, base_profile=profmod.load(BASE, environ={}))
     per_file = at.resolved_values(str(path))["tuning"]["per_file"]
     assert dict(per_file) == {"Python/ceval.c": ("-mllvm", "-inline-threshold=1000")}  # the model's pairs
     items, _ = at.merge_items([ceval.candidate.items, next(p for p in plan.singles

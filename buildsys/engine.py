@@ -17,7 +17,7 @@ from hostpgo.runner import Runner, format_command
 
 from . import image as imagemod
 from . import targets, toolchain
-from .core import stages
+from .core import disk, stages
 from .core.paths import PROFILES_DIR, WorkArea
 from .errors import HostpgoError, InputError, ToolchainError
 from .pipeline import stack as stackmod
@@ -324,6 +324,12 @@ def planned_wheel(work: WorkArea, package: str, profile: str) -> Path:
     return have[-1] if have else dest / f"{name}-{version}-NOT-BUILT-YET.whl"
 
 
+def pipeline_disk_parts(*, measure: bool, image: bool) -> tuple[disk.Part, ...]:
+    """The work area's parts a pipeline run fills (pure): the builds, and the measurement and the image unless
+    they are skipped."""
+    return (disk.BUILDS, *((disk.MEASUREMENT,) if measure else ()), *((disk.IMAGE,) if image else ()))
+
+
 def pipeline_dry_run(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[str] = DEFAULT_COMPARE_PROFILES,
                      jobs: int | None = None, user_source: Path | None = None, quick: bool = False,
                      system: Path | None = SYSTEM_PYTHON, image: bool = True,
@@ -379,6 +385,7 @@ def pipeline_dry_run(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Seq
         else:
             img = ["python", "-m", "buildsys", "image", "--build", optimized, "--host-settings", image_settings]
         out.append("image: " + format_command(img))
+    out.append(disk.describe(work.root, pipeline_disk_parts(measure=True, image=image)))
     return out
 
 
@@ -415,6 +422,8 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
             raise HostpgoError(f"{e} (or pass --no-image to build and measure without the image)") from None
     for package in bolt_wheels:  # refused before any build
         bolt_wheel_argv(package, optimized, "-")
+    # The disk, before any build: a full disk midway fails in whatever writes next, deep in a log.
+    disk.check(WorkArea.from_env().root, pipeline_disk_parts(measure=measure, image=image))
     out = []
     for ref in refs:
         inp = prepare(ref, target=PIPELINE_TARGET, jobs=jobs, user_source=user_source, detected=tcs)

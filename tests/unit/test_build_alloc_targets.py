@@ -4,13 +4,11 @@ and hostenv finding a hostpgo-built allocator. No compiler and no build tool run
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-import hostpgo.runner
 from buildsys import cli, engine, targets
 from buildsys.core import stages
 from buildsys.core.paths import REPO_ROOT, WorkArea
@@ -34,15 +32,6 @@ PINS = {  # what `apt-get source` fetched on Debian 12 (apt-cache showsrc agrees
 PGO_STAGES = ["source", "configure-instrumented", "build-instrumented", "train", "merge", "configure", "build",
               "verify", "install"]
 PYTHON = Path("/opt/py/bin/python")
-
-
-def _no_processes(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*a, **kw):
-        raise AssertionError(f"planning started a process: {a[:1]}")
-    monkeypatch.setattr(subprocess, "Popen", refuse)
-    monkeypatch.setattr(subprocess, "run", refuse)
-    monkeypatch.setattr(hostpgo.runner.Runner, "run", refuse)
-    monkeypatch.setattr(hostpgo.runner.Runner, "capture", refuse)
 
 
 def inputs(tmp_path: Path, target: str, name: str = "workload-pgo-lto-short", sets=()) -> preloaded.Inputs:
@@ -73,9 +62,10 @@ def test_registry_holds_the_pinned_debian_orig(target: str) -> None:
 
 
 @pytest.mark.parametrize("target", sorted(PINS))
-def test_pgo_plan_is_pure_and_has_every_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+def test_pgo_plan_is_pure_and_has_every_stage(forbid_processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              target: str) -> None:
     inp = inputs(tmp_path, target)
-    _no_processes(monkeypatch)
+    forbid_processes()
     plan = engine.plan(inp)
     assert plan.build_id == f"{target}-{PINS[target][0]}-workload-pgo-lto-short"
     assert [s.name for s in plan.stages] == PGO_STAGES

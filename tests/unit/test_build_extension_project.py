@@ -4,13 +4,11 @@ compile line of _hostpath.c (no compiler, no build, no process)."""
 
 from __future__ import annotations
 
-import subprocess
 import tomllib
 from pathlib import Path
 
 import pytest
 
-import hostpgo.runner
 from buildsys import engine
 from buildsys.core import stages
 from buildsys.core.paths import REPO_ROOT, WorkArea
@@ -29,12 +27,8 @@ BUILD_ID = f"extension-hostpgo-{PYPROJECT['project']['version']}-workload-pgo-lt
 
 
 @pytest.fixture(autouse=True)
-def no_processes(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*a, **kw):
-        raise AssertionError(f"planning started a process: {a[:1]}")
-    monkeypatch.setattr(subprocess, "Popen", refuse)
-    monkeypatch.setattr(hostpgo.runner.Runner, "run", refuse)
-    monkeypatch.setattr(hostpgo.runner.Runner, "capture", refuse)
+def no_processes(forbid_processes, monkeypatch: pytest.MonkeyPatch) -> None:
+    forbid_processes()  # every test here only plans (tests/conftest.py); the interpreter probe answers INTERP
     monkeypatch.setattr(extension, "probe_interpreter", lambda python, runner: INTERP)
 
 

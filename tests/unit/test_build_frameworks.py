@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-import hostpgo.runner
 from buildsys import cli, engine, targets
 from buildsys.core import stages
 from buildsys.core.paths import WorkArea
@@ -44,15 +42,6 @@ def _prepare(tmp_path: Path, target: str, profile: str = "workload-pgo-lto", sou
     return engine.prepare(profile, target=target, user_source=source, work=WorkArea(tmp_path / "work"),
                           detected=TOOLCHAINS, jobs=4, target_args={"python": "/usr/bin/python3", **args},
                           overrides=["verify.workloads=[]"])
-
-
-def _no_processes(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*a, **kw):
-        raise AssertionError(f"planning started a process: {a[:1]}")
-    monkeypatch.setattr(subprocess, "Popen", refuse)
-    monkeypatch.setattr(subprocess, "run", refuse)
-    monkeypatch.setattr(hostpgo.runner.Runner, "run", refuse)
-    monkeypatch.setattr(hostpgo.runner.Runner, "capture", refuse)
 
 
 @pytest.mark.parametrize(("target", "files"), [
@@ -117,11 +106,11 @@ def test_the_default_interpreter_is_the_same_profiles_cpython_build(tmp_path: Pa
     assert inp.python == py and inp.python_origin == "hostpgo build cpython-3.11.2-workload-pgo-lto"
 
 
-def test_mindspore_plan_stages_flags_and_what_they_do_not_reach(tmp_path: Path, offline: Path,
+def test_mindspore_plan_stages_flags_and_what_they_do_not_reach(forbid_processes, tmp_path: Path, offline: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     inp = _prepare(tmp_path, "mindspore", source=MS_TREE)
     assert inp.checkout.version == "0.1.0" and [t.name for t in inp.tasks] == ["runtime-workloads"]
-    _no_processes(monkeypatch)
+    forbid_processes()
     plan = engine.plan(inp)
     assert [s.name for s in plan.stages] == ["source", "runtime-deps", "build-env", "build-instrumented", "train",
                                              "merge", "build", "verify", "install"]
@@ -168,11 +157,12 @@ def test_compile_line_check_refuses_a_lost_level(tmp_path: Path) -> None:
     assert mindspore.check_compile_lines(cc, "-O3", "-fprofile-instr-use")["compile_lines"] == 1
 
 
-def test_ray_plan_channels_order_and_what_never_sees_copt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_plan_channels_order_and_what_never_sees_copt(forbid_processes, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     inp = _prepare(tmp_path, "ray", source=RAY_TREE)
     assert inp.checkout.version == "0.1.0" and inp.options == {"channel": "bazelrc"}
     assert [t.name for t in inp.tasks] == ["ray-actor-calls"]  # ray-decode is not registered here
-    _no_processes(monkeypatch)
+    forbid_processes()
     plan = engine.plan(inp)
     st = {s.name: s for s in plan.stages}
     values = [f.value for f in st["build"].flags if f.channel == "bazelrc"]

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-import hostpgo.runner
 from buildsys import cli, engine, targets
 from buildsys.core import stages
 from buildsys.core.paths import WorkArea
@@ -47,18 +45,10 @@ def test_targets_command_lists_system_and_availability(capsys: pytest.CaptureFix
     assert cp["why"]
 
 
-def _no_processes(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*a, **kw):
-        raise AssertionError(f"planning started a process: {a[:1]}")
-    monkeypatch.setattr(subprocess, "Popen", refuse)
-    monkeypatch.setattr(subprocess, "run", refuse)
-    monkeypatch.setattr(hostpgo.runner.Runner, "run", refuse)
-    monkeypatch.setattr(hostpgo.runner.Runner, "capture", refuse)
-
-
 @pytest.mark.parametrize("name", ["baseline", "generic-pgo-lto", "gcc-pgo-lto", "workload-pgo-lto-tcmalloc",
                                   "workload-pgo-lto-bolt"])
-def test_planning_starts_no_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+def test_planning_starts_no_process(forbid_processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    name: str) -> None:
     """Planning is pure: the probed facts come in with the inputs (BOLT's branch sampling too)."""
     prof = profile.load(name, environ={})
     inp = cpython.Inputs(profile=prof, compiler=engine.hypothetical_compiler(prof.toolchain.family),
@@ -66,7 +56,7 @@ def test_planning_starts_no_process(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                          pin=sources.pinned("cpython", "3.11.2"), patches=(),
                          tasks=training.resolve(prof.pgo.tasks) if prof.optimize.pgo == "on" else (), jobs=2,
                          bolt_sampling=bolt.Sampling(False, "probed earlier: no branch stacks"))
-    _no_processes(monkeypatch)
+    forbid_processes()
     plan = engine.plan(inp)
     text = stages.render_plan(plan, stages.would_skip(plan, tmp_path / "stamps"))
     assert text.startswith(f"plan cpython-3.11.2-{name}")

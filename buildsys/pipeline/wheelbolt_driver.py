@@ -30,7 +30,7 @@ import sys
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: hostpgo, runtime
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: hostpgo, runtime
 
 from hostpgo.errors import HostpgoError
 from hostpgo.fsutil import write_json

@@ -367,3 +367,16 @@ def test_driver_reads_load_bases_from_proc_maps() -> None:
             "7f10d0000000-7f10d0001000 r-xp 00000000 fd:00 14 /usr/lib/libffi.so.8.1.2\n")
     assert driver.mapped_objects(maps) == {"/site/hotpkg/libhot.so": 0x7F10A0000000,
                                            "/usr/lib/libffi.so.8.1.2": 0x7F10D0000000}
+
+
+def test_driver_finds_the_checkout_in_an_interpreter_without_the_project_installed(tmp_path: Path) -> None:
+    # The pipeline runs the driver with a venv of the optimized build, where hostpgo is not installed: the
+    # driver's own path must lead to the checkout. `-S` leaves out site-packages (and the editable install).
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-S", str(wheelbolt.DRIVER), "loaded", "json"], cwd=tmp_path,
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert isinstance(json.loads(out.stdout), list)

@@ -249,7 +249,30 @@ def package_settings(package: str, path: Path = PACKAGES_FILE) -> dict[str, Any]
     if extra:
         raise SettingsError(f"{path}: unknown key(s) {', '.join(sorted(extra))} in [packages.{package}]; "
                             f"allowed: {', '.join(sorted(allowed))}")
+    own = known[package].get("workloads", True)
+    if not (isinstance(own, bool) or (isinstance(own, list) and own and all(isinstance(w, str) for w in own))):
+        raise SettingsError(f"{path}: [packages.{package}] workloads = {own!r}: true, false or a non-empty list of "
+                            f"workload names")
     return known[package]
+
+
+@dataclass(frozen=True)
+class WorkloadSets:
+    """The runtime workloads bolt-wheel trains on, verifies with (golden digests) and times for its decision."""
+
+    training: tuple[str, ...]
+    verify: tuple[str, ...]
+    decide: tuple[str, ...]
+
+
+def workload_sets(own: bool | list[str], *, training: Sequence[str], verify: Sequence[str],
+                  decide: Sequence[str]) -> WorkloadSets:
+    """[packages.NAME] workloads (pure): true takes the profile's training and verify workloads and the decision's
+    defaults; false keeps training and decision but verifies by import only; a list is the only workloads that
+    run the package, so it is all three."""
+    if isinstance(own, list):
+        return WorkloadSets(tuple(own), tuple(own), tuple(own))
+    return WorkloadSets(tuple(training), tuple(verify) if own else (), tuple(decide))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -884,18 +907,20 @@ def prepare(args: argparse.Namespace, runner: Runner, work: WorkArea) -> Inputs:
     steps = args.steps or stock.steps
     runs: list[TrainingRun] = []
     tasks = training.resolve(prof.pgo.tasks)
+    sets = workload_sets(pkg.get("workloads", args.call is None),
+                         training=[n for t in tasks if t.kind == "workloads" for n in t.workloads],
+                         verify=prof.verify.workloads, decide=wheeldecide.DECIDE_WORKLOADS)
     if args.call:
         runs = [TrainingRun(f"call-{i}", ("call", *c.split(","))) for i, c in enumerate(args.call, 1)]
     else:
-        names = args.workloads or [n for t in tasks if t.kind == "workloads" for n in t.workloads]
+        names = args.workloads or sets.training
         if not names:
             raise InputError(f"profile {args.profile!r} has no training task of kind 'workloads' (pgo.tasks = "
                              f"{list(prof.pgo.tasks)}); pass --workloads or --call")
         runs = [TrainingRun(n, ("workload", n, str(steps))) for n in dict.fromkeys(names)]
     checks: list[Check] = [Check(f"import {import_name}", ("-c", f"import {import_name}"))]
-    if pkg.get("workloads", args.call is None):
-        checks += [Check(f"{w} golden digest", ("-m", "runtime", "workload", w, "--json", "--check-golden"))
-                   for w in prof.verify.workloads]
+    checks += [Check(f"{w} golden digest", ("-m", "runtime", "workload", w, "--json", "--check-golden"))
+               for w in sets.verify]
     python = os.path.abspath(args.interp)  # a venv's python stays itself (no symlink resolution)
     installed = probe_installed(python, args.package, runner)
     libraries = gather_libraries(installed, patterns, runner)
@@ -916,7 +941,7 @@ def prepare(args: argparse.Namespace, runner: Runner, work: WorkArea) -> Inputs:
     build = f"{args.package}-{installed.version}-{prof.name}"
     decide = None
     if getattr(args, "keep_if_faster", False):
-        decide = wheeldecide.DecideSettings(workloads=tuple(args.decide_workloads or wheeldecide.DECIDE_WORKLOADS),
+        decide = wheeldecide.DecideSettings(workloads=tuple(args.decide_workloads or sets.decide),
                                             quick=bool(args.quick), perf_python=sys.executable, home=str(work.root))
     return Inputs(package=args.package, python=python, installed=installed, libraries=libraries,
                   training=tuple(runs), checks=tuple(checks), import_name=import_name, stock=stock,

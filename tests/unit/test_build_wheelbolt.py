@@ -201,6 +201,7 @@ def test_package_lists_are_data() -> None:
     assert len(ms["libraries"]) == 14 and "mindspore/lib/plugin/libmindspore_ops_cpu.so" in ms["libraries"]
     assert ms["libraries"][-2:] == ["mindspore/lib/libdnnl.so.3", "mindspore/lib/libmindspore_backend_common.so"]
     assert wheelbolt.package_settings("ray")["libraries"] == ["ray/_raylet.so"]
+    assert wheelbolt.package_settings("ray")["workloads"] == ["ray-decode"]
     with pytest.raises(InputError, match="no \\[packages.torch\\]"):
         wheelbolt.package_settings("torch")
 
@@ -380,3 +381,22 @@ def test_driver_finds_the_checkout_in_an_interpreter_without_the_project_install
                          capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert isinstance(json.loads(out.stdout), list)
+
+
+def test_a_package_with_its_own_workloads_trains_verifies_and_decides_on_them_only() -> None:
+    profile_sets = {"training": ["decode-b1", "ray-decode"], "verify": ["decode-b1", "decode-b8"],
+                    "decide": ("decode-b1", "serve-mixed")}
+    ray = wheelbolt.workload_sets(["ray-decode"], **profile_sets)
+    assert (ray.training, ray.verify, ray.decide) == (("ray-decode",),) * 3
+    ms = wheelbolt.workload_sets(True, **profile_sets)
+    assert ms == wheelbolt.WorkloadSets(("decode-b1", "ray-decode"), ("decode-b1", "decode-b8"),
+                                        ("decode-b1", "serve-mixed"))
+    assert wheelbolt.workload_sets(False, **profile_sets).verify == ()
+
+
+@pytest.mark.parametrize("value", ["[]", "\"ray-decode\"", "[1]"])
+def test_a_bad_package_workloads_value_names_the_file_and_key(tmp_path: Path, value: str) -> None:
+    f = tmp_path / "wheelbolt.toml"
+    f.write_text(f'[packages.ray]\nlibraries = ["ray/_raylet.so"]\nworkloads = {value}\n')
+    with pytest.raises(SettingsError, match=r"wheelbolt.toml: \[packages.ray\] workloads = .*non-empty list"):
+        wheelbolt.package_settings("ray", f)

@@ -219,10 +219,11 @@ def bolt_wheel_argv(package: str, profile: str, interp: Path | str, *, quick: bo
 
 
 def stack_subjects(builds: Sequence[stages.Execution], stack: stackmod.Stack, stack_wheels: Sequence[Path], *,
-                   system: Path | None = SYSTEM_PYTHON) -> stackmod.Subjects:
-    """Steps (a)-(d) of `stack` among the pipeline's builds (pure): (a) `debian` (when measured) and the baseline,
+                   system: Path | None = SYSTEM_PYTHON, bolt_wheels: Sequence[Path] = ()) -> stackmod.Subjects:
+    """Steps (a)-(e) of `stack` among the pipeline's builds (pure): (a) `debian` (when measured) and the baseline,
     (b) the interpreter-only build, (c) it with the hostpgo-built allocator (beside the optimized build, which
-    links the distribution's), (d) (c) with `stack_wheels`."""
+    links the distribution's), (d) (c) with `stack_wheels`, (e) with `bolt_wheels` (the kept BOLT-rewritten
+    framework wheels) too."""
     by = {ex.plan.summary["profile"]: ex.plan.summary for ex in builds}
     if stack.interpreter not in by:
         raise InputError(f"--stack: step (b) is build {stack.interpreter}, which this pipeline did not build")
@@ -230,7 +231,7 @@ def stack_subjects(builds: Sequence[stages.Execution], stack: stackmod.Stack, st
                              baseline=builds[0].plan.summary["profile"],
                              system="debian" if system is not None and system.exists() else None,
                              linked_reference=stack.optimized if stack.optimized in by else None,
-                             wheels=stack_wheels)
+                             wheels=stack_wheels, bolt_wheels=bolt_wheels)
 
 
 def measure_command(builds: Sequence[stages.Execution], *, run_name: str, quick: bool = False,
@@ -253,7 +254,7 @@ def measure_command(builds: Sequence[stages.Execution], *, run_name: str, quick:
             cmd += ["--interp", f"debian+{system_settings}={system}@{system_settings}"]
     for ex in rest:
         cmd += ["--interp", f"{ex.plan.summary['profile']}={ex.plan.summary['prefix']}/bin/python3"]
-    if wheels:
+    if wheels and stack is None:  # with --stack, the kept wheels are step (e) (stack_subjects)
         cmd += ["--interp", bolt_wheel_subject(builds[-1], wheels)]
     if stack is not None:
         for spec in stack.interps:
@@ -402,11 +403,10 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
     measured in the same run as steps (a)-(d) (stack_subjects; the report's `stack (a)-(d)` section); the image is
     then the stack's (stack_image_args) instead of the optimized build's.
 
-    `bolt_wheels` (opt-in, `--bolt-wheels mindspore`): after the builds, bolt-wheel rewrites each package's
-    stock wheel in a venv of the optimized build and times stock against rewritten (its decide stage); a wheel
-    the decision keeps is measured as one more subject (the optimized build with it) and installed in the image.
-    Off by default: the decision needs an interleaved A/B of its own (tens of minutes, more under valgrind's
-    collection), and no real run of it has shown a kept wheel yet."""
+    `bolt_wheels` (`--bolt-wheels mindspore`): after the builds, bolt-wheel rewrites each package's stock wheel
+    in a venv of the optimized build and times stock against rewritten (its decide stage); a wheel the decision
+    keeps is measured as one more subject (with `stack`, step (e): (d) with it; else the optimized build with
+    it) and installed in the image."""
     console = console or Console(stderr=True)
     chosen = stackmod.resolve(optimized, stack_wheels) if stack else None  # refused before any build
     refs = pipeline_profiles(optimized, compare, chosen)
@@ -458,7 +458,7 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
     if not measure:
         return PipelineResult(tuple(out), None, make_image(), tuple(manifests), built)
     name = run_name or "pipeline-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    subjects = stack_subjects(out, built.stack, built.wheel_files, system=system) if built else None
+    subjects = stack_subjects(out, built.stack, built.wheel_files, system=system, bolt_wheels=kept) if built else None
     if subjects is not None and subjects.unmeasured:
         console.print("[yellow]--stack:[/] built and shipped in the image, not measured (no measured venv installs "
                       f"their distribution, so no workload imports them): {', '.join(subjects.unmeasured)}")

@@ -1,4 +1,4 @@
-"""The optimized stack step by step: which subjects of a run are steps (a)-(d), and the report section comparing them.
+"""The optimized stack step by step: which subjects of a run are steps (a)-(e), and the report section comparing them.
 
 `python -m perf bench ... --stack-step a=debian --stack-step a=baseline --stack-step b=workload-pgo-lto ...` names
 the run's subjects that are the steps of the stack (`pipeline --stack` passes them). The first subject given for a
@@ -20,8 +20,12 @@ STEPS: Mapping[str, str] = {
     "b": "the interpreter only",
     "c": "+ the hostpgo-built allocator",
     "d": "+ the extension wheels",
+    "e": "+ the BOLT-rewritten framework wheels",
 }
 """The steps, in order: each adds one layer that hostpgo rebuilt to the step before it."""
+SKIPPABLE = frozenset({"d"})
+"""Steps a stack may leave out before a later one: without measured extension wheels, (e) adds the rewritten
+framework wheels to (c)."""
 FLAG = "--stack-step"
 
 
@@ -30,7 +34,7 @@ class StackStep:
     """One subject of the run in one step of the stack."""
 
     step: str
-    """A key of STEPS (`a`-`d`)."""
+    """A key of STEPS (`a`-`e`)."""
     subject: str
     """The subject's name in the run (an `--interp` NAME)."""
     reference: bool = False
@@ -42,7 +46,8 @@ class StackStep:
 
 def parse_steps(texts: Sequence[str], subjects: Sequence[str]) -> tuple[StackStep, ...]:
     """`STEP=NAME` values of --stack-step, checked against the run's subjects (pure): in order, from (a) without a
-    gap (a stack whose wheels are not measured ends at (c)), no subject twice. SpecError names the value."""
+    gap but SKIPPABLE's (a stack whose wheels are not measured ends at (c), or goes from (c) to (e)), no subject
+    twice. SpecError names the value."""
     out: list[StackStep] = []
     seen: dict[str, str] = {}
     order = list(STEPS)
@@ -60,8 +65,8 @@ def parse_steps(texts: Sequence[str], subjects: Sequence[str]) -> tuple[StackSte
         seen[name] = step
         out.append(StackStep(step, name, reference=any(s.step == step for s in out)))
     named = list(dict.fromkeys(x.step for x in out))
-    if named and named != order[:len(named)]:
-        missing = [m for m in order[:order.index(named[-1])] if m not in named]
+    missing = [m for m in order[:order.index(named[-1])] if m not in named and m not in SKIPPABLE] if named else []
+    if missing:
         raise SpecError(f"{FLAG}: no subject for step {', '.join(f'({m})' for m in missing)}; the steps build on "
                         f"each other from (a) ({'; '.join(f'({k}) {v}' for k, v in STEPS.items())})")
     if len(named) == 1:
@@ -95,7 +100,7 @@ def pairs(steps: Sequence[StackStep]) -> list[tuple[StackStep, str]]:
             if s.reference:
                 out.append((s, mine[s.step]))
             continue
-        out.append((s, mine[order[at - 1]]))
+        out.append((s, mine[next(k for k in reversed(order[:at]) if k in mine)]))
     return out
 
 
@@ -127,9 +132,10 @@ def _label(s: StackStep) -> str:
 
 
 def section(run_dir: Path, record: Mapping, out: dict) -> list[str]:
-    """`## stack (a)-(d)`: each step's latency against the step before (ratio, gain, significance; the geometric
-    mean with its own test), instructions per unit of each step, and the attribution by library of (a) against
-    (d). Empty when the run names no steps. Writes the figures to `out["stack"]` (comparison.json)."""
+    """`## stack (a)-(d)` (`(a)-(e)` with step (e)): each step's latency against the step before (ratio, gain,
+    significance; the geometric mean with its own test), instructions per unit of each step, and the attribution
+    by library of (a) against the last step (and of (d) against (e)). Empty when the run names no steps. Writes
+    the figures to `out["stack"]` (comparison.json)."""
     steps = from_record(record)
     if not steps:
         return []
@@ -137,7 +143,7 @@ def section(run_dir: Path, record: Mapping, out: dict) -> list[str]:
     from .compare import compare_suites
 
     mine = own(steps)
-    lines = ["## stack (a)-(d)", "",
+    lines = [f"## stack (a)-({'e' if 'e' in mine else 'd'})", "",
              "The optimized stack built up one layer at a time, all in this run's interleaved measurement: "
              + "; ".join(f"({k}) {v}: `{mine[k]}`" for k, v in STEPS.items() if k in mine) + ". "
              "Each row compares a subject with the step before it (ratio of medians, below 1 is faster; "
@@ -178,7 +184,14 @@ def section(run_dir: Path, record: Mapping, out: dict) -> list[str]:
         lines += _table(["step", "subject", "against", *targets, "geometric mean"], rows) + [""]
     lines += _instructions(record, steps, data)
     if whole is not None:
-        lines += _attribution(record, first, last, top, whole, data)
+        lines += _attribution(record, first, last, top, whole, data["attribution"])
+    # With (e), the layer no rebuild touched (the framework's own libraries) also alone: (e) against the step
+    # before it, the stack with and without the rewritten wheels.
+    last_step = next((c for s, c in comparisons if s.step == "e" and not s.reference), None)
+    if last_step is not None:
+        data["attribution_e"] = {}
+        lines += _attribution(record, last_step.baseline, last_step.changed, "e", last_step, data["attribution_e"],
+                              start=next(k for k in reversed(list(mine)[:-1])))
     out["stack"] = data
     return lines
 
@@ -218,16 +231,17 @@ def _instructions(record: Mapping, steps: Sequence[StackStep], data: dict) -> li
             "the `against` column.", ""] + _table(["step", "subject", "against", *targets], rows) + [""]
 
 
-def _attribution(record: Mapping, first: str, last: str, top: str, whole, data: dict) -> list[str]:
-    """Host time per library group of (a) and the last step (d): the sampled share x the latency median of the
-    same target."""
+def _attribution(record: Mapping, first: str, last: str, top: str, whole, data: dict, *,
+                 start: str = "a") -> list[str]:
+    """Host time per library group of step `start` and the last step `top`: the sampled share x the latency median
+    of the same target (`whole`: the comparison of the two). Writes each target's shift to `data`."""
     att = record.get("attribution") or {}
     if first not in att or last not in att:
         return []
     medians = {r.name: (r.base_median, r.changed_median) for r in whole.rows}
-    lines = [f"### Attribution shift by library, (a) → ({top})", "",
+    lines = [f"### Attribution shift by library, ({start}) → ({top})", "",
              f"Host time per unit of each library group: its share of the samples (perf record) x the latency "
-             f"median; `{first}` is (a), `{last}` is ({top}). The rows that move are the layers the stack "
+             f"median; `{first}` is ({start}), `{last}` is ({top}). The rows that move are the layers the stack "
              "rebuilt.", ""]
     for target in att[first]:
         if target not in att[last] or target not in medians:
@@ -238,13 +252,13 @@ def _attribution(record: Mapping, first: str, last: str, top: str, whole, data: 
         rows, shift = [], {}
         for g in groups:
             a_t, d_t = ga.get(g, 0.0) / 100 * base_m, gd.get(g, 0.0) / 100 * new_m
-            shift[g] = {"a": a_t, top: d_t}
+            shift[g] = {start: a_t, top: d_t}
             rows.append([g, f"{ga.get(g, 0.0):.1f}%", _fmt_time(a_t), f"{gd.get(g, 0.0):.1f}%", _fmt_time(d_t),
                          ("+" if d_t >= a_t else "-") + _fmt_time(abs(d_t - a_t))])
         rows.append(["**total (median)**", "", _fmt_time(base_m), "", _fmt_time(new_m),
                      ("+" if new_m >= base_m else "-") + _fmt_time(abs(new_m - base_m))])
-        data["attribution"][target] = shift
-        lines += [f"#### {target}", ""] + _table(["library", "(a) share", "(a) per unit", f"({top}) share",
-                                                  f"({top}) per unit", "change"], rows) + [""]
-    return lines if data["attribution"] else []
+        data[target] = shift
+        lines += [f"#### {target}", ""] + _table(["library", f"({start}) share", f"({start}) per unit",
+                                                  f"({top}) share", f"({top}) per unit", "change"], rows) + [""]
+    return lines if data else []
 

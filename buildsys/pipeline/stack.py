@@ -44,6 +44,8 @@ SETTINGS_SUFFIX = "-hostpgo"
 """profiles/host/<allocator><suffix>.toml preloads the hostpgo-built allocator (its `allocator.build`)."""
 WHEELS_TAG = "pgo-"
 """Subject name part of step (d): `+pgo-numpy...`, the distributions whose rebuilt wheels replace the stock ones."""
+BOLT_TAG = "bolt-"
+"""Subject name part of step (e): `+bolt-mindspore`, the distributions whose BOLT-rewritten wheels are in its venv."""
 _IGNORED_KEYS = ("name", "description", "files", "overrides")
 
 
@@ -164,11 +166,13 @@ class Subjects:
 
 def subjects(stack: Stack, *, interpreter_prefix: str, baseline: str, system: str | None,
              linked_reference: str | None, wheels: Sequence[Path | str],
-             measured: frozenset[str] | None = None) -> Subjects:
+             measured: frozenset[str] | None = None, bolt_wheels: Sequence[Path | str] = ()) -> Subjects:
     """The stack's subjects (pure): (a) Debian's interpreter with the stock wheels (`system`, when measured) and
     the baseline build; (b) the interpreter-only build; (c) it with the hostpgo-built allocator preloaded, beside
     `linked_reference` (the optimized build linking the distribution's allocator); (d) (c) with the rebuilt
-    wheels in its venv. A wheel whose distribution the venvs do not install is listed in `unmeasured`."""
+    wheels in its venv; (e) with `bolt_wheels` (the BOLT-rewritten framework wheels bolt-wheel kept), the step
+    before with them too: the stack with and without them, in the same run. A wheel whose distribution the venvs
+    do not install is listed in `unmeasured`."""
     measured = measured_distributions() if measured is None else measured
     python = f"{interpreter_prefix}/bin/python3"
     c = stack.allocator_subject
@@ -177,10 +181,18 @@ def subjects(stack: Stack, *, interpreter_prefix: str, baseline: str, system: st
     left = tuple(str(w) for w in wheels if wheel_dist(w) not in measured)
     steps = [*([("a", system)] if system else []), ("a", baseline), ("b", stack.interpreter), ("c", c),
              *([("c", linked_reference)] if linked_reference else [])]
+    last, last_wheels = c, []
     if inside:
         d = f"{c}+{WHEELS_TAG}{'-'.join(wheel_dist(w) for w in inside)}"
         interps.append(f"{d}={python}" + "".join(f"+wheel:{w}" for w in inside) + f"@{stack.settings}")
         steps.append(("d", d))
+        last, last_wheels = d, inside
+    bolt = [Path(w) for w in bolt_wheels if wheel_dist(w) in measured]
+    left += tuple(str(w) for w in bolt_wheels if wheel_dist(w) not in measured)
+    if bolt:
+        e = f"{last}+{BOLT_TAG}{'-'.join(wheel_dist(w) for w in bolt)}"
+        interps.append(f"{e}={python}" + "".join(f"+wheel:{w}" for w in (*last_wheels, *bolt)) + f"@{stack.settings}")
+        steps.append(("e", e))
     return Subjects(tuple(interps), tuple(steps), left)
 
 

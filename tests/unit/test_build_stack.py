@@ -97,6 +97,32 @@ def test_measure_command_adds_steps_c_and_d_after_the_pipelines_subjects(tmp_pat
     assert trimmed == plain
 
 
+def test_a_kept_bolt_wheel_is_step_e_the_stack_with_it_beside_the_stack_without(tmp_path):
+    system = tmp_path / "python3.11"
+    system.write_text("")
+    bolt = Path("/w/wheelbolt/mindspore-2.10.0-x/dist/mindspore-2.10.0+bolt.a4289a36-py3-none-any.whl")
+    subjects = engine.stack_subjects(BUILDS, stackmod.resolve(OPT), [Path(NUMPY), Path(MSGPACK)], system=system,
+                                     bolt_wheels=[bolt])
+    cmd = engine.measure_command(BUILDS, run_name="r", system=system, wheels=[bolt], stack=subjects)
+    interps = [cmd[i + 1] for i, c in enumerate(cmd) if c == "--interp"]
+    d = "workload-pgo-lto+tcmalloc-hostpgo+pgo-numpy"
+    e = d + "+bolt-mindspore"
+    # (e) is (d)'s venv with the rewritten MindSpore wheel as well; the optimized build alone gets no bolt subject.
+    assert interps[-1] == f"{e}=/i/workload-pgo-lto/bin/python3+wheel:{NUMPY}+wheel:{bolt}@tcmalloc-hostpgo"
+    assert not any("+bolt-" in i for i in interps[:-1])
+    steps = [cmd[i + 1] for i, x in enumerate(cmd) if x == "--stack-step"]
+    assert steps[-2:] == [f"d={d}", f"e={e}"]
+    parsed = perfstack.parse_steps(steps, [x.split("=", 1)[0] for x in interps])
+    assert perfstack.pairs(parsed)[-1][1] == d  # (e) against (d): the stack with and without the wheel
+    assert parse_spec(interps[-1]).wheels == (NUMPY, str(bolt))
+    # Without measured extension wheels, (e) is (c) with the rewritten wheel.
+    bare = engine.stack_subjects(BUILDS, stackmod.resolve(OPT), [Path(MSGPACK)], system=system, bolt_wheels=[bolt])
+    assert bare.steps[-1] == ("e", "workload-pgo-lto+tcmalloc-hostpgo+bolt-mindspore")
+    # Without --stack, a kept wheel is the optimized build with it, as before.
+    plain = engine.measure_command(BUILDS, run_name="r", system=system, wheels=[bolt])
+    assert f"{OPT}+bolt-mindspore=/i/{OPT}/bin/python3+wheel:{bolt}" in plain
+
+
 def test_without_the_system_python_or_measured_wheels_the_stack_ends_where_its_subjects_do(tmp_path):
     subjects = engine.stack_subjects(BUILDS, stackmod.resolve(OPT), [Path(MSGPACK)], system=tmp_path / "absent")
     assert subjects.steps == (("a", "baseline"), ("b", "workload-pgo-lto"),

@@ -43,6 +43,10 @@ def _scaled_suite(src: Path, dest: Path, factor: float, name: str) -> None:
 
 @pytest.fixture
 def stack_run(tmp_path):
+    return _make_run(tmp_path, SUBJECTS, STEPS)
+
+
+def _make_run(tmp_path, subjects, steps):
     dest = tmp_path / "run-stack"
     shutil.copytree(FIXTURE, dest)
     rec = json.loads((dest / "run.json").read_text())
@@ -50,7 +54,7 @@ def stack_run(tmp_path):
     cnt = rec["counters"]["results"]
     att = rec["attribution"]
     rec["interpreters"], rec["latency"]["files"], rec["counters"]["results"], rec["attribution"] = [], {}, {}, {}
-    for name, (src, factor, ifactor, (cpy, tc)) in SUBJECTS.items():
+    for name, (src, factor, ifactor, (cpy, tc)) in subjects.items():
         rec["interpreters"].append({**base_i[src], "name": name})
         _scaled_suite(FIXTURE / "latency" / f"{src}.json", dest / "latency" / f"{name}.json", factor, name)
         rec["latency"]["files"][name] = f"latency/{name}.json"
@@ -62,7 +66,7 @@ def stack_run(tmp_path):
                                     for t, r in att[src].items()}
     rec["baseline"] = "baseline"
     rec["interpreters"].sort(key=lambda i: i["name"] != "baseline")
-    rec["stack"] = [s.to_json() for s in stackmod.parse_steps(STEPS, list(SUBJECTS))]
+    rec["stack"] = [s.to_json() for s in stackmod.parse_steps(steps, list(subjects))]
     results.save(dest, rec)
     return dest
 
@@ -78,15 +82,19 @@ def test_steps_parse_in_order_with_references():
         ("workload-pgo-lto-tcmalloc", "workload-pgo-lto"), (D, C)]
     # A stack whose wheels are not measured ends at (c).
     assert [s.step for s in stackmod.parse_steps(STEPS[:-1], list(SUBJECTS))] == ["a", "a", "b", "c", "c"]
+    # Or goes from (c) to (e), the rewritten framework wheels, which is then compared with (c).
+    no_d = stackmod.parse_steps([*STEPS[:-1], f"e={D}"], list(SUBJECTS))
+    assert [s.step for s in no_d][-2:] == ["c", "e"] and stackmod.pairs(no_d)[-1][1] == C
 
 
 @pytest.mark.parametrize("given, message", [
-    (["e=debian"], "expected STEP=NAME with STEP one of a, b, c, d"),
+    (["f=debian"], "expected STEP=NAME with STEP one of a, b, c, d, e"),
     (["a=nobody", "b=debian"], "'nobody' is not a subject of this run"),
     (["a=debian", "b=debian"], "'debian' is already step \\(a\\)"),
-    (["b=workload-pgo-lto", "a=debian"], "steps go in order a, b, c, d; \\(a\\) after \\(b\\)"),
+    (["b=workload-pgo-lto", "a=debian"], "steps go in order a, b, c, d, e; \\(a\\) after \\(b\\)"),
     (["a=debian", "c=" + C], "no subject for step \\(b\\)"),
     (["a=debian"], "only step \\(a\\) is named"),
+    (["a=debian", "b=workload-pgo-lto", "e=" + C], "no subject for step \\(c\\)"),
 ])
 def test_bad_steps_are_refused_naming_the_value(given, message):
     with pytest.raises(SpecError, match=message):
@@ -136,6 +144,24 @@ def test_stack_section_counts_instructions_per_step_and_shifts_attribution(stack
     assert shift["allocator"] == {"a": 0.0, "d": pytest.approx(0.20 * med[1])}
     assert shift["CPython"] == {"a": pytest.approx(1.0 * med[0]), "d": pytest.approx(0.74 * med[1])}
     assert "### Attribution shift by library, (a) → (d)" in section and "| allocator | 0.0% |" in section
+
+
+def test_step_e_is_the_stack_with_and_without_the_rewritten_framework_wheels(tmp_path):
+    e = D + "+bolt-mindspore"
+    run = _make_run(tmp_path, {**SUBJECTS, e: ("opt", 0.741, 0.79, (72.0, 20.0))}, [*STEPS, f"e={e}"])
+    text = report.build(run).read_text()
+    section = text.split("## stack (a)-(e)", 1)[1].split("\n## ", 1)[0]
+    comp = json.loads((run / report.COMPARISON).read_text())["stack"]
+    rows = {(r["subject"], r["against"], r["whole"]): r for r in comp["latency"]}
+    assert rows[(e, D, False)]["geomean_ratio"] == pytest.approx(0.741 / 0.78)
+    assert (e, "debian", True) in rows and "**(a) → (e): the whole stack**" in section
+    e_line = next(ln for ln in section.splitlines() if ln.startswith("| (e) + the BOLT-rewritten framework wheels"))
+    assert "0.950 (5.0% faster)" in e_line
+    # The shift by library of (e) alone, against (d): the CPython share is the one that moved in this data.
+    shift = comp["attribution_e"]["decode-b8"]
+    med = {r["name"]: (r["base_median"], r["changed_median"]) for r in rows[(e, D, False)]["rows"]}["decode-b8"]
+    assert shift["CPython"] == {"d": pytest.approx(0.74 * med[0]), "e": pytest.approx(0.72 * med[1])}
+    assert "### Attribution shift by library, (d) → (e)" in section
 
 
 def test_a_run_without_steps_has_no_stack_section(tmp_path):

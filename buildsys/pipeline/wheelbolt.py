@@ -57,7 +57,7 @@ import sys
 import time
 import tomllib
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -366,6 +366,16 @@ def wheel_members(inst: Installed, new_version: str) -> tuple[list[tuple[str, st
     return members, notes
 
 
+def own_dist_info(names: Iterable[str]) -> str:
+    """The wheel's own `.dist-info` directory among its member names: the top-level one. A package may vendor
+    other distributions with their own dist-info deeper in its tree (Ray: `ray/thirdparty_files/*.dist-info/`),
+    which are files of the package like any other."""
+    tops = {n.split("/", 1)[0] for n in names if "/" in n and n.split("/", 1)[0].endswith(".dist-info")}
+    if len(tops) != 1:
+        raise HostpgoError(f"expected one top-level .dist-info directory, found {sorted(tops) or 'none'}")
+    return tops.pop()
+
+
 def rewrite_metadata(text: str, new_version: str) -> str:
     """METADATA with its Version header replaced."""
     out, done = [], False
@@ -628,9 +638,10 @@ def _pack(inp: Inputs, dist_dir: Path):
             tmp = scratch / name
             record_rows: list[str] = []
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as z:
-                for arc, rel in sorted(members, key=lambda m: (".dist-info/" in m[0], m[0])):
+                own = own_dist_info(a for a, _ in members)
+                for arc, rel in sorted(members, key=lambda m: (m[0].startswith(own + "/"), m[0])):
                     src = _lib_out(inp, by_name[rel]) if rel in rewritten else inp.installed.location / rel
-                    if arc.endswith(".dist-info/METADATA"):
+                    if arc == f"{own}/METADATA":
                         raw = src.read_bytes()
                         if rel in recorded and hashlib.sha256(raw).hexdigest() != recorded[rel]:
                             differ.append(rel)
@@ -642,8 +653,7 @@ def _pack(inp: Inputs, dist_dir: Path):
                     if rel not in rewritten and rel in recorded and h != recorded[rel]:
                         differ.append(rel)
                     record_rows.append(f"{arc},{b64_sha256(h)},{size}")
-                record_name = next(a for a, _ in members if a.endswith(".dist-info/METADATA")).rsplit("/", 1)[0] \
-                    + "/RECORD"
+                record_name = f"{own}/RECORD"
                 record_rows.append(f"{record_name},,")
                 _write_member(z, record_name, ("\n".join(record_rows) + "\n").encode(), 0o644)
             if differ:
@@ -687,9 +697,12 @@ def check_wheel_record(wheel: Path) -> int:
     """Every member but RECORD is in RECORD with its sha256 and size, and RECORD lists nothing else."""
     with zipfile.ZipFile(wheel) as z:
         names = [n for n in z.namelist() if not n.endswith("/")]
-        record_name = next((n for n in names if n.endswith(".dist-info/RECORD")), None)
-        if record_name is None:
-            raise HostpgoError(f"{wheel}: no .dist-info/RECORD")
+        try:
+            record_name = own_dist_info(names) + "/RECORD"
+        except HostpgoError as e:
+            raise HostpgoError(f"{wheel}: {e}") from None
+        if record_name not in names:
+            raise HostpgoError(f"{wheel}: no {record_name}")
         rows = {e.path: e for e in parse_record(z.read(record_name).decode())}
         missing = set(names) - set(rows)
         extra = set(rows) - set(names)

@@ -13,7 +13,7 @@ import pytest
 from buildsys.pipeline import bolt, callgrind, wheelbolt
 from buildsys.pipeline.callgrind import AddressMapping, CallgrindError
 from buildsys.toolchain import profile
-from hostpgo.errors import InputError, SettingsError
+from hostpgo.errors import HostpgoError, InputError, SettingsError
 
 RECORDED = Path(__file__).resolve().parent.parent / "fixtures" / "callgrind" / "hotpkg.callgrind"
 """A real callgrind 3.19 output (--instr-atstart=no --dump-instr=yes --compress-strings=no --compress-pos=no,
@@ -400,3 +400,22 @@ def test_a_bad_package_workloads_value_names_the_file_and_key(tmp_path: Path, va
     f.write_text(f'[packages.ray]\nlibraries = ["ray/_raylet.so"]\nworkloads = {value}\n')
     with pytest.raises(SettingsError, match=r"wheelbolt.toml: \[packages.ray\] workloads = .*non-empty list"):
         wheelbolt.package_settings("ray", f)
+
+
+def test_a_vendored_dist_info_is_a_file_of_the_package_not_the_wheels_own(tmp_path: Path) -> None:
+    # Ray 2.60.0 ships ray/thirdparty_files/psutil-7.2.2.dist-info/{METADATA,RECORD,...} inside its tree.
+    import zipfile
+
+    own = "ray-2.60.0+bolt.15121524.dist-info"
+    vendored = "ray/thirdparty_files/psutil-7.2.2.dist-info"
+    members = {"ray/_raylet.so": b"\x7fELF", f"{vendored}/METADATA": b"Version: 7.2.2\n",
+               f"{vendored}/RECORD": b"psutil/__init__.py,,\n", f"{own}/METADATA": b"Version: 2.60.0+bolt\n"}
+    assert wheelbolt.own_dist_info(members) == own
+    rows = "".join(f"{n},{wheelbolt.b64_sha256(d)},{len(d)}\n" for n, d in members.items()) + f"{own}/RECORD,,\n"
+    wheel = tmp_path / "ray-2.60.0+bolt.15121524-cp311-cp311-linux_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for n, d in {**members, f"{own}/RECORD": rows.encode()}.items():
+            z.writestr(n, d)
+    assert wheelbolt.check_wheel_record(wheel) == len(members) + 1
+    with pytest.raises(HostpgoError, match="expected one top-level .dist-info directory, found none"):
+        wheelbolt.own_dist_info([f"{vendored}/METADATA"])

@@ -244,7 +244,7 @@ def package_settings(package: str, path: Path = PACKAGES_FILE) -> dict[str, Any]
     known = data.get("packages", {})
     if package not in known:
         raise InputError(f"{path}: no [packages.{package}]; known: {', '.join(sorted(known))}; or pass --libraries")
-    allowed = {"libraries", "import", "workloads"}
+    allowed = {"libraries", "import", "workloads", "exclude_workloads"}
     extra = set(known[package]) - allowed
     if extra:
         raise SettingsError(f"{path}: unknown key(s) {', '.join(sorted(extra))} in [packages.{package}]; "
@@ -253,6 +253,9 @@ def package_settings(package: str, path: Path = PACKAGES_FILE) -> dict[str, Any]
     if not (isinstance(own, bool) or (isinstance(own, list) and own and all(isinstance(w, str) for w in own))):
         raise SettingsError(f"{path}: [packages.{package}] workloads = {own!r}: true, false or a non-empty list of "
                             f"workload names")
+    ex = known[package].get("exclude_workloads", [])
+    if not (isinstance(ex, list) and all(isinstance(w, str) for w in ex)):
+        raise SettingsError(f"{path}: [packages.{package}] exclude_workloads = {ex!r}: a list of workload names")
     return known[package]
 
 
@@ -266,13 +269,16 @@ class WorkloadSets:
 
 
 def workload_sets(own: bool | list[str], *, training: Sequence[str], verify: Sequence[str],
-                  decide: Sequence[str]) -> WorkloadSets:
+                  decide: Sequence[str], exclude: Sequence[str] = ()) -> WorkloadSets:
     """[packages.NAME] workloads (pure): true takes the profile's training and verify workloads and the decision's
-    defaults; false keeps training and decision but verifies by import only; a list is the only workloads that
-    run the package, so it is all three."""
+    defaults, less `exclude` (exclude_workloads: those whose measured process does not run the package); false
+    keeps training and decision but verifies by import only; a list is the only workloads that run the package, so
+    it is all three."""
     if isinstance(own, list):
         return WorkloadSets(tuple(own), tuple(own), tuple(own))
-    return WorkloadSets(tuple(training), tuple(verify) if own else (), tuple(decide))
+    keep = [w for w in training if w not in exclude]
+    return WorkloadSets(tuple(keep), tuple(w for w in verify if w not in exclude) if own else (),
+                        tuple(w for w in decide if w not in exclude))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -922,7 +928,8 @@ def prepare(args: argparse.Namespace, runner: Runner, work: WorkArea) -> Inputs:
     tasks = training.resolve(prof.pgo.tasks)
     sets = workload_sets(pkg.get("workloads", args.call is None),
                          training=[n for t in tasks if t.kind == "workloads" for n in t.workloads],
-                         verify=prof.verify.workloads, decide=wheeldecide.DECIDE_WORKLOADS)
+                         verify=prof.verify.workloads, decide=wheeldecide.DECIDE_WORKLOADS,
+                         exclude=pkg.get("exclude_workloads", ()))
     if args.call:
         runs = [TrainingRun(f"call-{i}", ("call", *c.split(","))) for i, c in enumerate(args.call, 1)]
     else:

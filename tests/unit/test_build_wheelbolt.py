@@ -392,6 +392,9 @@ def test_a_package_with_its_own_workloads_trains_verifies_and_decides_on_them_on
     assert ms == wheelbolt.WorkloadSets(("decode-b1", "ray-decode"), ("decode-b1", "decode-b8"),
                                         ("decode-b1", "serve-mixed"))
     assert wheelbolt.workload_sets(False, **profile_sets).verify == ()
+    # MindSpore leaves out ray-decode, whose measured process (the driver) runs Ray while the actors run the model.
+    assert wheelbolt.workload_sets(True, **profile_sets, exclude=["ray-decode"]).training == ("decode-b1",)
+    assert wheelbolt.package_settings("mindspore")["exclude_workloads"] == ["ray-decode"]
 
 
 @pytest.mark.parametrize("value", ["[]", "\"ray-decode\"", "[1]"])
@@ -419,3 +422,10 @@ def test_a_vendored_dist_info_is_a_file_of_the_package_not_the_wheels_own(tmp_pa
     assert wheelbolt.check_wheel_record(wheel) == len(members) + 1
     with pytest.raises(HostpgoError, match="expected one top-level .dist-info directory, found none"):
         wheelbolt.own_dist_info([f"{vendored}/METADATA"])
+
+
+def test_a_bad_exclude_workloads_value_names_the_file_and_key(tmp_path: Path) -> None:
+    f = tmp_path / "wheelbolt.toml"
+    f.write_text('[packages.mindspore]\nlibraries = ["x.so"]\nexclude_workloads = "ray-decode"\n')
+    with pytest.raises(SettingsError, match=r"wheelbolt.toml: \[packages.mindspore\] exclude_workloads = 'ray-decode'"):
+        wheelbolt.package_settings("mindspore", f)

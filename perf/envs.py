@@ -26,6 +26,7 @@ import io
 import json
 import shutil
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -161,6 +162,20 @@ def requirement(extras: tuple[str, ...]) -> str:
     return f"hostpgo[{','.join(extras)}]" if extras else "hostpgo"
 
 
+PROJECT = "hostpgo"
+"""This project's distribution name: a subject may run a rebuilt wheel of it (`pipeline --stack`'s step (d))."""
+
+
+def install_requirements(wheels: Sequence[ReplacedWheel], extras: tuple[str, ...]) -> list[str]:
+    """pip's requirements for a venv (pure): the project with `extras` and every given wheel; where one of them is
+    the project's own rebuilt wheel, that file takes the extras (`<path>[perf,runtime]`) in place of the
+    wheelhouse's `hostpgo[...]`."""
+    own = [w for w in wheels if w.distribution == PROJECT]
+    tail = ",".join(extras)
+    reqs = [f"{w.path}[{tail}]" if w in own and extras else w.path for w in wheels]
+    return reqs if own else [requirement(extras), *reqs]
+
+
 def _digest_dir(path: Path) -> str:
     h = hashlib.sha256()
     for whl in sorted(path.glob("*.whl")):
@@ -233,17 +248,19 @@ def prepare(interps: list[Interpreter], extras: tuple[str, ...], log: Path) -> l
         have = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
         if have != stamp:
             # One resolution: the given wheels are requirements of their own, so pip takes them instead of the
-            # wheelhouse's build of the same distribution (a local version satisfies `==2.10.0`).
+            # wheelhouse's build of the same distribution (a local version satisfies `==2.10.0`). The project's own
+            # rebuilt wheel carries the extras itself: `hostpgo[...]` beside it would be a second hostpgo 0.1.0.
             runner.capture([py, "-m", "pip", "install", "--no-index", "--find-links", house,
-                       requirement(extras), *(w.path for w in interp.wheels)], log=log, timeout=3600)
+                            *install_requirements(interp.wheels, extras)], log=log, timeout=3600)
             for w in interp.wheels:
                 got = runner.capture([py, "-c", _INSTALLED_VERSION, w.distribution], log=log,
                                      timeout=120).stdout.strip()
                 if got != w.version:
                     raise CommandError(f"{root}: {w.distribution} {got} is installed, not the {WHEEL_MARK} wheel's "
                                        f"{w.version}", argv=[str(py), "-m", "pip", "install", w.path])
-            runner.capture([py, "-m", "pip", "install", "--no-index", "--find-links", house,
-                       "--force-reinstall", "--no-deps", "hostpgo"], log=log, timeout=600)
+            if not any(w.distribution == PROJECT for w in interp.wheels):  # never over the rebuilt project wheel
+                runner.capture([py, "-m", "pip", "install", "--no-index", "--find-links", house,
+                                "--force-reinstall", "--no-deps", "hostpgo"], log=log, timeout=600)
             stamp_path.write_text(json.dumps(stamp, indent=1))
             (root / PRECOMPILE_STAMP).unlink(missing_ok=True)  # pip wrote its own pycs again
         flavour = pyc_flavour(interp)

@@ -183,3 +183,18 @@ def test_report_without_replaced_wheels_keeps_its_interpreter_table(tmp_path):
     shutil.copytree(FIXTURE, dest)
     text = report.build(dest).read_text()
     assert "replaced wheels" not in text and "Replaced libraries" not in text
+
+
+def test_the_projects_own_rebuilt_wheel_takes_the_extras_in_place_of_the_wheelhouse_requirement():
+    from perf.interpreters import ReplacedWheel
+
+    def wheel(path: str, dist: str, version: str) -> ReplacedWheel:
+        return ReplacedWheel(path=path, file_name=Path(path).name, distribution=dist, version=version, sha256="0")
+
+    numpy = wheel("/w/numpy-1.26.4-cp311-cp311-linux_x86_64.whl", "numpy", "1.26.4")
+    own = wheel("/w/hostpgo-0.1.0-cp311-cp311-linux_x86_64.whl", "hostpgo", "0.1.0")
+    # `hostpgo[perf,runtime]` beside the rebuilt hostpgo wheel is two hostpgo 0.1.0 files: pip's ResolutionImpossible.
+    assert envs.install_requirements([numpy, own], ("perf", "runtime")) == [
+        numpy.path, f"{own.path}[perf,runtime]"]
+    assert envs.install_requirements([numpy], ("perf", "runtime")) == ["hostpgo[perf,runtime]", numpy.path]
+    assert envs.install_requirements([], ()) == ["hostpgo"]

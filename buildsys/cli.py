@@ -108,11 +108,11 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--image-settings", default=engine.DEFAULT_IMAGE_SETTINGS, metavar="NAME|FILE",
                     help="host settings the image's entrypoint applies (default %(default)s)")
     pl.add_argument("--quick", action="store_true", help="shorter measurement (fewer rounds; noisier)")
-    pl.add_argument("--bolt-wheels", default="", metavar="PACKAGES",
-                    help="opt-in, comma-separated (known: " + ",".join(engine.BOLT_WHEEL_PACKAGES) + "): after the "
-                         "builds, bolt-wheel --keep-if-faster rewrites each package's stock wheel in a venv of the "
-                         "optimized build; a wheel the interleaved A/B keeps is measured as one more subject and "
-                         "installed in the image (default: none)")
+    pl.add_argument("--bolt-wheels", default=",".join(engine.DEFAULT_BOLT_WHEELS), metavar="PACKAGES",
+                    help="comma-separated (known: " + ",".join(engine.BOLT_WHEEL_PACKAGES) + "; '' for none): after "
+                         "the builds, bolt-wheel --keep-if-faster rewrites each package's stock wheel in a venv of the "
+                         "optimized build; a wheel the interleaved A/B keeps is measured as one more subject (with "
+                         "--stack, step (e)) and installed in the image (default: %(default)s)")
     pl.add_argument("--stack", action=argparse.BooleanOptionalAction, default=engine.DEFAULT_STACK,
                     help="also build the optimized profile's allocator (its target, workload PGO) and the extension "
                          "wheels (--stack-wheels) with it, check the allocator is in effect, and measure in the same "

@@ -32,9 +32,10 @@ PIPELINE_TARGET = "cpython"
 DEFAULT_OPTIMIZED_PROFILE = "workload-pgo-lto-tcmalloc"
 """The best measured stack: workload PGO + LTO + tcmalloc linked (README, run final-20261129: 0.813 geometric
 mean of latency ratios vs the gcc baseline, against 0.866 for workload-pgo-lto)."""
-DEFAULT_COMPARE_PROFILES = ("generic-pgo-lto", "workload-pgo-lto")
-"""Built and measured beside the optimized default: the same build trained on CPython's own task, and the
-optimized one without the allocator (so the report shows the allocator's share)."""
+DEFAULT_COMPARE_PROFILES = ("workload-pgo-lto",)
+"""Built and measured beside the optimized default: the optimized one without the allocator (so the report shows
+the allocator's share; it is also the stack's step (b)). `--compare generic-pgo-lto,workload-pgo-lto` adds the
+same build trained on CPython's own task (27 min of build on 2 cores), as the default did before the stack."""
 DEFAULT_IMAGE_SETTINGS = "tcmalloc"
 """The image's host settings for the default build: the same allocator the build links (the image refuses
 settings whose allocator differs from the build's)."""
@@ -53,13 +54,17 @@ graph-mode decode (mindspore.jit, how vLLM-MindSpore runs decode)."""
 # counts depend on scheduling, so the interpreter-only targets come first and decode-b1 stands for the runtime.
 PIPELINE_COUNTER_WORKLOADS = ("pure-python", "pure-dispatch", "decode-b1")
 PIPELINE_STAGES = ("latency", "counters", "attribute", "guard")
-DEFAULT_STACK = False
+DEFAULT_STACK = True
 """Whether `pipeline` builds and measures the whole stack (`--stack`: the allocator and the extension wheels built
-with the optimized profile, steps (a)-(d) in the report); off while the default pipeline's fresh-machine evidence
-run is in progress. Turning it on is this one line (`--no-stack` then gives the interpreter-only pipeline)."""
+with the optimized profile, steps (a)-(e) in the report, the image shipping the stack); `--no-stack` gives the
+interpreter-only pipeline."""
 BOLT_WHEEL_PACKAGES = ("mindspore",)
 """Packages `pipeline --bolt-wheels` can rewrite (those with a [packages.NAME] list in wheelbolt.toml that the
-runtime's workloads exercise). Off by default: see `pipeline`."""
+pipeline's measurement workloads run in the measured process; Ray's `_raylet.so` is rewritten by `bolt-wheel
+--package ray`, timed on ray-decode, which the pipeline does not measure)."""
+DEFAULT_BOLT_WHEELS = ("mindspore",)
+"""Rewritten by default (`--bolt-wheels ''` for none): a wheel is kept, measured as step (e) and shipped only when
+bolt-wheel's own interleaved A/B says it is faster."""
 
 
 def hypothetical_compiler(family: str) -> toolchain.Compiler:
@@ -325,16 +330,18 @@ def planned_wheel(work: WorkArea, package: str, profile: str) -> Path:
     return have[-1] if have else dest / f"{name}-{version}-NOT-BUILT-YET.whl"
 
 
-def pipeline_disk_parts(*, measure: bool, image: bool) -> tuple[disk.Part, ...]:
-    """The work area's parts a pipeline run fills (pure): the builds, and the measurement and the image unless
-    they are skipped."""
-    return (disk.BUILDS, *((disk.MEASUREMENT,) if measure else ()), *((disk.IMAGE,) if image else ()))
+def pipeline_disk_parts(*, measure: bool, image: bool, stack: bool = False,
+                        bolt_wheels: bool = False) -> tuple[disk.Part, ...]:
+    """The work area's parts a pipeline run fills (pure): the builds, the stack's builds and the BOLT-rewritten
+    wheels when asked for, and the measurement and the image unless they are skipped."""
+    return (disk.BUILDS, *((disk.STACK,) if stack else ()), *((disk.BOLT_WHEELS,) if bolt_wheels else ()),
+            *((disk.MEASUREMENT,) if measure else ()), *((disk.IMAGE,) if image else ()))
 
 
 def pipeline_dry_run(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[str] = DEFAULT_COMPARE_PROFILES,
                      jobs: int | None = None, user_source: Path | None = None, quick: bool = False,
                      system: Path | None = SYSTEM_PYTHON, image: bool = True,
-                     image_settings: str = DEFAULT_IMAGE_SETTINGS, bolt_wheels: Sequence[str] = (),
+                     image_settings: str = DEFAULT_IMAGE_SETTINGS, bolt_wheels: Sequence[str] = DEFAULT_BOLT_WHEELS,
                      stack: bool = DEFAULT_STACK, stack_wheels: Sequence[str] = stackmod.STACK_WHEELS) -> list[str]:
     """What `pipeline` would do, as text: every build's plan (which stages its stamps would skip), the stack's
     wheel builds as their commands (their prepare fetches the sdist), the measure line and the image; runs no
@@ -386,7 +393,8 @@ def pipeline_dry_run(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Seq
         else:
             img = ["python", "-m", "buildsys", "image", "--build", optimized, "--host-settings", image_settings]
         out.append("image: " + format_command(img))
-    out.append(disk.describe(work.root, pipeline_disk_parts(measure=True, image=image)))
+    out.append(disk.describe(work.root, pipeline_disk_parts(measure=True, image=image, stack=chosen is not None,
+                                                           bolt_wheels=bool(bolt_wheels))))
     return out
 
 
@@ -394,19 +402,19 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
              jobs: int | None = None, user_source: Path | None = None, console: Console | None = None,
              live: bool = True, measure: bool = True, quick: bool = False, run_name: str | None = None,
              system: Path | None = SYSTEM_PYTHON, image: bool = True,
-             image_settings: str = DEFAULT_IMAGE_SETTINGS, bolt_wheels: Sequence[str] = (),
+             image_settings: str = DEFAULT_IMAGE_SETTINGS, bolt_wheels: Sequence[str] = DEFAULT_BOLT_WHEELS,
              stack: bool = DEFAULT_STACK, stack_wheels: Sequence[str] = stackmod.STACK_WHEELS) -> PipelineResult:
     """Build baseline, the comparison profiles and the optimized one; measure them side by side; then the
     optimized build's OCI image.
 
     `stack` (`--stack`): also the optimized profile's allocator and the `stack_wheels` built with it (build_stack),
-    measured in the same run as steps (a)-(d) (stack_subjects; the report's `stack (a)-(d)` section); the image is
+    measured in the same run as steps (a)-(e) (stack_subjects; the report's `stack (a)-(e)` section); the image is
     then the stack's (stack_image_args) instead of the optimized build's.
 
-    `bolt_wheels` (`--bolt-wheels mindspore`): after the builds, bolt-wheel rewrites each package's stock wheel
-    in a venv of the optimized build and times stock against rewritten (its decide stage); a wheel the decision
-    keeps is measured as one more subject (with `stack`, step (e): (d) with it; else the optimized build with
-    it) and installed in the image."""
+    `bolt_wheels` (`--bolt-wheels mindspore`, the default): after the builds, bolt-wheel rewrites each package's
+    stock wheel in a venv of the optimized build and times stock against rewritten (its decide stage); a wheel the
+    decision keeps is measured as one more subject (with `stack`, step (e): (d) with it; else the optimized build
+    with it) and installed in the image."""
     console = console or Console(stderr=True)
     chosen = stackmod.resolve(optimized, stack_wheels) if stack else None  # refused before any build
     refs = pipeline_profiles(optimized, compare, chosen)
@@ -423,7 +431,8 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
     for package in bolt_wheels:  # refused before any build
         bolt_wheel_argv(package, optimized, "-")
     # The disk, before any build: a full disk midway fails in whatever writes next, deep in a log.
-    disk.check(WorkArea.from_env().root, pipeline_disk_parts(measure=measure, image=image))
+    disk.check(WorkArea.from_env().root, pipeline_disk_parts(measure=measure, image=image, stack=chosen is not None,
+                                                             bolt_wheels=bool(bolt_wheels)))
     out = []
     for ref in refs:
         inp = prepare(ref, target=PIPELINE_TARGET, jobs=jobs, user_source=user_source, detected=tcs)

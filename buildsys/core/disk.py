@@ -38,10 +38,19 @@ BUILDS = Part("the builds", ("sources", "apt", "src", "build", "pgo", "profiles"
 """The four CPython builds with their sources, build trees, training files and runtime deps: 8.1 GB in the work
 area of a fresh clone after its whole `nox -s pipeline` (2026-12-01, 26.6 GB in all): build 1.83, install 2.46,
 deps 2.92, pgo 0.71, src 0.11 GB, the rest under 0.1 GB."""
-MEASUREMENT = Part("the measurement", ("perf", "results"), 16_500_000_000)
-"""perf/'s wheelhouse (0.85 GB) and one venv per measured interpreter (five, 2.9 GB each: MindSpore's wheel
-unpacked), plus the run directory (0.12 GB): 16.4 GB in the same work area after run pipeline-20261201T123353Z.
-`--stack` and `--bolt-wheels` add a venv per extra subject; not measured as a whole, so not counted."""
+MEASUREMENT = Part("the measurement", ("perf", "results"), 18_500_000_000)
+"""perf/'s wheelhouse (0.85 GB) and one venv per measured interpreter and wheel set (six with the stack: baseline,
+Debian's, workload-pgo-lto (also step (c)), the optimized build, steps (d) and (e); 2.9 GB each, MindSpore's wheel
+unpacked), plus the run directory (0.16 GB): run pipeline-stack-20261201b (2026-12-01). Without the stack it is
+less (16.4 GB for five venvs, run pipeline-20261201T123353Z); the check asks for the default's."""
+STACK = Part("the stack's builds", ("wheels",), 1_200_000_000)
+"""The PGO tcmalloc build (0.31 GB with its training data) and the four extension wheels' build trees, build
+environments, verify venvs and training data (numpy 0.55 GB, the others 0.06-0.13 GB each): 1.17 GB after run
+pipeline-stack-20261201b; most of it sits under build/ and pgo/, so only wheels/ counts as already there."""
+BOLT_WHEELS = Part("the BOLT-rewritten wheels", ("wheelbolt",), 9_900_000_000)
+"""bolt-wheel of MindSpore in the pipeline: the optimized build's venv (2.9 GB), the collection, profiles and the
+rewritten wheel (1.1 GB), and the decision's two perf venvs, stock and rewritten (5.8 GB, under perf/venvs):
+9.9 GB after run pipeline-stack-20261201b."""
 IMAGE = Part("the image", ("images",), 2_200_000_000)
 """The base tarball (0.19 GB), the image's wheels (0.83 GB) and the OCI layout (1.0 GB): 2.1 GB in the same work
 area."""

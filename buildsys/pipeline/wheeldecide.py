@@ -32,8 +32,11 @@ from typing import Any
 
 from hostpgo.errors import HostpgoError
 
-DECIDE_WORKLOADS = ("decode-b1", "decode-b8", "serve-mixed")
-"""The runtime workloads the decision times (the pipeline's measurement workloads that run MindSpore)."""
+DECIDE_WORKLOADS = ("decode-b1", "decode-b8", "serve-mixed", "op-dispatch", "decode-b8-graph")
+"""What the decision times: every latency workload of the pipeline's own measurement (engine.PIPELINE_WORKLOADS),
+so a wheel it keeps cannot be slower there on one it did not time. With decode-b1, decode-b8 and serve-mixed alone
+it kept a wheel (geometric mean 0.898) that the pipeline's run pipeline-stack-20261201b then measured 1.140x
+slower on op-dispatch, a workload the training does not run."""
 STOCK, REWRITTEN = "stock", "bolt"
 """The two subjects' names in the decision's perf run."""
 RULE = ("kept only when the rewritten wheel is significantly faster (95%) on the geometric mean of the latency "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -51,6 +52,7 @@ def test_a_shortfall_is_refused_naming_the_parts_the_free_space_and_the_fix(tmp_
 def test_the_pipeline_checks_the_disk_before_any_build(tmp_path, monkeypatch):
     monkeypatch.setenv("HOSTPGO_HOME", str(tmp_path / "h"))
     monkeypatch.setattr(engine, "ensure_toolchain", lambda refs, console: None)
+    monkeypatch.setattr(engine.targets, "availability", lambda target, tcs: SimpleNamespace(ok=True, why=""))
     monkeypatch.setattr(disk, "free_bytes", lambda path: 0)
 
     def no_build(*a, **kw):
@@ -62,3 +64,6 @@ def test_the_pipeline_checks_the_disk_before_any_build(tmp_path, monkeypatch):
     # --no-measure --no-image asks only for the builds.
     assert engine.pipeline_disk_parts(measure=False, image=False) == (disk.BUILDS,)
     assert engine.pipeline_disk_parts(measure=True, image=True) == (disk.BUILDS, disk.MEASUREMENT, disk.IMAGE)
+    # The default pipeline builds the stack and rewrites MindSpore's wheel: their parts are asked for too.
+    assert engine.pipeline_disk_parts(measure=True, image=True, stack=True, bolt_wheels=True) == (
+        disk.BUILDS, disk.STACK, disk.BOLT_WHEELS, disk.MEASUREMENT, disk.IMAGE)

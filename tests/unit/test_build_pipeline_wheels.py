@@ -69,10 +69,10 @@ def test_the_venv_bolt_wheel_reads_the_stock_wheel_from(tmp_path):
     assert any(a.startswith("mindspore==") for a in default.stages[0].actions[1].argv)
 
 
-def test_cli_takes_bolt_wheels_and_the_default_pipeline_has_none():
-    args = parser().parse_args(["pipeline", "--bolt-wheels", "mindspore"])
-    assert args.bolt_wheels == "mindspore"
-    assert parser().parse_args(["pipeline"]).bolt_wheels == ""
+def test_cli_takes_bolt_wheels_and_the_default_pipeline_rewrites_mindspore():
+    args = parser().parse_args(["pipeline", "--bolt-wheels", ""])
+    assert args.bolt_wheels == ""
+    assert parser().parse_args(["pipeline"]).bolt_wheels == "mindspore" == ",".join(engine.DEFAULT_BOLT_WHEELS)
     assert parser().parse_args(["image", "--wheel", f"/w/{WHEEL}"]).wheel == [Path(f"/w/{WHEEL}")]
     assert parser().parse_args(["image"]).wheel == []
 

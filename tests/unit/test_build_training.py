@@ -308,4 +308,4 @@ def test_pipeline_default_is_the_best_measured_stack() -> None:
     from buildsys import cli
     args = cli.parser().parse_args(["pipeline"])
     assert (args.optimized, args.compare, args.image_settings) == (
-        "workload-pgo-lto-tcmalloc", "generic-pgo-lto,workload-pgo-lto", "tcmalloc")
+        "workload-pgo-lto-tcmalloc", "workload-pgo-lto", "tcmalloc")

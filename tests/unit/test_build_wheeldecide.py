@@ -18,6 +18,8 @@ from perf import report
 from perf.compare import compare_suites
 
 WORKLOADS = wheeldecide.DECIDE_WORKLOADS
+THREE = ("decode-b1", "decode-b8", "serve-mixed")
+"""The rule's tests time three workloads (the decision's list is longer; the rule does not depend on its length)."""
 STEADY = [1.00, 1.01, 0.99, 1.02, 0.98, 1.00]
 NOISY = [1.03, 0.95, 1.04, 0.97, 1.02, 0.99]
 
@@ -37,29 +39,30 @@ def comparison(factors: dict[str, float], changed: list[float] | None = None) ->
 
 
 def test_a_significant_win_on_every_workload_is_kept():
-    d = wheeldecide.decide(comparison({"decode-b1": 0.9, "decode-b8": 0.92, "serve-mixed": 0.95}))
+    d = wheeldecide.decide(comparison({"decode-b1": 0.9, "decode-b8": 0.92, "serve-mixed": 0.95}), THREE)
     assert d.kept and d.verdict == "faster"
     assert d.geomean_significant and d.geomean_ratio == pytest.approx((0.9 * 0.92 * 0.95) ** (1 / 3))
-    assert [w.name for w in d.workloads] == list(WORKLOADS) and all(w.significant for w in d.workloads)
+    assert [w.name for w in d.workloads] == list(THREE) and all(w.significant for w in d.workloads)
     assert d.why.startswith("significantly faster: geometric mean 0.923 (t = ")
 
 
 def test_noise_is_not_a_win_even_below_one():
-    d = wheeldecide.decide(comparison({"decode-b1": 0.99, "decode-b8": 0.995, "serve-mixed": 0.99}, changed=NOISY))
+    d = wheeldecide.decide(comparison({"decode-b1": 0.99, "decode-b8": 0.995, "serve-mixed": 0.99}, changed=NOISY),
+                           THREE)
     assert d.geomean_ratio < 1 and not d.geomean_significant
     assert not d.kept and d.verdict == "not significant"
     assert "no significant difference on the geometric mean" in d.why and "not a win" in d.why
 
 
 def test_mixed_faster_on_the_geometric_mean_but_slower_on_one_workload_is_not_kept():
-    d = wheeldecide.decide(comparison({"decode-b1": 0.7, "decode-b8": 0.7, "serve-mixed": 1.1}))
+    d = wheeldecide.decide(comparison({"decode-b1": 0.7, "decode-b8": 0.7, "serve-mixed": 1.1}), THREE)
     assert d.geomean_significant and d.geomean_ratio < 1
     assert not d.kept and d.verdict == "mixed"
     assert "significantly slower on serve-mixed" in d.why
 
 
 def test_significantly_slower_is_not_kept():
-    d = wheeldecide.decide(comparison({"decode-b1": 1.1, "decode-b8": 1.08, "serve-mixed": 1.05}))
+    d = wheeldecide.decide(comparison({"decode-b1": 1.1, "decode-b8": 1.08, "serve-mixed": 1.05}), THREE)
     assert not d.kept and d.verdict == "slower"
 
 
@@ -80,6 +83,9 @@ def test_the_rule_refuses_a_comparison_that_is_not_the_decisions():
 def test_bench_command():
     cmd = wheeldecide.bench_command("/dev/bin/python", "/v/bin/python", "/w/m-1+bolt.x-py3-none-any.whl",
                                     Path("/w/decide/run"), quick=True)
+    assert cmd[cmd.index("--workloads") + 1] == ",".join(WORKLOADS)
+    cmd = wheeldecide.bench_command("/dev/bin/python", "/v/bin/python", "/w/m-1+bolt.x-py3-none-any.whl",
+                                    Path("/w/decide/run"), workloads=THREE, quick=True)
     assert cmd == ["/dev/bin/python", "-m", "perf", "bench", "--interp", "stock=/v/bin/python",
                    "--interp", "bolt=/v/bin/python+wheel:/w/m-1+bolt.x-py3-none-any.whl",
                    "--workloads", "decode-b1,decode-b8,serve-mixed", "--stages", "latency", "--out", "/w/decide/run",
@@ -159,3 +165,9 @@ def test_cli_flags_reach_the_decide_settings():
                                 "--decide-workloads", "decode-b1"])
     assert args.keep_if_faster and args.quick and args.decide_workloads == ["decode-b1"]
     assert not wheelbolt.arguments(["--package", "m", "--profile", "p"]).keep_if_faster
+
+
+def test_the_decision_times_every_workload_the_pipeline_measures():
+    from buildsys import engine
+
+    assert wheeldecide.DECIDE_WORKLOADS == engine.PIPELINE_WORKLOADS

@@ -104,7 +104,8 @@ def resolve(optimized: str, wheels: Sequence[str] = STACK_WHEELS, *,
     if alloc == "glibc" or alloc not in targets.names():
         raise InputError(f"--stack: profile {prof.name} has optimize.allocator = {alloc!r}; the stack's allocator "
                          f"is built by its target, so it must be one of "
-                         f"{', '.join(n for n in targets.names() if n in alloc_mod.names())}")
+                         f"{', '.join(n for n in targets.names() if n in alloc_mod.names())} (the stack is "
+                         f"the pipeline's default: pass --no-stack to build and measure the interpreter alone)")
     version = sources.pinned(alloc).version
     build = f"{alloc}-{version}-{prof.name}"
     name = f"{alloc}{SETTINGS_SUFFIX}"

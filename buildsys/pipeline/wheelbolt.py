@@ -281,6 +281,14 @@ def workload_sets(own: bool | list[str], *, training: Sequence[str], verify: Seq
                         tuple(w for w in decide if w not in exclude))
 
 
+def untimeable(workloads: Sequence[str]) -> list[str]:
+    """The workloads `python -m perf bench` cannot time (no target in perf/catalog.py: ray-decode needs Ray, which
+    the measurement venvs do not install)."""
+    from perf.catalog import TARGETS
+
+    return [w for w in workloads if w not in TARGETS]
+
+
 # ---------------------------------------------------------------------------------------------
 # Pure helpers of the stages.
 
@@ -938,6 +946,13 @@ def prepare(args: argparse.Namespace, runner: Runner, work: WorkArea) -> Inputs:
             raise InputError(f"profile {args.profile!r} has no training task of kind 'workloads' (pgo.tasks = "
                              f"{list(prof.pgo.tasks)}); pass --workloads or --call")
         runs = [TrainingRun(n, ("workload", n, str(steps))) for n in dict.fromkeys(names)]
+    if getattr(args, "keep_if_faster", False):
+        untimed = untimeable(args.decide_workloads or sets.decide)
+        if untimed:
+            raise InputError(f"--keep-if-faster: the decision would time {', '.join(untimed)}, which `python -m perf "
+                             f"bench` has no target for (its venvs install hostpgo[perf,runtime]; Ray is not in "
+                             f"them); leave out --keep-if-faster and time the rewritten wheel with the runtime's own "
+                             f"`workload {untimed[0]}` records, or pass --decide-workloads with perf targets")
     checks: list[Check] = [Check(f"import {import_name}", ("-c", f"import {import_name}"))]
     checks += [Check(f"{w} golden digest", ("-m", "runtime", "workload", w, "--json", "--check-golden"))
                for w in sets.verify]

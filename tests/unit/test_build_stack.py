@@ -44,6 +44,8 @@ def test_the_default_stack_is_tcmalloc_preloaded_into_the_interpreter_only_build
 def test_a_stack_needs_an_allocator_target_and_settings_that_preload_its_build(tmp_path):
     with pytest.raises(InputError, match="profile workload-pgo-lto has optimize.allocator = 'glibc'"):
         stackmod.resolve("workload-pgo-lto")
+    with pytest.raises(InputError, match="pass --no-stack to build and measure the interpreter alone"):
+        stackmod.resolve("workload-pgo-lto")
     with pytest.raises(InputError, match="--stack-wheels 'numpy': give NAME==VERSION .* or a local project's name "
                                          r"\(hostpgo\)"):
         stackmod.resolve(OPT, ("numpy",))

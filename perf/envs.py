@@ -158,12 +158,12 @@ def project_root() -> Path:
     return root
 
 
-def requirement(extras: tuple[str, ...]) -> str:
-    return f"hostpgo[{','.join(extras)}]" if extras else "hostpgo"
-
-
 PROJECT = "hostpgo"
 """This project's distribution name: a subject may run a rebuilt wheel of it (`pipeline --stack`'s step (d))."""
+
+
+def requirement(extras: tuple[str, ...]) -> str:
+    return f"{PROJECT}[{','.join(extras)}]" if extras else PROJECT
 
 
 def install_requirements(wheels: Sequence[ReplacedWheel], extras: tuple[str, ...]) -> list[str]:
@@ -260,7 +260,7 @@ def prepare(interps: list[Interpreter], extras: tuple[str, ...], log: Path) -> l
                                        f"{w.version}", argv=[str(py), "-m", "pip", "install", w.path])
             if not any(w.distribution == PROJECT for w in interp.wheels):  # never over the rebuilt project wheel
                 runner.capture([py, "-m", "pip", "install", "--no-index", "--find-links", house,
-                                "--force-reinstall", "--no-deps", "hostpgo"], log=log, timeout=600)
+                                "--force-reinstall", "--no-deps", PROJECT], log=log, timeout=600)
             stamp_path.write_text(json.dumps(stamp, indent=1))
             (root / PRECOMPILE_STAMP).unlink(missing_ok=True)  # pip wrote its own pycs again
         flavour = pyc_flavour(interp)

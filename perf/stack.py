@@ -191,7 +191,7 @@ def section(run_dir: Path, record: Mapping, out: dict) -> list[str]:
     if last_step is not None:
         data["attribution_e"] = {}
         lines += _attribution(record, last_step.baseline, last_step.changed, "e", last_step, data["attribution_e"],
-                              start=next(k for k in reversed(list(mine)[:-1])))
+                              start=list(mine)[-2])
     out["stack"] = data
     return lines
 

@@ -281,14 +281,6 @@ def workload_sets(own: bool | list[str], *, training: Sequence[str], verify: Seq
                         tuple(w for w in decide if w not in exclude))
 
 
-def untimeable(workloads: Sequence[str]) -> list[str]:
-    """The workloads `python -m perf bench` cannot time (no target in perf/catalog.py: ray-decode needs Ray, which
-    the measurement venvs do not install)."""
-    from perf.catalog import TARGETS
-
-    return [w for w in workloads if w not in TARGETS]
-
-
 # ---------------------------------------------------------------------------------------------
 # Pure helpers of the stages.
 
@@ -947,7 +939,7 @@ def prepare(args: argparse.Namespace, runner: Runner, work: WorkArea) -> Inputs:
                              f"{list(prof.pgo.tasks)}); pass --workloads or --call")
         runs = [TrainingRun(n, ("workload", n, str(steps))) for n in dict.fromkeys(names)]
     if getattr(args, "keep_if_faster", False):
-        untimed = untimeable(args.decide_workloads or sets.decide)
+        untimed = wheeldecide.untimeable(args.decide_workloads or sets.decide)
         if untimed:
             raise InputError(f"--keep-if-faster: the decision would time {', '.join(untimed)}, which `python -m perf "
                              f"bench` has no target for (its venvs install hostpgo[perf,runtime]; Ray is not in "

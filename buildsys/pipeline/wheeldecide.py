@@ -96,6 +96,14 @@ class Decision:
         return data
 
 
+def untimeable(workloads: Sequence[str]) -> list[str]:
+    """The workloads `python -m perf bench` cannot time (no target in perf/catalog.py: ray-decode needs Ray, which
+    the measurement venvs do not install)."""
+    from perf.catalog import TARGETS
+
+    return [w for w in workloads if w not in TARGETS]
+
+
 def bench_command(perf_python: str, interp: str, wheel: Path | str, run_dir: Path, *,
                   workloads: Sequence[str] = DECIDE_WORKLOADS, quick: bool = False) -> list[str]:
     """The `python -m perf bench` line of the decision (pure): stock first, so it is the baseline."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import SpecError
@@ -33,6 +34,9 @@ class Target:
     """Units run under `perf record`."""
     code: str = ""
     """The statement a `command` target's interpreter runs with -c."""
+    needs_ray: bool = False
+    """True when it runs the runtime's Ray executor: the venv needs the `ray` extra, and each step's model runs in
+    actor processes that Ray starts, outside the timed process."""
 
     @property
     def unit(self) -> str:
@@ -75,6 +79,11 @@ TARGETS: dict[str, Target] = {
                "runtime decode, batch 8, A16W4 weights, one engine step", (2, 7), 100),
         Target("serve-offload", RUNTIME_PROVIDER, "serve-offload", "steps", True,
                "runtime serving with KV-cache offload to host memory, one engine step", (2, 7), 100),
+        # The Ray executor (vLLM's Ray distributed executor's shape): the driver schedules, two stage actors run the
+        # layers. A step's time is the driver's wall time, the actors' compute and Ray's round trips included.
+        Target("ray-decode", RUNTIME_PROVIDER, "ray-decode", "steps", True,
+               "runtime decode, batch 8, the model in two pipeline stages on Ray actors, one engine step", (2, 7), 100,
+               needs_ray=True),
         Target("op-dispatch", RUNTIME_PROVIDER, "decode-b1", "dispatch", True,
                "runtime single-operator dispatch loop (MindSpore op call from Python)", (100, 1100), 20000),
         # Start-up: a whole interpreter process under the subject's host settings (PYTHONNODEBUGRANGES,
@@ -89,6 +98,14 @@ TARGETS: dict[str, Target] = {
 }
 
 QUICK_DEFAULT = ("pure-python",)
+
+
+def venv_extras(targets: Iterable[Target]) -> tuple[str, ...]:
+    """The project extras a measurement venv needs to run `targets` (pure): `perf` always, `runtime` for MindSpore,
+    `ray` for the Ray executor."""
+    chosen = list(targets)
+    return ("perf", *(("runtime",) if any(t.needs_runtime for t in chosen) else ()),
+            *(("ray",) if any(t.needs_ray for t in chosen) else ()))
 
 
 def parse_targets(text: str, flag: str = "--workloads") -> list[Target]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import attribute, counters, envs, guard, interpreters, latency, report, results
 from . import stack as stackmod
-from .catalog import Target
+from .catalog import Target, venv_extras
 from .errors import IncompatibleResults, ResultsError, SpecError
 from .interpreters import Interpreter
 from .workspace import hostpgo_home, safe_name
@@ -60,20 +60,26 @@ class Plan:
 
 
 PER_PROCESS_SKIP = {
-    "counters": "counters difference two unit counts inside one process, and a start-up target's unit is the "
-                "process itself (under valgrind one MindSpore import alone takes 5-10 minutes)",
-    "attribute": "`perf record` samples the measured units inside one process; a start-up target's unit is the "
-                 "process itself",
+    "counters": "counters difference two unit counts inside one process: a start-up target's unit is the process "
+                "itself (under valgrind one MindSpore import alone takes 5-10 minutes), and a Ray target's model "
+                "runs in actor processes that the counted process does not hold",
+    "attribute": "`perf record` samples the measured units inside one process: a start-up target's unit is the "
+                 "process itself, and a Ray target's model runs in actor processes Ray starts",
 }
-"""Why the counters and attribution stages skip `command` (per-process) targets."""
+"""Why the counters and attribution stages skip `command` (per-process) targets and Ray targets."""
+
+
+def _one_process(t: Target) -> bool:
+    """Whether a unit's work happens inside the process that runs it (what counters and `perf record` see)."""
+    return not (t.per_process or t.needs_ray)
 
 
 def stage_targets(plan: Plan, stage: str) -> tuple[tuple[Target, ...], tuple[Target, ...]]:
-    """(targets the stage measures, targets it skips as per-process) - pure."""
+    """(targets the stage measures, targets it skips: per-process and Ray targets) - pure."""
     chosen = plan.count_targets if stage == "counters" else plan.targets
     if stage not in PER_PROCESS_SKIP:
         return tuple(chosen), ()
-    return tuple(t for t in chosen if not t.per_process), tuple(t for t in chosen if t.per_process)
+    return tuple(t for t in chosen if _one_process(t)), tuple(t for t in chosen if not _one_process(t))
 
 
 def parse_stages(text: str) -> tuple[str, ...]:
@@ -168,7 +174,7 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
     targets = list(plan.targets)
 
     if plan.use_venvs:
-        extras = ("perf", "runtime") if any(t.needs_runtime for t in plan.all_targets) else ("perf",)
+        extras = venv_extras(plan.all_targets)
         say(f"preparing venvs ({','.join(extras)}) from one wheelhouse ...")
         prepared = envs.prepare(list(plan.interpreters), extras, log)
         pythons = {e.interp.name: e.python for e in prepared}

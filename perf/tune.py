@@ -389,6 +389,9 @@ def _golden_targets(workloads: Sequence[str]) -> list[Target]:
     for t in targets:
         if t.mode != "steps" or not t.needs_runtime:
             raise SpecError(f"--workloads: {t.name} is not a runtime workload with a golden digest")
+        if t.needs_ray:
+            raise SpecError(f"--workloads: {t.name} runs its model in Ray actor processes, and tune-host counts the "
+                            "instructions of one process; choose workloads that run the model in-process")
     return targets
 
 

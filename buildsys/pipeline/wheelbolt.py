@@ -942,9 +942,9 @@ def prepare(args: argparse.Namespace, runner: Runner, work: WorkArea) -> Inputs:
         untimed = wheeldecide.untimeable(args.decide_workloads or sets.decide)
         if untimed:
             raise InputError(f"--keep-if-faster: the decision would time {', '.join(untimed)}, which `python -m perf "
-                             f"bench` has no target for (its venvs install hostpgo[perf,runtime]; Ray is not in "
-                             f"them); leave out --keep-if-faster and time the rewritten wheel with the runtime's own "
-                             f"`workload {untimed[0]}` records, or pass --decide-workloads with perf targets")
+                             f"bench` has no target for (perf/catalog.py); pass --decide-workloads with perf targets, "
+                             f"or leave out --keep-if-faster and time the rewritten wheel with the runtime's own "
+                             f"`workload {untimed[0]}` records")
     checks: list[Check] = [Check(f"import {import_name}", ("-c", f"import {import_name}"))]
     checks += [Check(f"{w} golden digest", ("-m", "runtime", "workload", w, "--json", "--check-golden"))
                for w in sets.verify]

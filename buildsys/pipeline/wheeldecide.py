@@ -97,8 +97,8 @@ class Decision:
 
 
 def untimeable(workloads: Sequence[str]) -> list[str]:
-    """The workloads `python -m perf bench` cannot time (no target in perf/catalog.py: ray-decode needs Ray, which
-    the measurement venvs do not install)."""
+    """The workloads `python -m perf bench` cannot time: those without a target in perf/catalog.py (prefix-hit, the
+    quantized graph workloads)."""
     from perf.catalog import TARGETS
 
     return [w for w in workloads if w not in TARGETS]

@@ -48,6 +48,10 @@ def _bench_command(runner: pyperf.Runner, target) -> None:
     runner.bench_command(target.name, cmd)
 
 
+def _manager_never_times(loops: int) -> float:
+    raise AssertionError("pyperf's manager process called the timed function")
+
+
 def main() -> None:
     runner = pyperf.Runner(
         add_cmdline_args=_add_cmdline_args, program_args=("-m", "perf.benchmarks.latency")
@@ -59,6 +63,11 @@ def main() -> None:
     target = TARGETS[args.target]
     if target.mode == "command":
         _bench_command(runner, target)
+        return
+    if not (args.worker or args.in_process):
+        # pyperf's manager only spawns the worker that times: it opens no workload, so no idle model (and no Ray
+        # cluster) of its own shares the cores with the timed process.
+        runner.bench_time_func(target.name, _manager_never_times)
         return
     provider = importlib.import_module(args.provider or target.provider)
     wl = provider.open_workload(target.workload, checkpoint=None, seed=0)
@@ -86,7 +95,12 @@ def main() -> None:
             wl.dispatch_loop(loops)
             return pyperf.perf_counter() - t0
 
-    runner.bench_time_func(target.name, timed, metadata=metadata)
+    try:
+        runner.bench_time_func(target.name, timed, metadata=metadata)
+    finally:
+        shutdown = getattr(wl, "shutdown", None)  # the Ray executor's actors and cluster; nothing for the rest
+        if shutdown is not None:
+            shutdown()
 
 
 if __name__ == "__main__":

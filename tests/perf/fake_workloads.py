@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class FakeWorkload:
     def __init__(self, name: str, batch: int) -> None:
@@ -19,12 +21,24 @@ class FakeWorkload:
                 self._op()
         return {"tokens": n * self.batch, "dispatches": n * self.ops_per_step}
 
+    def shutdown(self) -> None:
+        _note("shutdown")
+
     def dispatch_loop(self, n: int) -> dict[str, int]:
         for _ in range(n):
             self._op()
         return {"dispatches": n}
 
 
+def _note(event: str) -> None:
+    """Append `event pid ppid` to $FAKE_WORKLOAD_LOG (when set): which processes opened and shut down a workload."""
+    log = os.environ.get("FAKE_WORKLOAD_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{event} {os.getpid()} {os.getppid()}\n")
+
+
 def open_workload(name: str, checkpoint: object = None, seed: int = 0) -> FakeWorkload:
+    _note("open")
     batch = {"decode-b1": 1, "decode-b8": 8, "serve-mixed": 4}[name]
     return FakeWorkload(name, batch)

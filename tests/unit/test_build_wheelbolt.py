@@ -432,12 +432,14 @@ def test_a_bad_exclude_workloads_value_names_the_file_and_key(tmp_path: Path) ->
 
 
 def test_a_decision_perf_cannot_time_is_refused_before_anything_runs(tmp_path: Path) -> None:
-    # Ray's own workload is ray-decode, which perf bench has no target for: the decide stage would fail at its end.
+    # prefix-hit is a runtime workload without a perf target: the decide stage would fail at its end. Ray's own
+    # ray-decode has one (its venvs install the ray extra).
     from buildsys.pipeline import wheeldecide
 
-    assert wheeldecide.untimeable(["decode-b1", "ray-decode", "op-dispatch"]) == ["ray-decode"]
+    assert wheeldecide.untimeable(["decode-b1", "ray-decode", "prefix-hit", "op-dispatch"]) == ["prefix-hit"]
     args = wheelbolt.arguments(["--package", "ray", "--profile", "workload-pgo-lto-tcmalloc", "--interp",
-                                str(tmp_path / "absent" / "python"), "--keep-if-faster"])
-    with pytest.raises(InputError, match="--keep-if-faster: the decision would time ray-decode, which `python -m "
+                                str(tmp_path / "absent" / "python"), "--keep-if-faster",
+                                "--decide-workloads", "ray-decode", "prefix-hit"])
+    with pytest.raises(InputError, match="--keep-if-faster: the decision would time prefix-hit, which `python -m "
                                          "perf bench` has no target for"):
         wheelbolt.prepare(args, None, None)

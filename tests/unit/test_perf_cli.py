@@ -109,3 +109,10 @@ def test_tune_host_dry_run_refuses_the_workloads_the_real_run_refuses(capsys):
     argv = ["tune-host", "--interp", sys.executable, "--budget", "600", "--workloads", "pure-python"]
     assert main([*argv, "--dry-run"]) == 2
     assert "--workloads: pure-python is not a runtime workload with a golden digest" in capsys.readouterr().err
+
+
+def test_tune_host_refuses_a_ray_workload_it_could_not_count(capsys):
+    argv = ["tune-host", "--interp", sys.executable, "--budget", "600", "--workloads", "decode-b1,ray-decode"]
+    assert main([*argv, "--dry-run"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--workloads: ray-decode runs its model in Ray actor processes" in err

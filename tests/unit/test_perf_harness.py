@@ -39,6 +39,22 @@ def test_interleaved_run_merges_per_interpreter(tmp_path):
     assert c.rows[0].name == "decode-b8" and c.rows[0].n_base == 4
 
 
+def test_only_the_timing_worker_opens_the_workload_and_shuts_it_down(tmp_path):
+    # pyperf's manager process spawns the workers: a workload it opened would sit idle beside the timed process
+    # (MindSpore's threads, a Ray cluster). Only workers open one, and each shuts down what it opened.
+    log = tmp_path / "opens.log"
+    subjects = [latency.Subject("one", Path(sys.executable), {})]
+    latency.run_interleaved(subjects, [catalog.TARGETS["decode-b1"]], tmp_path / "latency", TINY,
+                            provider="fake_workloads",
+                            env={"PYTHONPATH": str(FAKE_DIR), "FAKE_WORKLOAD_LOG": str(log)})
+    events = [line.split() for line in log.read_text().splitlines()]
+    opened = [pid for what, pid, _ in events if what == "open"]
+    managers = {ppid for what, _, ppid in events if what == "open"}
+    assert len(opened) >= 1 + TINY.rounds and len(managers) >= 1 + TINY.rounds  # one manager per pyperf command
+    assert not managers & set(opened)
+    assert sorted(pid for what, pid, _ in events if what == "shutdown") == sorted(opened)
+
+
 def test_cli_bench_and_report_on_pure_python(tmp_path):
     out = tmp_path / "run"
     rc = main(["bench", "--interp", f"a={sys.executable}", "--interp", f"b={sys.executable}",

@@ -40,6 +40,19 @@ def test_counters_and_attribution_skip_start_up_targets():
     assert session.stage_targets(plan, "attribute")[0] == ()
 
 
+def test_counters_and_attribution_skip_ray_targets_and_their_venvs_get_the_ray_extra():
+    # ray-decode's model runs in Ray's actor processes: one process's counts or samples would be the driver's alone.
+    plan = _plan("ray-decode,decode-b1")
+    assert [t.name for t in session.stage_targets(plan, "latency")[0]] == ["ray-decode", "decode-b1"]
+    for stage in ("counters", "attribute"):
+        kept, skipped = session.stage_targets(plan, stage)
+        assert [t.name for t in kept] == ["decode-b1"] and [t.name for t in skipped] == ["ray-decode"]
+        assert "Ray" in session.PER_PROCESS_SKIP[stage]
+    assert catalog.venv_extras(plan.all_targets) == ("perf", "runtime", "ray")
+    assert catalog.venv_extras(catalog.parse_targets("decode-b1,op-dispatch")) == ("perf", "runtime")
+    assert catalog.venv_extras(catalog.parse_targets("pure-python")) == ("perf",)
+
+
 def _interp(name, settings=None, sha="ab" * 32):
     hs = hostenv.resolve(settings, env={}).to_json() if settings else None
     return Interpreter(name=name, python="/x/python3", version="3.11.2", implementation="cpython",

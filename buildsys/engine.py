@@ -483,4 +483,19 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
                            log_path=e.log_path) from None
     # perf bench prints the report's path as its last line on stdout (its progress goes to stderr, merged here).
     report = next((Path(ln.strip()) for ln in reversed(lines) if ln.strip() and Path(ln.strip()).exists()), None)
-    return PipelineResult(tuple(out), report, make_image(), tuple(manifests), built)
+    try:
+        executed = make_image()
+    except HostpgoError as e:
+        raise after_measurement(e, name, report) from e
+    return PipelineResult(tuple(out), report, executed, tuple(manifests), built)
+
+
+def after_measurement(error: HostpgoError, run_name: str, report: Path | None) -> HostpgoError:
+    """A failure after the measurement finished (the image), saying how to rerun without measuring again (pure):
+    the same run name keeps every measured stage of that run."""
+    where = f" (report {report})" if report else ""
+    failed = HostpgoError(f"{error}\nthe measurement {run_name} is complete{where}; after the fix, rerun with "
+                          f"`--out {run_name}` (nox -s pipeline -- --out {run_name}) to keep it and build only what "
+                          "is missing")
+    failed.exit_code = error.exit_code
+    return failed

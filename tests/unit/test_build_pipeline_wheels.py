@@ -99,3 +99,18 @@ def test_image_venv_installs_the_kept_wheel_and_the_record_names_it(tmp_path):
     (rec,) = image.replaced_wheels(with_wheel)
     assert rec["file"] == WHEEL and rec["distribution"] == "mindspore" and rec["version"] == "2.10.0+bolt.1a2b3c4d"
     assert rec["decision"] == "faster" and len(rec["sha256"]) == 64
+
+
+def test_an_image_failure_after_the_measurement_names_the_rerun_that_keeps_it(tmp_path: Path) -> None:
+    # The fresh-clone run of 2026-12-01 measured for an hour, then the image's pip install hit ENOSPC: a rerun
+    # without --out would have measured again under a new run name.
+    from buildsys import engine
+    from hostpgo.errors import CommandError
+
+    cause = engine.HostpgoError("stage 'image-assemble' of image-x failed (log: L):\nNo space left on device")
+    cause.exit_code = CommandError.exit_code
+    failed = engine.after_measurement(cause, "pipeline-20261201T181409Z", tmp_path / "report.md")
+    text = str(failed)
+    assert "No space left on device" in text and f"report {tmp_path / 'report.md'}" in text
+    assert "nox -s pipeline -- --out pipeline-20261201T181409Z" in text
+    assert failed.exit_code == 4

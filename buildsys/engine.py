@@ -431,8 +431,8 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
     for package in bolt_wheels:  # refused before any build
         bolt_wheel_argv(package, optimized, "-")
     # The disk, before any build: a full disk midway fails in whatever writes next, deep in a log.
-    disk.check(WorkArea.from_env().root, pipeline_disk_parts(measure=measure, image=image, stack=chosen is not None,
-                                                             bolt_wheels=bool(bolt_wheels)))
+    parts = pipeline_disk_parts(measure=measure, image=image, stack=chosen is not None, bolt_wheels=bool(bolt_wheels))
+    disk.check(WorkArea.from_env().root, parts)
     out = []
     for ref in refs:
         inp = prepare(ref, target=PIPELINE_TARGET, jobs=jobs, user_source=user_source, detected=tcs)
@@ -457,6 +457,8 @@ def pipeline(*, optimized: str = DEFAULT_OPTIMIZED_PROFILE, compare: Sequence[st
     def make_image() -> stages.Execution | None:
         if not image:
             return None
+        # Again before the image: the disk is shared, and what else was written since the first check counts.
+        disk.check(WorkArea.from_env().root, parts)
         if built is not None:  # the stack's image; a kept bolt-wheel rides along
             args = stack_image_args(built)
             iinp = imagemod.prepare(args["build"], settings=args["settings"], wheels=(*args["wheels"], *kept))

@@ -67,3 +67,23 @@ def test_the_pipeline_checks_the_disk_before_any_build(tmp_path, monkeypatch):
     # The default pipeline builds the stack and rewrites MindSpore's wheel: their parts are asked for too.
     assert engine.pipeline_disk_parts(measure=True, image=True, stack=True, bolt_wheels=True) == (
         disk.BUILDS, disk.STACK, disk.BOLT_WHEELS, disk.MEASUREMENT, disk.IMAGE)
+
+
+def test_the_pipeline_checks_the_disk_again_before_the_image(tmp_path, monkeypatch):
+    # The disk is shared: on 2026-12-01 the first check passed with 50 GB free, other work took 10 GB, and the
+    # image's pip install hit ENOSPC after an hour of measurement.
+    monkeypatch.setenv("HOSTPGO_HOME", str(tmp_path / "h"))
+    monkeypatch.setattr(engine, "ensure_toolchain", lambda refs, console: None)
+    monkeypatch.setattr(engine.targets, "availability", lambda target, tcs: SimpleNamespace(ok=True, why=""))
+    monkeypatch.setattr(engine.imagemod, "check_host", lambda: None)
+    frees = iter([10**15])
+    monkeypatch.setattr(disk, "free_bytes", lambda path: next(frees, 0))  # room at the start, none later
+    monkeypatch.setattr(engine, "prepare", lambda ref, **kw: ref)
+    monkeypatch.setattr(engine, "build", lambda inp, **kw: SimpleNamespace(plan=SimpleNamespace(summary={})))
+
+    def no_image(*a, **kw):
+        raise AssertionError("the image was prepared without a second disk check")
+
+    monkeypatch.setattr(engine.imagemod, "prepare", no_image)
+    with pytest.raises(HostpgoError, match="not enough free disk for this run"):
+        engine.pipeline(measure=False, image=True, stack=False, bolt_wheels=(), live=False)

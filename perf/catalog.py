@@ -48,6 +48,12 @@ class Target:
         `perf record` over the measured units do not apply; the counters and attribution stages skip it."""
         return self.mode == "command"
 
+    @property
+    def in_one_process(self) -> bool:
+        """Whether a unit's work runs inside the process that runs the units, where counters and `perf record`
+        see it: not for a per-process target, nor for a Ray target (its model runs in Ray's actor processes)."""
+        return not (self.per_process or self.needs_ray)
+
 
 TARGETS: dict[str, Target] = {
     t.name: t

@@ -59,7 +59,7 @@ class Plan:
         return tuple(dict.fromkeys((*self.targets, *self.count_targets)))
 
 
-PER_PROCESS_SKIP = {
+ONE_PROCESS_SKIP = {
     "counters": "counters difference two unit counts inside one process: a start-up target's unit is the process "
                 "itself (under valgrind one MindSpore import alone takes 5-10 minutes), and a Ray target's model "
                 "runs in actor processes that the counted process does not hold",
@@ -69,17 +69,12 @@ PER_PROCESS_SKIP = {
 """Why the counters and attribution stages skip `command` (per-process) targets and Ray targets."""
 
 
-def _one_process(t: Target) -> bool:
-    """Whether a unit's work happens inside the process that runs it (what counters and `perf record` see)."""
-    return not (t.per_process or t.needs_ray)
-
-
 def stage_targets(plan: Plan, stage: str) -> tuple[tuple[Target, ...], tuple[Target, ...]]:
     """(targets the stage measures, targets it skips: per-process and Ray targets) - pure."""
     chosen = plan.count_targets if stage == "counters" else plan.targets
-    if stage not in PER_PROCESS_SKIP:
+    if stage not in ONE_PROCESS_SKIP:
         return tuple(chosen), ()
-    return tuple(t for t in chosen if _one_process(t)), tuple(t for t in chosen if not _one_process(t))
+    return tuple(t for t in chosen if t.in_one_process), tuple(t for t in chosen if not t.in_one_process)
 
 
 def parse_stages(text: str) -> tuple[str, ...]:
@@ -214,10 +209,10 @@ def execute(plan: Plan, say: Callable[[str], None] = print) -> Path:
         _ran(record, plan, "latency")
         results.save(run_dir, record)
 
-    for stage in PER_PROCESS_SKIP:
+    for stage in ONE_PROCESS_SKIP:
         kept, skipped = stage_targets(plan, stage)
         if stage in plan.stages and skipped:
-            note = (f"{stage}: skipped {', '.join(t.name for t in skipped)} ({PER_PROCESS_SKIP[stage]})"
+            note = (f"{stage}: skipped {', '.join(t.name for t in skipped)} ({ONE_PROCESS_SKIP[stage]})"
                     + ("" if kept else "; nothing left to measure in this stage"))
             say(note)
             notes = record.setdefault("notes", [])

@@ -47,7 +47,7 @@ def test_counters_and_attribution_skip_ray_targets_and_their_venvs_get_the_ray_e
     for stage in ("counters", "attribute"):
         kept, skipped = session.stage_targets(plan, stage)
         assert [t.name for t in kept] == ["decode-b1"] and [t.name for t in skipped] == ["ray-decode"]
-        assert "Ray" in session.PER_PROCESS_SKIP[stage]
+        assert "Ray" in session.ONE_PROCESS_SKIP[stage]
     assert catalog.venv_extras(plan.all_targets) == ("perf", "runtime", "ray")
     assert catalog.venv_extras(catalog.parse_targets("decode-b1,op-dispatch")) == ("perf", "runtime")
     assert catalog.venv_extras(catalog.parse_targets("pure-python")) == ("perf",)

@@ -200,6 +200,26 @@ def test_bad_budget_names_the_flag(text):
         at.parse_budget(text)
 
 
+def test_every_shipped_space_loads():
+    spaces = sorted(at.DEFAULT_SPACE.parent.glob("*.toml"))
+    assert at.DEFAULT_SPACE in spaces and len(spaces) >= 2
+    for path in spaces:
+        assert at.load_space(path).dimensions, path
+
+
+def test_the_two_hour_space_plans_a_candidate_within_its_budget(tmp_path):
+    """docs/autotune.md sells autotune-2h.toml as one `--budget 2h5m` session here: from this machine's
+    recorded base stages its plan keeps a candidate and fits the budget (the full space keeps none)."""
+    work = WorkArea(tmp_path / "home")
+    doc = base_manifest(work)
+    for name, kept in (("autotune-2h.toml", True), ("autotune.toml", False)):
+        space = at.load_space(at.DEFAULT_SPACE.parent / name)
+        plan = at.plan_search(space, budget_s=7500, host=X86, work=work, manifest=doc, check=always_reusable)
+        assert bool(plan.singles) is kept, name
+        if kept:
+            assert plan.estimate_s <= plan.budget_s
+
+
 # ------------------------------------------------------------------------------------------ the plan
 
 def plan_of(tmp_path, budget_s=1e6, text=SPACE, manifest=True, host=X86, **kw):

@@ -39,6 +39,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import sys
 import time
 import tomllib
@@ -869,6 +870,23 @@ def build_argv(profile_file: Path | str, profile_data: str | None) -> list[str]:
             *(["--profile-data", profile_data] if profile_data else [])]
 
 
+INTERRUPTED_CODES = frozenset({130, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM})
+"""Exit codes of a child that was interrupted, not one that failed: 130 (our CLIs on Ctrl-C), 143, or killed by
+SIGINT/SIGTERM. A background search (nohup, CI) ignores SIGINT itself while its children do not, so the child
+can stop alone."""
+
+
+def _run_child(argv: Sequence[str], log: Path, *, timeout: float, collect: list[str] | None = None) -> None:
+    """Run one build, count or measurement; an interrupted child interrupts the search (KeyboardInterrupt: exit
+    130, resume with --resume) instead of being recorded as a failed build or a failed tool."""
+    try:
+        Runner(log).run(list(argv), timeout=timeout, collect=collect)
+    except CommandError as exc:
+        if exc.returncode in INTERRUPTED_CODES:
+            raise KeyboardInterrupt(f"{argv[2:4]} was interrupted (exit {exc.returncode}; log {log})") from exc
+        raise
+
+
 def _real_build(work: WorkArea) -> Callable[[Path, str | None, Path], BuildOutcome]:
     def build(profile_file: Path, profile_data: str | None, log: Path) -> BuildOutcome:
         stem = Path(profile_file).stem if str(profile_file).endswith(".toml") else \
@@ -878,7 +896,7 @@ def _real_build(work: WorkArea) -> Callable[[Path, str | None, Path], BuildOutco
         lines: list[str] = []
         t0 = time.monotonic()
         try:
-            Runner(log).run(build_argv(profile_file, profile_data), timeout=BUILD_TIMEOUT, collect=lines)
+            _run_child(build_argv(profile_file, profile_data), log, timeout=BUILD_TIMEOUT, collect=lines)
         except CommandError as exc:
             found = STAGE_FAILED_RE.findall("\n".join(lines) + "\n" + (exc.log_tail or ""))
             stage, _, stage_log = found[-1] if found else (None, None, None)
@@ -891,7 +909,7 @@ def _real_build(work: WorkArea) -> Callable[[Path, str | None, Path], BuildOutco
 def _real_count(name: str, python: str, out_dir: Path, targets: Sequence[str], log: Path) -> dict[str, float]:
     argv = [sys.executable, "-m", "perf", "counters", "--interp", f"{name}={python}", "--workloads",
             ",".join(targets), "--backend", "cachegrind", "--quick", "--out", str(out_dir)]
-    Runner(log).run(argv, timeout=MEASURE_TIMEOUT)
+    _run_child(argv, log, timeout=MEASURE_TIMEOUT)
     rec = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
     res = rec["counters"]["results"][name]
     return {t: float(res[t]["per_unit"]["instructions"]) for t in targets}
@@ -903,7 +921,7 @@ def _real_confirm(subjects: Sequence[tuple[str, str]], out_dir: Path, targets: S
         argv += ["--interp", f"{name}={python}"]
     argv += ["--workloads", ",".join(targets), "--stages", "latency,guard", "--guard-fast", "--quick",
              "--out", str(out_dir)]
-    Runner(log).run(argv, timeout=MEASURE_TIMEOUT)
+    _run_child(argv, log, timeout=MEASURE_TIMEOUT)
     from . import report
 
     out = {"vs_base": json.loads((out_dir / "comparison.json").read_text(encoding="utf-8")), "vs_debian": None}

@@ -666,6 +666,26 @@ def test_real_build_reports_the_failed_stage_and_its_log(tmp_path, monkeypatch):
     assert "--profile-data" not in FakeRunner.calls[-1]
 
 
+@pytest.mark.parametrize("rc", [130, 143, -2, -15])
+def test_an_interrupted_child_interrupts_the_search_and_is_not_recorded_as_failed(tmp_path, monkeypatch, rc):
+    """A search started with nohup ignores SIGINT while its build does not: the build stops alone with 130. That
+    is an interruption (resume with --resume), not a failed build that a resume would then never retry."""
+    from hostpgo.errors import CommandError
+
+    def stopped(argv, collect):
+        raise CommandError(f"exit {rc}", argv=list(argv), returncode=rc, log_tail="interrupted")
+
+    FakeRunner.calls, FakeRunner.effect = [], stopped
+    monkeypatch.setattr(at, "Runner", FakeRunner)
+    build = at._real_build(WorkArea(tmp_path / "home"))
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path / "gcc-pgo-lto.toml", None, tmp_path / "b.log")
+    with pytest.raises(KeyboardInterrupt):
+        at._real_count("at-x", "/p/bin/python3", tmp_path / "c", ["pure-python"], tmp_path / "l.log")
+    with pytest.raises(KeyboardInterrupt):
+        at._real_confirm([(BASE, "/b"), ("at-x", "/p")], tmp_path / "f", ["decode-b1"], tmp_path / "l.log")
+
+
 def test_real_count_and_confirm_read_what_perf_wrote(tmp_path, monkeypatch):
     def counters(argv, collect):
         out = Path(argv[argv.index("--out") + 1])

@@ -108,6 +108,7 @@ def _autotune(args: argparse.Namespace, argv: list[str]) -> int:
     extra.require()
     state = autotune.run(budget_s=budget, space_path=Path(args.space) if args.space else None, base=args.base,
                          out=args.out, resume=args.resume, finalists=args.finalists, starting_points=starting,
+                         confirm_quick=False if args.confirm_full else None,
                          write_profile=args.write_profile, say=lambda m: console.print(m, markup=False),
                          argv=("python", "-m", "perf", *argv))
     best = state.get("best")
@@ -159,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "[search] base, workload-pgo-lto)")
     ap_.add_argument("--finalists", type=_positive(int), default=None, metavar="N",
                      help="candidates confirmed by the interleaved latency run (default: the space's, 3)")
+    ap_.add_argument("--confirm-full", action="store_true",
+                     help="confirm with perf bench's full latency settings (6 rounds x 5 values) instead of --quick "
+                          "(the space's confirm_quick); also on --resume, where it measures the finalists again "
+                          "and that run becomes the evidence")
     ap_.add_argument("--starting-points", default=None, metavar="PROFILES",
                      help="comma-separated profiles measured beside the finalists, built if missing (default: the "
                           "space's, gcc-pgo-lto,native; '' for none)")

@@ -84,6 +84,9 @@ ASSUMED_VENV_S = 90.0
 ASSUMED_CONFIRM_TARGET_S = 45.0
 """One subject on one target in the quick interleaved latency run (4 rounds of one pyperf process): an
 assumption."""
+FULL_LATENCY_FACTOR = 1.5
+"""A full latency run (6 rounds) against a quick one (4): each round's cost is dominated by starting one pyperf
+process per subject and target (the runtime targets load the model), not by the timed values."""
 ASSUMED_GUARD_S = 300.0
 """One subject through the pyperformance guard subset with --fast: an assumption."""
 BUILD_TIMEOUT = 6 * 3600.0
@@ -162,6 +165,9 @@ class SearchSettings:
     """Profiles measured beside the finalists (built if missing)."""
     common: tuple[str, ...]
     """Items added to every candidate (not to the base, not to best.toml)."""
+    confirm_quick: bool = True
+    """The confirmation's latency run with perf bench --quick (4 rounds x 3 values), else at its full settings
+    (6 x 5); the guard is pyperformance --fast either way."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +205,8 @@ SEARCH_SCHEMA: dict[str, dict[str, Key]] = {"search": {
                    check_doc="a perf target name"),
     "starting_points": Key(list, ["gcc-pgo-lto", "native"], "profiles measured beside the finalists"),
     "common": Key(list, [], "build-profile items added to every candidate"),
+    "confirm_quick": Key(bool, True, "the confirmation's latency run with perf bench --quick (false: its full "
+                         "settings, 6 rounds x 5 values, for a noisy machine)"),
 }}
 SEARCH_LOADER = Loader(SEARCH_SCHEMA, what="search space", find=lambda ref, rel: Path(ref), error=InputError)
 """The one layered loader, over the [search] table's schema: reads the file and checks its keys."""
@@ -258,7 +266,8 @@ def load_space(path: Path) -> Space:
     values = {k: SEARCH_SCHEMA["search"][k].default_value() for k in SEARCH_SCHEMA["search"]} | search
     settings = SearchSettings(base=values["base"], screen=tuple(values["screen"]), threshold=float(values["threshold"]),
                               finalists=values["finalists"], confirm=tuple(values["confirm"]),
-                              starting_points=tuple(values["starting_points"]), common=tuple(values["common"]))
+                              starting_points=tuple(values["starting_points"]), common=tuple(values["common"]),
+                              confirm_quick=bool(values["confirm_quick"]))
     loader = _profile_loader()
     common = tuple(parse_item(t, Origin("file", f"{path} [search] common"), loader) for t in settings.common)
     dims: list[tuple[int, int, Dimension]] = []
@@ -527,7 +536,8 @@ def costs_from(manifest: Mapping | None, settings: SearchSettings, count_s: floa
     """Costs from the base's manifest (`stages`: recorded seconds, also for stamp-skipped stages)."""
     per_target = sum(ASSUMED_COUNT_S["runtime" if TARGETS[t].needs_runtime else "interpreter"] for t in settings.screen)
     count = (count_s if count_s is not None else per_target) + ASSUMED_VENV_S
-    confirm = ASSUMED_CONFIRM_TARGET_S * len(settings.confirm) + ASSUMED_GUARD_S + ASSUMED_VENV_S
+    latency = ASSUMED_CONFIRM_TARGET_S * (1.0 if settings.confirm_quick else FULL_LATENCY_FACTOR)
+    confirm = latency * len(settings.confirm) + ASSUMED_GUARD_S + ASSUMED_VENV_S
     stages = (manifest or {}).get("stages") or {}
     build = sum(stages[s]["seconds"] for s in BUILD_STAGES if s in stages)
     train = sum(stages[s]["seconds"] for s in TRAINING_STAGES if s in stages)
@@ -856,13 +866,13 @@ class Actions:
 
     build(profile_file, profile_data | None, log) -> BuildOutcome
     count(name, python, out_dir, targets, log) -> {target: instructions per unit}
-    confirm(subjects [(name, python)], out_dir, targets, log) -> {"vs_base": comparison.json,
+    confirm(subjects [(name, python)], out_dir, targets, log, quick) -> {"vs_base": comparison.json,
         "vs_debian": comparison-vs-debian.json or None}
     """
 
     build: Callable[[Path, str | None, Path], BuildOutcome]
     count: Callable[[str, str, Path, Sequence[str], Path], dict[str, float]]
-    confirm: Callable[[Sequence[tuple[str, str]], Path, Sequence[str], Path], dict]
+    confirm: Callable[..., dict]
 
 
 def build_argv(profile_file: Path | str, profile_data: str | None) -> list[str]:
@@ -915,12 +925,13 @@ def _real_count(name: str, python: str, out_dir: Path, targets: Sequence[str], l
     return {t: float(res[t]["per_unit"]["instructions"]) for t in targets}
 
 
-def _real_confirm(subjects: Sequence[tuple[str, str]], out_dir: Path, targets: Sequence[str], log: Path) -> dict:
+def _real_confirm(subjects: Sequence[tuple[str, str]], out_dir: Path, targets: Sequence[str], log: Path,
+                  quick: bool = True) -> dict:
     argv = [sys.executable, "-m", "perf", "bench"]
     for name, python in subjects:
         argv += ["--interp", f"{name}={python}"]
-    argv += ["--workloads", ",".join(targets), "--stages", "latency,guard", "--guard-fast", "--quick",
-             "--out", str(out_dir)]
+    argv += ["--workloads", ",".join(targets), "--stages", "latency,guard", "--guard-fast",
+             *(["--quick"] if quick else []), "--out", str(out_dir)]
     _run_child(argv, log, timeout=MEASURE_TIMEOUT)
     from . import report
 
@@ -1036,7 +1047,10 @@ def render(state: Mapping) -> str:
     conf = s.get("confirm")
     if conf:
         base = conf["subjects"][0]
-        lines += [f"## Confirmation run (one interleaved run; ratios to {base}, below 1 is faster)", "",
+        how = ("perf bench --quick: 4 rounds x 3 values" if conf.get("quick", True)
+               else "perf bench at its full settings: 6 rounds x 5 values")
+        lines += [f"## Confirmation run (one interleaved run, {how}, guard pyperformance --fast; ratios to {base}, "
+                  "below 1 is faster)", "",
                   "| subject | latency vs base | pyperformance guard vs base | latency vs Debian |",
                   "|---|---|---|---|"]
 
@@ -1129,13 +1143,15 @@ def resume_dir(ref: str) -> Path:
     return path
 
 
-def with_options(space: Space, *, finalists: int | None = None, starting_points: Sequence[str] | None = None
-                 ) -> Space:
-    """The space with the command line's --finalists and --starting-points over its [search] values."""
+def with_options(space: Space, *, finalists: int | None = None, starting_points: Sequence[str] | None = None,
+                 confirm_quick: bool | None = None) -> Space:
+    """The space with the command line's --finalists, --starting-points and --confirm-full over its [search]
+    values."""
     s = space.settings
     return replace(space, settings=replace(
         s, finalists=finalists or s.finalists,
-        starting_points=s.starting_points if starting_points is None else tuple(starting_points)))
+        starting_points=s.starting_points if starting_points is None else tuple(starting_points),
+        confirm_quick=s.confirm_quick if confirm_quick is None else confirm_quick))
 
 
 def remaining_work(log: SearchLog, count_s: float) -> dict[str, float]:
@@ -1186,7 +1202,7 @@ def dry_run(*, budget_s: float, space_path: Path | None = None, base: str | None
 
 def run(*, budget_s: float, space_path: Path | None = None, base: str | None = None, out: str | None = None,
         resume: str | None = None, finalists: int | None = None, starting_points: Sequence[str] | None = None,
-        write_profile: bool = False,
+        confirm_quick: bool | None = None, write_profile: bool = False,
         actions: Actions | None = None, host: HostFacts | None = None, work: WorkArea | None = None,
         check: Callable[[profmod.Profile, Path], tuple[bool, str]] | None = None,
         say: Callable[[str], None] = print, argv: Sequence[str] = ()) -> dict:
@@ -1220,7 +1236,8 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
                  "starting_points": list(starting_points) if starting_points is not None else None,
                  "command": list(argv),
                  "host": {"machine": host.machine, "compilers": list(host.families)}})
-    space = with_options(load_space(space_path), finalists=finalists, starting_points=starting_points)
+    space = with_options(load_space(space_path), finalists=finalists, starting_points=starting_points,
+                         confirm_quick=confirm_quick)
     settings = space.settings
     say(f"run directory {run_dir}: an interrupted search continues with --resume {run_dir}")
     sess = _Session(run_dir, log, actions, budget_s, say)
@@ -1364,8 +1381,12 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
     ranked = sorted(survivors, key=lambda p: entries[p.candidate.id]["screen"]["geomean"])
     finals = ranked[:settings.finalists]
     state["finalists"] = [p.candidate.id for p in finals]
-    confirm_id = "confirm:" + "+".join(p.candidate.id for p in finals)
-    confirm = log.done(confirm_id, "confirm")
+    # A full confirmation has its own id (a resume with --confirm-full measures again, in its own directory);
+    # once it is there it is the evidence, also for a later quick resume.
+    ids = "+".join(p.candidate.id for p in finals)
+    full_id = "confirm-full:" + ids
+    confirm_id = ("confirm:" + ids) if settings.confirm_quick else full_id
+    confirm = log.done(full_id, "confirm") or log.done(confirm_id, "confirm")
     best: PlannedCandidate | None = None
     if finals or plan.starting_points:
         subjects: list[tuple[str, str]] = [(base_prof.name, base_python)]
@@ -1401,17 +1422,20 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
             t_confirm = time.monotonic()
             # One directory per set of subjects: an interrupted confirmation resumes in it (perf bench keeps the
             # stages it holds), a later one with other finalists gets its own.
-            res = actions.confirm(subjects, run_dir / f"confirm-{_digest([n for n, _ in subjects])[:8]}",
-                                  settings.confirm, logs / "confirm.log")
+            mode = [] if settings.confirm_quick else ["full"]
+            res = actions.confirm(subjects, run_dir / f"confirm-{_digest([n for n, _ in subjects] + mode)[:8]}",
+                                  settings.confirm, logs / ("confirm.log" if not mode else "confirm-full.log"),
+                                  quick=settings.confirm_quick)
             verdicts = {p.candidate.id: confirm_verdict(p.candidate.id, res["vs_base"]) for p in finals}
-            confirm = log.add({"id": confirm_id, "phase": "confirm", "subjects": [n for n, _ in subjects],
+            confirm = log.add({"id": confirm_id, "phase": "confirm", "quick": settings.confirm_quick,
+                               "subjects": [n for n, _ in subjects],
                                "seconds": time.monotonic() - t_confirm,
                                "vs_base": res["vs_base"], "vs_debian": res.get("vs_debian"), "verdicts": verdicts,
                                "verdict": "measured"})
         if confirm is not None:
             state["confirm_run"] = confirm["vs_base"]
             state["confirm"] = {"subjects": confirm["subjects"], "vs_base": confirm["vs_base"],
-                                "vs_debian": confirm.get("vs_debian")}
+                                "vs_debian": confirm.get("vs_debian"), "quick": confirm.get("quick", True)}
             for cid, v in confirm["verdicts"].items():
                 if cid in entries:
                     entries[cid]["confirm"] = v

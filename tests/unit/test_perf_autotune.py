@@ -461,6 +461,7 @@ class Recorder:
         self.builds: list[tuple[str, str | None]] = []
         self.counts: list[str] = []
         self.confirms: list[list[str]] = []
+        self.confirm_modes: list[bool] = []
 
     def actions(self) -> at.Actions:
         return at.Actions(self.build, self.count, self.confirm)
@@ -483,9 +484,10 @@ class Recorder:
         ratio = 1.0 if name == "base" else next(v for k, v in self.ratios.items() if name.startswith(k))
         return {t: BASE_COUNTS[t] * ratio for t in targets}
 
-    def confirm(self, subjects, out_dir, targets, log):
+    def confirm(self, subjects, out_dir, targets, log, quick=True):
         names = [n for n, _ in subjects]
         self.confirms.append(names)
+        self.confirm_modes.append(quick)
 
         def comp(base, changed, ratio, sig):
             return {"baseline": base, "changed": changed, "geomean_ratio": ratio, "geomean_significant": sig,
@@ -564,6 +566,23 @@ def test_interrupted_run_resumes_without_rebuilding_or_recounting(tmp_path, monk
     at.run(budget_s=1e6, resume=str(run_dir), actions=third.actions(), host=X86, work=work,
            check=always_reusable, say=lambda m: None)
     assert (third.builds, third.counts, third.confirms) == ([], [], [])
+
+    # --confirm-full on a finished run: the same finalists measured again at perf bench's full settings, in a
+    # directory of their own; a later quick resume keeps that evidence and measures nothing.
+    fourth = Recorder(work, ratios)
+    state = at.run(budget_s=1e6, resume=str(run_dir), confirm_quick=False, actions=fourth.actions(), host=X86,
+                   work=work, check=always_reusable, say=lambda m: None)
+    assert (fourth.builds, fourth.counts, fourth.confirm_modes) == ([], [], [False])
+    assert fourth.confirms == second.confirms
+    assert state["confirm"]["quick"] is False
+    assert "perf bench at its full settings: 6 rounds x 5 values" in (run_dir / "autotune.md").read_text()
+    recs = [json.loads(x) for x in (run_dir / "autotune.jsonl").read_text().splitlines()]
+    assert [r["id"].split(":")[0] for r in recs if r["phase"] == "confirm"] == ["confirm", "confirm-full"]
+    fifth = Recorder(work, ratios)
+    state = at.run(budget_s=1e6, resume=str(run_dir), actions=fifth.actions(), host=X86, work=work,
+                   check=always_reusable, say=lambda m: None)
+    assert (fifth.builds, fifth.counts, fifth.confirms) == ([], [], [])
+    assert state["confirm"]["quick"] is False
 
 
 def test_winner_becomes_best_toml_and_budget_skips_are_logged(tmp_path, monkeypatch):
@@ -718,6 +737,9 @@ def test_real_count_and_confirm_read_what_perf_wrote(tmp_path, monkeypatch):
     res = at._real_confirm([(BASE, "/b"), ("debian", "/usr/bin/python3.11"), ("at-x", "/p")], tmp_path / "f",
                            ["decode-b1"], tmp_path / "l.log")
     assert res == {"vs_base": {"latency": [], "guard": []}, "vs_debian": {"latency": ["x"]}}
+    assert "--quick" in FakeRunner.calls[0] and "--guard-fast" in FakeRunner.calls[0]
+    at._real_confirm([(BASE, "/b"), ("at-x", "/p")], tmp_path / "g", ["decode-b1"], tmp_path / "l.log", quick=False)
+    assert "--quick" not in FakeRunner.calls[1] and "--guard-fast" in FakeRunner.calls[1]
     argv = FakeRunner.calls[0]
     assert argv[argv.index("--stages") + 1] == "latency,guard"
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--interp"] == [

@@ -58,6 +58,8 @@ from hostpgo.layered import Key, Loader, Origin, fmt
 from hostpgo.runner import Runner
 
 from .catalog import TARGETS
+from .counters import UNCOUNTABLE
+from .errors import UncountableError
 from .tune import drop_longest_first, unique_path
 from .workspace import new_run_dir, safe_name
 
@@ -919,7 +921,14 @@ def _real_build(work: WorkArea) -> Callable[[Path, str | None, Path], BuildOutco
 def _real_count(name: str, python: str, out_dir: Path, targets: Sequence[str], log: Path) -> dict[str, float]:
     argv = [sys.executable, "-m", "perf", "counters", "--interp", f"{name}={python}", "--workloads",
             ",".join(targets), "--backend", "cachegrind", "--quick", "--out", str(out_dir)]
-    _run_child(argv, log, timeout=MEASURE_TIMEOUT)
+    try:
+        _run_child(argv, log, timeout=MEASURE_TIMEOUT)
+    except CommandError as exc:
+        tail = " ".join((exc.log_tail or "").split())  # the child's message, as its console wrapped it
+        if UNCOUNTABLE in tail:
+            avx = " (AVX-512, which valgrind does not support)" if "AVX-512" in tail else ""
+            raise UncountableError(f"{python}: {UNCOUNTABLE}{avx}; log {log}") from exc
+        raise
     rec = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
     res = rec["counters"]["results"][name]
     return {t: float(res[t]["per_unit"]["instructions"]) for t in targets}
@@ -1339,9 +1348,13 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
                 entry["verdict"], entry["why"] = "skipped", "budget"
                 return entry
             t1 = time.monotonic()
-            counts = actions.count(cand.id, b["python"], run_dir / "counts" / cand.id, settings.screen,
-                                   logs / f"{cand.id}.count.log")
-            ratios, geo, verdict, why = screen_verdict(counts, base_counts, settings.threshold)
+            try:
+                counts = actions.count(cand.id, b["python"], run_dir / "counts" / cand.id, settings.screen,
+                                       logs / f"{cand.id}.count.log")
+                ratios, geo, verdict, why = screen_verdict(counts, base_counts, settings.threshold)
+            except UncountableError as exc:  # e.g. AVX-512 from -march=native: no exact count, no finalist
+                counts, ratios, geo, verdict = {}, {}, None, "uncountable"
+                why = f"not screened: {exc}"
             sc = log.add({"id": cand.id, "phase": "screen", "sets": cand.sets, "build_id": p.build_id,
                           "build_seconds": b.get("seconds"), "counts": counts, "ratios": ratios, "geomean": geo,
                           "seconds": time.monotonic() - t1, "verdict": verdict, "why": why,

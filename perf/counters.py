@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hostpgo import runner
-from hostpgo.errors import HostpgoError
+from hostpgo.errors import CommandError, HostpgoError
 
-from .errors import PerfError, ResultsError, SpecError
+from .errors import PerfError, ResultsError, SpecError, UncountableError
 
 PERF_EVENTS = ("instructions", "cycles", "branches", "branch-misses",
                "L1-icache-load-misses", "iTLB-load-misses")
@@ -150,6 +150,25 @@ def derived(backend: str, per_unit: Mapping[str, float | None]) -> dict[str, flo
     return out
 
 
+UNDECODABLE_RE = re.compile(r"vex \S+->IR: unhandled instruction bytes: ((?:0x[0-9A-Fa-f]+ ?)+)")
+"""What valgrind prints before it stops a program at an instruction its VEX decoder does not know."""
+UNCOUNTABLE = "valgrind cannot decode an instruction it executes"
+"""The stable start of UncountableError's reason (perf autotune finds it in a child's output)."""
+
+
+def uncountable_reason(python: Path, output: str) -> str | None:
+    """Why valgrind stopped `python`, when its output shows an undecodable instruction; else None."""
+    m = UNDECODABLE_RE.search(output or "")
+    if m is None:
+        return None
+    first = m.group(1).split()[0].lower()
+    hint = (" (0x62 starts an EVEX, that is AVX-512, instruction: valgrind has no AVX-512 support; an interpreter "
+            "built with -march=native on an AVX-512 CPU, or -march=x86-64-v4, uses it)" if first == "0x62" else "")
+    return (f"{python}: {UNCOUNTABLE} (bytes {m.group(1).strip()}){hint}. Count it with hardware counters "
+            "(--backend perf-stat, on a host that has them), or build it for an instruction set valgrind "
+            "decodes (e.g. optimize.arch = \"march=x86-64-v3\")")
+
+
 def command(backend: Backend, argv: list[str], out_file: Path) -> list[str]:
     if backend.name == "perf-stat":
         return ["perf", "stat", "-x,", "-o", str(out_file), "-e", ",".join(PERF_EVENTS), "--", *argv]
@@ -217,7 +236,13 @@ def measure(backend: Backend, python: Path, target_name: str, units: tuple[int, 
             continue
         out_file.unlink(missing_ok=True)
         sidecar.unlink(missing_ok=True)
-        runner.capture(cmd, cwd=work, env=env_delta, log=log, timeout=timeout)
+        try:
+            runner.capture(cmd, cwd=work, env=env_delta, log=log, timeout=timeout)
+        except CommandError as exc:
+            why = uncountable_reason(python, exc.log_tail) if backend.name == "cachegrind" else None
+            if why:
+                raise UncountableError(why) from exc
+            raise
         totals.append(parse_output(backend, out_file))
         sidecar.write_text(json.dumps(made_by, indent=1) + "\n", encoding="utf-8")
     unit_costs = per_unit(totals[0], totals[1], units)

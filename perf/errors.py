@@ -4,7 +4,7 @@ A failed external tool is hostpgo.errors.CommandError (exit 4) raised by the one
 
 from hostpgo.errors import CommandError, HostpgoError, InputError
 
-__all__ = ["CommandError", "IncompatibleResults", "PerfError", "ResultsError", "SpecError"]
+__all__ = ["CommandError", "IncompatibleResults", "PerfError", "ResultsError", "SpecError", "UncountableError"]
 
 
 class PerfError(HostpgoError):
@@ -29,3 +29,9 @@ class ResultsError(PerfError):
     """A results directory or file is missing, malformed or of an unknown schema."""
 
     exit_code = 5
+
+
+class UncountableError(PerfError):
+    """valgrind cannot run an interpreter to count it: it executes an instruction valgrind cannot decode."""
+
+    exit_code = 4

@@ -12,6 +12,7 @@ from buildsys.toolchain import profile as profmod
 from hostpgo.errors import HostpgoError, InputError
 from perf import __main__ as cli
 from perf import autotune as at
+from perf.errors import UncountableError
 
 X86 = at.HostFacts("x86_64", ("clang", "gcc"))
 BASE = "workload-pgo-lto"
@@ -458,6 +459,7 @@ class Recorder:
     def __init__(self, work: WorkArea, ratios: dict[str, float], fail: set[str] = frozenset(),
                  stop_at: int | None = None):
         self.work, self.ratios, self.fail, self.stop_at = work, ratios, fail, stop_at
+        self.uncountable: set[str] = set()
         self.builds: list[tuple[str, str | None]] = []
         self.counts: list[str] = []
         self.confirms: list[list[str]] = []
@@ -481,6 +483,8 @@ class Recorder:
         if self.stop_at is not None and len(self.counts) == self.stop_at:
             raise KeyboardInterrupt
         self.counts.append(name)
+        if any(name.startswith(k) for k in self.uncountable):
+            raise UncountableError(f"{python}: valgrind cannot decode an instruction it executes (AVX-512)")
         ratio = 1.0 if name == "base" else next(v for k, v in self.ratios.items() if name.startswith(k))
         return {t: BASE_COUNTS[t] * ratio for t in targets}
 
@@ -583,6 +587,25 @@ def test_interrupted_run_resumes_without_rebuilding_or_recounting(tmp_path, monk
                    check=always_reusable, say=lambda m: None)
     assert (fifth.builds, fifth.counts, fifth.confirms) == ([], [], [])
     assert state["confirm"]["quick"] is False
+
+
+def test_a_candidate_valgrind_cannot_run_is_not_screened_and_the_search_goes_on(tmp_path, monkeypatch):
+    """-march=native on an AVX-512 host: cachegrind stops at the first EVEX instruction. That candidate gets no
+    count (verdict uncountable, the reason in the report) and the other candidates are searched as before."""
+    monkeypatch.setenv("HOSTPGO_HOME", str(tmp_path / "home"))
+    work = WorkArea(tmp_path / "home")
+    base_manifest(work)
+    ratios = {"at-lto-full": 1.0, "at-arch-v3": 0.975, "at-arch-native": 0.9, "at-arch-v2": 0.999,
+              "at-allocator-tcmalloc": 1.0, "at-allocator-mimalloc": 1.0, "at-cflags": 1.0}
+    rec = Recorder(work, ratios)
+    rec.uncountable = {"at-arch-native"}
+    state = at.run(budget_s=1e6, space_path=write_space(tmp_path), out=str(tmp_path / "r"), actions=rec.actions(),
+                   host=X86, work=work, check=always_reusable, say=lambda m: None)
+    verdicts = {c["label"]: (c["verdict"], c["why"]) for c in state["candidates"]}
+    assert verdicts["native"][0] == "uncountable" and "AVX-512" in verdicts["native"][1]
+    assert verdicts["v3"][0] == "survives"
+    assert not any(f.startswith("at-arch-native") for f in state["finalists"])
+    assert "uncountable: not screened" in (tmp_path / "r" / "autotune.md").read_text()
 
 
 def test_winner_becomes_best_toml_and_budget_skips_are_logged(tmp_path, monkeypatch):
@@ -703,6 +726,25 @@ def test_an_interrupted_child_interrupts_the_search_and_is_not_recorded_as_faile
         at._real_count("at-x", "/p/bin/python3", tmp_path / "c", ["pure-python"], tmp_path / "l.log")
     with pytest.raises(KeyboardInterrupt):
         at._real_confirm([(BASE, "/b"), ("at-x", "/p")], tmp_path / "f", ["decode-b1"], tmp_path / "l.log")
+
+
+def test_real_count_turns_the_childs_uncountable_message_into_uncountable(tmp_path, monkeypatch):
+    from hostpgo.errors import CommandError
+
+    said = ("error: /p/bin/python3: valgrind cannot decode an instruction it executes (bytes 0x62 0xF1) (0x62\n"
+            "starts an EVEX, that is AVX-512, instruction: valgrind has no AVX-512 support; ...)")
+
+    def child(argv, collect):
+        raise CommandError("exit 4", argv=list(argv), returncode=4, log_tail=said)
+
+    FakeRunner.calls, FakeRunner.effect = [], child
+    monkeypatch.setattr(at, "Runner", FakeRunner)
+    with pytest.raises(UncountableError, match=r"^/p/bin/python3: valgrind cannot decode .* \(AVX-512"):
+        at._real_count("at-x", "/p/bin/python3", tmp_path / "c", ["pure-python"], tmp_path / "l.log")
+    FakeRunner.effect = lambda argv, collect: (_ for _ in ()).throw(
+        CommandError("exit 4", argv=list(argv), returncode=4, log_tail="no space left on device"))
+    with pytest.raises(CommandError):
+        at._real_count("at-x", "/p/bin/python3", tmp_path / "c", ["pure-python"], tmp_path / "l.log")
 
 
 def test_real_count_and_confirm_read_what_perf_wrote(tmp_path, monkeypatch):

@@ -172,3 +172,30 @@ def test_interrupted_counter_runs_are_read_back_only_when_made_by_the_same_comma
     measure("k3")
     (tmp_path / "w" / "pure-dispatch-7.cachegrind.out").write_text("desc: I1 cache\n")
     assert measure("k3") == (100, [7])
+
+
+# What valgrind 3.19 printed here counting a -march=native build (this AMD EPYC has AVX-512).
+VEX_AVX512 = """    --23740-- warning: L3 cache found, using its data for the LL simulation.
+    vex amd64->IR: unhandled instruction bytes: 0x62 0xF1 0x7C 0x48 0x11 0x84 0x24 0xA8 0x0 0x0
+    vex amd64->IR:   REX=0 REX.W=0 REX.R=0 REX.X=0 REX.B=0
+    ==23740== Process terminating with default action of signal 4 (SIGILL)"""
+
+
+def test_an_instruction_valgrind_cannot_decode_is_named_with_the_fix(tmp_path, monkeypatch):
+    from hostpgo.errors import CommandError
+    from perf.errors import UncountableError
+
+    why = counters.uncountable_reason(Path("/i/native/bin/python3"), VEX_AVX512)
+    assert why.startswith(f"/i/native/bin/python3: {counters.UNCOUNTABLE} (bytes 0x62 0xF1")
+    assert "AVX-512" in why and "--backend perf-stat" in why and "x86-64-v3" in why
+    assert "AVX-512" not in counters.uncountable_reason(Path("p"), VEX_AVX512.replace("0x62 0xF1", "0x0F 0x0B"))
+    assert counters.uncountable_reason(Path("p"), "==1== Process terminating with signal 11 (SIGSEGV)") is None
+
+    def sigill(cmd, **kwargs):
+        raise CommandError("exit -4", argv=cmd, returncode=-4, log_tail=VEX_AVX512)
+
+    monkeypatch.setattr(counters.runner, "capture", sigill)
+    with pytest.raises(UncountableError, match="AVX-512"):
+        counters.measure(counters.Backend("cachegrind", ""), tmp_path / "py", "pure-python", (2, 7), tmp_path / "w")
+    with pytest.raises(CommandError):  # perf stat's failure is not valgrind's
+        counters.measure(counters.Backend("perf-stat", ""), tmp_path / "py", "pure-python", (2, 7), tmp_path / "w")

@@ -1358,7 +1358,7 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
             sc = log.add({"id": cand.id, "phase": "screen", "sets": cand.sets, "build_id": p.build_id,
                           "build_seconds": b.get("seconds"), "counts": counts, "ratios": ratios, "geomean": geo,
                           "seconds": time.monotonic() - t1, "verdict": verdict, "why": why,
-                          "decided_by": "instructions"})
+                          "decided_by": "valgrind" if verdict == "uncountable" else "instructions"})
         entry["screen"] = sc
         entry["verdict"], entry["why"] = sc["verdict"], sc["why"]
         say(f"  {cand.id}: {sc['verdict']} - {sc['why']}")

@@ -58,7 +58,6 @@ from hostpgo.layered import Key, Loader, Origin, fmt
 from hostpgo.runner import Runner
 
 from .catalog import TARGETS
-from .counters import UNCOUNTABLE
 from .errors import UncountableError
 from .tune import drop_longest_first, unique_path
 from .workspace import new_run_dir, safe_name
@@ -87,8 +86,8 @@ ASSUMED_CONFIRM_TARGET_S = 45.0
 """One subject on one target in the quick interleaved latency run (4 rounds of one pyperf process): an
 assumption."""
 FULL_LATENCY_FACTOR = 1.5
-"""A full latency run (6 rounds) against a quick one (4): each round's cost is dominated by starting one pyperf
-process per subject and target (the runtime targets load the model), not by the timed values."""
+"""A full latency run (6 rounds x 5 values) against a quick one (4 x 3), per subject and target: an assumption
+(each round starts one pyperf process per subject and target, and a runtime target's process loads the model)."""
 ASSUMED_GUARD_S = 300.0
 """One subject through the pyperformance guard subset with --fast: an assumption."""
 BUILD_TIMEOUT = 6 * 3600.0
@@ -874,7 +873,7 @@ class Actions:
 
     build: Callable[[Path, str | None, Path], BuildOutcome]
     count: Callable[[str, str, Path, Sequence[str], Path], dict[str, float]]
-    confirm: Callable[..., dict]
+    confirm: Callable[[Sequence[tuple[str, str]], Path, Sequence[str], Path, bool], dict]
 
 
 def build_argv(profile_file: Path | str, profile_data: str | None) -> list[str]:
@@ -895,7 +894,8 @@ def _run_child(argv: Sequence[str], log: Path, *, timeout: float, collect: list[
         Runner(log).run(list(argv), timeout=timeout, collect=collect)
     except CommandError as exc:
         if exc.returncode in INTERRUPTED_CODES:
-            raise KeyboardInterrupt(f"{argv[2:4]} was interrupted (exit {exc.returncode}; log {log})") from exc
+            what = " ".join(argv[2:4])
+            raise KeyboardInterrupt(f"{what} was interrupted (exit {exc.returncode}; log {log})") from exc
         raise
 
 
@@ -924,10 +924,9 @@ def _real_count(name: str, python: str, out_dir: Path, targets: Sequence[str], l
     try:
         _run_child(argv, log, timeout=MEASURE_TIMEOUT)
     except CommandError as exc:
-        tail = " ".join((exc.log_tail or "").split())  # the child's message, as its console wrapped it
-        if UNCOUNTABLE in tail:
-            avx = " (AVX-512, which valgrind does not support)" if "AVX-512" in tail else ""
-            raise UncountableError(f"{python}: {UNCOUNTABLE}{avx}; log {log}") from exc
+        if exc.returncode == UncountableError.exit_code:  # the child's own UncountableError; its reason ends the log
+            said = " ".join((exc.log_tail or "").split()).rpartition("error: ")[2]
+            raise UncountableError(said or f"{python}: perf counters exit {exc.returncode}; log {log}") from exc
         raise
     rec = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
     res = rec["counters"]["results"][name]
@@ -1438,7 +1437,7 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
             mode = [] if settings.confirm_quick else ["full"]
             res = actions.confirm(subjects, run_dir / f"confirm-{_digest([n for n, _ in subjects] + mode)[:8]}",
                                   settings.confirm, logs / ("confirm.log" if not mode else "confirm-full.log"),
-                                  quick=settings.confirm_quick)
+                                  settings.confirm_quick)
             verdicts = {p.candidate.id: confirm_verdict(p.candidate.id, res["vs_base"]) for p in finals}
             confirm = log.add({"id": confirm_id, "phase": "confirm", "quick": settings.confirm_quick,
                                "subjects": [n for n, _ in subjects],

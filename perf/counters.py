@@ -153,7 +153,6 @@ def derived(backend: str, per_unit: Mapping[str, float | None]) -> dict[str, flo
 UNDECODABLE_RE = re.compile(r"vex \S+->IR: unhandled instruction bytes: ((?:0x[0-9A-Fa-f]+ ?)+)")
 """What valgrind prints before it stops a program at an instruction its VEX decoder does not know."""
 UNCOUNTABLE = "valgrind cannot decode an instruction it executes"
-"""The stable start of UncountableError's reason (perf autotune finds it in a child's output)."""
 
 
 def uncountable_reason(python: Path, output: str) -> str | None:
@@ -162,7 +161,7 @@ def uncountable_reason(python: Path, output: str) -> str | None:
     if m is None:
         return None
     first = m.group(1).split()[0].lower()
-    hint = (" (0x62 starts an EVEX, that is AVX-512, instruction: valgrind has no AVX-512 support; an interpreter "
+    hint = (" (AVX-512: 0x62 starts an EVEX instruction, and valgrind has no AVX-512 support; an interpreter "
             "built with -march=native on an AVX-512 CPU, or -march=x86-64-v4, uses it)" if first == "0x62" else "")
     return (f"{python}: {UNCOUNTABLE} (bytes {m.group(1).strip()}){hint}. Count it with hardware counters "
             "(--backend perf-stat, on a host that has them), or build it for an instruction set valgrind "

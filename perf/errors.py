@@ -32,6 +32,8 @@ class ResultsError(PerfError):
 
 
 class UncountableError(PerfError):
-    """valgrind cannot run an interpreter to count it: it executes an instruction valgrind cannot decode."""
+    """valgrind cannot run an interpreter to count it: it executes an instruction valgrind cannot decode.
 
-    exit_code = 4
+    Its own exit code, so that a caller of `perf counters` (perf autotune) tells it from a failed tool."""
+
+    exit_code = 6

@@ -730,12 +730,15 @@ def test_an_interrupted_child_interrupts_the_search_and_is_not_recorded_as_faile
 
 def test_real_count_turns_the_childs_uncountable_message_into_uncountable(tmp_path, monkeypatch):
     from hostpgo.errors import CommandError
+    from perf import counters
 
-    said = ("error: /p/bin/python3: valgrind cannot decode an instruction it executes (bytes 0x62 0xF1) (0x62\n"
-            "starts an EVEX, that is AVX-512, instruction: valgrind has no AVX-512 support; ...)")
+    # What the child prints: its console's "error: " and UncountableError's reason, wrapped.
+    vex = "vex amd64->IR: unhandled instruction bytes: 0x62 0xF1"
+    reason = counters.uncountable_reason(Path("/p/bin/python3"), vex)
+    said = "error: " + reason[:60] + "\n" + reason[60:]
 
     def child(argv, collect):
-        raise CommandError("exit 4", argv=list(argv), returncode=4, log_tail=said)
+        raise CommandError("exit 6", argv=list(argv), returncode=6, log_tail=said)
 
     FakeRunner.calls, FakeRunner.effect = [], child
     monkeypatch.setattr(at, "Runner", FakeRunner)

@@ -102,7 +102,8 @@ def _autotune(args: argparse.Namespace, argv: list[str]) -> int:
                 else [n.strip() for n in args.starting_points.split(",") if n.strip()])
     if args.dry_run:
         for line in autotune.dry_run(budget_s=budget, space_path=Path(args.space) if args.space else None,
-                                     base=args.base, starting_points=starting, resume=args.resume):
+                                     base=args.base, starting_points=starting, resume=args.resume,
+                                     confirm_quick=False if args.confirm_full else None):
             print(line)
         return 0
     extra.require()

@@ -1183,7 +1183,8 @@ def base_reference(ref: str) -> str:
 
 
 def dry_run(*, budget_s: float, space_path: Path | None = None, base: str | None = None,
-            starting_points: Sequence[str] | None = None, resume: str | None = None, host: HostFacts | None = None,
+            starting_points: Sequence[str] | None = None, confirm_quick: bool | None = None,
+            resume: str | None = None, host: HostFacts | None = None,
             work: WorkArea | None = None,
             check: Callable[[profmod.Profile, Path], tuple[bool, str]] | None = None) -> list[str]:
     """The whole plan against the base's real manifest where it is installed (with `resume`, what that run still
@@ -1197,7 +1198,7 @@ def dry_run(*, budget_s: float, space_path: Path | None = None, base: str | None
             starting_points = log.header.get("starting_points")
         count_s = (log.done("base", "screen") or {}).get("seconds")
     space = with_options(load_space(space_path or DEFAULT_SPACE), finalists=finalists,
-                         starting_points=starting_points)
+                         starting_points=starting_points, confirm_quick=confirm_quick)
     host = host or HostFacts.detect()
     work = work or WorkArea.from_env()
     base_ref = base_reference(base or space.settings.base)

@@ -201,6 +201,16 @@ def test_bad_budget_names_the_flag(text):
         at.parse_budget(text)
 
 
+def test_a_full_confirmation_costs_more_in_the_plan_than_a_quick_one(tmp_path):
+    work = WorkArea(tmp_path / "home")
+    doc = base_manifest(work)
+    space = at.load_space(at.DEFAULT_SPACE.parent / "autotune-2h.toml")
+    quick, full = (at.plan_search(at.with_options(space, confirm_quick=q), budget_s=1e6, host=X86, work=work,
+                                  manifest=doc, check=always_reusable) for q in (True, False))
+    assert full.costs.confirm_subject_s > quick.costs.confirm_subject_s
+    assert full.estimate_s > quick.estimate_s
+
+
 def test_every_shipped_space_loads():
     spaces = sorted(at.DEFAULT_SPACE.parent.glob("*.toml"))
     assert at.DEFAULT_SPACE in spaces and len(spaces) >= 2

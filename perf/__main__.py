@@ -88,6 +88,12 @@ def _autotune_doc() -> str:
     return autotune.__doc__ or ""
 
 
+def autotune_rules() -> dict[str, str]:
+    from . import autotune
+
+    return autotune.WINNER_RULES
+
+
 def _autotune(args: argparse.Namespace, argv: list[str]) -> int:
     """`autotune`: the dry-run plan, or the search (which needs the perf extra: pyperf, matplotlib)."""
     from . import autotune
@@ -103,18 +109,19 @@ def _autotune(args: argparse.Namespace, argv: list[str]) -> int:
     if args.dry_run:
         for line in autotune.dry_run(budget_s=budget, space_path=Path(args.space) if args.space else None,
                                      base=args.base, starting_points=starting, resume=args.resume,
-                                     confirm_quick=False if args.confirm_full else None):
+                                     confirm_quick=False if args.confirm_full else None,
+                                     winner=args.winner):
             print(line)
         return 0
     extra.require()
     state = autotune.run(budget_s=budget, space_path=Path(args.space) if args.space else None, base=args.base,
                          out=args.out, resume=args.resume, finalists=args.finalists, starting_points=starting,
-                         confirm_quick=False if args.confirm_full else None,
+                         confirm_quick=False if args.confirm_full else None, winner=args.winner,
                          write_profile=args.write_profile, say=lambda m: console.print(m, markup=False),
                          argv=("python", "-m", "perf", *argv))
     best = state.get("best")
     console.print(f"best: {best['id']} ({best['label']}): {best['file']}" if best else
-                  "best: no candidate beat the base significantly (no best.toml)")
+                  "best: no finalist won by the winner rule (no best.toml)")
     print(Path(state["run_dir"]) / "autotune.md")
     return 0
 
@@ -165,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="confirm with perf bench's full latency settings (6 rounds x 5 values) instead of --quick "
                           "(the space's confirm_quick); also on --resume, where it measures the finalists again "
                           "and that run becomes the evidence")
+    ap_.add_argument("--winner", default=None, choices=sorted(autotune_rules()),
+                     help="how the confirmation picks the winner (default: the space's [search] winner, latency): "
+                          "latency = a significantly lower latency geometric mean; counts = fewer exact "
+                          "instructions, the latency or the guard significantly faster and nothing significantly "
+                          "slower (for a host whose latency noise hides a few percent); also on --resume, where "
+                          "the kept measurements are judged again")
     ap_.add_argument("--starting-points", default=None, metavar="PROFILES",
                      help="comma-separated profiles measured beside the finalists, built if missing (default: the "
                           "space's, gcc-pgo-lto,native; '' for none)")

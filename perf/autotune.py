@@ -20,9 +20,12 @@ the later dimension loses one) and listed. The run:
    no longer holds in the combination is left out of it), built and screened the same way.
 4. Confirmation: the top `--finalists` survivors by counts in one interleaved `python -m perf bench` run
    (latency on the `confirm` targets plus the pyperformance guard) beside the base, Debian's python3.11 and the
-   starting points (`gcc-pgo-lto`, `native`: built if missing). The winner is the finalist with the lowest
-   latency geometric mean that is significantly below the base's (perf.compare's geometric-mean test) and not
-   significantly slower on the guard.
+   starting points (`gcc-pgo-lto`, `native`: built if missing). The winner follows the space's `winner` rule
+   (WINNER_RULES): `latency` (default), the finalist with the lowest latency geometric mean that is
+   significantly below the base's (perf.compare's geometric-mean test) and not significantly slower on the
+   guard; `counts`, for a host whose latency noise hides the few percent a build option moves, the finalist with
+   the fewest instructions whose latency or guard geometric mean is significantly faster and which is
+   significantly slower on no confirmation target and not on the guard.
 
 Every finished step is one line of `<run>/autotune.jsonl`; `--resume RUN` rereads it and neither rebuilds nor
 re-measures what it holds (an interrupted run resumes). Outputs: `best.toml` (the winner's set items over the
@@ -169,6 +172,8 @@ class SearchSettings:
     confirm_quick: bool = True
     """The confirmation's latency run with perf bench --quick (4 rounds x 3 values), else at its full settings
     (6 x 5); the guard is pyperformance --fast either way."""
+    winner: str = "latency"
+    """How the confirmation picks the winner: a WINNER_RULES key."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,16 @@ class Space:
     """Sorted by priority, then file order."""
     common: tuple[Item, ...] = ()
     """[search] common, parsed."""
+
+
+WINNER_RULES = {
+    "latency": "the latency geometric mean over the confirmation targets significantly below the base's, the guard "
+               "not significantly slower; the lowest latency wins",
+    "counts": "fewer exact instructions (the screening), the latency or the guard geometric mean significantly "
+              "faster, no confirmation target and not the guard significantly slower; the fewest instructions "
+              "win",
+}
+"""The confirmation's winner rules, by name (the space's [search] winner, --winner)."""
 
 
 def _positive_int(v: Any) -> bool:
@@ -208,6 +223,8 @@ SEARCH_SCHEMA: dict[str, dict[str, Key]] = {"search": {
     "common": Key(list, [], "build-profile items added to every candidate"),
     "confirm_quick": Key(bool, True, "the confirmation's latency run with perf bench --quick (false: its full "
                          "settings, 6 rounds x 5 values, for a noisy machine)"),
+    "winner": Key(str, "latency", "how the confirmation picks the winner", check=lambda v: v in WINNER_RULES,
+                  check_doc=" or ".join(WINNER_RULES)),
 }}
 SEARCH_LOADER = Loader(SEARCH_SCHEMA, what="search space", find=lambda ref, rel: Path(ref), error=InputError)
 """The one layered loader, over the [search] table's schema: reads the file and checks its keys."""
@@ -268,7 +285,7 @@ def load_space(path: Path) -> Space:
     settings = SearchSettings(base=values["base"], screen=tuple(values["screen"]), threshold=float(values["threshold"]),
                               finalists=values["finalists"], confirm=tuple(values["confirm"]),
                               starting_points=tuple(values["starting_points"]), common=tuple(values["common"]),
-                              confirm_quick=bool(values["confirm_quick"]))
+                              confirm_quick=bool(values["confirm_quick"]), winner=values["winner"])
     loader = _profile_loader()
     common = tuple(parse_item(t, Origin("file", f"{path} [search] common"), loader) for t in settings.common)
     dims: list[tuple[int, int, Dimension]] = []
@@ -786,6 +803,7 @@ def describe(plan: Plan, space: Space, host: HostFacts) -> list[str]:
                  + (("the starting points " + ", ".join(f"{n} ({'installed' if ok else 'built first'})"
                                                         for n, ok in plan.starting_points))
                     if plan.starting_points else "no starting points"))
+    lines.append(f"winner rule {space.settings.winner!r}: {WINNER_RULES[space.settings.winner]}")
     lines.append(f"estimate {plan.estimate_s / 60:.0f} min (reserve {plan.reserve_s / 60:.0f} min for the "
                  f"combination, starting points and confirmation) of a {plan.budget_s / 60:.0f} min budget")
     for p in plan.dropped:
@@ -973,30 +991,51 @@ def screen_verdict(counts: Mapping[str, float], base_counts: Mapping[str, float]
     return ratios, geo, "dropped", f"instructions {geo:.4f}x the base's (not below {1 - threshold:.4g})"
 
 
-def confirm_verdict(cid: str, comps: Mapping) -> dict:
-    """A finalist's latency and guard comparisons with the base (comparison.json entries): wins when the latency
-    geometric mean is below 1 and significant and the guard is not significantly slower."""
+def _faster(c: Mapping | None) -> bool:
+    return bool(c) and bool(c["geomean_significant"]) and c["geomean_ratio"] < 1
+
+
+def _slower(c: Mapping | None) -> bool:
+    return bool(c) and bool(c["geomean_significant"]) and c["geomean_ratio"] > 1
+
+
+def confirm_verdict(cid: str, comps: Mapping, rule: str = "latency") -> dict:
+    """A finalist's latency and guard comparisons with the base (comparison.json entries), judged by one of
+    WINNER_RULES. Both rules refuse a guard that is significantly slower; `latency` wins on a significant latency
+    geometric mean below 1; `counts` (the finalist already has fewer instructions) wins when the latency or the
+    guard geometric mean is significantly below 1 and no confirmation target is significantly slower."""
+    if rule not in WINNER_RULES:
+        raise InputError(f"winner rule {rule!r}: choose {' or '.join(WINNER_RULES)}")
     lat = next((c for c in comps.get("latency", []) if c["changed"] == cid), None)
     grd = next((c for c in comps.get("guard", []) if c["changed"] == cid), None)
     if lat is None:
-        return {"wins": False, "latency": None, "guard": None, "why": "no latency result"}
+        return {"wins": False, "latency": None, "guard": None, "rule": rule, "why": "no latency result"}
     out = {"latency": lat["geomean_ratio"], "latency_significant": lat["geomean_significant"],
            "guard": grd["geomean_ratio"] if grd else None,
-           "guard_significant": grd["geomean_significant"] if grd else None}
-    if grd and grd["geomean_significant"] and grd["geomean_ratio"] > 1:
+           "guard_significant": grd["geomean_significant"] if grd else None, "rule": rule}
+    lat_said = (f"latency geometric mean {lat['geomean_ratio']:.3f}x the base's, "
+                + ("significant" if lat["geomean_significant"] else "not significant"))
+    if _slower(grd):
         return {**out, "wins": False, "why": f"pyperformance guard significantly slower ({grd['geomean_ratio']:.3f}x)"}
-    if lat["geomean_ratio"] < 1 and lat["geomean_significant"]:
-        return {**out, "wins": True, "why": f"latency geometric mean {lat['geomean_ratio']:.3f}x the base's, "
-                                            "significant"}
-    return {**out, "wins": False, "why": f"latency geometric mean {lat['geomean_ratio']:.3f}x, "
-                                         + ("significant" if lat["geomean_significant"] else "not significant")}
+    if rule == "latency":
+        return {**out, "wins": _faster(lat), "why": lat_said}
+    slower = [r["name"] for r in lat.get("rows", []) if r.get("significant") and r["ratio"] > 1]
+    if _slower(lat) or slower:
+        return {**out, "wins": False, "why": f"{lat_said}; significantly slower on "
+                                             + (", ".join(slower) or "the geometric mean")}
+    grd_said = ("guard not measured" if not grd else
+                f"guard {grd['geomean_ratio']:.3f}x, " + ("significant" if grd["geomean_significant"]
+                                                          else "not significant"))
+    wins = _faster(lat) or _faster(grd)
+    return {**out, "wins": wins, "why": f"{lat_said}; {grd_said}; no target significantly slower"
+                                        + ("" if wins else "; neither significantly faster")}
 
 
 # ------------------------------------------------------------------------------------------ output
 
 def best_header(*, run: str, command: Sequence[str], cand: Candidate, base: str, vs_base: Mapping | None,
                 vs_debian: Mapping | None, guard_vs_base: Mapping | None, count_ratio: float | None,
-                cost: Mapping) -> list[str]:
+                cost: Mapping, guard_vs_debian: Mapping | None = None, rule: str = "latency") -> list[str]:
     """best.toml's header comment: what was measured, against what, with significance; and how."""
     def gm(c: Mapping | None, what: str) -> str:
         if not c:
@@ -1006,10 +1045,12 @@ def best_header(*, run: str, command: Sequence[str], cand: Candidate, base: str,
 
     lines = [f"hostpgo autotune {run}: {cand.dimension}={cand.label} ({cand.id}) over {base}",
              gm(vs_base, f"latency vs {base}"), gm(vs_debian, f"latency vs Debian {SYSTEM_PYTHON}"),
-             gm(guard_vs_base, f"pyperformance guard vs {base}")]
+             gm(guard_vs_base, f"pyperformance guard vs {base}"),
+             gm(guard_vs_debian, f"pyperformance guard vs Debian {SYSTEM_PYTHON}")]
     if count_ratio is not None:
         lines.append(f"instructions per unit (cachegrind, geometric mean over the screening targets): "
                      f"{count_ratio:.4f}x {base}'s")
+    lines.append(f"chosen by the winner rule {rule!r}: {WINNER_RULES[rule]}")
     lines.append(f"search cost: {cost.get('builds', 0)} build(s), {cost.get('minutes', 0):.0f} min")
     lines.append("command: " + " ".join(command))
     return lines
@@ -1059,8 +1100,9 @@ def render(state: Mapping) -> str:
                else "perf bench at its full settings: 6 rounds x 5 values")
         lines += [f"## Confirmation run (one interleaved run, {how}, guard pyperformance --fast; ratios to {base}, "
                   "below 1 is faster)", "",
-                  "| subject | latency vs base | pyperformance guard vs base | latency vs Debian |",
-                  "|---|---|---|---|"]
+                  "| subject | latency vs base | pyperformance guard vs base | latency vs Debian | "
+                  "pyperformance guard vs Debian |",
+                  "|---|---|---|---|---|"]
 
         def cell(c: Mapping | None) -> str:
             return "-" if not c else f"{c['geomean_ratio']:.3f}" + ("" if c.get("geomean_significant") else " (n.s.)")
@@ -1068,12 +1110,15 @@ def render(state: Mapping) -> str:
         for name in conf["subjects"][1:]:
             lines.append(f"| `{name}` | {cell(_pick(conf['vs_base'], name))} | "
                          f"{cell(_pick(conf['vs_base'], name, 'guard'))} | "
-                         f"{'-' if name == 'debian' else cell(_pick(conf.get('vs_debian'), name))} |")
+                         f"{'-' if name == 'debian' else cell(_pick(conf.get('vs_debian'), name))} | "
+                         f"{'-' if name == 'debian' else cell(_pick(conf.get('vs_debian'), name, 'guard'))} |")
         lines += ["", "Geometric means over the confirmation targets (latency) and the guard's benchmarks; "
                   "`(n.s.)`: not significant at 95% (perf.compare's geometric-mean test).", ""]
+    rule = s.get("winner", "latency")
+    lines += [f"Winner rule `{rule}`: {WINNER_RULES[rule]}.", ""]
     best = s.get("best")
     lines += [f"**Best:** `{best['id']}` ({best['label']}): `{best['file']}`" if best else
-              "**Best:** no candidate beat the base significantly; no best.toml was written.", ""]
+              "**Best:** no finalist won by the winner rule; no best.toml was written.", ""]
     for p in s.get("plots", []):
         lines.append(f"![{Path(p).stem}]({p})")
     return "\n".join(lines) + "\n"
@@ -1152,14 +1197,17 @@ def resume_dir(ref: str) -> Path:
 
 
 def with_options(space: Space, *, finalists: int | None = None, starting_points: Sequence[str] | None = None,
-                 confirm_quick: bool | None = None) -> Space:
-    """The space with the command line's --finalists, --starting-points and --confirm-full over its [search]
-    values."""
+                 confirm_quick: bool | None = None, winner: str | None = None) -> Space:
+    """The space with the command line's --finalists, --starting-points, --confirm-full and --winner over its
+    [search] values."""
+    if winner is not None and winner not in WINNER_RULES:
+        raise InputError(f"--winner {winner}: choose {' or '.join(WINNER_RULES)}")
     s = space.settings
     return replace(space, settings=replace(
         s, finalists=finalists or s.finalists,
         starting_points=s.starting_points if starting_points is None else tuple(starting_points),
-        confirm_quick=s.confirm_quick if confirm_quick is None else confirm_quick))
+        confirm_quick=s.confirm_quick if confirm_quick is None else confirm_quick,
+        winner=winner or s.winner))
 
 
 def remaining_work(log: SearchLog, count_s: float) -> dict[str, float]:
@@ -1184,7 +1232,7 @@ def base_reference(ref: str) -> str:
 
 def dry_run(*, budget_s: float, space_path: Path | None = None, base: str | None = None,
             starting_points: Sequence[str] | None = None, confirm_quick: bool | None = None,
-            resume: str | None = None, host: HostFacts | None = None,
+            winner: str | None = None, resume: str | None = None, host: HostFacts | None = None,
             work: WorkArea | None = None,
             check: Callable[[profmod.Profile, Path], tuple[bool, str]] | None = None) -> list[str]:
     """The whole plan against the base's real manifest where it is installed (with `resume`, what that run still
@@ -1198,7 +1246,7 @@ def dry_run(*, budget_s: float, space_path: Path | None = None, base: str | None
             starting_points = log.header.get("starting_points")
         count_s = (log.done("base", "screen") or {}).get("seconds")
     space = with_options(load_space(space_path or DEFAULT_SPACE), finalists=finalists,
-                         starting_points=starting_points, confirm_quick=confirm_quick)
+                         starting_points=starting_points, confirm_quick=confirm_quick, winner=winner)
     host = host or HostFacts.detect()
     work = work or WorkArea.from_env()
     base_ref = base_reference(base or space.settings.base)
@@ -1211,7 +1259,7 @@ def dry_run(*, budget_s: float, space_path: Path | None = None, base: str | None
 
 def run(*, budget_s: float, space_path: Path | None = None, base: str | None = None, out: str | None = None,
         resume: str | None = None, finalists: int | None = None, starting_points: Sequence[str] | None = None,
-        confirm_quick: bool | None = None, write_profile: bool = False,
+        confirm_quick: bool | None = None, winner: str | None = None, write_profile: bool = False,
         actions: Actions | None = None, host: HostFacts | None = None, work: WorkArea | None = None,
         check: Callable[[profmod.Profile, Path], tuple[bool, str]] | None = None,
         say: Callable[[str], None] = print, argv: Sequence[str] = ()) -> dict:
@@ -1246,7 +1294,7 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
                  "command": list(argv),
                  "host": {"machine": host.machine, "compilers": list(host.families)}})
     space = with_options(load_space(space_path), finalists=finalists, starting_points=starting_points,
-                         confirm_quick=confirm_quick)
+                         confirm_quick=confirm_quick, winner=winner)
     settings = space.settings
     say(f"run directory {run_dir}: an interrupted search continues with --resume {run_dir}")
     sess = _Session(run_dir, log, actions, budget_s, say)
@@ -1255,7 +1303,7 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
     base_prof = profmod.load(base, environ={})
     base_bid = build_id_of(base_prof.name)
     state: dict = {"run": run_dir.name, "run_dir": str(run_dir), "base": base, "space": str(space.path),
-                   "budget_s": budget_s,
+                   "budget_s": budget_s, "winner": settings.winner,
                    "command": list(argv) or (log.header or {}).get("command", []), "candidates": [], "notes": [],
                    "left_out": [], "skipped": sess.skipped}
 
@@ -1439,7 +1487,8 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
             res = actions.confirm(subjects, run_dir / f"confirm-{_digest([n for n, _ in subjects] + mode)[:8]}",
                                   settings.confirm, logs / ("confirm.log" if not mode else "confirm-full.log"),
                                   settings.confirm_quick)
-            verdicts = {p.candidate.id: confirm_verdict(p.candidate.id, res["vs_base"]) for p in finals}
+            verdicts = {p.candidate.id: confirm_verdict(p.candidate.id, res["vs_base"], settings.winner)
+                        for p in finals}
             confirm = log.add({"id": confirm_id, "phase": "confirm", "quick": settings.confirm_quick,
                                "subjects": [n for n, _ in subjects],
                                "seconds": time.monotonic() - t_confirm,
@@ -1449,12 +1498,18 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
             state["confirm_run"] = confirm["vs_base"]
             state["confirm"] = {"subjects": confirm["subjects"], "vs_base": confirm["vs_base"],
                                 "vs_debian": confirm.get("vs_debian"), "quick": confirm.get("quick", True)}
-            for cid, v in confirm["verdicts"].items():
+            # Judged again by this session's rule: the measurements are the record, the verdict follows the rule.
+            verdicts = {c: confirm_verdict(c, confirm["vs_base"], settings.winner) for c in confirm["verdicts"]}
+            for cid, v in verdicts.items():
                 if cid in entries:
                     entries[cid]["confirm"] = v
-            winners_c = [by_id[c] for c, v in confirm["verdicts"].items() if v["wins"] and c in by_id]
+            winners_c = [by_id[c] for c, v in verdicts.items() if v["wins"] and c in by_id]
             if winners_c:
-                best = min(winners_c, key=lambda p: confirm["verdicts"][p.candidate.id]["latency"])
+                def rank(p: PlannedCandidate) -> float:
+                    cid = p.candidate.id
+                    by_latency = settings.winner == "latency"
+                    return verdicts[cid]["latency"] if by_latency else entries[cid]["screen"]["geomean"]
+                best = min(winners_c, key=rank)
 
     if best is not None:
         cid = best.candidate.id
@@ -1463,6 +1518,8 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
                              vs_base=_pick(confirm["vs_base"], cid), guard_vs_base=_pick(confirm["vs_base"], cid,
                                                                                          "guard"),
                              vs_debian=_pick(vs_debian, cid) if vs_debian else None,
+                             guard_vs_debian=_pick(vs_debian, cid, "guard") if vs_debian else None,
+                             rule=settings.winner,
                              count_ratio=entries[cid]["screen"]["geomean"],
                              cost={"builds": sum(1 for r in log.records if r.get("phase") == "build"
                                                  and r.get("verdict") != "skipped"),

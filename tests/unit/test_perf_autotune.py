@@ -133,6 +133,7 @@ def test_priority_reorders_dimensions(tmp_path):
     (lambda s: s.replace('threshold = 0.005', 'threshold = 2'), "key 'search.threshold'"),
     (lambda s: s.replace('screen = ["pure-python", "decode-b1"]', 'screen = ["pure-pyton"]'), "search.screen"),
     (lambda s: s.replace('finalists = 2', 'finalists = 0'), "search.finalists"),
+    (lambda s: s.replace('finalists = 2', 'finalists = 2\nwinner = "fastest"'), "search.winner"),
     (lambda s: s.replace('"optimize.allocator=tcmalloc"', '"optimize.allocator+=tcmalloc"'), "'+=' appends"),
 ])
 def test_space_errors_name_the_file_and_the_key(tmp_path, edit, needle):
@@ -474,6 +475,8 @@ class Recorder:
         self.counts: list[str] = []
         self.confirms: list[list[str]] = []
         self.confirm_modes: list[bool] = []
+        self.guard: dict[str, tuple[float, bool]] = {}
+        """Guard geometric mean (ratio, significant) per id prefix; 1.0 and not significant otherwise."""
 
     def actions(self) -> at.Actions:
         return at.Actions(self.build, self.count, self.confirm)
@@ -511,7 +514,9 @@ class Recorder:
 
         lat = {n: 0.95 if n.startswith("at-arch-v3") else 0.99 for n in names[1:]}
         return {"vs_base": {"latency": [comp(names[0], n, r, r < 0.98) for n, r in lat.items()],
-                            "guard": [comp(names[0], n, 1.0, False) for n in names[1:]]},
+                            "guard": [comp(names[0], n, *next((v for k, v in self.guard.items()
+                                                               if n.startswith(k)), (1.0, False)))
+                                      for n in names[1:]]},
                 "vs_debian": {"latency": [comp("debian", n, 0.97, True) for n in names if n != "debian"]}}
 
 
@@ -573,7 +578,7 @@ def test_interrupted_run_resumes_without_rebuilding_or_recounting(tmp_path, monk
         else [[BASE, *state["finalists"]]]
     assert state.get("best") is None  # neither finalist was significantly faster in the latency run
     md = (run_dir / "autotune.md").read_text()
-    assert "REJECTED (verify failed" in md and "no candidate beat the base significantly" in md
+    assert "REJECTED (verify failed" in md and "no finalist won by the winner rule" in md
     assert not (run_dir / "best.toml").exists()
 
     third = Recorder(work, ratios)
@@ -644,7 +649,8 @@ def test_winner_becomes_best_toml_and_budget_skips_are_logged(tmp_path, monkeypa
     assert (tmp_path / "r1" / "plots" / "confirm.png").is_file()
     md = (tmp_path / "r1" / "autotune.md").read_text()
     v3 = state["best"]["id"]
-    assert f"| `{v3}` | 0.950 | 1.000 (n.s.) | 0.970 |" in md
+    assert f"| `{v3}` | 0.950 | 1.000 (n.s.) | 0.970 | - |" in md
+    assert "Winner rule `latency`" in md
     assert f"**Best:** `{v3}` (arch=v3)" in md
 
     # A budget with room for the base count only (600 s estimated): every build is dropped, and the report says so.
@@ -657,6 +663,72 @@ def test_winner_becomes_best_toml_and_budget_skips_are_logged(tmp_path, monkeypa
     assert "skipped for the budget" in (tmp_path / "r2" / "autotune.md").read_text()
     skips = [json.loads(x) for x in (tmp_path / "r2" / "autotune.jsonl").read_text().splitlines()]
     assert [(r["id"], r["phase"]) for r in skips if r.get("verdict") == "skipped"] == [("native", "build")]
+
+
+def comparison(cid: str, ratio: float, sig: bool, rows: dict[str, tuple[float, bool]]) -> dict:
+    return {"baseline": BASE, "changed": cid, "geomean_ratio": ratio, "geomean_significant": sig,
+            "rows": [{"name": n, "ratio": r, "significant": rs} for n, (r, rs) in rows.items()]}
+
+
+# The shape of the first real full confirmation here (docs/results.md, autotune-20261201): at-lto-full's latency
+# 1.009 with no target significant, its guard 0.971 significant.
+N_S = {"op-dispatch": (1.159, False), "decode-b1": (1.011, False), "decode-b8-graph": (0.876, False)}
+
+
+@pytest.mark.parametrize("rule, latency, guard, wins, said", [
+    ("latency", (0.95, True, {"decode-b1": (0.95, True)}), (1.0, False), True, "0.950x the base's, significant"),
+    ("latency", (1.009, False, N_S), (0.971, True), False, "not significant"),
+    ("latency", (0.95, True, {"decode-b1": (0.95, True)}), (1.02, True), False, "guard significantly slower"),
+    ("counts", (1.009, False, N_S), (0.971, True), True, "guard 0.971x, significant; no target significantly"),
+    ("counts", (0.95, True, {"decode-b1": (0.95, True)}), (1.0, False), True, "no target significantly slower"),
+    ("counts", (1.009, False, N_S), (0.99, False), False, "neither significantly faster"),
+    ("counts", (0.98, False, {"op-dispatch": (1.08, True), "decode-b1": (0.9, True)}), (0.95, True), False,
+     "significantly slower on op-dispatch"),
+    ("counts", (1.04, True, N_S), (0.95, True), False, "significantly slower on the geometric mean"),
+    ("counts", (0.95, True, {"decode-b1": (0.95, True)}), (1.02, True), False, "guard significantly slower"),
+])
+def test_winner_rules(rule, latency, guard, wins, said):
+    comps = {"latency": [comparison("c", *latency)], "guard": [comparison("c", *guard, {})]}
+    v = at.confirm_verdict("c", comps, rule)
+    assert v["wins"] is wins and said in v["why"] and v["rule"] == rule
+
+
+def test_an_unknown_winner_rule_is_refused_naming_the_flag():
+    with pytest.raises(InputError, match="--winner fastest: choose latency or counts"):
+        at.with_options(at.load_space(at.DEFAULT_SPACE), winner="fastest")
+
+
+def test_a_resume_with_another_winner_rule_judges_the_kept_measurements_again(tmp_path, monkeypatch):
+    """The latency rule finds no winner; a resume with --winner counts measures nothing and picks, among the
+    finalists whose guard is significantly faster and which are slower nowhere, the one with fewer instructions."""
+    monkeypatch.setenv("HOSTPGO_HOME", str(tmp_path / "home"))
+    work = WorkArea(tmp_path / "home")
+    base_manifest(work)
+    ratios = {"at-lto-full": 0.990, "at-arch-v3": 0.999, "at-arch-native": 1.0, "at-arch-v2": 1.0,
+              "at-allocator-tcmalloc": 0.980, "at-allocator-mimalloc": 1.0, "at-cflags": 1.0, "at-combined": 0.97}
+    space = write_space(tmp_path, SPACE.replace("finalists = 2", "finalists = 3"))
+    first = Recorder(work, ratios)
+    first.guard = {"at-combined": (1.01, False), "at-allocator-tcmalloc": (0.97, True), "at-lto-full": (0.96, True)}
+    state = at.run(budget_s=1e6, space_path=space, out=str(tmp_path / "r"), actions=first.actions(), host=X86,
+                   work=work, check=always_reusable, say=lambda m: None)
+    assert state.get("best") is None and not (tmp_path / "r" / "best.toml").exists()
+    finals = [f.rsplit("-", 1)[0] for f in state["finalists"]]
+    assert finals == ["at-combined", "at-allocator-tcmalloc", "at-lto-full"]
+
+    again = Recorder(work, ratios)
+    state = at.run(budget_s=1e6, resume=str(tmp_path / "r"), winner="counts", actions=again.actions(), host=X86,
+                   work=work, check=always_reusable, say=lambda m: None)
+    assert (again.builds, again.counts, again.confirms) == ([], [], [])
+    # tcmalloc and lto-full both have a significantly faster guard and are slower nowhere; the fewest
+    # instructions decide (tcmalloc 0.98 over lto-full 0.99, though lto-full's guard is faster); the combination
+    # (0.97) is faster on neither.
+    assert state["best"]["label"] == "allocator=tcmalloc"
+    verdicts = {c["id"].rsplit("-", 1)[0]: c.get("confirm", {}).get("wins") for c in state["candidates"]}
+    assert (verdicts["at-combined"], verdicts["at-lto-full"]) == (False, True)
+    best = (tmp_path / "r" / "best.toml").read_text()
+    assert "# chosen by the winner rule 'counts'" in best
+    assert "pyperformance guard vs workload-pgo-lto: 1.031x faster (geometric mean ratio 0.970, significant" in best
+    assert "Winner rule `counts`" in (tmp_path / "r" / "autotune.md").read_text()
 
 
 def test_hostpgo_set_is_refused(tmp_path, monkeypatch):

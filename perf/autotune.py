@@ -15,7 +15,10 @@ the later dimension loses one) and listed. The run:
    golden digest) fails is recorded as rejected with its log, and never measured.
 2. Screening: exact instruction counts per unit of work (`python -m perf counters --backend cachegrind`) on
    the space's `screen` targets; a candidate survives when the geometric mean of its count ratios to the base
-   is below 1 - `threshold`.
+   is below 1 - `threshold` - the noise floor. The floor comes from counting the base's runtime targets twice
+   (`base_repeat`; their MindSpore threads make a whole-process count vary between runs, the interpreter-only
+   targets repeat exactly): the mean over the screening targets of each one's relative spread, the largest
+   error that spread can put in the geometric mean.
 3. Combination: the best survivor of each dimension, combined into one candidate (a winner whose `requires`
    no longer holds in the combination is left out of it), built and screened the same way.
 4. Confirmation: the top `--finalists` survivors by counts in one interleaved `python -m perf bench` run
@@ -79,10 +82,10 @@ ASSUMED_BUILD_S = 722.2
 ASSUMED_TRAIN_S = 622.1
 """Instrumented build + training + merge when no base manifest says (121.0 + 235.3 + 75.1 + 190.3 + 0.4 s, the
 same recorded build)."""
-ASSUMED_COUNT_S = {"runtime": 450.0, "interpreter": 60.0}
+ASSUMED_COUNT_S = {"runtime": 180.0, "interpreter": 10.0}
 """Wall seconds of one cachegrind count of one target (two valgrind runs, two at a time on this 2-core machine)
-until the base's count is timed: an assumption (a runtime target's MindSpore import alone takes minutes under
-valgrind)."""
+until the base's count is timed: measured once, from the file times of the first real search's base count here
+(autotune-20261201: decode-b1 177 s, pure-python and pure-dispatch about 8 s each, after a 30 s venv)."""
 ASSUMED_VENV_S = 90.0
 """Preparing one interpreter's measurement venv from the wheelhouse: an assumption."""
 ASSUMED_CONFIRM_TARGET_S = 45.0
@@ -174,6 +177,8 @@ class SearchSettings:
     (6 x 5); the guard is pyperformance --fast either way."""
     winner: str = "latency"
     """How the confirmation picks the winner: a WINNER_RULES key."""
+    base_repeat: bool = True
+    """Count the base's runtime screening targets a second time; their spread is the screening's noise floor."""
 
 
 @dataclass(frozen=True)
@@ -225,6 +230,8 @@ SEARCH_SCHEMA: dict[str, dict[str, Key]] = {"search": {
                          "settings, 6 rounds x 5 values, for a noisy machine)"),
     "winner": Key(str, "latency", "how the confirmation picks the winner", check=lambda v: v in WINNER_RULES,
                   check_doc=" or ".join(WINNER_RULES)),
+    "base_repeat": Key(bool, True, "count the base's runtime screening targets twice: their spread raises the "
+                       "screening threshold (the noise floor)"),
 }}
 SEARCH_LOADER = Loader(SEARCH_SCHEMA, what="search space", find=lambda ref, rel: Path(ref), error=InputError)
 """The one layered loader, over the [search] table's schema: reads the file and checks its keys."""
@@ -285,7 +292,8 @@ def load_space(path: Path) -> Space:
     settings = SearchSettings(base=values["base"], screen=tuple(values["screen"]), threshold=float(values["threshold"]),
                               finalists=values["finalists"], confirm=tuple(values["confirm"]),
                               starting_points=tuple(values["starting_points"]), common=tuple(values["common"]),
-                              confirm_quick=bool(values["confirm_quick"]), winner=values["winner"])
+                              confirm_quick=bool(values["confirm_quick"]), winner=values["winner"],
+                              base_repeat=bool(values["base_repeat"]))
     loader = _profile_loader()
     common = tuple(parse_item(t, Origin("file", f"{path} [search] common"), loader) for t in settings.common)
     dims: list[tuple[int, int, Dimension]] = []
@@ -545,15 +553,27 @@ class Costs:
     """One subject of the confirmation run (latency on every `confirm` target plus the guard)."""
     source: str
     """Where the figures come from."""
+    repeat_s: float = 0.0
+    """The base's second count of its runtime screening targets (the noise floor)."""
 
     def candidate(self, reuse: bool, bolt: bool) -> float:
         return self.build_s + (0.0 if reuse else self.train_s) + (self.bolt_s if bolt else 0.0) + self.count_s
 
 
+def repeat_targets(settings: SearchSettings) -> tuple[str, ...]:
+    """The screening targets the base is counted on a second time (none without `base_repeat`)."""
+    return tuple(t for t in settings.screen if TARGETS[t].needs_runtime) if settings.base_repeat else ()
+
+
 def costs_from(manifest: Mapping | None, settings: SearchSettings, count_s: float | None = None) -> Costs:
     """Costs from the base's manifest (`stages`: recorded seconds, also for stamp-skipped stages)."""
-    per_target = sum(ASSUMED_COUNT_S["runtime" if TARGETS[t].needs_runtime else "interpreter"] for t in settings.screen)
+    def assumed(targets: Sequence[str]) -> float:
+        return sum(ASSUMED_COUNT_S["runtime" if TARGETS[t].needs_runtime else "interpreter"] for t in targets)
+
+    per_target = assumed(settings.screen)
     count = (count_s if count_s is not None else per_target) + ASSUMED_VENV_S
+    # The repeat's share of a whole count, by the assumed per-target times (the venv is already there).
+    repeat = (count - ASSUMED_VENV_S) * assumed(repeat_targets(settings)) / per_target if per_target else 0.0
     latency = ASSUMED_CONFIRM_TARGET_S * (1.0 if settings.confirm_quick else FULL_LATENCY_FACTOR)
     confirm = latency * len(settings.confirm) + ASSUMED_GUARD_S + ASSUMED_VENV_S
     stages = (manifest or {}).get("stages") or {}
@@ -563,9 +583,9 @@ def costs_from(manifest: Mapping | None, settings: SearchSettings, count_s: floa
     if build > 0:
         src = f"the base build's recorded stages ({manifest.get('build_id')})"
         return Costs(build, train or ASSUMED_TRAIN_S, bolt or (train or ASSUMED_TRAIN_S), count, confirm,
-                     src + ("" if count_s is None else "; screening timed on the base"))
+                     src + ("" if count_s is None else "; screening timed on the base"), repeat)
     return Costs(ASSUMED_BUILD_S, ASSUMED_TRAIN_S, ASSUMED_TRAIN_S, count, confirm,
-                 "assumed (the base is not built yet: the real run measures it first)")
+                 "assumed (the base is not built yet: the real run measures it first)", repeat)
 
 
 @dataclass(frozen=True)
@@ -654,7 +674,7 @@ def bisheng_note(host: HostFacts) -> str:
 
 def plan_search(space: Space, *, budget_s: float, host: HostFacts, work: WorkArea, base_ref: str | None = None,
                 manifest: Mapping | None = None, count_s: float | None = None, spent_s: float = 0.0,
-                remaining: Mapping[str, float] | None = None,
+                remaining: Mapping[str, float] | None = None, repeat_done: bool = False,
                 check: Callable[[profmod.Profile, Path], tuple[bool, str]] | None = None) -> Plan:
     """The candidates of one-at-a-time stage, what the budget drops, and the estimate (no builds, no counts).
 
@@ -717,7 +737,8 @@ def plan_search(space: Space, *, budget_s: float, host: HostFacts, work: WorkAre
         sprof = profmod.load(sp, environ={})
         starting.append((sp, read_manifest(build_id_of(sprof.name), work) is not None))
     # The base: built unless installed, counted unless its count was measured (`count_s`).
-    base_cost = (0.0 if manifest else costs.build_s + costs.train_s) + (0.0 if count_s is not None else costs.count_s)
+    base_cost = ((0.0 if manifest else costs.build_s + costs.train_s) + (0.0 if count_s is not None else costs.count_s)
+                 + (0.0 if repeat_done else costs.repeat_s))
     builds_of_starting = sum(costs.build_s + costs.train_s for _, installed in starting if not installed)
 
     def reserve() -> float:
@@ -789,7 +810,9 @@ def describe(plan: Plan, space: Space, host: HostFacts) -> list[str]:
              f"costs from {c.source}: build+verify {c.build_s:.0f}s, training {c.train_s:.0f}s, BOLT {c.bolt_s:.0f}s, "
              f"screening {c.count_s:.0f}s per candidate, confirmation {c.confirm_subject_s:.0f}s per subject",
              f"screening: cachegrind instructions per unit on {', '.join(space.settings.screen)}; a candidate stays "
-             f"when the geometric mean of its ratios to the base is below {1 - space.settings.threshold:.4g}",
+             f"when the geometric mean of its ratios to the base is below {1 - space.settings.threshold:.4g}"
+             + (f" minus the noise floor (the base counted twice on {', '.join(repeat_targets(space.settings))}, "
+                f"~{c.repeat_s:.0f}s)" if repeat_targets(space.settings) else ""),
              f"stage 1: {len(plan.singles)} candidate(s), one dimension at a time:"]
     for p in plan.singles:
         cand = p.candidate
@@ -979,16 +1002,32 @@ def geomean(values: Sequence[float]) -> float | None:
     return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals and len(vals) == len(values) else None
 
 
-def screen_verdict(counts: Mapping[str, float], base_counts: Mapping[str, float], threshold: float
-                   ) -> tuple[dict[str, float], float | None, str, str]:
-    """(ratio per target, geometric mean, verdict `survives`|`dropped`, why)."""
+def noise_of(first: Mapping[str, float], again: Mapping[str, float]) -> dict[str, float]:
+    """Each target's relative spread between two counts of the base (|a - b| / min(a, b)); 0 where counted once."""
+    return {t: abs(first[t] - again[t]) / min(first[t], again[t]) if t in again and min(first[t], again[t]) > 0
+            else 0.0 for t in first}
+
+
+def noise_floor(noise: Mapping[str, float]) -> float:
+    """The largest error per-target spreads can put in the geometric mean of the ratios: their mean (each ratio's
+    log moves by at most its spread; the geometric mean's log is the mean of the logs)."""
+    return sum(noise.values()) / len(noise) if noise else 0.0
+
+
+def screen_verdict(counts: Mapping[str, float], base_counts: Mapping[str, float], threshold: float,
+                   noise: Mapping[str, float] | None = None) -> tuple[dict[str, float], float | None, str, str]:
+    """(ratio per target, geometric mean, verdict `survives`|`dropped`, why); the bar is 1 - threshold - the noise
+    floor of the base's repeated counts."""
     ratios = {t: counts[t] / base_counts[t] for t in base_counts if t in counts and base_counts[t] > 0}
     geo = geomean(list(ratios.values())) if len(ratios) == len(base_counts) else None
     if geo is None:
         return ratios, None, "dropped", "no usable count on every screening target"
-    if geo < 1 - threshold:
-        return ratios, geo, "survives", f"instructions {geo:.4f}x the base's (below {1 - threshold:.4g})"
-    return ratios, geo, "dropped", f"instructions {geo:.4f}x the base's (not below {1 - threshold:.4g})"
+    floor = noise_floor({t: (noise or {}).get(t, 0.0) for t in base_counts})
+    bar = 1 - threshold - floor
+    said = f"{bar:.4g}" + (f": threshold {threshold:.4g} + noise floor {floor:.4f}" if floor else "")
+    if geo < bar:
+        return ratios, geo, "survives", f"instructions {geo:.4f}x the base's (below {said})"
+    return ratios, geo, "dropped", f"instructions {geo:.4f}x the base's (not below {said})"
 
 
 def _faster(c: Mapping | None) -> bool:
@@ -1086,6 +1125,11 @@ def render(state: Mapping) -> str:
                      f"{conf} |".replace("\n", " "))
     lines += ["", "Instructions: geometric mean over the screening targets of the candidate's cachegrind "
               "instructions per unit / the base's (below 1 is fewer).", ""]
+    if s.get("noise"):
+        spread = ", ".join(f"{t} {v:.2%}" for t, v in s["noise"]["per_target"].items())
+        lines += [f"Noise floor {s['noise']['floor']:.4f}: the base counted twice, its spread per target {spread}; "
+                  "the reference is the mean of the two counts, and a candidate must be below 1 - threshold - "
+                  "the floor.", ""]
     for label, why in s.get("left_out", []):
         lines.append(f"- left out: {label}: {why}")
     for what in s.get("skipped", []):
@@ -1237,7 +1281,7 @@ def dry_run(*, budget_s: float, space_path: Path | None = None, base: str | None
             check: Callable[[profmod.Profile, Path], tuple[bool, str]] | None = None) -> list[str]:
     """The whole plan against the base's real manifest where it is installed (with `resume`, what that run still
     has to do); builds and measures nothing."""
-    count_s, remaining, finalists = None, None, None
+    count_s, remaining, finalists, repeat_done = None, None, None, False
     if resume:
         run_dir = resume_dir(resume)
         log = SearchLog(run_dir / LOG_FILE)
@@ -1245,6 +1289,7 @@ def dry_run(*, budget_s: float, space_path: Path | None = None, base: str | None
         if starting_points is None:
             starting_points = log.header.get("starting_points")
         count_s = (log.done("base", "screen") or {}).get("seconds")
+        repeat_done = log.done("base", "repeat") is not None
     space = with_options(load_space(space_path or DEFAULT_SPACE), finalists=finalists,
                          starting_points=starting_points, confirm_quick=confirm_quick, winner=winner)
     host = host or HostFacts.detect()
@@ -1254,7 +1299,8 @@ def dry_run(*, budget_s: float, space_path: Path | None = None, base: str | None
     if resume:
         remaining = remaining_work(log, costs_from(manifest, space.settings, count_s).count_s)
     return describe(plan_search(space, budget_s=budget_s, host=host, work=work, base_ref=base_ref,
-                                manifest=manifest, count_s=count_s, remaining=remaining, check=check), space, host)
+                                manifest=manifest, count_s=count_s, remaining=remaining,
+                                repeat_done=repeat_done, check=check), space, host)
 
 
 def run(*, budget_s: float, space_path: Path | None = None, base: str | None = None, out: str | None = None,
@@ -1352,9 +1398,31 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
                                    "seconds": time.monotonic() - t0, "verdict": "reference"})
     base_counts = base_counts_rec["counts"]
     count_s = base_counts_rec.get("seconds")
+    # The noise floor: the base's runtime targets counted again (their threads make a whole-process count vary);
+    # the reference is then the mean of the two counts.
+    again_targets = repeat_targets(settings)
+    again = log.done("base", "repeat") if again_targets else None
+    if again_targets and again is None and sess.fits(
+            "second count of the base (the noise floor)", costs_from(manifest, settings, count_s).repeat_s,
+            "base", "repeat"):
+        say(f"counting the base again on {', '.join(again_targets)} (the screening's noise floor) ...")
+        t0 = time.monotonic()
+        counts = actions.count("base", base_python, run_dir / "counts" / "base-repeat", again_targets,
+                               logs / "base.repeat.log")
+        again = log.add({"id": "base", "phase": "repeat", "counts": counts, "seconds": time.monotonic() - t0,
+                         "verdict": "reference"})
+    noise: dict[str, float] = {}
+    if again is not None:
+        noise = noise_of(base_counts, again["counts"])
+        base_counts = {t: (v + again["counts"][t]) / 2 if t in again["counts"] else v for t, v in base_counts.items()}
+        state["noise"] = {"per_target": noise, "floor": noise_floor(noise)}
+    elif again_targets:
+        state["notes"].append("no noise floor yet: the base's second count did not fit the budget (a resume "
+                              "with budget left makes it; the screening uses the bare threshold until then)")
     remaining = remaining_work(log, costs_from(manifest, settings, count_s).count_s)
     plan = plan_search(space, budget_s=budget_s, host=host, work=work, base_ref=base, manifest=manifest,
-                       count_s=count_s, spent_s=sess.spent(), remaining=remaining, check=check)
+                       count_s=count_s, spent_s=sess.spent(), remaining=remaining,
+                       repeat_done=again is not None or not again_targets, check=check)
     for line in describe(plan, space, host)[1:]:
         say("plan: " + line)
     state["left_out"] = list(plan.left_out)
@@ -1399,7 +1467,7 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
             try:
                 counts = actions.count(cand.id, b["python"], run_dir / "counts" / cand.id, settings.screen,
                                        logs / f"{cand.id}.count.log")
-                ratios, geo, verdict, why = screen_verdict(counts, base_counts, settings.threshold)
+                ratios, geo, verdict, why = screen_verdict(counts, base_counts, settings.threshold, noise)
             except UncountableError as exc:  # e.g. AVX-512 from -march=native: no exact count, no finalist
                 counts, ratios, geo, verdict = {}, {}, None, "uncountable"
                 why = f"not screened: {exc}"
@@ -1407,6 +1475,10 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
                           "build_seconds": b.get("seconds"), "counts": counts, "ratios": ratios, "geomean": geo,
                           "seconds": time.monotonic() - t1, "verdict": verdict, "why": why,
                           "decided_by": "valgrind" if verdict == "uncountable" else "instructions"})
+        if sc.get("verdict") in ("survives", "dropped") and sc.get("counts"):
+            # Judged again against this session's reference and noise floor (a resume may have added the repeat).
+            ratios, geo, verdict, why = screen_verdict(sc["counts"], base_counts, settings.threshold, noise)
+            sc = {**sc, "ratios": ratios, "geomean": geo, "verdict": verdict, "why": why}
         entry["screen"] = sc
         entry["verdict"], entry["why"] = sc["verdict"], sc["why"]
         say(f"  {cand.id}: {sc['verdict']} - {sc['why']}")

@@ -475,6 +475,8 @@ class Recorder:
         self.counts: list[str] = []
         self.confirms: list[list[str]] = []
         self.confirm_modes: list[bool] = []
+        self.base_again: dict[str, float] = {}
+        """Factor per target on the base's second count (a runtime target's count varies between runs)."""
         self.guard: dict[str, tuple[float, bool]] = {}
         """Guard geometric mean (ratio, significant) per id prefix; 1.0 and not significant otherwise."""
 
@@ -499,7 +501,8 @@ class Recorder:
         if any(name.startswith(k) for k in self.uncountable):
             raise UncountableError(f"{python}: valgrind cannot decode an instruction it executes (AVX-512)")
         ratio = 1.0 if name == "base" else next(v for k, v in self.ratios.items() if name.startswith(k))
-        return {t: BASE_COUNTS[t] * ratio for t in targets}
+        again = name == "base" and self.counts.count("base") > 1
+        return {t: BASE_COUNTS[t] * ratio * (self.base_again.get(t, 1.0) if again else 1.0) for t in targets}
 
     def confirm(self, subjects, out_dir, targets, log, quick=True):
         names = [n for n, _ in subjects]
@@ -528,13 +531,14 @@ def test_interrupted_run_resumes_without_rebuilding_or_recounting(tmp_path, monk
                                                 ""))
     ratios = {"at-lto-full": 0.990, "at-arch-v3": 0.975, "at-arch-native": 0.970, "at-arch-v2": 0.999,
               "at-allocator-tcmalloc": 0.960, "at-cflags": 1.001, "at-combined": 0.950}
-    first = Recorder(work, ratios, fail={"at-arch-native"}, stop_at=3)
+    first = Recorder(work, ratios, fail={"at-arch-native"}, stop_at=4)
     run_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         at.run(budget_s=1e6, space_path=space, out=str(run_dir), actions=first.actions(), host=X86, work=work,
                check=always_reusable, say=lambda m: None)
-    # base counted, lto-full built and counted, arch-v3 built and counted, native rejected, v2 built: then Ctrl-C.
-    assert first.counts == ["base", first.builds[0][0], first.builds[1][0]]
+    # base counted (twice: decode-b1 again for the noise floor), lto-full built and counted, arch-v3 built and
+    # counted, native rejected, v2 built: then Ctrl-C.
+    assert first.counts == ["base", "base", first.builds[0][0], first.builds[1][0]]
     assert [b[0].rsplit("-", 1)[0] for b in first.builds] == ["at-lto-full", "at-arch-v3", "at-arch-native",
                                                                "at-arch-v2"]
     assert all(b[1] == str(work.profiles / f"{BASE_BID}-30d75ab64a9f.profdata") for b in first.builds)
@@ -543,9 +547,9 @@ def test_interrupted_run_resumes_without_rebuilding_or_recounting(tmp_path, monk
         fh.write('{"id": "torn')  # killed mid-write: the torn line is ignored
     recs = [json.loads(x) for x in log_lines]
     assert [(r.get("id", "").rsplit("-", 1)[0], r["phase"]) for r in recs] == [
-        ("", "run"), ("base", "screen"), ("at-lto-full", "build"), ("at-lto-full", "screen"),
+        ("", "run"), ("base", "screen"), ("base", "repeat"), ("at-lto-full", "build"), ("at-lto-full", "screen"),
         ("at-arch-v3", "build"), ("at-arch-v3", "screen"), ("at-arch-native", "build"), ("at-arch-v2", "build")]
-    rejected = recs[6]
+    rejected = recs[7]
     assert rejected["verdict"] == "rejected" and rejected["failed_stage"] == "verify"
     assert rejected["log"].endswith("verify.log")
     with pytest.raises(InputError, match="already holds files"):
@@ -658,7 +662,7 @@ def test_winner_becomes_best_toml_and_budget_skips_are_logged(tmp_path, monkeypa
     space = write_space(tmp_path, text.replace("starting_points = []", 'starting_points = ["native"]'), "s2.toml")
     state = at.run(budget_s=700, space_path=space, out=str(tmp_path / "r2"), actions=tiny.actions(), host=X86,
                    work=work, check=always_reusable, say=lambda m: None)
-    assert tiny.builds == [] and tiny.counts == ["base"]
+    assert tiny.builds == [] and tiny.counts == ["base", "base"]
     assert any("dropped by the plan" in s for s in state["skipped"])
     assert "skipped for the budget" in (tmp_path / "r2" / "autotune.md").read_text()
     skips = [json.loads(x) for x in (tmp_path / "r2" / "autotune.jsonl").read_text().splitlines()]
@@ -729,6 +733,47 @@ def test_a_resume_with_another_winner_rule_judges_the_kept_measurements_again(tm
     assert "# chosen by the winner rule 'counts'" in best
     assert "pyperformance guard vs workload-pgo-lto: 1.031x faster (geometric mean ratio 0.970, significant" in best
     assert "Winner rule `counts`" in (tmp_path / "r" / "autotune.md").read_text()
+
+
+def test_noise_floor_is_the_mean_spread_and_raises_the_bar():
+    noise = at.noise_of({"pure-python": 100.0, "decode-b1": 1000.0}, {"decode-b1": 1020.0})
+    assert noise == {"pure-python": 0.0, "decode-b1": pytest.approx(0.02)}
+    assert at.noise_floor(noise) == pytest.approx(0.01)
+    base = {"pure-python": 100.0, "decode-b1": 1000.0}
+    _, geo, verdict, why = at.screen_verdict({"pure-python": 99.0, "decode-b1": 990.0}, base, 0.005)
+    assert verdict == "survives" and geo == pytest.approx(0.99)
+    _, _, verdict, why = at.screen_verdict({"pure-python": 99.0, "decode-b1": 990.0}, base, 0.005, noise)
+    assert verdict == "dropped" and "not below 0.985: threshold 0.005 + noise floor 0.0100" in why
+
+
+def test_the_base_is_counted_twice_and_its_spread_drops_a_candidate_inside_the_noise(tmp_path, monkeypatch):
+    """decode-b1's second base count is 2% higher: the floor is 0.01 over the two targets, the reference their
+    mean; lto-full (0.990) is inside the noise and dropped, arch-v3 (0.975) survives. With base_repeat = false the
+    same counts let lto-full through, and the base is counted once."""
+    monkeypatch.setenv("HOSTPGO_HOME", str(tmp_path / "home"))
+    work = WorkArea(tmp_path / "home")
+    base_manifest(work)
+    ratios = {"at-lto-full": 0.990, "at-lto-thin": 1.0, "at-arch-v3": 0.975, "at-arch-native": 1.0,
+              "at-arch-v2": 1.0, "at-allocator": 1.0, "at-cflags": 1.0, "at-combined": 0.97}
+    rec = Recorder(work, ratios)
+    rec.base_again = {"decode-b1": 1.02}
+    state = at.run(budget_s=1e6, space_path=write_space(tmp_path), out=str(tmp_path / "r"), actions=rec.actions(),
+                   host=X86, work=work, check=always_reusable, say=lambda m: None)
+    assert rec.counts[:2] == ["base", "base"]
+    assert state["noise"]["floor"] == pytest.approx(0.01)
+    verdicts = {c["label"]: c["verdict"] for c in state["candidates"]}
+    assert (verdicts["full"], verdicts["v3"]) == ("dropped", "survives")
+    v3 = next(c for c in state["candidates"] if c["label"] == "v3")
+    assert v3["screen"]["ratios"]["decode-b1"] == pytest.approx(0.975 / 1.01)  # against the mean of the two
+    assert "Noise floor 0.0100" in (tmp_path / "r" / "autotune.md").read_text()
+
+    once = Recorder(work, ratios)
+    once.base_again = {"decode-b1": 1.02}
+    state = at.run(budget_s=1e6, space_path=write_space(tmp_path, SPACE.replace(
+        "finalists = 2", "finalists = 2\nbase_repeat = false"), "s2.toml"), out=str(tmp_path / "r2"),
+        actions=once.actions(), host=X86, work=work, check=always_reusable, say=lambda m: None)
+    assert once.counts.count("base") == 1 and "noise" not in state
+    assert {c["label"]: c["verdict"] for c in state["candidates"]}["full"] == "survives"
 
 
 def test_hostpgo_set_is_refused(tmp_path, monkeypatch):

@@ -6,9 +6,15 @@ Student's when both samples have the same size (pyperf's own test), Welch's othe
 
 The geometric mean of the ratios has a test of its own (`geomean_significance`): a Welch t-test of the
 mean over benchmarks of the difference of mean log-values, so "faster on the geometric mean" can be told
-from noise as each benchmark's own verdict is. Like the per-benchmark test it treats every value as an
-independent sample (pyperf's convention), which values of one process are not quite: a run of few rounds
-is less certain than its t score says.
+from noise as each benchmark's own verdict is.
+
+The unit of both tests is the process, not the value: where either side ran its benchmark in two or more
+pyperf processes, each process gives one sample (the geometric mean of its values). Values of one process
+share its state (its memory layout, its threads' placement, the host's load while it ran) and are not
+independent: on this 2-core VM the values of one decode process agreed within a few percent while processes
+differed by up to 3x, and a test over the 30 values of 6 processes called gcc-pgo-lto's op-dispatch 7% faster
+in one run and 2% slower in the next, both significant. A benchmark measured in one process each is tested over its values, as
+pyperf does (`Row.tested_on` says which).
 """
 
 from __future__ import annotations
@@ -44,6 +50,11 @@ class Row:
     t_score: float | None
     n_base: int
     n_changed: int
+    tested_on: str = "values"
+    """The test's unit: "processes" (one sample per pyperf process) or "values"."""
+    k_base: int = 0
+    """Samples the test used on the baseline side (processes, or values)."""
+    k_changed: int = 0
 
     @property
     def speedup(self) -> float:
@@ -119,6 +130,26 @@ def geomean_significance(samples: list[tuple[list[float], list[float]]]) -> tupl
     return abs(t) >= extra.pyperf_utils().tdist95conf_level(max(1, round(df))), t, df
 
 
+def per_process(bench: pyperf.Benchmark) -> list[float]:
+    """One sample per pyperf process (run) that has values: the geometric mean of its values (their mean where
+    one is not positive)."""
+    out = []
+    for run in bench.get_runs():
+        vals = list(run.values)
+        if vals:
+            out.append(statistics.geometric_mean(vals) if min(vals) > 0 else statistics.mean(vals))
+    return out
+
+
+def test_samples(base: pyperf.Benchmark, changed: pyperf.Benchmark) -> tuple[list[float], list[float], str]:
+    """The samples the significance tests use, and their unit: per process where both sides ran two or more
+    processes, else the values."""
+    pb, pc = per_process(base), per_process(changed)
+    if len(pb) >= 2 and len(pc) >= 2:
+        return pb, pc, "processes"
+    return list(base.get_values()), list(changed.get_values()), "values"
+
+
 def _check_compatible(base: pyperf.Benchmark, changed: pyperf.Benchmark, names: tuple[str, str]) -> None:
     name = base.get_name()
     if base.get_unit() != changed.get_unit():
@@ -151,14 +182,15 @@ def compare_suites(base: pyperf.BenchmarkSuite, changed: pyperf.BenchmarkSuite,
         b, c = base.get_benchmark(name), changed.get_benchmark(name)
         _check_compatible(b, c, (base_name, changed_name))
         bv, cv = list(b.get_values()), list(c.get_values())
-        samples.append((bv, cv))
-        sig, t = significance(bv, cv)
+        tb, tc, unit = test_samples(b, c)
+        samples.append((tb, tc))
+        sig, t = significance(tb, tc)
         rows.append(Row(
             name=name, unit=b.get_unit(),
             base_median=b.median(), base_stdev=b.stdev() if len(bv) > 1 else 0.0,
             changed_median=c.median(), changed_stdev=c.stdev() if len(cv) > 1 else 0.0,
             ratio=c.median() / b.median(), significant=sig, t_score=t,
-            n_base=len(bv), n_changed=len(cv)))
+            n_base=len(bv), n_changed=len(cv), tested_on=unit, k_base=len(tb), k_changed=len(tc)))
     geo = statistics.geometric_mean([r.ratio for r in rows])
     geo_sig, geo_t, geo_df = geomean_significance(samples)
     return Comparison(

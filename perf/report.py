@@ -52,7 +52,8 @@ def _comparison_json(c: Comparison) -> dict:
         "rows": [{"name": r.name, "unit": r.unit, "base_median": r.base_median, "base_stdev": r.base_stdev,
                   "changed_median": r.changed_median, "changed_stdev": r.changed_stdev, "ratio": r.ratio,
                   "speedup": r.speedup, "significant": r.significant, "t_score": r.t_score,
-                  "n_base": r.n_base, "n_changed": r.n_changed, "verdict": r.verdict()} for r in c.rows],
+                  "n_base": r.n_base, "n_changed": r.n_changed, "tested_on": r.tested_on, "k_base": r.k_base,
+                  "k_changed": r.k_changed, "verdict": r.verdict()} for r in c.rows],
     }
 
 
@@ -69,7 +70,8 @@ def _comparison_table(c: Comparison, per_token: dict[str, float] | None = None) 
             chg += f" ({_fmt_time(r.changed_median / tps)}/token)"
         verdict = r.verdict() if r.significant else "*not significant*"
         t = "" if r.t_score is None else f"{r.t_score:.2f}"
-        rows.append([name, base, chg, f"{r.ratio:.3f}", verdict, t, f"{r.n_base}/{r.n_changed}"])
+        tested = "" if r.tested_on == "values" else f" ({r.k_base}/{r.k_changed} processes)"
+        rows.append([name, base, chg, f"{r.ratio:.3f}", verdict, t, f"{r.n_base}/{r.n_changed}{tested}"])
     geo = (f"**{c.geomean_speedup:.3f}x faster**" if c.geomean_ratio < 1
            else f"**{c.geomean_ratio:.3f}x slower**")
     if not any(r.significant for r in c.rows):
@@ -155,7 +157,9 @@ def _latency_section(run_dir: Path, record: dict, out: dict) -> list[str]:
              f"{s['rounds']} rounds; in each round every interpreter runs one pyperf process "
              f"({s['warmups']} warm-up, {s['values']} values), order alternating each round; loops per value "
              f"fixed across interpreters ({', '.join(f'{k}: {v}' for k, v in lat['loops'].items())}). "
-             "Ratio = median / baseline median (below 1 is faster); significance: two-tailed t-test at 95%.", ""]
+             "Ratio = median / baseline median (below 1 is faster); significance: two-tailed t-test at 95% over "
+             "the processes (one sample per pyperf process, the geometric mean of its values; over the values where "
+             "either side ran one process).", ""]
     per_token = {}
     for b in suites[base].get_benchmarks():
         tps = b.get_metadata().get("hostpgo_tokens_per_step")

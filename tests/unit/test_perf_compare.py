@@ -110,3 +110,38 @@ def test_geometric_mean_significance():
     # df = 0.5**2 / (2 * 0.25**2) = 2.
     sig, t, df = geomean_significance([([1.0, math.e], [math.e, math.e**2])])
     assert t == pytest.approx(-1 / math.sqrt(0.5)) and df == pytest.approx(2.0) and not sig  # t95(2) = 4.30
+
+
+def runs_of(name, processes):
+    """A benchmark whose pyperf processes hold the given values each."""
+    md = {"name": name, "unit": "second", "loops": 8}
+    return pyperf.Benchmark([pyperf.Run(vals, metadata=md, collect_metadata=False) for vals in processes])
+
+
+def test_the_process_is_the_unit_of_the_test():
+    """Values agree within each process while processes differ by up to 40% (the decode runs on this VM): over
+    the 30 values a 10% gap is significant, over the 6 processes it is not."""
+    spread = [0.999, 1.0, 1.001, 1.0, 1.0005]
+    levels = [1.0, 1.2, 0.9, 1.1, 1.25, 0.95]
+    base = runs_of("a", [[lv * f for f in spread] for lv in levels])
+    new = runs_of("a", [[lv * 0.9 * f for f in spread] for lv in reversed(levels)])
+    assert significance(list(base.get_values()), list(new.get_values()))[0]  # what a test over values says
+    (row,) = compare_suites(suite(base), suite(new)).rows
+    assert row.tested_on == "processes" and (row.k_base, row.k_changed) == (6, 6)
+    assert (row.n_base, row.n_changed) == (30, 30)
+    assert not row.significant
+    assert compare_suites(suite(base), suite(new)).geomean_significant is False
+
+
+def test_tight_processes_that_differ_are_significant_per_process():
+    base = runs_of("a", [[1.50, 1.51, 1.49]] * 4)
+    new = runs_of("a", [[1.00, 1.01, 0.99], [1.02, 1.0, 1.01], [0.99, 1.0, 1.0], [1.0, 1.0, 1.01]])
+    (row,) = compare_suites(suite(base), suite(new)).rows
+    assert row.tested_on == "processes" and row.significant
+
+
+def test_one_process_each_is_tested_over_its_values():
+    base = runs_of("a", [SLOW])
+    new = runs_of("a", [FAST])
+    (row,) = compare_suites(suite(base), suite(new)).rows
+    assert row.tested_on == "values" and (row.k_base, row.k_changed) == (6, 6) and row.significant

@@ -1290,6 +1290,7 @@ def dry_run(*, budget_s: float, space_path: Path | None = None, base: str | None
             starting_points = log.header.get("starting_points")
         count_s = (log.done("base", "screen") or {}).get("seconds")
         repeat_done = log.done("base", "repeat") is not None
+        winner = winner or log.header.get("winner")
     space = with_options(load_space(space_path or DEFAULT_SPACE), finalists=finalists,
                          starting_points=starting_points, confirm_quick=confirm_quick, winner=winner)
     host = host or HostFacts.detect()
@@ -1325,6 +1326,7 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
         finalists = finalists or head.get("finalists")
         if starting_points is None and head.get("starting_points") is not None:
             starting_points = head["starting_points"]
+        winner = winner or head.get("winner")  # the run's own rule unless this session names one
         say(f"resuming {run_dir}: {len(log.records)} record(s) kept; nothing they hold is built or measured again")
     else:
         src = Path(space_path or DEFAULT_SPACE)
@@ -1337,7 +1339,7 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
         log.add({"phase": "run", "schema": LOG_SCHEMA, "run": run_dir.name, "space": str(src.resolve()),
                  "base": base, "finalists": finalists or space0.settings.finalists,
                  "starting_points": list(starting_points) if starting_points is not None else None,
-                 "command": list(argv),
+                 "winner": winner, "command": list(argv),
                  "host": {"machine": host.machine, "compilers": list(host.families)}})
     space = with_options(load_space(space_path), finalists=finalists, starting_points=starting_points,
                          confirm_quick=confirm_quick, winner=winner)

@@ -13,8 +13,8 @@ pyperf processes, each process gives one sample (the geometric mean of its value
 share its state (its memory layout, its threads' placement, the host's load while it ran) and are not
 independent: on this 2-core VM the values of one decode process agreed within a few percent while processes
 differed by up to 3x, and a test over the 30 values of 6 processes called gcc-pgo-lto's op-dispatch 7% faster
-in one run and 2% slower in the next, both significant. A benchmark measured in one process each is tested over its values, as
-pyperf does (`Row.tested_on` says which).
+in one run and 2% slower in the next, both significant. A benchmark measured in one process each is tested
+over its values, as pyperf does (`Row.tested_on` says which).
 """
 
 from __future__ import annotations

@@ -734,6 +734,19 @@ def test_a_resume_with_another_winner_rule_judges_the_kept_measurements_again(tm
     assert "pyperformance guard vs workload-pgo-lto: 1.031x faster (geometric mean ratio 0.970, significant" in best
     assert "Winner rule `counts`" in (tmp_path / "r" / "autotune.md").read_text()
 
+    # A run started with --winner counts keeps its rule on a resume that names none.
+    keep = Recorder(work, ratios)
+    keep.guard = first.guard
+    state = at.run(budget_s=1e6, space_path=space, out=str(tmp_path / "r3"), winner="counts",
+                   actions=keep.actions(), host=X86, work=work, check=always_reusable, say=lambda m: None)
+    assert state["best"]["label"] == "allocator=tcmalloc"
+    state = at.run(budget_s=1e6, resume=str(tmp_path / "r3"), actions=Recorder(work, ratios).actions(), host=X86,
+                   work=work, check=always_reusable, say=lambda m: None)
+    assert state["winner"] == "counts" and state["best"]["label"] == "allocator=tcmalloc"
+    plan = "\n".join(at.dry_run(budget_s=1e6, resume=str(tmp_path / "r3"), host=X86, work=work,
+                                check=always_reusable))
+    assert "winner rule 'counts'" in plan
+
 
 def test_noise_floor_is_the_mean_spread_and_raises_the_bar():
     noise = at.noise_of({"pure-python": 100.0, "decode-b1": 1000.0}, {"decode-b1": 1020.0})

@@ -86,16 +86,19 @@ ASSUMED_COUNT_S = {"runtime": 180.0, "interpreter": 10.0}
 """Wall seconds of one cachegrind count of one target (two valgrind runs, two at a time on this 2-core machine)
 until the base's count is timed: measured once, from the file times of the first real search's base count here
 (autotune-20261201: decode-b1 177 s, pure-python and pure-dispatch about 8 s each, after a 30 s venv)."""
-ASSUMED_VENV_S = 90.0
-"""Preparing one interpreter's measurement venv from the wheelhouse: an assumption."""
-ASSUMED_CONFIRM_TARGET_S = 45.0
-"""One subject on one target in the quick interleaved latency run (4 rounds of one pyperf process): an
-assumption."""
+ASSUMED_VENV_S = 35.0
+"""Preparing one interpreter's measurement venv from the wheelhouse: measured here (30 s for the base's count
+venv, about 32 s each for the four subjects of confirmation autotune-20261201-b/confirm-4953516f)."""
+ASSUMED_CONFIRM_TARGET_S = 15.0
+"""One subject on one target in the quick interleaved latency run (4 rounds of one pyperf process): from the
+full run of autotune-20261201-b (230 s for 4 subjects x 3 targets at 6 rounds, 19 s each) over
+FULL_LATENCY_FACTOR, rounded up."""
 FULL_LATENCY_FACTOR = 1.5
 """A full latency run (6 rounds x 5 values) against a quick one (4 x 3), per subject and target: an assumption
 (each round starts one pyperf process per subject and target, and a runtime target's process loads the model)."""
-ASSUMED_GUARD_S = 300.0
-"""One subject through the pyperformance guard subset with --fast: an assumption."""
+ASSUMED_GUARD_S = 90.0
+"""One subject through the pyperformance guard subset with --fast: measured here (352 s for the 4 subjects of
+autotune-20261201-b's confirmation)."""
 BUILD_TIMEOUT = 6 * 3600.0
 MEASURE_TIMEOUT = 12 * 3600.0
 REQUIRE_RE = re.compile(r"^(machine=(x86_64|aarch64)|family=(clang|gcc|bisheng)|compiler=(clang|gcc|bisheng)"

@@ -913,11 +913,14 @@ class Actions:
     count(name, python, out_dir, targets, log) -> {target: instructions per unit}
     confirm(subjects [(name, python)], out_dir, targets, log, quick) -> {"vs_base": comparison.json,
         "vs_debian": comparison-vs-debian.json or None}
+    compare(out_dir, with_debian) -> the same from a kept confirmation's measurements, by this version's
+        statistics (None when the directory no longer holds them)
     """
 
     build: Callable[[Path, str | None, Path], BuildOutcome]
     count: Callable[[str, str, Path, Sequence[str], Path], dict[str, float]]
     confirm: Callable[[Sequence[tuple[str, str]], Path, Sequence[str], Path, bool], dict]
+    compare: Callable[[Path, bool], dict | None] | None = None
 
 
 def build_argv(profile_file: Path | str, profile_data: str | None) -> list[str]:
@@ -994,8 +997,23 @@ def _real_confirm(subjects: Sequence[tuple[str, str]], out_dir: Path, targets: S
     return out
 
 
+def _real_compare(out_dir: Path, with_debian: bool) -> dict | None:
+    """A kept confirmation's comparisons, regenerated from its measurements (perf report: report.md and
+    comparison*.json are derived files; the latency and guard JSON are read, never written)."""
+    from . import report
+
+    if not (out_dir / "run.json").is_file():
+        return None
+    report.build(out_dir)
+    out = {"vs_base": json.loads((out_dir / "comparison.json").read_text(encoding="utf-8")), "vs_debian": None}
+    if with_debian:
+        report.build(out_dir, baseline="debian")
+        out["vs_debian"] = json.loads((out_dir / "comparison-vs-debian.json").read_text(encoding="utf-8"))
+    return out
+
+
 def real_actions(work: WorkArea | None = None) -> Actions:
-    return Actions(_real_build(work or WorkArea.from_env()), _real_count, _real_confirm)
+    return Actions(_real_build(work or WorkArea.from_env()), _real_count, _real_confirm, _real_compare)
 
 
 # ------------------------------------------------------------------------------------------ judging
@@ -1223,6 +1241,12 @@ class _Session:
         self.say(f"skipped for the budget: {msg}")
         self.log.add({"id": cid, "phase": phase, "verdict": "skipped", "why": f"budget: {msg}"})
         return False
+
+
+def confirm_dir(run_dir: Path, subjects: Sequence[str], quick: bool) -> Path:
+    """One directory per set of subjects and mode: an interrupted confirmation resumes in it (perf bench keeps the
+    stages it holds), a later one with other finalists or --confirm-full gets its own."""
+    return run_dir / f"confirm-{_digest(list(subjects) + ([] if quick else ['full']))[:8]}"
 
 
 def new_autotune_dir(out: str | None) -> Path:
@@ -1558,11 +1582,9 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
                                          confirm_id, "confirm"):
             say(f"confirming {', '.join(n for n, _ in subjects[1:])} against the base (interleaved latency + guard)")
             t_confirm = time.monotonic()
-            # One directory per set of subjects: an interrupted confirmation resumes in it (perf bench keeps the
-            # stages it holds), a later one with other finalists gets its own.
-            mode = [] if settings.confirm_quick else ["full"]
-            res = actions.confirm(subjects, run_dir / f"confirm-{_digest([n for n, _ in subjects] + mode)[:8]}",
-                                  settings.confirm, logs / ("confirm.log" if not mode else "confirm-full.log"),
+            res = actions.confirm(subjects, confirm_dir(run_dir, [n for n, _ in subjects], settings.confirm_quick),
+                                  settings.confirm,
+                                  logs / ("confirm.log" if settings.confirm_quick else "confirm-full.log"),
                                   settings.confirm_quick)
             verdicts = {p.candidate.id: confirm_verdict(p.candidate.id, res["vs_base"], settings.winner)
                         for p in finals}
@@ -1571,6 +1593,14 @@ def run(*, budget_s: float, space_path: Path | None = None, base: str | None = N
                                "seconds": time.monotonic() - t_confirm,
                                "vs_base": res["vs_base"], "vs_debian": res.get("vs_debian"), "verdicts": verdicts,
                                "verdict": "measured"})
+        elif confirm is not None and actions.compare is not None:
+            # Kept measurements, compared again by this version's statistics (the log keeps what was said then).
+            again = actions.compare(confirm_dir(run_dir, confirm["subjects"], confirm.get("quick", True)),
+                                    "debian" in confirm["subjects"])
+            if again is not None:
+                confirm = {**confirm, **again}
+                state["notes"].append("the kept confirmation was compared again from its measurements by this "
+                                      "version's statistics")
         if confirm is not None:
             state["confirm_run"] = confirm["vs_base"]
             state["confirm"] = {"subjects": confirm["subjects"], "vs_base": confirm["vs_base"],

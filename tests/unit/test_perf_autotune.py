@@ -475,13 +475,32 @@ class Recorder:
         self.counts: list[str] = []
         self.confirms: list[list[str]] = []
         self.confirm_modes: list[bool] = []
+        self.compared: list[str] = []
+        self.recompared: dict[str, tuple[float, bool]] = {}
+        self.kept_subjects: list[str] = []
         self.base_again: dict[str, float] = {}
         """Factor per target on the base's second count (a runtime target's count varies between runs)."""
         self.guard: dict[str, tuple[float, bool]] = {}
         """Guard geometric mean (ratio, significant) per id prefix; 1.0 and not significant otherwise."""
 
     def actions(self) -> at.Actions:
-        return at.Actions(self.build, self.count, self.confirm)
+        return at.Actions(self.build, self.count, self.confirm, self.compare)
+
+    def compare(self, out_dir, with_debian):
+        """A kept confirmation compared again: `recompared` per id prefix (latency ratio, significant), else
+        nothing (as if the directory were gone)."""
+        self.compared.append(out_dir.name)
+        if not self.recompared:
+            return None
+        def comp(cid, ratio, sig):
+            return {"baseline": BASE, "changed": cid, "geomean_ratio": ratio, "geomean_significant": sig,
+                    "rows": [{"name": "decode-b1", "unit": "s", "base_median": 0.0447, "base_stdev": 0.001,
+                              "changed_median": 0.0447 * ratio, "changed_stdev": 0.001, "ratio": ratio,
+                              "significant": sig, "t_score": 3.1, "n_base": 30, "n_changed": 30}]}
+        names = [n for n in self.kept_subjects if n not in (BASE, "debian")]
+        pick = {n: next((v for k, v in self.recompared.items() if n.startswith(k)), (1.0, False)) for n in names}
+        return {"vs_base": {"latency": [comp(n, *pick[n]) for n in names],
+                            "guard": [comp(n, 1.0, False) for n in names]}, "vs_debian": None}
 
     def build(self, profile_file, profile_data, log):
         stem = Path(profile_file).stem
@@ -734,6 +753,16 @@ def test_a_resume_with_another_winner_rule_judges_the_kept_measurements_again(tm
     assert "pyperformance guard vs workload-pgo-lto: 1.031x faster (geometric mean ratio 0.970, significant" in best
     assert "Winner rule `counts`" in (tmp_path / "r" / "autotune.md").read_text()
 
+    # The kept confirmation compared again (a newer version's statistics): its new figures decide.
+    third = Recorder(work, ratios)
+    third.kept_subjects = state["confirm"]["subjects"]
+    third.recompared = {"at-lto-full": (0.95, True)}
+    state = at.run(budget_s=1e6, resume=str(tmp_path / "r"), winner="latency", actions=third.actions(), host=X86,
+                   work=work, check=always_reusable, say=lambda m: None)
+    assert third.confirms == [] and third.compared == [at.confirm_dir(tmp_path / "r", third.kept_subjects, True).name]
+    assert state["best"]["label"] == "lto=full"
+    assert any("compared again from its measurements" in n for n in state["notes"])
+
     # A run started with --winner counts keeps its rule on a resume that names none.
     keep = Recorder(work, ratios)
     keep.guard = first.guard
@@ -929,6 +958,23 @@ def test_real_count_and_confirm_read_what_perf_wrote(tmp_path, monkeypatch):
     assert argv[argv.index("--stages") + 1] == "latency,guard"
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--interp"] == [
         f"{BASE}=/b", "debian=/usr/bin/python3.11", "at-x=/p"]
+
+    # A kept confirmation compared again: its reports regenerated, nothing run; a directory without its
+    # measurements gives nothing.
+    built = []
+
+    def report_again(run_dir, baseline=None):
+        built.append(baseline)
+        name = "comparison.json" if baseline is None else f"comparison-vs-{baseline}.json"
+        (Path(run_dir) / name).write_text(json.dumps({"latency": [baseline or "base"]}))
+
+    monkeypatch.setattr(report, "build", report_again)
+    FakeRunner.calls = []
+    assert at._real_compare(tmp_path / "gone", True) is None
+    (tmp_path / "f" / "run.json").write_text("{}")
+    assert at._real_compare(tmp_path / "f", True) == {"vs_base": {"latency": ["base"]},
+                                                       "vs_debian": {"latency": ["debian"]}}
+    assert built == [None, "debian"] and FakeRunner.calls == []
 
 
 def test_real_space_with_the_build_side_keys_plans_them_and_writes_loadable_files(tmp_path):

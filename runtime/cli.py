@@ -243,6 +243,16 @@ def cmd_workload(args) -> int:
                 else f" ({'matches' if rec['golden_match'] else 'DIFFERS FROM'} golden)"
             )
         )
+    if args.check_golden and rec["golden_digest"] is None:
+        pinned = sorted(spec.golden) if isinstance(spec.golden, dict) else []
+        print(
+            f"error: {rec['name']}: --check-golden: no token digest is pinned for this CPU's MindSpore kernel level "
+            f"{rec['kernel_level']!r} (pinned: {', '.join(pinned)}); its int8 kernels compute differently per level. "
+            f"This run's digest is {rec['token_digest']}: pin it in runtime/workloads.py once the stock stack "
+            "(e.g. /usr/bin/python3.11 with the stock wheels) gives the same",
+            file=sys.stderr,
+        )
+        return 1
     if args.check_golden and not rec["golden_match"]:
         print(
             f"error: {rec['name']}: token digest {rec['token_digest']} != golden {rec['golden_digest']}",

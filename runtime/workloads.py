@@ -31,7 +31,9 @@ CPU) time per token, dispatches per token and per step, tokens/s, mean TTFT/TPOT
 hits, and `executor`: for ray-decode (the Ray executor, runtime/ray_executor.py) the round trip of
 the remote calls per step beside each stage actor's own compute. `Workload.close()` (or
 `shutdown()`) stops the Ray executor's actors and cluster; ray-decode needs `pip install ray==2.60.0`. `host_path`
-names the host hot path that ran ("cython" or "python", runtime/hostpath.py) and `host_path_reason` why. Versions
+names the host hot path that ran ("cython" or "python", runtime/hostpath.py) and `host_path_reason` why;
+`kernel_level` the instruction-set level MindSpore's CPU kernels select here (`kernel_level()`), which the W8A8
+workloads' digests are pinned per. Versions
 change whenever a workload's requests or engine settings change, so the digests pinned in
 tests/unit/test_runtime_workloads.py move together with them.
 """
@@ -233,11 +235,17 @@ class WorkloadSpec:
     default_steps: int
     engine: EngineConfig
     driver: Callable[[int, int], Driver]
-    golden: str
-    """token_digest of the default run (built-in tiny preset, default steps, seed 0)."""
+    golden: str | dict[str, str]
+    """token_digest of the default run (built-in tiny preset, default steps, seed 0): one digest for every CPU,
+    or, where MindSpore's CPU kernels compute differently per instruction set, one per kernel level
+    (`kernel_level()`); a level without a digest is not pinned."""
     quant: str | None = None
     """Quantization scheme the workload runs (runtime/quant.py METHODS): its built-in checkpoint is the preset
     quantized into that layout, and a --checkpoint must be quantized the same way. None: any checkpoint."""
+
+    def golden_for(self, level: str) -> str | None:
+        """The pinned digest on a CPU of MindSpore kernel level `level`; None where that level is not pinned."""
+        return self.golden.get(level) if isinstance(self.golden, dict) else self.golden
 
     @property
     def needs_ray(self) -> bool:
@@ -263,6 +271,38 @@ class WorkloadSpec:
 
             line += f"  [needs Ray: pip install {RAY_REQUIREMENT}; starts a local cluster]"
         return line
+
+
+def kernel_level(cpuinfo: Path = Path("/proc/cpuinfo"), machine: str | None = None) -> str:
+    """The instruction-set level MindSpore's CPU kernels (nnacl) select on this machine, from the CPU's flags:
+    `avx512` (avx512f), `avx2`, `sse4_1` or `generic` on x86_64; the machine name (e.g. `aarch64`) elsewhere.
+    The quantized workloads' int8 arithmetic gives different tokens at different levels."""
+    import platform
+
+    machine = machine or platform.machine()
+    if machine not in ("x86_64", "AMD64"):
+        return machine
+    flags: set[str] = set()
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.partition(":")[2].split())
+                break
+    except OSError:
+        pass
+    for flag, level in (("avx512f", "avx512"), ("avx2", "avx2"), ("sse4_1", "sse4_1")):
+        if flag in flags:
+            return level
+    return "generic"
+
+
+# The W8A8 workloads' digests per kernel level, each pinned from a run of the stock stack on such a CPU: avx512 on
+# the AMD EPYC development VM with AVX-512 (until 2026-12-01), avx2 on an AMD EPYC VM with AVX2 and no AVX-512
+# (2026-12-02). The float and A16W4 workloads gave the same digests on both.
+_W8A8_GOLDEN = {
+    "avx512": "549c85359b0050302b2621046f20df74018388628be8b7b2bb1debac81bfff0e",
+    "avx2": "8969e840036ca74142bfdd64d4b24851b2f6772312188a1b56887a257e34d22a",
+}
 
 
 def _engine(block_size: int, num_blocks: int, budget: int, max_seqs: int, **graph) -> EngineConfig:
@@ -374,7 +414,7 @@ WORKLOADS: dict[str, WorkloadSpec] = {
             32,
             _engine(16, 64, 512, 8),
             lambda v, s: DecodeDriver(v, s, 8),
-            "549c85359b0050302b2621046f20df74018388628be8b7b2bb1debac81bfff0e",
+            _W8A8_GOLDEN,
             quant="w8a8",
         ),
         WorkloadSpec(
@@ -397,7 +437,7 @@ WORKLOADS: dict[str, WorkloadSpec] = {
             32,
             _engine(16, 64, 512, 8, **_graph(96)),
             lambda v, s: DecodeDriver(v, s, 8),
-            "549c85359b0050302b2621046f20df74018388628be8b7b2bb1debac81bfff0e",
+            _W8A8_GOLDEN,
             quant="w8a8",
         ),
         WorkloadSpec(
@@ -574,7 +614,8 @@ class Workload:
         """The versioned JSON record for one run_steps() result."""
         import mindspore
 
-        golden = self.spec.golden if self.golden_applies(run["steps"]) else None
+        level = kernel_level()
+        golden = self.spec.golden_for(level) if self.golden_applies(run["steps"]) else None
 
         tokens = max(run["tokens"], 1)
         steps = max(run["steps"], 1)
@@ -592,6 +633,7 @@ class Workload:
             "token_digest": run["digest"],
             "golden_digest": golden,
             "golden_match": None if golden is None else golden == run["digest"],
+            "kernel_level": level,
             "tokens": run["tokens"],
             "generated_tokens": run["generated_tokens"],
             "wall_s": run["wall_s"],

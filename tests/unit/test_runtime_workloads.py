@@ -11,7 +11,7 @@ pytestmark = pytest.mark.runtime
 pytest.importorskip("mindspore")
 
 from runtime import hostpath  # noqa: E402
-from runtime.workloads import RECORD_SCHEMA, WORKLOADS, open_workload  # noqa: E402
+from runtime.workloads import RECORD_SCHEMA, WORKLOADS, kernel_level, open_workload  # noqa: E402
 
 # sha256 of every generated "request:token" line for `python -m runtime workload NAME` (default
 # steps, seed 0, built-in tiny preset). A rebuilt interpreter or library that changes any of
@@ -27,15 +27,30 @@ GOLDEN = {
     ("decode-b8-graph", 1): "aeddfe7a7e338be551f1496cce47e3c1fdaef5c8daa5a4adca11e1a9cd3d47b4",
     ("serve-mixed-graph", 1): "0c622a949477030839ec5c992932cdbe1dace23278a060239ed63da57e5ae9c8",
     # quantized weights (the tiny preset through `checkpoint --quant`): pinned from runs
-    ("decode-b8-w8a8", 1): "549c85359b0050302b2621046f20df74018388628be8b7b2bb1debac81bfff0e",
+    # W8A8's int8 kernels give different tokens per MindSpore kernel level (kernel_level()): one digest per CPU kind
+    ("decode-b8-w8a8", 1): {
+        "avx512": "549c85359b0050302b2621046f20df74018388628be8b7b2bb1debac81bfff0e",
+        "avx2": "8969e840036ca74142bfdd64d4b24851b2f6772312188a1b56887a257e34d22a",
+    },
     ("decode-b8-a16w4", 1): "52b660eeab42a75890b5fdc57f5622fd06d7a64bf1803c0b5015a3034b03bd42",
-    ("decode-b8-w8a8-graph", 1): "549c85359b0050302b2621046f20df74018388628be8b7b2bb1debac81bfff0e",
+    ("decode-b8-w8a8-graph", 1): {
+        "avx512": "549c85359b0050302b2621046f20df74018388628be8b7b2bb1debac81bfff0e",
+        "avx2": "8969e840036ca74142bfdd64d4b24851b2f6772312188a1b56887a257e34d22a",
+    },
     ("decode-b8-a16w4-graph", 1): "52b660eeab42a75890b5fdc57f5622fd06d7a64bf1803c0b5015a3034b03bd42",
     # KV-cache offload: pinned from a run; the same digest with offload off and with a cache that never evicts
     ("serve-offload", 1): "cc7f51a36832c923020308d08eef60c0c290c5146fd8e4de3a18bff96d30091c",
     # the Ray executor (run by tests/unit/test_runtime_ray.py, marker `ray`): pinned from a run, equal to decode-b8's
     ("ray-decode", 1): "aeddfe7a7e338be551f1496cce47e3c1fdaef5c8daa5a4adca11e1a9cd3d47b4",
 }
+
+
+def pinned(name: str, version: int) -> str | None:
+    """The digest pinned for this machine: the one digest, or the one for this CPU's kernel level."""
+    g = GOLDEN[(name, version)]
+    return g.get(kernel_level()) if isinstance(g, dict) else g
+
+
 # Workloads run here; those needing Ray run in test_runtime_ray.py, with one cluster for the module.
 LOCAL = sorted(name for name, w in WORKLOADS.items() if not w.needs_ray)
 
@@ -54,6 +69,7 @@ def home(tmp_path_factory):
 
 def test_every_workload_is_pinned():
     assert set(GOLDEN) == {(w.name, w.version) for w in WORKLOADS.values()}
+    assert {(w.name, w.version): w.golden for w in WORKLOADS.values()} == GOLDEN  # the package pins the same
     assert GOLDEN[("ray-decode", 1)] == GOLDEN[("decode-b8", 1)]  # same requests, same numerics
     assert [w.name for w in WORKLOADS.values() if w.needs_ray] == ["ray-decode"]
 
@@ -65,9 +81,12 @@ def test_golden_digest_and_no_leaks(home, name):
     run = wl.run_steps(wl.spec.default_steps)
     rec = wl.record(run)
     assert rec["schema"] == RECORD_SCHEMA and rec["name"] == name
-    assert rec["token_digest"] == GOLDEN[(name, wl.spec.version)]
+    expected = pinned(name, wl.spec.version)
+    if expected is None:
+        pytest.skip(f"{name}: no digest pinned for this CPU's MindSpore kernel level {kernel_level()!r}")
+    assert rec["token_digest"] == expected and rec["kernel_level"] == kernel_level()
     # the package carries the same pin, for `workload NAME --check-golden` in rebuilt interpreters
-    assert rec["golden_digest"] == GOLDEN[(name, wl.spec.version)] and rec["golden_match"] is True
+    assert rec["golden_digest"] == expected and rec["golden_match"] is True
     assert rec["tokens"] > 0 and rec["host_us_per_token"] > 0
     assert rec["host_total_us_per_token"] >= rec["host_us_per_token"] * 0.99  # process CPU includes the thread's
     assert set(rec["phases_us_per_step"]) == {"schedule", "prepare", "forward", "sample", "update"}
@@ -95,7 +114,7 @@ def test_reference_host_path_keeps_the_golden_digest(home, name, monkeypatch):
     wl = open_workload(name)
     rec = wl.record(wl.run_steps(wl.spec.default_steps))
     assert rec["host_path"] == "python" and hostpath.FORCE_REFERENCE_ENV in rec["host_path_reason"]
-    assert rec["token_digest"] == GOLDEN[(name, wl.spec.version)] and rec["golden_match"] is True
+    assert rec["token_digest"] == pinned(name, wl.spec.version) and rec["golden_match"] is True
     wl.close()
 
 
@@ -163,6 +182,33 @@ def test_cli_check_golden(home, capsys, monkeypatch):
     monkeypatch.setitem(workloads.WORKLOADS, "prefill", workloads.replace(spec, default_steps=2))
     assert main(["workload", "prefill", "--check-golden"]) == 1  # a 2-step run cannot match the 24-step pin
     assert "!= golden" in capsys.readouterr().err
+    # a workload pinned per kernel level, on a CPU whose level has no digest: named, with this run's digest
+    monkeypatch.setitem(workloads.WORKLOADS, "prefill",
+                        workloads.replace(spec, default_steps=2, golden={"avx512": "0" * 64}))
+    monkeypatch.setattr(workloads, "kernel_level", lambda: "sse4_1")
+    assert main(["workload", "prefill", "--check-golden"]) == 1
+    err = capsys.readouterr().err
+    assert "no token digest is pinned for this CPU's MindSpore kernel level 'sse4_1' (pinned: avx512)" in err
+    assert "This run's digest is " in err
+
+
+@pytest.mark.parametrize(("flags", "machine", "level"), [
+    ("fpu sse4_1 sse4_2 avx fma f16c", "x86_64", "sse4_1"),  # AVX without AVX2: nnacl's SSE kernels
+    ("sse4_1 avx avx2 fma", "x86_64", "avx2"),
+    ("sse4_1 avx2 avx512f avx512bw", "x86_64", "avx512"),
+    ("sse2", "x86_64", "generic"),
+    ("fp asimd", "aarch64", "aarch64"),
+])
+def test_kernel_level_from_cpu_flags(tmp_path, flags, machine, level):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert kernel_level(cpuinfo, machine) == level
+
+
+def test_golden_for_a_level():
+    w8a8 = WORKLOADS["decode-b8-w8a8"]
+    assert w8a8.golden_for("avx2") != w8a8.golden_for("avx512") and w8a8.golden_for("sse4_1") is None
+    assert WORKLOADS["decode-b1"].golden_for("avx2") == WORKLOADS["decode-b1"].golden_for("sse4_1")
 
 
 def test_cli_list(home, capsys):

@@ -214,7 +214,7 @@ def run_workload(argv: list[str], env: dict[str, str], cwd: str | None, timeout:
         rec = last_json(lines) or {}
         entry = {k: rec.get(k) for k in ("name", "version", "steps", "seed", "token_digest", "golden_digest",
                                           "golden_match", "tokens", "dispatches_per_token", "host_path",
-                                          "host_path_reason")}
+                                          "host_path_reason", "kernel_level")}
         entry["exit_code"] = rc
         ctx.info.setdefault("workloads", []).append(entry)
         name = argv[argv.index("workload") + 1] if "workload" in argv else argv[-1]
@@ -226,6 +226,12 @@ def run_workload(argv: list[str], env: dict[str, str], cwd: str | None, timeout:
                 tail = "\n".join(lines[-5:])
                 raise HostpgoError(f"{where}: workload {name} failed with exit code {rc} before printing its "
                                    f"record (log: {ctx.runner.log_path}):\n{tail}")
+            if rec.get("golden_digest") is None:
+                raise HostpgoError(f"{where}: workload {name} has no token digest pinned for this CPU's MindSpore "
+                                   f"kernel level {rec.get('kernel_level')!r} (this run gave "
+                                   f"{rec.get('token_digest')}), so it cannot be checked here; pin the stock stack's "
+                                   "digest for that level in runtime/workloads.py, or leave the workload out of "
+                                   "the profile's verify.workloads")
             raise HostpgoError(f"{where}: workload {name} did not reproduce its pinned token digest "
                                f"(got {rec.get('token_digest')}, pinned {rec.get('golden_digest')}); "
                                "an interpreter that changes results is not installed")

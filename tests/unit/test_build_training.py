@@ -127,6 +127,19 @@ def test_golden_mismatch_fails_the_stage_and_keeps_the_record(tmp_path: Path) ->
     assert not (tmp_path / "s" / "t2" / "verify.json").exists()
 
 
+def test_an_unpinned_kernel_level_is_named_not_reported_as_a_mismatch(tmp_path: Path) -> None:
+    import sys
+    fake = tmp_path / "fake.py"
+    fake.write_text("import json, sys\nprint(json.dumps({'name': 'decode-b8-w8a8', 'token_digest': 'abc',\n"
+                    "  'golden_digest': None, 'golden_match': None, 'kernel_level': 'sse4_1'}, indent=2))\n"
+                    "sys.exit(1)\n")
+    body = training.run_workload([sys.executable, str(fake), "workload", "decode-b8-w8a8"], {}, None, 60, "verify of t")
+    st = stages.Stage("verify", "v", "k", (stages.Call("w8a8", body),))
+    with pytest.raises(HostpgoError, match="decode-b8-w8a8 has no token digest pinned for this CPU's MindSpore "
+                                           "kernel level 'sse4_1' .this run gave abc"):
+        stages.execute(stages.BuildPlan("t", (st,), (), {}), tmp_path / "s", tmp_path / "l", live=False)
+
+
 def test_a_workload_that_crashes_is_not_reported_as_a_digest_mismatch(tmp_path: Path) -> None:
     import sys
     crash = tmp_path / "crash.py"

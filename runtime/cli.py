@@ -244,10 +244,10 @@ def cmd_workload(args) -> int:
             )
         )
     if args.check_golden and rec["golden_digest"] is None:
-        pinned = sorted(spec.golden) if isinstance(spec.golden, dict) else []
-        print(
+        print(  # only a per-level pin (a dict) can lack this CPU's level
             f"error: {rec['name']}: --check-golden: no token digest is pinned for this CPU's MindSpore kernel level "
-            f"{rec['kernel_level']!r} (pinned: {', '.join(pinned)}); its int8 kernels compute differently per level. "
+            f"{rec['kernel_level']!r} (pinned: {', '.join(sorted(spec.golden))}); its int8 kernels compute "
+            "differently per level. "
             f"This run's digest is {rec['token_digest']}: pin it in runtime/workloads.py once the stock stack "
             "(e.g. /usr/bin/python3.11 with the stock wheels) gives the same",
             file=sys.stderr,

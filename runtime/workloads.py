@@ -280,7 +280,7 @@ def kernel_level(cpuinfo: Path = Path("/proc/cpuinfo"), machine: str | None = No
     import platform
 
     machine = machine or platform.machine()
-    if machine not in ("x86_64", "AMD64"):
+    if machine != "x86_64":
         return machine
     flags: set[str] = set()
     try:
